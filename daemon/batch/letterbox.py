@@ -1,0 +1,57 @@
+"""Letterbox a BGR frame into a slot of the preallocated RGB batch buffer.
+
+The geometry is Ultralytics' ``LetterBox(auto=False)`` to the pixel (same rounding, pad
+value 114, bilinear resize), so our detections match Ultralytics' own on the same weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+PAD_VALUE = 114
+
+
+@dataclass(frozen=True, slots=True)
+class LetterboxGeometry:
+    """How a source frame was placed into the network input: enough to map boxes back."""
+
+    scale: float
+    pad_left: int
+    pad_top: int
+    src_width: int
+    src_height: int
+
+
+def letterbox_into(
+    src_bgr: npt.NDArray[np.uint8], dst_rgb: npt.NDArray[np.uint8]
+) -> LetterboxGeometry:
+    """Resize ``src_bgr`` (HxWx3) keeping its aspect ratio into ``dst_rgb`` (h x w x 3, written
+    in place, RGB) and return the geometry. Only the resized image is allocated."""
+    src_h, src_w = src_bgr.shape[:2]
+    dst_h, dst_w = dst_rgb.shape[:2]
+    scale = min(dst_h / src_h, dst_w / src_w)
+    new_w, new_h = round(src_w * scale), round(src_h * scale)
+    dw, dh = (dst_w - new_w) / 2, (dst_h - new_h) / 2
+    # Ultralytics' asymmetric rounding: an odd padding puts the extra pixel bottom/right.
+    top, left = round(dh - 0.1), round(dw - 0.1)
+
+    inner = dst_rgb[top : top + new_h, left : left + new_w]
+    if (new_w, new_h) == (src_w, src_h):
+        cv2.cvtColor(src_bgr, cv2.COLOR_BGR2RGB, dst=inner)
+    else:
+        resized = cv2.resize(src_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        cv2.cvtColor(resized, cv2.COLOR_BGR2RGB, dst=inner)
+    # Only the borders need the pad value; the slot may hold a different-sized frame from before.
+    if top > 0:
+        dst_rgb[:top] = PAD_VALUE
+    if top + new_h < dst_h:
+        dst_rgb[top + new_h :] = PAD_VALUE
+    if left > 0:
+        dst_rgb[top : top + new_h, :left] = PAD_VALUE
+    if left + new_w < dst_w:
+        dst_rgb[top : top + new_h, left + new_w :] = PAD_VALUE
+    return LetterboxGeometry(scale, left, top, src_w, src_h)

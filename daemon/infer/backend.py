@@ -1,0 +1,57 @@
+"""The one interface every inference runtime implements.
+
+A backend takes the batcher's uint8 RGB NHWC batch exactly as it is (normalisation and
+layout change are the backend's business, so a GPU backend can do them on the GPU) and
+returns the raw YOLOv8 head ``[n, 4 + num_classes, anchors]`` as float32.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+UInt8Batch = npt.NDArray[np.uint8]
+FloatArray = npt.NDArray[np.float32]
+
+
+class BackendError(RuntimeError):
+    """A model could not be loaded or run; the message is meant for the operator."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Loaded model ready for inference.
+
+    ``infer`` may be called from up to ``max_inflight`` threads at once. The returned array
+    is valid until the calling thread's next ``infer`` call (a GPU backend may return a view
+    of its pinned output buffer), so callers post-process before inferring again.
+    """
+
+    @property
+    def name(self) -> str:
+        """Short runtime name for logs and metrics, e.g. ``onnxruntime:CPUExecutionProvider``."""
+        ...
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """Network input (height, width)."""
+        ...
+
+    @property
+    def max_batch(self) -> int: ...
+
+    @property
+    def max_inflight(self) -> int:
+        """How many ``infer`` calls may overlap (GPU backends pipeline several batches)."""
+        ...
+
+    @property
+    def class_names(self) -> tuple[str, ...]: ...
+
+    def infer(self, batch: UInt8Batch) -> FloatArray:
+        """Run ``batch`` (``[n, H, W, 3]`` uint8 RGB, ``1 <= n <= max_batch``)."""
+        ...
+
+    def close(self) -> None: ...
