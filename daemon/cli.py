@@ -22,6 +22,8 @@ _COMMAND_MODULES = (
     "daemon.commands.check_config",
     "daemon.commands.detect",
     "daemon.commands.export",
+    "engines.cli",
+    "bench.cli",
 )
 
 
@@ -29,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgewatch", description="Multi-camera YOLOv8 analytics daemon publishing over MQTT."
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     parser.add_argument("--log-format", default="logfmt", choices=["logfmt", "json"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:

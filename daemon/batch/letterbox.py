@@ -13,6 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 PAD_VALUE = 114
+# YOLOv8's largest stride: a rect (minimal-padding) input must be a multiple of it.
+STRIDE = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +36,8 @@ def letterbox_into(
     src_h, src_w = src_bgr.shape[:2]
     dst_h, dst_w = dst_rgb.shape[:2]
     scale = min(dst_h / src_h, dst_w / src_w)
-    new_w, new_h = round(src_w * scale), round(src_h * scale)
+    # At least one pixel, so very thin frames still resize (Ultralytics does the same).
+    new_w, new_h = max(round(src_w * scale), 1), max(round(src_h * scale), 1)
     dw, dh = (dst_w - new_w) / 2, (dst_h - new_h) / 2
     # Ultralytics' asymmetric rounding: an odd padding puts the extra pixel bottom/right.
     top, left = round(dh - 0.1), round(dw - 0.1)
@@ -55,3 +58,12 @@ def letterbox_into(
     if left + new_w < dst_w:
         dst_rgb[top : top + new_h, left + new_w :] = PAD_VALUE
     return LetterboxGeometry(scale, left, top, src_w, src_h)
+
+
+def rect_shape(src_hw: tuple[int, int], input_hw: tuple[int, int]) -> tuple[int, int]:
+    """Ultralytics' ``LetterBox(auto=True)`` canvas: the resized image plus the least padding
+    that makes each side a multiple of ``STRIDE`` (never larger than ``input_hw``)."""
+    (src_h, src_w), (dst_h, dst_w) = src_hw, input_hw
+    scale = min(dst_h / src_h, dst_w / src_w)
+    new_h, new_w = max(round(src_h * scale), 1), max(round(src_w * scale), 1)
+    return new_h + (dst_h - new_h) % STRIDE, new_w + (dst_w - new_w) % STRIDE

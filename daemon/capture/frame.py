@@ -35,6 +35,8 @@ class CaptureCounters:
     reconnects: int = 0
     # Reader processes killed by the watchdog (stalled) or restarted for a larger frame buffer.
     restarts: int = 0
+    # Frames the source delivered but that could not be decoded; skipped, never fatal.
+    frames_corrupt: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ class Precision(str, Enum):
 
 @dataclass(frozen=True)
 class CameraConfig:
-    """One camera. ``url`` is ``rtsp://...``, a video file path, or a V4L2 device (``/dev/videoN``)."""
+    """One camera: ``url`` is ``rtsp://...``, a video file path or a V4L2 device."""
 
     id: str
     url: Secret

@@ -11,8 +11,9 @@ import re
 from typing import Final
 
 _MASK: Final = "***"
-# scheme://user:password@host  or  scheme://user@host
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]*)@")
+# scheme://user:password@host or scheme://user@host. Greedy up to the last '@' before the
+# path, because operators paste passwords with an unencoded '@'.
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s]*)@")
 
 
 class Secret:

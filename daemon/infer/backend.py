@@ -40,6 +40,12 @@ class Backend(Protocol):
         ...
 
     @property
+    def dynamic_hw(self) -> bool:
+        """Whether batches may be smaller than ``input_hw`` (a multiple of the stride), so
+        16:9 cameras can run at 384x640 instead of 640x640, as Ultralytics' rect mode does."""
+        ...
+
+    @property
     def max_batch(self) -> int: ...
 
     @property

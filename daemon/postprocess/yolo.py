@@ -47,7 +47,9 @@ class Detections:
         ]
 
 
-def nms(boxes: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], iou: float) -> npt.NDArray[np.intp]:
+def nms(
+    boxes: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], iou: float
+) -> npt.NDArray[np.intp]:
     """Greedy NMS; returns kept indices in descending score order. Suppresses IoU > ``iou``."""
     order = np.argsort(-scores, kind="stable")
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]

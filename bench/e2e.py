@@ -1,0 +1,477 @@
+"""``edgewatch bench e2e``: us and Ultralytics on the same cameras, broker and subscriber.
+
+One run per system, one after the other, never at the same time (they would share the CPU):
+
+1. a real mosquitto on a free loopback port; the cameras are N of the shared clips (cycled),
+   served live by the real RTSP server (``--source rtsp``) or read as files paced at their
+   native fps and looping (``--source file``, for hosts without the RTSP server);
+2. ours: ``edgewatch run`` as a subprocess on a generated config; Ultralytics:
+   ``bench/ultralytics_baseline.py`` with the Python that has Ultralytics;
+3. after the first detection arrives and ``warmup_s`` more, the subscriber measures for
+   ``duration_s``; meanwhile psutil samples the process tree (children included: our capture
+   runs one process per camera) for CPU% and memory;
+4. the bare backend at the batch size the pipeline used (read from the daemon's own batch-size
+   histogram over the window), so pipeline efficiency = e2e fps / backend images/s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from bench.backend import BackendReport, run_backend_bench
+from bench.local.broker import Mosquitto, free_port
+from bench.subscriber import StreamMeasure, Subscriber
+from daemon.batch.letterbox import rect_shape
+from daemon.config.model import BackendKind
+
+PREFIX = "edgewatch"
+OURS_NODE = "bench-ours"
+THEIRS_NODE = "bench-ultralytics"
+_FIRST_MESSAGE_TIMEOUT_S = 180.0
+_SAMPLE_S = 1.0
+_STOP_TIMEOUT_S = 20.0
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run (a component failed to start); operator-facing text."""
+
+
+@dataclass(frozen=True)
+class E2EOptions:
+    cameras: int
+    duration_s: float
+    warmup_s: float
+    onnx_model: Path
+    pt_model: Path
+    videos: tuple[Path, ...]
+    backend: BackendKind = BackendKind.ONNXRUNTIME
+    max_batch: int | None = None
+    source: str = "rtsp"
+    baseline: str | None = None
+    ultralytics_python: Path | None = None
+    baseline_device: str = "cpu"
+    baseline_half: bool = False
+    backend_seconds: float = 5.0
+    intra_op_threads: int = 0
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_percent: float
+    rss_mb_mean: float
+    rss_mb_peak: float
+    pss_mb_mean: float
+    processes: int
+
+
+@dataclass(frozen=True)
+class SystemResult:
+    """One system's run: what the subscriber saw and what its processes used."""
+
+    system: str
+    stream: StreamMeasure
+    resources: Resources
+    mean_batch: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        s = self.stream
+        return {
+            "system": self.system,
+            "window_s": round(s.window_s, 3),
+            "total_fps": round(s.total_fps, 2),
+            "latency_ms": {"p50": s.latency_ms_p50, "p95": s.latency_ms_p95, "p99": s.latency_ms_p99},
+            "dropped": s.dropped,
+            "malformed": s.malformed,
+            "cameras": [dataclasses.asdict(c) for c in s.cameras],
+            "resources": dataclasses.asdict(self.resources),
+            "mean_batch": self.mean_batch,
+        }
+
+
+@dataclass(frozen=True)
+class E2EReport:
+    cameras: int
+    source: str
+    ours: SystemResult
+    theirs: SystemResult | None
+    backend: BackendReport | None
+    efficiency_batch: int | None
+    efficiency: float | None
+    machine: dict[str, object]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": "e2e",
+            "cameras": self.cameras,
+            "source": self.source,
+            "machine": self.machine,
+            "ours": self.ours.to_json(),
+            "theirs": self.theirs.to_json() if self.theirs else None,
+            "ratio": _ratios(self.ours, self.theirs) if self.theirs else None,
+            "backend": self.backend.to_json() if self.backend else None,
+            "efficiency": {"batch": self.efficiency_batch, "value": self.efficiency},
+        }
+
+
+# -- resources -----------------------------------------------------------------------------
+
+
+class ResourceSampler:
+    """CPU% and memory of a process and all its descendants between ``start`` and ``stop``."""
+
+    def __init__(self, pid: int) -> None:
+        self._root = psutil.Process(pid)
+        self._stop = threading.Event()
+        self._cpu_start: dict[int, float] = {}
+        self._cpu_last: dict[int, float] = {}
+        self._rss: list[float] = []
+        self._pss: list[float] = []
+        self._pids: set[int] = set()
+        self._t0 = 0.0
+        self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            return [self._root, *self._root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def _sample(self, first: bool) -> None:
+        rss = pss = 0.0
+        for proc in self._tree():
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    mem = proc.memory_full_info()
+            except psutil.Error:
+                continue
+            cpu = times.user + times.system
+            if first:
+                self._cpu_start[proc.pid] = cpu
+            self._cpu_last[proc.pid] = cpu
+            self._pids.add(proc.pid)
+            rss += mem.rss
+            pss += getattr(mem, "pss", mem.rss)
+        self._rss.append(rss / 2**20)
+        self._pss.append(pss / 2**20)
+
+    def _run(self) -> None:
+        while not self._stop.wait(_SAMPLE_S):
+            self._sample(first=False)
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._sample(first=True)
+        self._thread.start()
+
+    def stop(self) -> Resources:
+        self._stop.set()
+        self._thread.join()
+        self._sample(first=False)
+        elapsed = time.monotonic() - self._t0
+        # A process born inside the window counts from zero CPU time.
+        used = sum(last - self._cpu_start.get(pid, 0.0) for pid, last in self._cpu_last.items())
+        return Resources(
+            cpu_percent=round(100.0 * used / elapsed, 1) if elapsed > 0 else 0.0,
+            rss_mb_mean=round(sum(self._rss) / len(self._rss), 1),
+            rss_mb_peak=round(max(self._rss), 1),
+            pss_mb_mean=round(sum(self._pss) / len(self._pss), 1),
+            processes=len(self._pids),
+        )
+
+
+# -- one system ----------------------------------------------------------------------------
+
+
+def _histogram_sum_count(port: int, name: str) -> tuple[float, float] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    found = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(rf"^{name}_(sum|count)(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
+    }
+    if "sum" not in found or "count" not in found:
+        return None
+    return found["sum"], found["count"]
+
+
+def _wait_first_message(sub: Subscriber, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + _FIRST_MESSAGE_TIMEOUT_S
+    while sub.messages == 0:
+        if proc.poll() is not None:
+            raise BenchError(f"{log.stem} exited with {proc.returncode}: {_tail(log)}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{log.stem}: no message after {_FIRST_MESSAGE_TIMEOUT_S:.0f} s: {_tail(log)}")
+        time.sleep(0.2)
+
+
+def _tail(path: Path, chars: int = 1500) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def _process(command: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            list(command), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+        try:
+            yield proc
+        finally:
+            _terminate(proc)
+
+
+def _measure(
+    system: str, proc: subprocess.Popen[bytes], sub: Subscriber, log: Path, opts: E2EOptions,
+    metrics_port: int | None = None,
+) -> SystemResult:  # fmt: skip
+    _wait_first_message(sub, proc, log)
+    time.sleep(opts.warmup_s)
+    sampler = ResourceSampler(proc.pid)
+    before = _histogram_sum_count(metrics_port, "edgewatch_backend_batch_size") if metrics_port else None
+    sampler.start()
+    sub.open_window()
+    time.sleep(opts.duration_s)
+    stream = sub.close_window()
+    resources = sampler.stop()
+    after = _histogram_sum_count(metrics_port, "edgewatch_backend_batch_size") if metrics_port else None
+    if proc.poll() is not None:
+        raise BenchError(f"{system} exited during the measurement ({proc.returncode}): {_tail(log)}")
+    mean_batch = None
+    if before and after and after[1] > before[1]:
+        mean_batch = round((after[0] - before[0]) / (after[1] - before[1]), 2)
+    return SystemResult(system, stream, resources, mean_batch)
+
+
+def _ours_config(
+    opts: E2EOptions, urls: dict[str, str], broker_port: int, metrics_port: int, path: Path
+) -> None:
+    config = {
+        "node": OURS_NODE,
+        "cameras": [{"id": cid, "url": url} for cid, url in urls.items()],
+        "model": {
+            "path": str(opts.onnx_model),
+            "backend": opts.backend.value,
+            "max_batch": opts.max_batch or min(opts.cameras, 16),
+            "intra_op_threads": opts.intra_op_threads,
+        },
+        "mqtt": {"host": "127.0.0.1", "port": broker_port, "topic_prefix": PREFIX, "qos": 1},
+        "monitoring": {"stats_interval_s": 1, "metrics_port": metrics_port},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def run_ours(opts: E2EOptions, urls: dict[str, str], broker: Mosquitto, workdir: Path) -> SystemResult:
+    """Our daemon as a subprocess, measured by the subscriber and the sampler."""
+    config = workdir / "ours.yaml"
+    metrics_port = free_port()
+    _ours_config(opts, urls, broker.port, metrics_port, config)
+    log = workdir / "ours.log"
+    command = [
+        sys.executable, "-m", "daemon.cli", "--log-level", "warning", "run",
+        "--config", str(config), "--duration", str(opts.warmup_s + opts.duration_s + 300),
+    ]  # fmt: skip
+    sub = Subscriber(broker.port, PREFIX, OURS_NODE)
+    try:
+        with _process(command, log) as proc:
+            return _measure("edgewatch", proc, sub, log, opts, metrics_port)
+    finally:
+        sub.close()
+
+
+def run_theirs(opts: E2EOptions, urls: dict[str, str], broker: Mosquitto, workdir: Path) -> SystemResult:
+    """Ultralytics' multi-stream predict in its own interpreter, measured the same way."""
+    python = opts.ultralytics_python
+    if python is None or not python.exists():
+        raise BenchError(
+            f"--ultralytics-python {python} not found: create a venv with "
+            "'pip install ultralytics paho-mqtt' and point the option at its python"
+        )
+    streams = workdir / "cameras.streams"
+    streams.write_text("\n".join(urls.values()) + "\n")
+    script = Path(__file__).with_name("ultralytics_baseline.py")
+    log = workdir / "ultralytics.log"
+    command = [
+        str(python), str(script), "--model", str(opts.pt_model), "--sources", str(streams),
+        "--camera-ids", ",".join(urls), "--mqtt-port", str(broker.port), "--prefix", PREFIX,
+        "--node", THEIRS_NODE, "--duration", str(opts.warmup_s + opts.duration_s + 300),
+        "--device", opts.baseline_device,
+    ]  # fmt: skip
+    if opts.baseline_half:
+        command.append("--half")
+    # Ultralytics must not try to reach the network (settings sync, pip auto-install).
+    env = {**os.environ, "YOLO_OFFLINE": "1", "ULTRALYTICS_SYNC": "False"}
+    sub = Subscriber(broker.port, PREFIX, THEIRS_NODE)
+    try:
+        with _process(command, log, env) as proc:
+            return _measure("ultralytics", proc, sub, log, opts)
+    finally:
+        sub.close()
+
+
+# -- the whole benchmark -------------------------------------------------------------------
+
+
+def camera_videos(videos: Sequence[Path], count: int) -> dict[str, Path]:
+    """``count`` cameras cycling over ``videos`` (sorted): ``cam00 -> first clip`` ..."""
+    if not videos:
+        raise BenchError("no videos to use as cameras")
+    ordered = sorted(videos)
+    return {f"cam{i:02d}": ordered[i % len(ordered)] for i in range(count)}
+
+
+def pipeline_input_hw(videos: Sequence[Path], input_size: int = 640) -> tuple[int, int]:
+    """The letterbox canvas our batcher uses for these clips (rect mode: max over cameras)."""
+    import cv2
+
+    shapes = []
+    for video in videos:
+        cap = cv2.VideoCapture(str(video))
+        try:
+            hw = (int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)))
+        finally:
+            cap.release()
+        shapes.append(rect_shape(hw, (input_size, input_size)))
+    return max(s[0] for s in shapes), max(s[1] for s in shapes)
+
+
+def machine_info() -> dict[str, object]:
+    import platform
+
+    return {
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def run_e2e(opts: E2EOptions, workdir: Path | None = None) -> E2EReport:
+    """Run ours (and the baseline) on ``opts.cameras`` cameras, then the backend ceiling."""
+    cams = camera_videos(opts.videos, opts.cameras)
+    with contextlib.ExitStack() as stack:
+        work = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-e2e-")))
+        work.mkdir(parents=True, exist_ok=True)
+        broker = stack.enter_context(Mosquitto())
+        if opts.source == "rtsp":
+            from bench.local.rtsp import RtspServer
+
+            server = stack.enter_context(RtspServer(cams))
+            urls = {cid: server.url(cid) for cid in cams}
+        elif opts.source == "file":
+            urls = {cid: str(path) for cid, path in cams.items()}
+        else:
+            raise BenchError(f"unknown camera source {opts.source!r} (rtsp or file)")
+        ours = run_ours(opts, urls, broker, work)
+        theirs = run_theirs(opts, urls, broker, work) if opts.baseline == "ultralytics" else None
+    backend: BackendReport | None = None
+    batch: int | None = None
+    efficiency: float | None = None
+    if opts.backend_seconds > 0:
+        batch = max(1, round(ours.mean_batch)) if ours.mean_batch else (opts.max_batch or min(opts.cameras, 16))
+        backend = run_backend_bench(
+            opts.onnx_model, opts.backend, [batch], opts.backend_seconds, list(cams.values()),
+            input_hw=pipeline_input_hw(list(cams.values())), intra_op_threads=opts.intra_op_threads,
+        )  # fmt: skip
+        ceiling = backend.images_per_s(batch, "real")
+        if ceiling:
+            efficiency = round(ours.stream.total_fps / ceiling, 3)
+    return E2EReport(opts.cameras, opts.source, ours, theirs, backend, batch, efficiency, machine_info())
+
+
+def _ratios(ours: SystemResult, theirs: SystemResult | None) -> dict[str, float | None]:
+    if theirs is None:
+        return {}
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a is not None and b else None
+
+    return {
+        "total_fps": ratio(ours.stream.total_fps, theirs.stream.total_fps),
+        "latency_p95": ratio(ours.stream.latency_ms_p95, theirs.stream.latency_ms_p95),
+        "cpu_percent": ratio(ours.resources.cpu_percent, theirs.resources.cpu_percent),
+        "pss_mb": ratio(ours.resources.pss_mb_mean, theirs.resources.pss_mb_mean),
+    }
+
+
+def render_e2e_table(report: E2EReport) -> str:
+    """Ours, theirs and the ratio, one metric a row."""
+    rows: list[tuple[str, Any, Any]] = []
+    o, t = report.ours, report.theirs
+
+    def fmt(v: float | None, spec: str = ".1f") -> str:
+        return "-" if v is None else format(v, spec)
+
+    def row(name: str, a: float | None, b: float | None, spec: str = ".1f") -> None:
+        rows.append((name, fmt(a, spec), fmt(b, spec)))
+
+    row("total processed fps", o.stream.total_fps, t.stream.total_fps if t else None)
+    row("latency p50 ms", o.stream.latency_ms_p50, t.stream.latency_ms_p50 if t else None)
+    row("latency p95 ms", o.stream.latency_ms_p95, t.stream.latency_ms_p95 if t else None)
+    row("latency p99 ms", o.stream.latency_ms_p99, t.stream.latency_ms_p99 if t else None)
+    row("dropped frames", _f(o.stream.dropped), _f(t.stream.dropped) if t else None, ".0f")
+    row("CPU %", o.resources.cpu_percent, t.resources.cpu_percent if t else None)
+    row("PSS MB (mean)", o.resources.pss_mb_mean, t.resources.pss_mb_mean if t else None)
+    row("RSS MB (sum, mean)", o.resources.rss_mb_mean, t.resources.rss_mb_mean if t else None)
+    ratios = _ratios(o, t) if t else {}
+    keyed = {"total processed fps": "total_fps", "latency p95 ms": "latency_p95",
+             "CPU %": "cpu_percent", "PSS MB (mean)": "pss_mb"}  # fmt: skip
+    lines = [
+        f"{report.cameras} cameras ({report.source}), {o.stream.window_s:.0f} s window",
+        f"{'metric':<22} {'edgewatch':>10} {'ultralytics':>12} {'ratio':>7}",
+    ]
+    for name, a, b in rows:
+        r = ratios.get(keyed.get(name, ""))
+        lines.append(f"{name:<22} {a:>10} {b:>12} {fmt(r, '.2f') if t else '-':>7}")
+    if report.efficiency is not None and report.backend is not None:
+        ceiling = report.backend.images_per_s(report.efficiency_batch or 0, "real")
+        lines.append(
+            f"pipeline efficiency {report.efficiency:.1%} (e2e {o.stream.total_fps:.1f} fps / "
+            f"backend {fmt(ceiling)} img/s at batch {report.efficiency_batch}, mean batch "
+            f"{fmt(o.mean_batch, '.2f')})"
+        )
+    return "\n".join(lines)
+
+
+def _f(v: int | None) -> float | None:
+    return None if v is None else float(v)
+
+
+def write_json(path: Path, data: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,109 @@
+"""Graph-level facts and rewrites of Q/DQ models.
+
+The deployed INT8 model uses signed, symmetric (zero point 0) activations because that is
+what TensorRT's explicit quantization accepts. ONNX Runtime's x86 CPU kernels are fast for
+uint8 activations only (measured: S8S8 QLinearConv runs at ~0.6x FP32 on this AVX2 machine,
+U8S8 at ~1.5-2x). ``int8_activations_to_uint8`` gives ORT the same quantization grid in
+uint8: q_u8 = q_s8 + 128 with zero point 128 dequantizes to exactly the same real values,
+so the rewrite changes speed, not arithmetic (weights, biases and scales are untouched).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+_Q = "QuantizeLinear"
+_DQ = "DequantizeLinear"
+_ZP_INPUT = 2
+
+
+@dataclass(frozen=True)
+class QdqSummary:
+    """What a Q/DQ model quantizes: activation tensors by type and quantized nodes."""
+
+    int8_activations: int
+    uint8_activations: int
+    nonzero_zero_points: int
+    quantized_op_types: dict[str, int]
+
+    @property
+    def tensorrt_compatible(self) -> bool:
+        """TensorRT explicit INT8: signed activations, every zero point 0."""
+        return self.uint8_activations == 0 and self.nonzero_zero_points == 0
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def summarize(model: onnx.ModelProto) -> QdqSummary:
+    """Count activation Q nodes by type, non-zero zero points and ops fed by a DQ node."""
+    inits = _initializers(model)
+    s8 = u8 = nonzero = 0
+    for node in model.graph.node:
+        if node.op_type not in (_Q, _DQ) or len(node.input) <= _ZP_INPUT:
+            continue
+        zp = inits.get(node.input[_ZP_INPUT])
+        if zp is None:
+            continue
+        values = numpy_helper.to_array(zp)
+        if values.dtype != np.int32 and np.any(values != 0):
+            nonzero += 1
+        if node.op_type == _Q:
+            s8 += values.dtype == np.int8
+            u8 += values.dtype == np.uint8
+    dq_outputs = {o for n in model.graph.node if n.op_type == _DQ for o in n.output}
+    ops = Counter(
+        n.op_type
+        for n in model.graph.node
+        if n.op_type not in (_Q, _DQ) and any(i in dq_outputs for i in n.input)
+    )
+    return QdqSummary(s8, u8, nonzero, dict(sorted(ops.items())))
+
+
+def int8_activations_to_uint8(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of ``model`` with every int8 activation Q/DQ pair moved to uint8 (+128).
+
+    Activations are the tensors a QuantizeLinear node produces; weights are stored already
+    quantized (DequantizeLinear only) and keep their int8 type.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = _initializers(out)
+    activation_zps = {
+        n.input[_ZP_INPUT]
+        for n in out.graph.node
+        if n.op_type == _Q
+        and len(n.input) > _ZP_INPUT
+        and n.input[_ZP_INPUT] in inits
+        and inits[n.input[_ZP_INPUT]].data_type == TensorProto.INT8
+    }
+    renamed: dict[str, str] = {}
+    for name in sorted(activation_zps):
+        values = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
+        new_name = f"{name}_u8"
+        out.graph.initializer.append(numpy_helper.from_array(values.astype(np.uint8), new_name))
+        renamed[name] = new_name
+    retyped: set[str] = set()
+    for node in out.graph.node:
+        if node.op_type in (_Q, _DQ) and len(node.input) > _ZP_INPUT:
+            zp = node.input[_ZP_INPUT]
+            if zp in renamed:
+                node.input[_ZP_INPUT] = renamed[zp]
+                if node.op_type == _Q:
+                    retyped.update(node.output)
+    # Recorded int8 shapes/types of the rewritten tensors would now be wrong; ORT re-infers them.
+    stale = [vi for vi in out.graph.value_info if vi.name in retyped]
+    for vi in stale:
+        out.graph.value_info.remove(vi)
+    # Initializers no node uses any more would only bloat the file.
+    used = {i for n in out.graph.node for i in n.input}
+    kept = [t for t in out.graph.initializer if t.name in used or t.name not in renamed]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    return out

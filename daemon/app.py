@@ -1,0 +1,195 @@
+"""Service lifecycle: start-up order, signals, hot reload, graceful shutdown.
+
+Start-up: model -> broker connection -> metrics endpoint -> cameras -> READY=1.
+SIGTERM/SIGINT: stop taking batches, drain the in-flight ones, publish ``offline``, exit 0.
+SIGHUP or a changed config file: re-validate; apply camera changes without touching the
+unchanged cameras; an invalid file is rejected with its errors and the running config stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from daemon.config.load import ConfigError, diff_cameras, load_config
+from daemon.config.model import AppConfig
+from daemon.infer.backend import Backend
+from daemon.infer.factory import load_backend
+from daemon.monitor.metrics import DaemonMetrics, MetricsServer
+from daemon.monitor.stats import StatsCollector, render_fps_table
+from daemon.monitor.systemd import SystemdNotifier
+from daemon.pipeline import Pipeline
+from daemon.publish.mqtt import MqttPublisher
+
+log = logging.getLogger(__name__)
+
+_CONFIG_WATCH_S = 2.0
+
+
+class Service:
+    """The daemon process: owns the pipeline and everything around it."""
+
+    def __init__(
+        self, config: AppConfig, backend: Backend, print_table: Callable[[str], None] | None = None
+    ) -> None:
+        self._config = config
+        self._backend = backend
+        self._print_table = print_table
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._notifier = SystemdNotifier()
+        self._publisher = MqttPublisher(config.mqtt, config.node)
+        self._metrics_registry = DaemonMetrics(self._publisher.counters)
+        self._pipeline = Pipeline(
+            config, backend, self._publisher, StatsCollector(), self._metrics_registry
+        )
+        self._metrics: MetricsServer | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def run(self, duration_s: float | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+        self._publisher.start()
+        monitoring = self._config.monitoring
+        if monitoring.metrics_port is not None:
+            self._metrics = MetricsServer(
+                monitoring.metrics_host,
+                monitoring.metrics_port,
+                self._metrics_registry.registry,
+                health=self._pipeline.health,
+            )
+            self._metrics.start()
+        for camera in self._config.enabled_cameras:
+            self._pipeline.add_camera(camera)
+
+        helpers = [
+            asyncio.create_task(self._watchdog(), name="watchdog"),
+            asyncio.create_task(self._watch_config(), name="config-watch"),
+        ]
+        if self._print_table is not None:
+            helpers.append(asyncio.create_task(self._table(), name="fps-table"))
+        if duration_s is not None:
+            loop.call_later(duration_s, self.request_stop)
+        self._notifier.ready()
+        self._notifier.status(f"{len(self._config.enabled_cameras)} cameras, {self._backend.name}")
+        log.info(
+            "edgewatch running",
+            extra={
+                "node": self._config.node,
+                "backend": self._backend.name,
+                "cameras": len(self._config.enabled_cameras),
+            },
+        )
+        try:
+            await self._pipeline.run(self._stop)
+        finally:
+            self._notifier.stopping()
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            self._pipeline.report_stats_once()
+            await loop.run_in_executor(None, self._publisher.stop, 5.0)
+            if self._metrics is not None:
+                self._metrics.stop()
+            self._notifier.close()
+            self._backend.close()
+            log.info("edgewatch stopped")
+        return 0
+
+    async def _watchdog(self) -> None:
+        """Ping systemd only while the pipeline makes progress, so a wedge gets us restarted."""
+        interval = self._notifier.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            await asyncio.sleep(interval / 2)
+            if self._pipeline.healthy():
+                self._notifier.watchdog()
+
+    async def _table(self) -> None:
+        assert self._print_table is not None
+        while True:
+            await asyncio.sleep(self._config.monitoring.stats_interval_s)
+            if self._pipeline.latest_stats:
+                self._print_table(render_fps_table(self._pipeline.latest_stats))
+
+    async def _watch_config(self) -> None:
+        path = self._config.source
+        last_mtime = _mtime(path)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload.wait(), _CONFIG_WATCH_S)
+            mtime = _mtime(path)
+            if self._reload.is_set() or mtime != last_mtime:
+                self._reload.clear()
+                last_mtime = mtime
+                await self._apply_reload()
+
+    async def _apply_reload(self) -> None:
+        path = self._config.source
+        if path is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.run_in_executor(None, load_config, path)
+        except ConfigError as err:
+            for problem in err.problems:
+                log.error(
+                    "config rejected, keeping the running one", extra={"problem": str(problem)}
+                )
+            return
+        diff = diff_cameras(self._config, new)
+        for camera_id in diff.removed:
+            self._pipeline.remove_camera(camera_id)
+        for camera in diff.changed:
+            self._pipeline.remove_camera(camera.id)
+            self._pipeline.add_camera(camera)
+        for camera in diff.added:
+            self._pipeline.add_camera(camera)
+        for section in diff.restart_required:
+            log.warning("config change needs a restart to take effect", extra={"section": section})
+        self._config = new
+        log.info(
+            "config reloaded",
+            extra={
+                "added": len(diff.added),
+                "removed": len(diff.removed),
+                "changed": len(diff.changed),
+            },
+        )
+
+
+def _mtime(path: Path | None) -> float | None:
+    if path is None:
+        return None
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def serve(config: AppConfig, duration_s: float | None, table: bool) -> int:
+    """Load the model, then run the service until a signal or ``duration_s``."""
+    backend = load_backend(config.model)
+
+    def print_table(text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    async def main() -> int:
+        return await Service(config, backend, print_table if table else None).run(duration_s)
+
+    return asyncio.run(main())

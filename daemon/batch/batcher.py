@@ -1,0 +1,110 @@
+"""Cross-camera batching: which cameras go into the next batch, and assembling it.
+
+A batch holds the newest unconsumed frame of up to ``max_batch`` cameras. It is dispatched
+as soon as every streaming camera has a frame waiting (or the batch is full), or when the
+first waiting frame has waited ``timeout_s`` — so one slow camera never stalls the rest.
+When more cameras are ready than fit, the ones served longest ago go first (round-robin),
+so no camera starves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.batch.letterbox import LetterboxGeometry, letterbox_into, rect_shape
+from daemon.capture.frame import FrameMeta
+from daemon.capture.source import CameraSource
+
+
+class _Clock(Protocol):
+    def __call__(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Letterboxed frames ready for ``Backend.infer`` plus what is needed to map boxes back."""
+
+    images: npt.NDArray[np.uint8]
+    metas: tuple[FrameMeta, ...]
+    geometries: tuple[LetterboxGeometry, ...]
+
+    def __len__(self) -> int:
+        return len(self.metas)
+
+
+class BatchBuffer:
+    """One preallocated uint8 buffer (room for ``[max_batch, H, W, 3]``); one per in-flight batch.
+
+    With a backend that takes any stride-multiple size (``dynamic_hw``), a batch of 16:9
+    cameras is letterboxed to 384x640 instead of 640x640 (Ultralytics' rect mode): 40% less
+    compute for the same detections. The batch is a contiguous view of the buffer's front,
+    so no shape needs its own allocation.
+    """
+
+    def __init__(self, max_batch: int, input_hw: tuple[int, int], dynamic_hw: bool) -> None:
+        self._input_hw = input_hw
+        self._dynamic_hw = dynamic_hw
+        self._flat = np.full(max_batch * input_hw[0] * input_hw[1] * 3, 114, dtype=np.uint8)
+
+    def assemble(self, sources: Sequence[CameraSource]) -> Batch:
+        """Letterbox each source's newest frame into the buffer (runs in a worker thread).
+
+        A source whose frame vanished between selection and assembly (its reader restarted)
+        is skipped, so the batch may be smaller than ``sources``."""
+        with ExitStack() as pinned:
+            frames = [
+                frame
+                for source in sources
+                if (frame := pinned.enter_context(source.acquire_latest())) is not None
+            ]
+            h, w = self._input_hw
+            if self._dynamic_hw and frames:
+                shapes = [rect_shape(image.shape[:2], self._input_hw) for _, image in frames]
+                h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
+            images = self._flat[: len(frames) * h * w * 3].reshape(len(frames), h, w, 3)
+            geometries = tuple(
+                letterbox_into(image, images[i]) for i, (_, image) in enumerate(frames)
+            )
+        return Batch(images, tuple(meta for meta, _ in frames), geometries)
+
+
+class BatchSelector:
+    """Decides when to dispatch and which cameras go in (pure bookkeeping, loop thread only)."""
+
+    def __init__(self, max_batch: int, timeout_s: float, clock: _Clock = time.monotonic) -> None:
+        self._max_batch = max_batch
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._last_served: dict[str, float] = {}
+        self._waiting_since: float | None = None
+
+    def select(self, ready: Sequence[CameraSource], live_count: int) -> list[CameraSource] | None:
+        """Return the cameras for the next batch, or None to keep waiting.
+
+        ``ready`` are sources with an unconsumed frame; ``live_count`` is how many cameras
+        could deliver one (streaming), i.e. the most a batch could hold right now."""
+        if not ready:
+            self._waiting_since = None
+            return None
+        now = self._clock()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        full = len(ready) >= min(self._max_batch, max(live_count, 1))
+        if not full and now - self._waiting_since < self._timeout_s:
+            return None
+        picked = sorted(ready, key=lambda s: self._last_served.get(s.camera_id, -1.0))
+        picked = picked[: self._max_batch]
+        for source in picked:
+            self._last_served[source.camera_id] = now
+        self._waiting_since = None
+        return picked
+
+    def forget(self, camera_id: str) -> None:
+        self._last_served.pop(camera_id, None)

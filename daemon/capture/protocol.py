@@ -1,0 +1,80 @@
+"""What the daemon hands a reader process and what the reader reports back.
+
+Imported by the reader process: standard library (and the stdlib-only secrets module) only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final
+
+from daemon.config.secrets import Secret
+
+# Exit status of a reader that met a frame larger than its ring (the daemon enlarges it).
+EXIT_FRAME_TOO_LARGE: Final = 3
+
+
+class SourceKind(str, Enum):
+    """How a camera URL is opened and paced."""
+
+    STREAM = "stream"  # rtsp:// and other network URLs: read as fast as they arrive
+    DEVICE = "device"  # V4L2 /dev/videoN
+    FILE = "file"  # paced at its native fps and looped, like a live camera
+
+    @classmethod
+    def of(cls, url: str) -> SourceKind:
+        if "://" in url and not url.startswith("file://"):
+            return cls.STREAM
+        if url.startswith("/dev/video"):
+            return cls.DEVICE
+        return cls.FILE
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderSpec:
+    """Everything a reader process needs; picklable for the spawn start method."""
+
+    camera_id: str
+    url: Secret
+    max_fps: float | None
+    open_timeout_s: float
+    read_timeout_s: float
+    reconnect_initial_s: float
+    reconnect_max_s: float
+    shm_name: str
+    capacity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Streaming:
+    """The reader delivered its first good frame since it (re)connected."""
+
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnecting:
+    """The source failed; the reader backs off and retries. ``reason`` is masked."""
+
+    reason: str
+    retry_in_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something an operator should see in the daemon's log (masked)."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameTooLarge:
+    """A frame does not fit the ring; the reader exits with ``EXIT_FRAME_TOO_LARGE``."""
+
+    width: int
+    height: int
+
+
+ReaderEvent = Streaming | Reconnecting | Notice | FrameTooLarge

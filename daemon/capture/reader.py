@@ -1,0 +1,274 @@
+"""The reader process of one camera: OpenCV in, shared-memory ring out.
+
+It runs in its own spawned process because OpenCV serialises ``VideoCapture.open`` across a
+process and a stalled read cannot be interrupted in a thread; the daemon can always kill
+and respawn a process. Imports: OpenCV, numpy, the standard library and the stdlib-only
+``ring``/``protocol``/``secrets`` modules, so a spawn costs little more than importing cv2.
+FFmpeg options are set in this process's environment, which OpenCV reads at each open.
+
+The reader reconnects by itself with capped exponential backoff; it exits only when the
+daemon goes away or a frame does not fit the ring (the daemon then enlarges the ring).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Lock
+from typing import Final
+
+import cv2
+import numpy as np
+
+from daemon.capture.protocol import (
+    EXIT_FRAME_TOO_LARGE,
+    FrameTooLarge,
+    Notice,
+    ReaderEvent,
+    ReaderSpec,
+    Reconnecting,
+    SourceKind,
+    Streaming,
+)
+from daemon.capture.ring import Frame, FrameRing, attach
+from daemon.config.secrets import mask_text
+
+# A file whose container reports no usable frame rate is paced at this.
+_DEFAULT_FILE_FPS: Final = 25.0
+# Slack on top of OpenCV's own timeouts before the heartbeat stops (then the daemon's
+# stall watchdog kills us): OpenCV honours its timeouts only approximately.
+_TIMEOUT_SLACK_S: Final = 5.0
+_HEARTBEAT_PERIOD_S: Final = 0.5
+# OpenCV's FFmpeg backend retries a timed-out read this many times before grab() fails, so
+# its per-attempt timeout is our read timeout divided by this (measured with OpenCV 5.0).
+_OPENCV_READ_ATTEMPTS: Final = 3
+# Decoded-but-unusable frames in a row before the connection is considered broken.
+_MAX_CORRUPT_IN_ROW: Final = 50
+# A file that falls this far behind its pacing schedule resynchronises instead of bursting.
+_MAX_PACING_LAG_S: Final = 1.0
+# FFmpeg/OpenCV stderr lines let through per window; a broken stream can emit thousands.
+_STDERR_LINES_PER_WINDOW: Final = 20
+_STDERR_WINDOW_S: Final = 10.0
+
+
+class _Liveness:
+    """Heartbeat that keeps beating only while the main loop is inside a bounded operation.
+
+    A thread beats every 0.5 s until ``deadline``; the main loop moves the deadline before
+    each open/read/sleep. If OpenCV overruns its own timeout the beats stop and the daemon's
+    watchdog kills this process.
+    """
+
+    def __init__(self, ring: FrameRing, parent_pid: int) -> None:
+        self._ring = ring
+        self._parent_pid = parent_pid
+        self._deadline = time.time() + _TIMEOUT_SLACK_S
+        ring.beat(time.time())
+        threading.Thread(target=self._run, name="heartbeat", daemon=True).start()
+
+    def until(self, deadline: float) -> None:
+        self._deadline = deadline
+
+    def _run(self) -> None:
+        while True:
+            if os.getppid() != self._parent_pid:
+                # The daemon died without stopping us: leave nothing running.
+                os._exit(0)
+            now = time.time()
+            if now <= self._deadline:
+                self._ring.beat(now)
+            time.sleep(_HEARTBEAT_PERIOD_S)
+
+
+def _filter_stderr(secrets: tuple[str, ...]) -> None:
+    """Route fd 2 (FFmpeg and OpenCV write there directly) through masking and rate limiting."""
+    read_fd, write_fd = os.pipe()
+    real_stderr = os.dup(2)
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+
+    def pump() -> None:
+        window_start, shown, suppressed = time.monotonic(), 0, 0
+        with open(read_fd, "rb", buffering=0) as pipe, open(real_stderr, "wb", 0) as out:
+            for raw in pipe:
+                now = time.monotonic()
+                if now - window_start >= _STDERR_WINDOW_S:
+                    if suppressed:
+                        out.write(f"({suppressed} similar lines suppressed)\n".encode())
+                    window_start, shown, suppressed = now, 0, 0
+                if shown >= _STDERR_LINES_PER_WINDOW:
+                    suppressed += 1
+                    continue
+                shown += 1
+                out.write(mask_text(raw.decode(errors="replace"), secrets).encode())
+
+    threading.Thread(target=pump, name="stderr", daemon=True).start()
+
+
+class _Reader:
+    def __init__(
+        self, spec: ReaderSpec, ring: FrameRing, conn: Connection, parent_pid: int
+    ) -> None:
+        self.spec = spec
+        self.ring = ring
+        self.conn = conn
+        self.kind = SourceKind.of(spec.url.reveal())
+        self.secrets = _secrets_of(spec.url.reveal())
+        self.live = _Liveness(ring, parent_pid)
+        self.seq = ring.latest_seq()
+        self.backoff = spec.reconnect_initial_s
+        # Shape of the last frame; the next one is decoded straight into a slot of this shape.
+        self.shape = (0, 0)
+        self.min_interval = 1.0 / spec.max_fps if spec.max_fps else 0.0
+        self.next_keep = 0.0
+
+    def send(self, event: ReaderEvent) -> None:
+        self.conn.send(event)
+
+    def mask(self, text: str) -> str:
+        return mask_text(text, self.secrets)
+
+    # -- opening ------------------------------------------------------------------------
+
+    def open(self) -> cv2.VideoCapture:
+        url = self.spec.url.reveal()
+        self.live.until(time.time() + self.spec.open_timeout_s + _TIMEOUT_SLACK_S)
+        if self.kind is SourceKind.DEVICE:
+            return cv2.VideoCapture(url, cv2.CAP_V4L2)
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            int(self.spec.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            max(1, int(self.spec.read_timeout_s * 1000 / _OPENCV_READ_ATTEMPTS)),
+        ]
+        path = url.removeprefix("file://") if self.kind is SourceKind.FILE else url
+        return cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
+
+    def fail(self, reason: str) -> None:
+        """Report a failure and sleep the backoff, beating the heartbeat meanwhile."""
+        self.send(Reconnecting(reason=self.mask(reason), retry_in_s=self.backoff))
+        self.ring.count_reconnect()
+        deadline = time.time() + self.backoff
+        self.live.until(deadline + _TIMEOUT_SLACK_S)
+        time.sleep(max(0.0, deadline - time.time()))
+        self.backoff = min(self.backoff * 2, self.spec.reconnect_max_s)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        url = self.spec.url.reveal()
+        while True:
+            cap = self.open()
+            if not cap.isOpened():
+                cap.release()
+                self.fail(f"cannot open {url}")
+                continue
+            self.fail(self.stream(cap))
+
+    def stream(self, cap: cv2.VideoCapture) -> str:
+        """Read until the source fails, release it and return why. Files loop here at EOF."""
+        try:
+            return self._stream(cap)
+        finally:
+            cap.release()
+
+    def _stream(self, cap: cv2.VideoCapture) -> str:
+        read_budget = self.spec.read_timeout_s + _TIMEOUT_SLACK_S
+        frames_since_open = 0
+        corrupt_in_row = 0
+        streaming = False
+        pacing = self.kind is SourceKind.FILE
+        fps = cap.get(cv2.CAP_PROP_FPS) if pacing else 0.0
+        period = 1.0 / (fps if 1.0 <= fps <= 240.0 else _DEFAULT_FILE_FPS)
+        due = time.time()
+        while True:
+            self.live.until(time.time() + read_budget)
+            if not cap.grab():
+                if not (pacing and frames_since_open > 0):
+                    return "stream ended or read timed out" if streaming else "no frame received"
+                # EOF of a file: seek to the start so it behaves like an endless camera.
+                if not cap.set(cv2.CAP_PROP_POS_FRAMES, 0) or not cap.grab():
+                    return "cannot loop the file at its end"
+            frames_since_open += 1
+            if pacing:
+                due = max(due + period, time.time() - _MAX_PACING_LAG_S)
+                self.live.until(due + read_budget)
+                time.sleep(max(0.0, due - time.time()))
+            now = time.time()
+            if not self.keep(now):
+                continue
+            size = self.retrieve(cap, now)
+            if size is None:
+                self.ring.count_corrupt()
+                corrupt_in_row += 1
+                if corrupt_in_row >= _MAX_CORRUPT_IN_ROW:
+                    return f"{corrupt_in_row} undecodable frames in a row"
+                continue
+            corrupt_in_row = 0
+            if not streaming:
+                streaming = True
+                self.backoff = self.spec.reconnect_initial_s
+                self.send(Streaming(width=size[1], height=size[0]))
+
+    def keep(self, now: float) -> bool:
+        """Honour max_fps by skipping frames (they were still read, so a stream stays current)."""
+        if not self.min_interval:
+            return True
+        # A little tolerance so source jitter does not halve the rate.
+        if now < self.next_keep - 0.2 * self.min_interval:
+            return False
+        self.next_keep = max(self.next_keep, now - self.min_interval) + self.min_interval
+        return True
+
+    def retrieve(self, cap: cv2.VideoCapture, capture_ts: float) -> tuple[int, int] | None:
+        """Decode the grabbed frame into a free slot and publish it; None if unusable."""
+        slot = self.ring.free_slot()
+        height, width = self.shape
+        target: Frame | None = self.ring.view(slot, height, width) if height else None
+        ok, image = cap.retrieve(target) if target is not None else cap.retrieve()
+        if not ok or image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
+            return None
+        if target is None or image is not target:
+            # First frame or a new resolution: OpenCV allocated; copy into the slot once.
+            height, width = int(image.shape[0]), int(image.shape[1])
+            if height * width * 3 > self.ring.capacity:
+                self.send(FrameTooLarge(width=width, height=height))
+                self.conn.close()
+                os._exit(EXIT_FRAME_TOO_LARGE)
+            if self.shape not in ((0, 0), (height, width)):
+                self.send(Notice(f"resolution changed to {width}x{height}"))
+            self.shape = (height, width)
+            np.copyto(self.ring.view(slot, height, width), image)
+        self.seq += 1
+        self.ring.publish(slot, self.seq, capture_ts, height, width)
+        return height, width
+
+
+def _secrets_of(url: str) -> tuple[str, ...]:
+    """The password (and user) in a URL, for masking free text that contains them bare."""
+    if "://" not in url or "@" not in url.split("://", 1)[1].split("/", 1)[0]:
+        return ()
+    userinfo = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[0]
+    return tuple(part for part in userinfo.split(":", 1) if len(part) >= 3)
+
+
+def run_reader(spec: ReaderSpec, lock: Lock, conn: Connection, parent_pid: int) -> None:
+    """Entry point of the reader process (the target of the spawned Process)."""
+    url = spec.url.reveal()
+    if SourceKind.of(url) is SourceKind.STREAM:
+        # Read by OpenCV's FFmpeg backend at each open; per process, so per camera.
+        # ``timeout`` (µs) bounds every socket operation; ``stimeout`` is silently ignored.
+        micros = int(spec.read_timeout_s * 1_000_000)
+        os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;tcp|timeout;{micros}"
+    _filter_stderr(_secrets_of(url))
+    # One camera per process: OpenCV's own thread pool would only compete with the others.
+    cv2.setNumThreads(1)
+    ring = attach(spec.shm_name, spec.capacity, lock)
+    try:
+        _Reader(spec, ring, conn, parent_pid).run()
+    except (BrokenPipeError, EOFError, ConnectionResetError):
+        # The daemon closed its end: it is stopping us.
+        sys.exit(0)

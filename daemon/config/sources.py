@@ -1,0 +1,110 @@
+"""Checks on values that point outside the config file: camera URLs, files, secrets.
+
+Each function returns the checked value or raises ``BadValue`` with a message that never
+contains a camera URL or a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+from daemon.config.errors import BadValue
+
+STREAM_SCHEMES: Final = frozenset({"rtsp", "rtsps", "http", "https"})
+_URL_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_V4L2_DEVICE: Final = re.compile(r"/dev/video\d+|/dev/v4l/.+")
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_URL_FORMS: Final = "use rtsp://, rtsps://, http(s)://, a video file path or /dev/videoN"
+
+
+def resolve_path(text: str, base_dir: Path) -> Path:
+    """``text`` as a normalised absolute path; relative paths start at ``base_dir``."""
+    return Path(os.path.normpath(base_dir / Path(text).expanduser()))
+
+
+def require_file(path: Path) -> Path:
+    """``path`` if it is a readable regular file."""
+    if not path.exists():
+        raise BadValue(f"file not found: {path}")
+    if not path.is_file():
+        raise BadValue(f"not a regular file: {path}")
+    if not os.access(path, os.R_OK):
+        raise BadValue(f"file not readable by this user: {path}")
+    return path
+
+
+def is_stream_url(url: str) -> bool:
+    """True for ``scheme://...`` forms (as opposed to file paths and devices)."""
+    scheme = _URL_SCHEME.match(url)
+    return scheme is not None and url[scheme.end() : scheme.end() + 2] == "//"
+
+
+def has_credentials(url: str) -> bool:
+    """True when a stream URL carries a user name or password."""
+    if not is_stream_url(url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "@" in url
+    return parts.username is not None or parts.password is not None
+
+
+def check_camera_url(url: str, base_dir: Path) -> str:
+    """The camera URL as the reader will open it: stream URLs and devices unchanged, video
+    files as absolute paths (which must exist). Devices are not checked: a USB camera may be
+    plugged in later and the reader retries."""
+    if url != url.strip():
+        raise BadValue("has leading or trailing spaces")
+    if is_stream_url(url):
+        _check_stream_url(url)
+        return url
+    scheme = _URL_SCHEME.match(url)
+    if scheme and len(scheme.group(1)) > 1:
+        raise BadValue(f"malformed URL, expected scheme://host; {_URL_FORMS}")
+    if url.startswith("/dev/"):
+        if not _V4L2_DEVICE.fullmatch(url):
+            raise BadValue(f"unsupported device {url} (expected /dev/videoN)")
+        return url
+    return str(require_file(resolve_path(url, base_dir)))
+
+
+def _check_stream_url(url: str) -> None:
+    scheme = url.split(":", 1)[0].lower()
+    if scheme not in STREAM_SCHEMES:
+        raise BadValue(f"unsupported URL scheme '{scheme}'; {_URL_FORMS}")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number in 0..65535
+    except ValueError:
+        raise BadValue("malformed URL (bad host or port)") from None
+    if not parts.hostname:
+        raise BadValue("URL has no host")
+
+
+def read_password_file(path: Path) -> str:
+    """The file's content without surrounding whitespace (a trailing newline is usual)."""
+    try:
+        value = require_file(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise BadValue(f"cannot read password file: {path}") from None
+    if not value:
+        raise BadValue(f"password file is empty: {path}")
+    return value
+
+
+def read_password_env(name: str, env: Mapping[str, str]) -> str:
+    """The value of environment variable ``name``, which must be set and non-empty."""
+    if not _ENV_NAME.fullmatch(name):
+        raise BadValue(f"not a valid environment variable name: {name!r}")
+    value = env.get(name)
+    if value is None:
+        raise BadValue(f"environment variable {name} is not set")
+    if not value:
+        raise BadValue(f"environment variable {name} is empty")
+    return value

@@ -1,0 +1,352 @@
+"""ONNX Runtime backend: the default, runs anywhere (CPU provider), CUDA/TensorRT providers
+where the installed onnxruntime build has them.
+
+Two input layouts are accepted:
+
+* the plain Ultralytics export, float32 (or float16) RGB 0..1 NCHW: the uint8 NHWC batch is
+  converted into a buffer allocated once at load time (one fused cast/divide/transpose pass);
+* a model with normalisation baked into the graph (``edgewatch export --uint8-input``), uint8
+  RGB NHWC: the batch is handed over as it is.
+
+A model with a fixed batch of 1 is served by looping over the batch, so any exported model
+works; other fixed batch sizes are rejected with a hint to re-export with a dynamic batch.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from daemon.config.model import ModelConfig
+from daemon.infer.backend import BackendError, FloatArray, UInt8Batch
+
+log = logging.getLogger(__name__)
+
+_CPU = "CPUExecutionProvider"
+_FLOAT_TYPES: dict[str, type[np.floating[Any]]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+}
+_UINT8 = "tensor(uint8)"
+_RGB = 3
+_BOX_COORDS = 4
+
+
+@dataclass(frozen=True)
+class _InputSpec:
+    name: str
+    # True: uint8 NHWC, normalised inside the graph; False: float NCHW 0..1.
+    uint8_nhwc: bool
+    dtype: type[np.generic]
+    # Fixed batch size of the graph, None when the batch axis is dynamic.
+    fixed_batch: int | None
+    # (height, width) when the graph fixes them.
+    fixed_hw: tuple[int, int] | None
+
+
+class OnnxRuntimeBackend:
+    """A YOLOv8 ONNX model in an ONNX Runtime session (see module docstring).
+
+    Only one ``infer`` runs at a time (``max_inflight == 1``; a lock enforces it because the
+    input conversion buffer is shared).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        providers: Sequence[str] = (_CPU,),
+        intra_op_threads: int = 0,
+        input_size: int = 640,
+        max_batch: int = 8,
+    ) -> None:
+        if max_batch < 1:
+            raise BackendError(f"max_batch must be >= 1, got {max_batch}")
+        self._path = path
+        self._session = _open_session(path, providers, intra_op_threads)
+        self._input = _input_spec(self._session, path)
+        self._output_name, num_classes = _output_spec(self._session, path)
+        self._class_names = _class_names(self._session, num_classes)
+        self._num_classes = len(self._class_names)
+        if self._input.fixed_hw is not None:
+            self._input_hw = self._input.fixed_hw
+            if self._input_hw != (input_size, input_size):
+                log.info(
+                    "model input size is fixed; using it instead of the configured size",
+                    extra={
+                        "model": str(path),
+                        "model_hw": list(self._input_hw),
+                        "configured": input_size,
+                    },
+                )
+        else:
+            self._input_hw = (input_size, input_size)
+        if self._input.fixed_batch not in (None, 1):
+            raise BackendError(
+                f"{path}: input {self._input.name!r} has a fixed batch of "
+                f"{self._input.fixed_batch}; re-export it with a dynamic batch "
+                "(edgewatch export does) or with batch 1"
+            )
+        self._max_batch = max_batch
+        h, w = self._input_hw
+        # Conversion target for float models, allocated once; uint8 models need none.
+        self._buffer: npt.NDArray[Any] | None = (
+            None
+            if self._input.uint8_nhwc
+            else np.empty((max_batch, _RGB, h, w), dtype=self._input.dtype)
+        )
+        self._lock = threading.Lock()
+        self._provider = self._session.get_providers()[0]
+        log.info(
+            "onnxruntime backend loaded",
+            extra={
+                "model": str(path),
+                "provider": self._provider,
+                "providers_requested": list(providers),
+                "input": "uint8-nhwc" if self._input.uint8_nhwc else "float-nchw",
+                "input_hw": list(self._input_hw),
+                "batch": "fixed-1 (looped)" if self._input.fixed_batch == 1 else "dynamic",
+                "max_batch": max_batch,
+                "classes": self._num_classes,
+            },
+        )
+
+    @classmethod
+    def from_config(cls, model: ModelConfig) -> OnnxRuntimeBackend:
+        """Build from the ``model:`` section of the daemon config."""
+        return cls(
+            model.path,
+            providers=model.providers,
+            intra_op_threads=model.intra_op_threads,
+            input_size=model.input_size,
+            max_batch=model.max_batch,
+        )
+
+    @property
+    def name(self) -> str:
+        return f"onnxruntime:{self._provider}"
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self._input_hw
+
+    @property
+    def max_batch(self) -> int:
+        return self._max_batch
+
+    @property
+    def max_inflight(self) -> int:
+        return 1
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._class_names
+
+    @property
+    def dynamic_hw(self) -> bool:
+        """Whether the graph accepts any input height/width up to ``input_hw`` (Ultralytics'
+        minimal-padding "rect" letterbox for still images needs it)."""
+        return self._input.fixed_hw is None
+
+    @property
+    def uint8_input(self) -> bool:
+        """Whether the graph itself normalises (uint8 NHWC input)."""
+        return self._input.uint8_nhwc
+
+    def infer(self, batch: UInt8Batch) -> FloatArray:
+        """Run ``batch`` (``[n, H, W, 3]`` uint8 RGB) and return ``[n, 4 + nc, anchors]``."""
+        self._check_batch(batch)
+        with self._lock:
+            session = self._session
+            if session is None:
+                raise BackendError("onnxruntime backend used after close()")
+            n, h, w = batch.shape[:3]
+            if self._buffer is None:
+                feed: npt.NDArray[Any] = np.ascontiguousarray(batch)
+            else:
+                # A contiguous view of the front of the buffer (smaller h, w for rect inputs).
+                feed = self._buffer.reshape(-1)[: n * _RGB * h * w].reshape(n, _RGB, h, w)
+                # Same arithmetic as Ultralytics (x / 255 in float), straight into the buffer.
+                np.divide(
+                    batch.transpose(0, 3, 1, 2), self._input.dtype(255), out=feed, casting="unsafe"
+                )
+            if self._input.fixed_batch == 1 and n > 1:
+                out = np.concatenate([self._run(session, feed[i : i + 1]) for i in range(n)])
+            else:
+                out = self._run(session, feed)
+        if out.shape[0] != n or out.shape[1] != _BOX_COORDS + self._num_classes:
+            raise BackendError(
+                f"{self._path}: output {list(out.shape)} does not match "
+                f"[{n}, {_BOX_COORDS + self._num_classes}, anchors]"
+            )
+        return out.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._session = None
+            self._buffer = None
+
+    def _run(self, session: ort.InferenceSession, feed: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        try:
+            (out,) = session.run([self._output_name], {self._input.name: feed})
+        except Exception as exc:  # onnxruntime raises its own (non-exported) exception types
+            raise BackendError(f"{self._path}: inference failed: {exc}") from exc
+        return np.asarray(out)
+
+    def _check_batch(self, batch: UInt8Batch) -> None:
+        max_h, max_w = self._input_hw
+        ok = (
+            batch.dtype == np.uint8
+            and batch.ndim == 4
+            and batch.shape[3] == _RGB
+            and 1 <= batch.shape[0] <= self._max_batch
+        )
+        if ok and batch.shape[1:3] != self._input_hw:
+            ok = self.dynamic_hw and batch.shape[1] <= max_h and batch.shape[2] <= max_w
+        if not ok:
+            size = f"{max_h}, {max_w}" if not self.dynamic_hw else f"<={max_h}, <={max_w}"
+            raise ValueError(
+                f"batch must be uint8 [1..{self._max_batch}, {size}, 3], "
+                f"got {batch.dtype} {list(batch.shape)}"
+            )
+
+
+def _open_session(
+    path: Path, providers: Sequence[str], intra_op_threads: int
+) -> ort.InferenceSession:
+    if not path.is_file():
+        raise BackendError(f"model file not found: {path}")
+    options = ort.SessionOptions()
+    if intra_op_threads > 0:
+        options.intra_op_num_threads = intra_op_threads
+    # Provider fall-backs are reported by us (below), not as ORT's multi-line warnings.
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=options, providers=_usable_providers(providers)
+        )
+    except BackendError:
+        raise
+    except Exception as exc:  # InvalidProtobuf, Fail, NoSuchFile... are not importable types
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackendError(f"{path} is not a loadable ONNX model: {first_line}") from exc
+
+
+def _usable_providers(requested: Sequence[str]) -> list[str]:
+    """Requested providers this onnxruntime build has; unknown names are an operator error."""
+    known = set(ort.get_all_providers())
+    unknown = [p for p in requested if p not in known]
+    if unknown:
+        raise BackendError(
+            f"unknown onnxruntime execution provider(s) {unknown}; known: {sorted(known)}"
+        )
+    available = set(ort.get_available_providers())
+    usable = [p for p in requested if p in available]
+    missing = [p for p in requested if p not in available]
+    if missing:
+        log.warning(
+            "execution providers not available in this onnxruntime build; skipped",
+            extra={"missing": missing, "available": sorted(available)},
+        )
+    if not usable:
+        usable = [_CPU]
+    return usable
+
+
+def _static(dim: object) -> int | None:
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def _input_spec(session: ort.InferenceSession, path: Path) -> _InputSpec:
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise BackendError(
+            f"{path}: expected one image input, found {[i.name for i in inputs]}; "
+            "not a YOLOv8 detection export"
+        )
+    inp = inputs[0]
+    shape = list(inp.shape)
+    if len(shape) != 4:
+        raise BackendError(
+            f"{path}: input {inp.name!r} has rank {len(shape)} {shape}; a YOLOv8 model takes "
+            "[N, 3, H, W] float or [N, H, W, 3] uint8"
+        )
+    dims = [_static(d) for d in shape]
+    if inp.type in _FLOAT_TYPES and dims[1] == _RGB:
+        hw = (dims[2], dims[3])
+        return _InputSpec(
+            inp.name,
+            False,
+            _FLOAT_TYPES[inp.type],
+            dims[0],
+            (hw[0], hw[1]) if hw[0] and hw[1] else None,
+        )
+    if inp.type == _UINT8 and dims[3] == _RGB:
+        hw = (dims[1], dims[2])
+        return _InputSpec(
+            inp.name, True, np.uint8, dims[0], (hw[0], hw[1]) if hw[0] and hw[1] else None
+        )
+    raise BackendError(
+        f"{path}: input {inp.name!r} is {inp.type} {shape}; expected float [N, 3, H, W] "
+        "or uint8 [N, H, W, 3]"
+    )
+
+
+def _output_spec(session: ort.InferenceSession, path: Path) -> tuple[str, int | None]:
+    """The head output's name and class count (None when its channel axis is symbolic)."""
+    outputs = session.get_outputs()
+    if not outputs:
+        raise BackendError(f"{path}: the model has no outputs")
+    out = outputs[0]
+    shape = list(out.shape)
+    if len(shape) != 3 or out.type not in _FLOAT_TYPES:
+        raise BackendError(
+            f"{path}: output {out.name!r} is {out.type} {shape}; expected a YOLOv8 head "
+            "float [N, 4 + classes, anchors] (exports with NMS or end2end heads are not supported)"
+        )
+    channels, anchors = _static(shape[1]), _static(shape[2])
+    if channels is not None and (
+        channels <= _BOX_COORDS or (anchors is not None and channels > anchors)
+    ):
+        raise BackendError(
+            f"{path}: output {out.name!r} has shape {shape}; expected [N, 4 + classes, anchors] "
+            "(a transposed or NMS-ed head is not a plain YOLOv8 export)"
+        )
+    return out.name, None if channels is None else channels - _BOX_COORDS
+
+
+def _class_names(session: ort.InferenceSession, num_classes: int | None) -> tuple[str, ...]:
+    """Names from Ultralytics' ``names`` metadata (a Python dict literal), else ``class_<i>``."""
+    raw = session.get_modelmeta().custom_metadata_map.get("names")
+    parsed: dict[int, str] = {}
+    if raw:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            log.warning("model metadata 'names' is not a Python literal; using class_<i>")
+        else:
+            if isinstance(value, dict):
+                parsed = {int(k): str(v) for k, v in value.items()}
+            elif isinstance(value, (list, tuple)):
+                parsed = {i: str(v) for i, v in enumerate(value)}
+    count = num_classes if num_classes is not None else (max(parsed) + 1 if parsed else 0)
+    if count == 0:
+        raise BackendError(
+            "cannot tell the number of classes: the output's class axis is dynamic and the "
+            "model has no 'names' metadata"
+        )
+    if parsed and num_classes is not None and len(parsed) != num_classes:
+        log.warning(
+            "model metadata names a different number of classes than the output has",
+            extra={"names": len(parsed), "output_classes": num_classes},
+        )
+    return tuple(parsed.get(i, f"class_{i}") for i in range(count))

@@ -1,0 +1,310 @@
+"""PyTorch backend (``backend: torch``, extra ``edgewatch[torch]``): CUDA hosts without TensorRT.
+
+It runs the same YOLOv8 ``.onnx`` file as the ONNX Runtime backend, executed by PyTorch
+operators (``daemon.infer.torch_graph``): Ultralytics' ``.pt`` checkpoint is a pickle of
+Ultralytics classes and cannot be loaded without importing Ultralytics, which the daemon never
+does, and TorchScript needs an Ultralytics export step per GPU and precision.
+
+On CUDA: FP16 weights and activations (channels-last, cuDNN autotuned), ``max_inflight``
+slots, each with its own CUDA stream, pinned host buffers and device buffers sized once for
+the largest batch. The uint8 NHWC batch is copied to the GPU as uint8 (a quarter of the bytes
+of float32) and normalised there; every batch shape gets a CUDA graph on first use, so a
+batch is one H2D copy, one graph replay and one D2H copy. Without CUDA it runs FP32 on the CPU
+(for tests; the ONNX Runtime backend is the CPU path).
+
+Threads: ``infer`` is called from executor threads. A thread keeps its slot from its first
+call on, because the returned array is a view of that slot's pinned output buffer and must
+stay valid until the same thread's next call (``Backend`` contract).
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from daemon.config.model import ModelConfig
+from daemon.infer.backend import BackendError, FloatArray, UInt8Batch
+from daemon.infer.torch_graph import GraphError, OnnxGraph, SpecialisedProgram
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SLOTS = 2
+_RGB = 3
+_BOX_COORDS = 4
+# Eager runs before a capture: cuDNN autotuning and lazy allocations must not be captured.
+_WARMUP_RUNS = 2
+
+
+@dataclass
+class _Compiled:
+    program: SpecialisedProgram
+    graph: torch.cuda.CUDAGraph | None = None
+    output: torch.Tensor | None = None
+
+
+@dataclass
+class _Slot:
+    host_in: torch.Tensor
+    dev_in: torch.Tensor
+    host_out: torch.Tensor
+    stream: torch.cuda.Stream | None
+    pool: tuple[int, int] | None
+    compiled: dict[tuple[int, int, int], _Compiled] = field(default_factory=dict)
+
+
+class TorchBackend:
+    """YOLOv8 ONNX graph on PyTorch (see module docstring)."""
+
+    def __init__(
+        self, path: Path, *, input_size: int = 640, max_batch: int = 8,
+        slots: int = DEFAULT_SLOTS, device: str | None = None,
+    ) -> None:  # fmt: skip
+        if max_batch < 1:
+            raise BackendError(f"max_batch must be >= 1, got {max_batch}")
+        if not path.is_file():
+            raise BackendError(f"model file not found: {path}")
+        try:
+            model = onnx.load(str(path))
+            self._graph = OnnxGraph(model)
+        except GraphError as exc:
+            raise BackendError(f"{path}: {exc}") from exc
+        except Exception as exc:  # onnx raises DecodeError, OSError, ValueError...
+            raise BackendError(f"{path} is not a loadable ONNX model: {exc}") from exc
+        self._path = path
+        self._num_classes, fixed_hw = _io_facts(model, path)
+        self._class_names = _class_names(model, self._num_classes)
+        self._input_hw = fixed_hw or (input_size, input_size)
+        self._dynamic_hw = fixed_hw is None
+        self._max_batch = max_batch
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._cuda = self._device.type == "cuda"
+        self._dtype = torch.float16 if self._cuda else torch.float32
+        if self._cuda:
+            torch.backends.cudnn.benchmark = True
+        self._anchors = _anchor_count(self._input_hw)
+        self._slots = [self._make_slot() for _ in range(slots if self._cuda else 1)]
+        self._free = list(self._slots)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._compile_lock = threading.Lock()
+        self._closed = False
+        log.info(
+            "torch backend loaded",
+            extra={"model": str(path), "device": str(self._device), "dtype": str(self._dtype),
+                   "max_batch": max_batch, "slots": len(self._slots),
+                   "cuda_graphs": self._cuda, "torch": torch.__version__},
+        )  # fmt: skip
+
+    @classmethod
+    def from_config(cls, model: ModelConfig) -> TorchBackend:
+        return cls(model.path, input_size=model.input_size, max_batch=model.max_batch)
+
+    # -- Backend protocol -----------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        precision = "fp16" if self._dtype == torch.float16 else "fp32"
+        return f"torch:{self._device.type}:{precision}"
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self._input_hw
+
+    @property
+    def dynamic_hw(self) -> bool:
+        """Any stride-multiple height/width up to ``input_hw`` (the batcher's rect mode)."""
+        return self._dynamic_hw
+
+    @property
+    def max_batch(self) -> int:
+        return self._max_batch
+
+    @property
+    def max_inflight(self) -> int:
+        return len(self._slots)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._class_names
+
+    def infer(self, batch: UInt8Batch) -> FloatArray:
+        """Run ``batch`` (``[n, H, W, 3]`` uint8 RGB); returns a view of pinned memory."""
+        self._check_batch(batch)
+        if self._closed:
+            raise BackendError("torch backend used after close()")
+        slot = self._slot()
+        n, h, w = batch.shape[:3]
+        size = n * h * w * _RGB
+        host_in = slot.host_in[:size]
+        host_in.numpy()[:] = batch.reshape(-1)
+        dev_in = slot.dev_in[:size]
+        stream_ctx = torch.cuda.stream(slot.stream) if slot.stream is not None else _nullctx()
+        with stream_ctx:
+            dev_in.copy_(host_in, non_blocking=True)
+            compiled = slot.compiled.get((n, h, w))
+            if compiled is None:
+                with self._compile_lock:
+                    compiled = self._compile(slot, n, h, w)
+            if compiled.graph is not None:
+                compiled.graph.replay()
+                out = compiled.output
+            else:
+                out = self._forward(compiled.program, dev_in.view(n, h, w, _RGB))
+            assert out is not None
+            anchors = out.shape[2]
+            host_out = slot.host_out[: out.numel()].view(out.shape)
+            host_out.copy_(out, non_blocking=True)
+        if slot.stream is not None:
+            slot.stream.synchronize()
+        result: FloatArray = host_out.numpy()
+        if result.shape[1] != _BOX_COORDS + self._num_classes or anchors > self._anchors:
+            raise BackendError(f"{self._path}: unexpected output shape {list(result.shape)}")
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._slots.clear()
+            self._free.clear()
+        if self._cuda:
+            torch.cuda.synchronize(self._device)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _make_slot(self) -> _Slot:
+        h, w = self._input_hw
+        in_elems = self._max_batch * h * w * _RGB
+        out_elems = self._max_batch * (_BOX_COORDS + self._num_classes) * self._anchors
+        pin = self._cuda
+        return _Slot(
+            host_in=torch.empty(in_elems, dtype=torch.uint8, pin_memory=pin),
+            dev_in=torch.empty(in_elems, dtype=torch.uint8, device=self._device),
+            host_out=torch.empty(out_elems, dtype=torch.float32, pin_memory=pin),
+            stream=torch.cuda.Stream(self._device) if self._cuda else None,
+            pool=torch.cuda.graph_pool_handle() if self._cuda else None,
+        )
+
+    def _slot(self) -> _Slot:
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is None:
+            with self._lock:
+                if not self._free:
+                    raise BackendError(
+                        f"more than {len(self._slots)} threads called infer(); max_inflight is "
+                        f"{len(self._slots)}"
+                    )
+                slot = self._free.pop()
+            self._local.slot = slot
+        return slot
+
+    def _forward(self, program: SpecialisedProgram, images: torch.Tensor) -> torch.Tensor:
+        # NHWC uint8 viewed as NCHW is channels-last already: no layout copy before conv 1.
+        x = images.permute(0, 3, 1, 2).to(self._dtype).div_(255.0)
+        with torch.inference_mode():
+            return program(x).float()
+
+    def _compile(self, slot: _Slot, n: int, h: int, w: int) -> _Compiled:
+        started = time.perf_counter()
+        images = slot.dev_in[: n * h * w * _RGB].view(n, h, w, _RGB)
+        example = images.permute(0, 3, 1, 2).to(self._dtype)
+        with torch.inference_mode():
+            program = self._graph.specialise(example, self._dtype, channels_last=self._cuda)
+        compiled = _Compiled(program)
+        if self._cuda:
+            assert slot.stream is not None
+            for _ in range(_WARMUP_RUNS):
+                self._forward(program, images)
+            slot.stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: the other slots' threads keep replaying while this one captures.
+            with torch.cuda.graph(
+                graph, pool=slot.pool, stream=slot.stream, capture_error_mode="thread_local"
+            ):
+                compiled.output = self._forward(program, images)
+            compiled.graph = graph
+        slot.compiled[(n, h, w)] = compiled
+        log.info(
+            "torch backend: batch shape compiled",
+            extra={"shape": [n, h, w], "steps": program.steps,
+                   "cuda_graph": compiled.graph is not None,
+                   "ms": round((time.perf_counter() - started) * 1000, 1)},
+        )  # fmt: skip
+        return compiled
+
+    def _check_batch(self, batch: UInt8Batch) -> None:
+        max_h, max_w = self._input_hw
+        ok = (
+            batch.dtype == np.uint8
+            and batch.ndim == 4
+            and batch.shape[3] == _RGB
+            and 1 <= batch.shape[0] <= self._max_batch
+            and batch.shape[1] <= max_h
+            and batch.shape[2] <= max_w
+        )
+        if ok and not self._dynamic_hw:
+            ok = batch.shape[1:3] == self._input_hw
+        if not ok:
+            raise ValueError(
+                f"batch must be uint8 [1..{self._max_batch}, <={max_h}, <={max_w}, 3], "
+                f"got {batch.dtype} {list(batch.shape)}"
+            )
+
+
+class _nullctx:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+
+def _anchor_count(hw: tuple[int, int]) -> int:
+    # YOLOv8 heads sit at strides 8, 16 and 32.
+    return sum((hw[0] // s) * (hw[1] // s) for s in (8, 16, 32))
+
+
+def _io_facts(model: onnx.ModelProto, path: Path) -> tuple[int, tuple[int, int] | None]:
+    """Class count from the output's channel axis; fixed input (h, w) or None if dynamic."""
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    (inp,) = [i for i in graph.input if i.name not in initializers]
+    in_dims = [d.dim_value or None for d in inp.type.tensor_type.shape.dim]
+    if inp.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) or (
+        len(in_dims) != 4 or in_dims[1] != _RGB
+    ):
+        raise BackendError(
+            f"{path}: the torch backend runs float [N, 3, H, W] YOLOv8 exports (the plain "
+            "Ultralytics ONNX export); this input is not one"
+        )
+    out_dims = [d.dim_value or None for d in graph.output[0].type.tensor_type.shape.dim]
+    if len(out_dims) != 3 or out_dims[1] is None or out_dims[1] <= _BOX_COORDS:
+        raise BackendError(f"{path}: output {out_dims} is not a YOLOv8 head [N, 4 + classes, A]")
+    fixed = (in_dims[2], in_dims[3]) if in_dims[2] and in_dims[3] else None
+    return out_dims[1] - _BOX_COORDS, fixed
+
+
+def _class_names(model: onnx.ModelProto, num_classes: int) -> tuple[str, ...]:
+    """Names from Ultralytics' ``names`` metadata (a Python dict literal), else ``class_<i>``."""
+    raw = {p.key: p.value for p in model.metadata_props}.get("names")
+    parsed: dict[int, str] = {}
+    if raw:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = None
+        if isinstance(value, dict):
+            parsed = {int(k): str(v) for k, v in value.items()}
+    return tuple(parsed.get(i, f"class_{i}") for i in range(num_classes))
+
+
+def load(model: ModelConfig) -> TorchBackend:
+    """Entry point used by ``daemon.infer.factory``."""
+    return TorchBackend.from_config(model)

@@ -1,0 +1,245 @@
+"""Prometheus metrics and ``/healthz`` over a small stdlib HTTP server.
+
+The daemon owns its ``CollectorRegistry`` (never prometheus-client's global default).
+Per-camera series are produced at scrape time from the latest stats snapshot, so a camera
+removed by a hot reload disappears instead of leaving stale series behind. Labels carry the
+camera id only, never a URL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from daemon.capture.frame import CameraState
+from daemon.monitor.stats import CameraStats
+from daemon.publish.mqtt import PublisherCounters
+
+log = logging.getLogger(__name__)
+
+_BATCH_BUCKETS: Final = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+# Bounds on the HTTP side: concurrent requests served, and how long a client may dawdle.
+_MAX_CONCURRENT_REQUESTS: Final = 4
+_REQUEST_TIMEOUT_S: Final = 5.0
+
+
+@dataclass(frozen=True)
+class Health:
+    """What ``/healthz`` reports: 200 when ``healthy``, else 503; ``detail`` goes in the JSON."""
+
+    healthy: bool
+    detail: Mapping[str, object] = field(default_factory=dict)
+
+
+class DaemonMetrics(Collector):
+    """The daemon's metrics, in its own registry."""
+
+    def __init__(self, publisher: Callable[[], PublisherCounters] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._lock = threading.Lock()
+        self._cameras: dict[str, CameraStats] = {}
+        self._publisher = publisher
+        self.batch_latency = Histogram(
+            "edgewatch_backend_batch_latency_seconds",
+            "Inference time of one batch (preprocess excluded).",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "edgewatch_backend_batch_size",
+            "Frames per inference batch.",
+            buckets=(1, 2, 4, 8, 16, 32),
+            registry=self.registry,
+        )
+        self.registry.register(self)
+
+    def update_cameras(self, stats: Mapping[str, CameraStats]) -> None:
+        """Replace the per-camera snapshot (call once per stats interval)."""
+        with self._lock:
+            self._cameras = dict(stats)
+
+    def observe_batch(self, latency_s: float, size: int) -> None:
+        self.batch_latency.observe(latency_s)
+        self.batch_size.observe(size)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            cameras = list(self._cameras.values())
+        yield from _camera_metrics(cameras)
+        if self._publisher is not None:
+            yield from _publisher_metrics(self._publisher())
+
+
+def _camera_metrics(cameras: list[CameraStats]) -> Iterator[Metric]:
+    def gauge(name: str, doc: str, value: Callable[[CameraStats], float | None]) -> Metric:
+        family = GaugeMetricFamily(name, doc, labels=["camera"])
+        for s in cameras:
+            v = value(s)
+            if v is not None:
+                family.add_metric([s.camera_id], v)
+        return family
+
+    def counter(name: str, doc: str, value: Callable[[CameraStats], int]) -> Metric:
+        family = CounterMetricFamily(name, doc, labels=["camera"])
+        for s in cameras:
+            family.add_metric([s.camera_id], value(s))
+        return family
+
+    yield gauge("edgewatch_camera_input_fps", "Frames read per second.", lambda s: s.input_fps)
+    yield gauge(
+        "edgewatch_camera_processed_fps", "Frames published per second.", lambda s: s.processed_fps
+    )
+    yield gauge(
+        "edgewatch_camera_latency_p50_seconds",
+        "Capture-to-publish latency, median.",
+        lambda s: s.latency_p50_s,
+    )
+    yield gauge(
+        "edgewatch_camera_latency_p95_seconds",
+        "Capture-to-publish latency, 95th percentile.",
+        lambda s: s.latency_p95_s,
+    )
+    yield gauge(
+        "edgewatch_camera_streaming",
+        "1 while the camera is streaming.",
+        lambda s: 1.0 if s.state is CameraState.STREAMING else 0.0,
+    )
+    yield counter(
+        "edgewatch_camera_frames_read",
+        "Frames read from the source.",
+        lambda s: s.frames_read_total,
+    )
+    yield counter(
+        "edgewatch_camera_frames_dropped",
+        "Frames overwritten before inference.",
+        lambda s: s.dropped_total,
+    )
+    yield counter(
+        "edgewatch_camera_frames_processed", "Frames published.", lambda s: s.processed_total
+    )
+    yield counter("edgewatch_camera_reconnects", "Source reconnects.", lambda s: s.reconnects_total)
+
+
+def _publisher_metrics(c: PublisherCounters) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "edgewatch_mqtt_connected", "1 while connected to the broker.", value=float(c.connected)
+    )
+    yield GaugeMetricFamily(
+        "edgewatch_mqtt_queue_depth", "Messages waiting (memory + spool).", value=c.queued
+    )
+    yield GaugeMetricFamily(
+        "edgewatch_mqtt_inflight", "Messages awaiting acknowledgement.", value=c.inflight
+    )
+    yield GaugeMetricFamily("edgewatch_mqtt_spool_bytes", "Disk spool size.", value=c.spool_bytes)
+    yield CounterMetricFamily(
+        "edgewatch_mqtt_published", "Messages handed to the client.", value=c.published
+    )
+    yield CounterMetricFamily(
+        "edgewatch_mqtt_acknowledged", "Messages acknowledged.", value=c.acknowledged
+    )
+    yield CounterMetricFamily(
+        "edgewatch_mqtt_dropped",
+        "Oldest messages dropped at a queue bound.",
+        value=c.dropped_overflow,
+    )
+    yield CounterMetricFamily(
+        "edgewatch_mqtt_spooled", "Messages written to the disk spool.", value=c.spooled
+    )
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # Re-binding the same port right after a restart must work.
+    allow_reuse_address = True
+
+
+class MetricsServer:
+    """``/metrics`` and ``/healthz`` on ``host:port`` (port 0 picks a free one: see ``port``)."""
+
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, health: Callable[[], Health]
+    ) -> None:
+        self._slots = threading.BoundedSemaphore(_MAX_CONCURRENT_REQUESTS)
+        handler = _make_handler(registry, health, self._slots)
+        self._server = _Server((host, port), handler)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        port: int = self._server.server_address[1]
+        return port
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="metrics-http",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info(
+            "metrics endpoint listening",
+            extra={"address": f"{self._server.server_address[0]!s}:{self.port}"},
+        )
+
+    def stop(self, timeout: float = 2.0) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout)
+            self._thread = None
+        self._server.server_close()
+
+
+def _make_handler(
+    registry: CollectorRegistry, health: Callable[[], Health], slots: threading.BoundedSemaphore
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        timeout = _REQUEST_TIMEOUT_S
+
+        def do_GET(self) -> None:
+            if not slots.acquire(blocking=False):
+                self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"busy\n", "text/plain")
+                return
+            try:
+                self._route()
+            finally:
+                slots.release()
+
+        def _route(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(HTTPStatus.OK, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                try:
+                    state = health()
+                except Exception as exc:  # a broken health probe is unhealthy, not a crash
+                    state = Health(False, {"error": f"{type(exc).__name__}: {exc}"})
+                body = json.dumps(
+                    {"status": "ok" if state.healthy else "unhealthy", **state.detail}, default=str
+                ).encode()
+                code = HTTPStatus.OK if state.healthy else HTTPStatus.SERVICE_UNAVAILABLE
+                self._send(code, body, "application/json")
+            else:
+                self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+
+        def _send(self, code: HTTPStatus, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            log.debug("metrics http request", extra={"request": format % args})
+
+    return Handler

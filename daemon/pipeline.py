@@ -1,0 +1,286 @@
+"""The running daemon: one asyncio loop wiring capture -> batch -> infer -> postprocess -> publish.
+
+The loop itself only does bookkeeping. Letterboxing, inference and decoding run in a worker
+thread per in-flight batch; frames are read by one process per camera; MQTT network I/O runs
+on paho's thread. Nothing on the loop blocks, so signals, stats and health stay responsive
+even when inference is slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.batch.batcher import Batch, BatchBuffer, BatchSelector
+from daemon.capture.frame import CameraState, StateChange
+from daemon.capture.source import CameraSource
+from daemon.config.model import AppConfig, CameraConfig
+from daemon.infer.backend import Backend
+from daemon.monitor.metrics import DaemonMetrics, Health
+from daemon.monitor.stats import CameraStats, StatsCollector, render_fps_table
+from daemon.postprocess.yolo import Detections, decode_batch
+from daemon.publish.mqtt import MqttPublisher
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.2
+# While a batch is filling, how often the loop looks for newly arrived frames.
+_FILL_POLL_S = 0.002
+# No batch completed for this long while frames are waiting means inference is wedged.
+_WEDGED_AFTER_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class CameraFilter:
+    """Per-camera output rules resolved against the model's class names."""
+
+    confidence: float
+    class_ids: npt.NDArray[np.int64] | None
+
+    def apply(self, detections: Detections) -> Detections:
+        keep = detections.scores >= self.confidence
+        if self.class_ids is not None:
+            keep &= np.isin(detections.class_ids, self.class_ids)
+        return detections if bool(keep.all()) else detections.select(keep)
+
+
+def resolve_filter(
+    camera: CameraConfig, default_conf: float, names: tuple[str, ...]
+) -> CameraFilter:
+    """Turn a camera's class filter (names or ids) into ids; unknown classes are a config error."""
+    class_ids: npt.NDArray[np.int64] | None = None
+    if camera.classes is not None:
+        ids: list[int] = []
+        for item in camera.classes:
+            if isinstance(item, int) and 0 <= item < len(names):
+                ids.append(item)
+            elif isinstance(item, str) and item in names:
+                ids.append(names.index(item))
+            else:
+                raise ValueError(f"cameras[{camera.id}].classes: the model has no class {item!r}")
+        class_ids = np.asarray(sorted(set(ids)), dtype=np.int64)
+    conf = camera.confidence if camera.confidence is not None else default_conf
+    return CameraFilter(conf, class_ids)
+
+
+class Pipeline:
+    """Owns the camera readers and drives batches through the backend to the publisher."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        backend: Backend,
+        publisher: MqttPublisher,
+        stats: StatsCollector,
+        metrics: DaemonMetrics,
+        *,
+        source_factory: Callable[[CameraConfig], CameraSource] | None = None,
+    ) -> None:
+        self._config = config
+        self._backend = backend
+        self._publisher = publisher
+        self._stats = stats
+        self._metrics = metrics
+        self.latest_stats: dict[str, CameraStats] = {}
+        self._make_source = source_factory or (lambda cam: CameraSource(cam, config.capture))
+        self._sources: dict[str, CameraSource] = {}
+        self._filters: dict[str, CameraFilter] = {}
+        self._selector = BatchSelector(backend.max_batch, config.model.batch_timeout_ms / 1000)
+        self._inflight = backend.max_inflight
+        self._free_buffers: asyncio.Queue[BatchBuffer] = asyncio.Queue()
+        for _ in range(self._inflight):
+            self._free_buffers.put_nowait(
+                BatchBuffer(backend.max_batch, backend.input_hw, backend.dynamic_hw)
+            )
+        self._executor = ThreadPoolExecutor(self._inflight, thread_name_prefix="infer")
+        # Decode at the lowest threshold any camera wants; each camera then filters its own.
+        self._decode_conf = config.model.confidence
+        self._last_batch_done = time.monotonic()
+        self._batches = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- cameras -------------------------------------------------------------------------
+
+    def add_camera(self, camera: CameraConfig) -> None:
+        """Start reading ``camera`` (also used by hot reload)."""
+        self._filters[camera.id] = resolve_filter(
+            camera, self._config.model.confidence, self._backend.class_names
+        )
+        self._decode_conf = min(f.confidence for f in self._filters.values())
+        source = self._make_source(camera)
+        self._sources[camera.id] = source
+        self._stats.add_camera(camera.id, time.monotonic())
+        source.start()
+        log.info("camera started", extra={"camera": camera.id, "url": camera.display_url})
+
+    def remove_camera(self, camera_id: str) -> None:
+        """Stop a camera's reader and clear its retained state."""
+        source = self._sources.pop(camera_id, None)
+        if source is None:
+            return
+        source.stop()
+        self._filters.pop(camera_id, None)
+        self._selector.forget(camera_id)
+        self._stats.remove_camera(camera_id)
+        self._publisher.remove_camera(camera_id)
+        if self._filters:
+            self._decode_conf = min(f.confidence for f in self._filters.values())
+        log.info("camera removed", extra={"camera": camera_id})
+
+    @property
+    def camera_ids(self) -> tuple[str, ...]:
+        return tuple(self._sources)
+
+    def states(self) -> dict[str, CameraState]:
+        return {cid: s.state for cid, s in self._sources.items()}
+
+    # -- health --------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        """False when frames are waiting but no batch has completed for a long time."""
+        waiting = any(s.pending_since() is not None for s in self._sources.values())
+        return not waiting or time.monotonic() - self._last_batch_done < _WEDGED_AFTER_S
+
+    def health(self) -> Health:
+        """What ``/healthz`` reports: the wedge check plus each camera's state."""
+        return Health(
+            self.healthy(),
+            {
+                "batches": self._batches,
+                "seconds_since_last_batch": round(time.monotonic() - self._last_batch_done, 1),
+                "cameras": {cid: state.value for cid, state in self.states().items()},
+            },
+        )
+
+    # -- main loops ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain the in-flight batches."""
+        supervisor = asyncio.create_task(self._supervise(stop), name="supervisor")
+        stats = asyncio.create_task(self._report_stats(stop), name="stats")
+        try:
+            await self._dispatch(stop)
+        finally:
+            if self._tasks:
+                log.info("draining in-flight batches", extra={"batches": len(self._tasks)})
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            supervisor.cancel()
+            stats.cancel()
+            await asyncio.gather(supervisor, stats, return_exceptions=True)
+            for camera_id in list(self._sources):
+                self._sources.pop(camera_id).stop()
+            self._executor.shutdown(wait=True)
+
+    async def _dispatch(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            buffer = await self._free_buffers.get()
+            picked = await self._wait_for_batch(stop)
+            if picked is None:
+                self._free_buffers.put_nowait(buffer)
+                return
+            task = asyncio.create_task(self._process(buffer, picked))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _wait_for_batch(self, stop: asyncio.Event) -> list[CameraSource] | None:
+        while not stop.is_set():
+            sources = list(self._sources.values())
+            ready = [s for s in sources if s.pending_since() is not None]
+            live = sum(1 for s in sources if s.state is CameraState.STREAMING)
+            picked = self._selector.select(ready, live)
+            if picked:
+                return picked
+            await asyncio.sleep(_FILL_POLL_S if ready else _POLL_S / 4)
+        return None
+
+    async def _process(self, buffer: BatchBuffer, picked: list[CameraSource]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            batch, detections, infer_s = await loop.run_in_executor(
+                self._executor, self._infer, buffer, picked
+            )
+        except Exception:
+            # One bad batch (e.g. a corrupt frame the decoder let through) must not stop the
+            # daemon; the readers keep going and the next batch is tried.
+            log.exception("batch failed", extra={"cameras": [s.camera_id for s in picked]})
+            return
+        finally:
+            self._free_buffers.put_nowait(buffer)
+        if len(batch):
+            self._metrics.observe_batch(infer_s, len(batch))
+            self._publish(batch, detections)
+
+    def _infer(
+        self, buffer: BatchBuffer, picked: list[CameraSource]
+    ) -> tuple[Batch, list[Detections], float]:
+        """Assemble, infer and decode one batch (worker thread); returns the inference time."""
+        batch = buffer.assemble(picked)
+        if not len(batch):
+            return batch, [], 0.0
+        started = time.perf_counter()
+        raw = self._backend.infer(batch.images)
+        infer_s = time.perf_counter() - started
+        detections = decode_batch(
+            raw,
+            batch.geometries,
+            self._decode_conf,
+            self._config.model.iou,
+            self._config.model.max_detections,
+        )
+        return batch, detections, infer_s
+
+    def _publish(self, batch: Batch, detections: list[Detections]) -> None:
+        names = self._backend.class_names
+        now = time.time()
+        for meta, dets in zip(batch.metas, detections, strict=True):
+            camera_filter = self._filters.get(meta.camera_id)
+            if camera_filter is None:  # removed by a reload while its frame was in flight
+                continue
+            self._publisher.publish_detections(meta, camera_filter.apply(dets), names, now)
+            self._stats.record_processed(meta.camera_id, now - meta.capture_ts)
+        self._last_batch_done = time.monotonic()
+        self._batches += 1
+
+    async def _supervise(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for source in list(self._sources.values()):
+                for change in source.poll():
+                    self._on_state_change(change)
+            await asyncio.sleep(_POLL_S)
+
+    def _on_state_change(self, change: StateChange) -> None:
+        level = logging.INFO if change.state is CameraState.STREAMING else logging.WARNING
+        log.log(
+            level,
+            "camera state",
+            extra={
+                "camera": change.camera_id,
+                "state": change.state.value,
+                "reason": change.reason,
+            },
+        )
+        self._publisher.publish_state(change.camera_id, change.state, change.reason)
+
+    async def _report_stats(self, stop: asyncio.Event) -> None:
+        interval = self._config.monitoring.stats_interval_s
+        while not stop.is_set():
+            await asyncio.sleep(interval)
+            self.report_stats_once()
+
+    def report_stats_once(self) -> dict[str, CameraStats]:
+        """Close the stats interval: publish, export and log per-camera stats."""
+        counters = {cid: s.counters() for cid, s in self._sources.items()}
+        snapshot = self._stats.snapshot(time.monotonic(), counters, self.states())
+        for camera_id, camera_stats in snapshot.items():
+            self._publisher.publish_stats(camera_id, camera_stats)
+        self._metrics.update_cameras(snapshot)
+        self.latest_stats = snapshot
+        log.info("stats", extra={"table": render_fps_table(snapshot)})
+        return snapshot

@@ -1,0 +1,80 @@
+"""Detection agreement between two detectors on the same frame: class-aware one-to-one
+matching at an IoU threshold, summarised as precision / recall / F1.
+
+Used to compare our pipeline with Ultralytics' own predictions, and INT8 with FP32 models
+(label-free, so it works on an operator's own camera frames and in the daemon's drift check).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.postprocess.yolo import Detections
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    """Counts from matching ``candidate`` detections against ``reference`` detections."""
+
+    matched: int
+    reference: int
+    candidate: int
+
+    def __add__(self, other: Agreement) -> Agreement:
+        return Agreement(
+            self.matched + other.matched,
+            self.reference + other.reference,
+            self.candidate + other.candidate,
+        )
+
+    @property
+    def precision(self) -> float:
+        """Share of candidate boxes that match a reference box (1.0 when there are none)."""
+        return self.matched / self.candidate if self.candidate else 1.0
+
+    @property
+    def recall(self) -> float:
+        """Share of reference boxes that a candidate box matches (1.0 when there are none)."""
+        return self.matched / self.reference if self.reference else 1.0
+
+    @property
+    def f1(self) -> float:
+        """Harmonic mean of precision and recall; 1.0 when both sides are empty."""
+        total = self.reference + self.candidate
+        return 2 * self.matched / total if total else 1.0
+
+
+def box_iou(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    """Pairwise IoU of xyxy boxes ``a`` [n, 4] and ``b`` [m, 4] -> [n, m]."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    lt = np.maximum(a64[:, None, :2], b64[None, :, :2])
+    rb = np.minimum(a64[:, None, 2:], b64[None, :, 2:])
+    inter = np.prod((rb - lt).clip(0), axis=2)
+    area_a = np.prod((a64[:, 2:] - a64[:, :2]).clip(0), axis=1)
+    area_b = np.prod((b64[:, 2:] - b64[:, :2]).clip(0), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    iou: npt.NDArray[np.float64] = np.divide(
+        inter, union, out=np.zeros_like(inter), where=union > 0
+    )
+    return iou
+
+
+def match(reference: Detections, candidate: Detections, iou: float = 0.5) -> Agreement:
+    """Greedy one-to-one matching, highest IoU first, same class only, IoU >= ``iou``."""
+    if len(reference) == 0 or len(candidate) == 0:
+        return Agreement(0, len(reference), len(candidate))
+    ious = box_iou(reference.boxes, candidate.boxes)
+    ious[reference.class_ids[:, None] != candidate.class_ids[None, :]] = 0.0
+    rows, cols = np.nonzero(ious >= iou)
+    order = np.argsort(-ious[rows, cols], kind="stable")
+    used_ref = np.zeros(len(reference), dtype=bool)
+    used_cand = np.zeros(len(candidate), dtype=bool)
+    matched = 0
+    for r, c in zip(rows[order], cols[order], strict=True):
+        if not used_ref[r] and not used_cand[c]:
+            used_ref[r] = used_cand[c] = True
+            matched += 1
+    return Agreement(matched, len(reference), len(candidate))

@@ -1,0 +1,81 @@
+"""JSON payloads published over MQTT; their JSON Schemas live in ``daemon/schemas/``.
+
+Every JSON payload carries ``schema_version`` so consumers can reject a layout they do not
+know instead of misreading it. Bump it on any incompatible change (and the schema files).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Final
+
+from daemon.capture.frame import CameraState, FrameMeta
+from daemon.monitor.stats import CameraStats
+from daemon.postprocess.yolo import Detections
+
+SCHEMA_VERSION: Final = 1
+# Node availability is plain text (not JSON) so Home Assistant-style availability topics work.
+STATUS_ONLINE: Final = b"online"
+STATUS_OFFLINE: Final = b"offline"
+
+
+def _dumps(obj: dict[str, object]) -> bytes:
+    # Compact separators: detections are the bulk of the traffic.
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 2)
+
+
+def detections_payload(
+    meta: FrameMeta, detections: Detections, names: Sequence[str], publish_ts: float
+) -> bytes:
+    """``<camera>/detections``: one frame's detections, boxes in source-frame pixels."""
+    return _dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "camera": meta.camera_id,
+            "seq": meta.seq,
+            "capture_ts": round(meta.capture_ts, 6),
+            "publish_ts": round(publish_ts, 6),
+            "latency_ms": _ms(max(0.0, publish_ts - meta.capture_ts)),
+            "frame": {"width": meta.width, "height": meta.height},
+            "detections": detections.to_records(names),
+        }
+    )
+
+
+def state_payload(camera_id: str, state: CameraState, reason: str | None, ts: float) -> bytes:
+    """``<camera>/state`` (retained). ``reason`` must already have credentials masked."""
+    return _dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "camera": camera_id,
+            "state": state.value,
+            "reason": reason,
+            "ts": round(ts, 6),
+        }
+    )
+
+
+def stats_payload(stats: CameraStats) -> bytes:
+    """``<camera>/stats``: one monitoring interval of one camera."""
+    return _dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "camera": stats.camera_id,
+            "ts": round(stats.ts, 6),
+            "interval_s": round(stats.interval_s, 3),
+            "state": stats.state.value,
+            "input_fps": round(stats.input_fps, 2),
+            "processed_fps": round(stats.processed_fps, 2),
+            "dropped": stats.dropped,
+            "dropped_total": stats.dropped_total,
+            "frames_read_total": stats.frames_read_total,
+            "processed_total": stats.processed_total,
+            "reconnects_total": stats.reconnects_total,
+            "latency_ms": {"p50": _ms(stats.latency_p50_s), "p95": _ms(stats.latency_p95_s)},
+        }
+    )

@@ -1,0 +1,100 @@
+"""Still-image detection through the daemon's own letterbox, backend and post-processing.
+
+``edgewatch detect`` and the evaluator (calib/) both use this, so what they measure is what
+the daemon does to a camera frame. With ``rect=True`` each image instead gets Ultralytics
+``predict``'s minimal-padding letterbox (long side to the input size, short side padded only
+up to a multiple of the stride), which is how Ultralytics predicts on a dynamic model; the
+resize and padding arithmetic is the same ``letterbox_into``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from daemon.batch.letterbox import LetterboxGeometry, letterbox_into, rect_shape
+from daemon.infer.backend import Backend
+from daemon.postprocess.yolo import Detections, decode_batch
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# YOLOv8's largest stride: a dynamic input's height and width must be multiples of it.
+
+
+class ImageError(ValueError):
+    """An input image is missing or cannot be decoded; the message names the file."""
+
+
+@runtime_checkable
+class DynamicInput(Protocol):
+    """A backend that can also run inputs smaller than ``input_hw`` (dynamic H/W model)."""
+
+    @property
+    def dynamic_hw(self) -> bool: ...
+
+
+def list_images(inputs: Iterable[Path]) -> list[Path]:
+    """Expand files and folders (their images, sorted by name, not recursive) into image paths."""
+    paths: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ImageError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {item}")
+            paths.extend(found)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise ImageError(f"image not found: {item}")
+    return paths
+
+
+def read_image(path: Path) -> npt.NDArray[np.uint8]:
+    """Decode ``path`` to a BGR HxWx3 uint8 array, as Ultralytics reads it (bytes -> imdecode)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ImageError(f"cannot decode image {path} (not an image file, or corrupt)")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def detect_images(
+    backend: Backend,
+    paths: Sequence[Path],
+    conf: float,
+    iou: float,
+    max_det: int = 300,
+    *,
+    batch_size: int = 1,
+    rect: bool = False,
+) -> Iterator[tuple[Path, Detections]]:
+    """Detect objects in each image, yielding ``(path, detections)`` in input order.
+
+    Images are letterboxed into one preallocated batch buffer, ``batch_size`` at a time
+    (capped at the backend's ``max_batch``). ``rect`` (one image at a time) uses Ultralytics
+    predict's minimal padding where the backend's model has a dynamic input size, else the
+    full input size. Raises ``ImageError`` on an unreadable image.
+    """
+    rect = rect and isinstance(backend, DynamicInput) and backend.dynamic_hw
+    size = 1 if rect else max(1, min(batch_size, backend.max_batch))
+    h, w = backend.input_hw
+    buffer = np.empty((size, h, w, 3), dtype=np.uint8)
+    for start in range(0, len(paths), size):
+        chunk = paths[start : start + size]
+        images = [read_image(p) for p in chunk]
+        ch, cw = rect_shape(images[0].shape[:2], (h, w)) if rect else (h, w)
+        # A smaller canvas is the front of the same buffer: a contiguous view, no allocation.
+        batch = buffer.reshape(-1)[: len(chunk) * ch * cw * 3].reshape(len(chunk), ch, cw, 3)
+        geometries: list[LetterboxGeometry] = [
+            letterbox_into(image, batch[i]) for i, image in enumerate(images)
+        ]
+        preds = backend.infer(batch)
+        detections = decode_batch(preds, geometries, conf, iou, max_det)
+        yield from zip(chunk, detections, strict=True)

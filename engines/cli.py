@@ -1,0 +1,118 @@
+"""``edgewatch build-engine``: ONNX -> TensorRT engine in the engine cache (or at ``--out``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from daemon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from daemon.config.model import Precision, TensorRTConfig
+from engines.plan import BatchProfile, BuildPlan
+
+log = logging.getLogger(__name__)
+
+
+def _batch(text: str) -> BatchProfile:
+    try:
+        return BatchProfile.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def register(sub: Any) -> None:
+    defaults = TensorRTConfig()
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "build-engine",
+        help="build a TensorRT engine from an ONNX model",
+        description=(
+            "Build a TensorRT engine (TensorRT 10.x or 11.x, chosen automatically) for this "
+            "GPU and store it with its manifest in the engine cache, where `edgewatch run` "
+            "finds it."
+        ),
+    )
+    parser.add_argument("--model", required=True, type=Path, help="ONNX model (float or Q/DQ)")
+    parser.add_argument("--precision", required=True, choices=[p.value for p in Precision])
+    parser.add_argument("--batch", type=_batch, default=BatchProfile.for_max_batch(8),
+                        metavar="MIN:OPT:MAX", help="dynamic batch profile (default 1:8:8)")
+    parser.add_argument("--imgsz", type=_positive, default=640, help="input height and width")
+    parser.add_argument("--workspace", type=_positive, default=defaults.workspace_mb,
+                        metavar="MB", help="builder workspace memory pool limit")
+    parser.add_argument("--cache-dir", type=Path, default=defaults.engine_cache_dir,
+                        help="engine cache folder (also holds the timing cache)")
+    parser.add_argument("--out", type=Path, help="write the engine here instead of the cache")
+    parser.add_argument("--calib-images", type=Path, metavar="DIR",
+                        help="images for legacy INT8 calibration (TensorRT 10, float model)")
+    parser.add_argument("--calib-cache", type=Path, metavar="FILE",
+                        help="INT8 calibration cache to reuse/write")
+    parser.set_defaults(handler=_build)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from engines.builder import BuildRequest, EngineBuildError, build_engine, timing_cache_path
+    from engines.cache import EngineCache, EngineKey
+    from engines.gpu import GpuUnavailable, context_current, detect_platform, retain_context
+    from engines.onnx_info import ModelFileError, read_onnx_info
+    from engines.plan import UnsupportedBuild
+
+    precision = Precision(args.precision)
+    if args.calib_images is not None and not args.calib_images.is_dir():
+        log.error("calibration image folder not found", extra={"path": str(args.calib_images)})
+        return EXIT_USAGE
+    try:
+        info = read_onnx_info(args.model)
+    except ModelFileError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    try:
+        platform = detect_platform()
+        context = retain_context()
+    except GpuUnavailable as exc:
+        log.error("cannot build a TensorRT engine here: %s", exc)
+        return EXIT_FAILURE
+    key = EngineKey(info.sha256, precision, args.batch, (args.imgsz, args.imgsz), platform)
+    engine_path = args.out or EngineCache(args.cache_dir).engine_path(key)
+    request = BuildRequest(
+        onnx_path=args.model,
+        precision=precision,
+        batch=args.batch,
+        input_hw=(args.imgsz, args.imgsz),
+        workspace_mb=args.workspace,
+        engine_path=engine_path,
+        timing_cache=timing_cache_path(args.cache_dir, platform),
+        calibration_images=args.calib_images,
+        calibration_cache=args.calib_cache,
+    )
+    try:
+        with context_current(context):
+            built = build_engine(request, platform, info, on_plan=_log_plan)
+    except (UnsupportedBuild, ModelFileError) as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except (EngineBuildError, OSError) as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    finally:
+        context.detach()
+    print(built.engine_path)
+    return EXIT_OK
+
+
+def _log_plan(plan: BuildPlan) -> None:
+    log.info(
+        "build plan",
+        extra={"strongly_typed": plan.strongly_typed, "fp16_flag": plan.fp16_flag,
+               "int8_flag": plan.int8_flag, "int8": plan.int8_source.value,
+               "notes": list(plan.notes)},
+    )

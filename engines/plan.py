@@ -1,0 +1,202 @@
+"""What an engine build must do on a given TensorRT version: pure decisions, no TensorRT import.
+
+TensorRT 10.x builds *weakly typed* networks where builder flags enable FP16/INT8 kernels, and
+still offers implicit INT8 calibration (deprecated since 10.1). TensorRT 11.x removed all of
+that: every network is strongly typed, the precision lives in the ONNX graph (FP16 tensors, or
+Q/DQ nodes for INT8). ``plan_build`` turns (version, precision, what the model contains) into a
+``BuildPlan`` the builder applies verbatim, or an ``UnsupportedBuild`` saying why not.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from daemon.config.model import Precision
+
+
+class UnsupportedBuild(ValueError):
+    """The requested precision cannot be built from this model on this TensorRT version."""
+
+
+@dataclass(frozen=True, order=True)
+class TrtVersion:
+    major: int
+    minor: int
+    patch: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> TrtVersion:
+        """``"10.3.0.30"`` -> ``TrtVersion(10, 3, 0)``; raises ``ValueError`` on anything else."""
+        match = re.fullmatch(r"(\d+)\.(\d+)(?:\.(\d+))?(?:[.+-].*)?", text.strip())
+        if match is None:
+            raise ValueError(f"not a TensorRT version: {text!r}")
+        return cls(int(match[1]), int(match[2]), int(match[3] or 0))
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}"
+
+
+class Int8Source(str, Enum):
+    """Where INT8 scales come from."""
+
+    NONE = "none"
+    # Explicit quantization: QuantizeLinear/DequantizeLinear nodes in the ONNX (calib issue).
+    QDQ = "qdq"
+    # Implicit quantization: TensorRT's entropy calibrator over sample images (TensorRT 10 only).
+    CALIBRATOR = "calibrator"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """How to configure the builder; applied as-is by ``engines.builder``."""
+
+    strongly_typed: bool
+    fp16_flag: bool
+    int8_flag: bool
+    int8_source: Int8Source
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What the ONNX already carries, as found by ``engines.onnx_info``."""
+
+    has_qdq: bool
+    is_fp16: bool
+
+
+FIRST_SUPPORTED = TrtVersion(10, 0)
+STRONG_TYPING_ONLY = TrtVersion(11, 0)
+
+
+def plan_build(
+    version: TrtVersion,
+    precision: Precision,
+    model: ModelTraits,
+    calibration_data: bool = False,
+) -> BuildPlan:
+    """Decide the build for ``precision`` on TensorRT ``version``.
+
+    ``calibration_data`` says whether images for the legacy INT8 calibrator are available; it
+    is only consulted on TensorRT 10 for a model without Q/DQ nodes.
+    """
+    if version < FIRST_SUPPORTED:
+        raise UnsupportedBuild(
+            f"TensorRT {version} is too old: edgewatch needs TensorRT 10.x or 11.x "
+            "(JetPack 6 ships 10.3)"
+        )
+    if version >= STRONG_TYPING_ONLY:
+        return _plan_strongly_typed(version, precision, model)
+    return _plan_weakly_typed(version, precision, model, calibration_data)
+
+
+def _plan_strongly_typed(
+    version: TrtVersion, precision: Precision, model: ModelTraits
+) -> BuildPlan:
+    if precision is Precision.INT8:
+        if not model.has_qdq:
+            raise UnsupportedBuild(
+                f"INT8 on TensorRT {version} needs a Q/DQ model: TensorRT 11 removed implicit "
+                "calibration and the INT8 builder flag. Produce one with `edgewatch calibrate` "
+                "and build from it."
+            )
+        return BuildPlan(True, False, False, Int8Source.QDQ)
+    if precision is Precision.FP16:
+        if model.has_qdq:
+            raise UnsupportedBuild(
+                "--precision fp16 was asked for a Q/DQ (INT8) model; build it with --precision int8"
+            )
+        if not model.is_fp16:
+            raise UnsupportedBuild(
+                f"FP16 on TensorRT {version} needs an FP16 ONNX: TensorRT 11 removed the FP16 "
+                "builder flag. Convert the model first with NVIDIA ModelOpt AutoCast "
+                "(python -m modelopt.onnx.autocast --onnx_path M.onnx --output_path "
+                "M_fp16.onnx --keep_io_types) and build from M_fp16.onnx"
+            )
+        return BuildPlan(True, False, False, Int8Source.NONE)
+    if model.has_qdq:
+        raise UnsupportedBuild("a Q/DQ model cannot be built as fp32; use --precision int8")
+    return BuildPlan(True, False, False, Int8Source.NONE)
+
+
+def _plan_weakly_typed(
+    version: TrtVersion, precision: Precision, model: ModelTraits, calibration_data: bool
+) -> BuildPlan:
+    if precision is Precision.FP32:
+        if model.has_qdq:
+            raise UnsupportedBuild("a Q/DQ model cannot be built as fp32; use --precision int8")
+        return BuildPlan(False, False, False, Int8Source.NONE)
+    if precision is Precision.FP16:
+        if model.has_qdq:
+            raise UnsupportedBuild(
+                "--precision fp16 was asked for a Q/DQ (INT8) model; build it with --precision int8"
+            )
+        return BuildPlan(False, True, False, Int8Source.NONE)
+    if model.has_qdq:
+        # Weak typing with INT8 for the Q/DQ regions and FP16 for the rest is the fastest plan
+        # on 10.x; the INT8 flag is what enables the explicit-quantization kernels there.
+        return BuildPlan(False, True, True, Int8Source.QDQ)
+    if not calibration_data:
+        raise UnsupportedBuild(
+            f"INT8 from a float model on TensorRT {version} needs calibration images "
+            "(--calib-images DIR) for the legacy entropy calibrator, or a Q/DQ model from "
+            "`edgewatch calibrate`"
+        )
+    return BuildPlan(
+        False, True, True, Int8Source.CALIBRATOR,
+        notes=("legacy implicit INT8 calibration (deprecated since TensorRT 10.1, gone in 11)",),
+    )
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """The dynamic-batch optimization profile MIN:OPT:MAX of the input tensor's first axis."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ValueError(
+                f"batch profile {self} must satisfy 1 <= MIN <= OPT <= MAX"
+            )
+
+    def __str__(self) -> str:
+        return f"{self.min}:{self.opt}:{self.max}"
+
+    @classmethod
+    def parse(cls, text: str) -> BatchProfile:
+        """``"1:4:8"`` -> profile; a single ``"8"`` means ``1:8:8``. Raises ``ValueError``."""
+        parts = text.strip().split(":")
+        if len(parts) not in (1, 3) or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"batch profile {text!r} is not MIN:OPT:MAX (e.g. 1:4:8) or MAX")
+        values = [int(p) for p in parts]
+        if len(values) == 1:
+            return cls.for_max_batch(values[0])
+        return cls(values[0], values[1], values[2])
+
+    @classmethod
+    def for_max_batch(cls, max_batch: int) -> BatchProfile:
+        """The default profile: any batch from 1, tuned for the full batch the batcher sends."""
+        return cls(1, max_batch, max_batch)
+
+
+def resolve_profile(configured: tuple[int, int, int] | None, max_batch: int) -> BatchProfile:
+    """The profile for a model config: explicit ``batch_profile`` or derived from ``max_batch``.
+
+    The engine must accept every batch the batcher may send (1 up to ``max_batch``), so a
+    profile that does not is an error rather than a silent clamp.
+    """
+    profile = BatchProfile(*configured) if configured else BatchProfile.for_max_batch(max_batch)
+    if profile.min != 1:
+        raise ValueError(
+            f"batch profile {profile} must start at 1: the batcher dispatches partial batches"
+        )
+    if profile.max < max_batch:
+        raise ValueError(
+            f"batch profile {profile} has MAX below model.max_batch={max_batch}"
+        )
+    return profile

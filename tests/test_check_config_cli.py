@@ -1,0 +1,103 @@
+"""``edgewatch check-config`` through the real console script, in a subprocess.
+
+A subset of tests/test_config.py's bad-input table (each run costs about half a second):
+exit status 2, exactly the one expected problem line on stderr, no traceback, no secret.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.data import MODEL_ONNX, REPO
+from tests.test_config import (
+    BAD_CASES,
+    CAMERA_PASSWORD,
+    MQTT_PASSWORD,
+    expected_line,
+    write_config,
+)
+
+_CLI_CASES = (
+    "yaml_syntax",
+    "unknown_camera_key",
+    "wrong_type_string",
+    "duplicate_camera_id",
+    "missing_model_file",
+    "bad_url_scheme",
+)
+
+
+def _edgewatch() -> str:
+    script = Path(sys.executable).parent / "edgewatch"
+    found = str(script) if script.exists() else shutil.which("edgewatch")
+    if found is None:
+        pytest.fail("console script 'edgewatch' not found; install the repo (pip install -e .)")
+    return found
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_edgewatch(), "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=path.parent,
+        env={k: v for k, v in os.environ.items() if not k.startswith("EDGEWATCH_TEST_")},
+    )
+
+
+@pytest.mark.parametrize("name", _CLI_CASES)
+def test_bad_config_exits_2_with_one_line(name: str, tmp_path: Path, shared_dir: Path) -> None:
+    (case,) = [c for c in BAD_CASES if c.name == name]
+    path = write_config(tmp_path, case.text)
+    result = check_config(path)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    prefix, cause = expected_line(case, path)
+    assert lines[0].startswith(prefix), (lines[0], prefix)
+    assert cause in lines[0]
+    assert CAMERA_PASSWORD not in result.stderr
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    result = check_config(tmp_path / "nope.yaml")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"{tmp_path / 'nope.yaml'}: cannot read config file: " + (
+        "No such file or directory"
+    )
+
+
+def test_demo_config_ok(shared_dir: Path) -> None:
+    result = check_config(REPO / "configs" / "demo.yaml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"OK: 4 cameras (4 enabled), model {MODEL_ONNX.resolve()} "
+        "(onnxruntime, input 640, max batch 4), broker 127.0.0.1:1883\n"
+    )
+
+
+def test_readable_secrets_warn_without_failing(tmp_path: Path, shared_dir: Path) -> None:
+    text = (
+        f"cameras:\n  - id: cam1\n    url: rtsp://admin:{CAMERA_PASSWORD}@10.0.0.5/live\n"
+        f"model:\n  path: {{model}}\nmqtt:\n  username: edge\n  password: {MQTT_PASSWORD}\n"
+    )
+    path = write_config(tmp_path, text)
+    path.chmod(0o644)
+    result = check_config(path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK: 1 camera (1 enabled)")
+    assert "level=warning" in result.stderr
+    assert f"chmod 600 {path}" in result.stderr
+    assert "cameras[0].url, mqtt.password" in result.stderr
+    assert CAMERA_PASSWORD not in result.stderr + result.stdout
+    assert MQTT_PASSWORD not in result.stderr + result.stdout

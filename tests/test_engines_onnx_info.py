@@ -1,0 +1,59 @@
+"""Reading the real YOLOv8n ONNX: layout, traits, profile shapes (no TensorRT needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from engines.export import add_uint8_input
+from engines.onnx_info import (
+    InputLayout,
+    InputSpec,
+    ModelFileError,
+    file_sha256,
+    info_from_model,
+    profile_shapes,
+    read_onnx_info,
+)
+from engines.plan import BatchProfile
+
+
+def test_plain_export_is_float_nchw(model_onnx: Path) -> None:
+    info = read_onnx_info(model_onnx)
+    assert info.input.layout is InputLayout.FLOAT_NCHW
+    assert info.input.name == "images"
+    assert info.input.dims == (None, 3, None, None)
+    assert not info.traits.has_qdq
+    assert not info.traits.is_fp16
+    assert info.sha256 == file_sha256(model_onnx)
+    assert len(info.sha256) == 64
+
+
+def test_uint8_wrapped_model_is_nhwc_and_profiles_fill_dynamic_axes(model_onnx: Path) -> None:
+    wrapped = add_uint8_input(onnx.load(str(model_onnx)))
+    info = info_from_model(wrapped, model_onnx, "x" * 64)
+    assert info.input.layout is InputLayout.UINT8_NHWC
+    shapes = profile_shapes(info.input, BatchProfile(1, 4, 8), (640, 640))
+    assert shapes == ((1, 640, 640, 3), (4, 640, 640, 3), (8, 640, 640, 3))
+
+
+def test_profile_shapes_nchw_and_fixed_axes() -> None:
+    spec = InputSpec("images", InputLayout.FLOAT_NCHW, (None, 3, 640, 640))
+    assert profile_shapes(spec, BatchProfile(1, 2, 2), (640, 640))[2] == (2, 3, 640, 640)
+    with pytest.raises(ModelFileError, match="fixed to 640"):
+        profile_shapes(spec, BatchProfile(1, 2, 2), (480, 480))
+    fixed_batch = InputSpec("images", InputLayout.FLOAT_NCHW, (1, 3, 640, 640))
+    with pytest.raises(ModelFileError, match="fixed batch of 1"):
+        profile_shapes(fixed_batch, BatchProfile(1, 8, 8), (640, 640))
+    assert profile_shapes(fixed_batch, BatchProfile(1, 1, 1), (640, 640))[0] == (1, 3, 640, 640)
+
+
+def test_missing_and_garbage_files(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="not found"):
+        read_onnx_info(tmp_path / "none.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00\x01not a model")
+    with pytest.raises(ModelFileError, match="not a readable ONNX"):
+        read_onnx_info(junk)

@@ -1,0 +1,182 @@
+"""The real TensorRT path: build FP16 and INT8 engines from ../shared/models, detect through
+them and compare with ONNX Runtime FP32 (F1 >= 0.95). Runs only with ``pytest -m tensorrt``
+on a machine with TensorRT, PyCUDA and an NVIDIA GPU; skipped with the reason elsewhere."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from daemon.config.model import BackendKind, ModelConfig, Precision, TensorRTConfig
+from daemon.infer.backend import Backend
+from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
+from daemon.postprocess.yolo import Detections
+from daemon.stills import detect_images, list_images
+from engines.gpu import GpuUnavailable, detect_platform, tensorrt_missing
+from tests.fixtures.data import COCO_CALIB, COCO_EVAL, SHARED
+
+pytestmark = pytest.mark.tensorrt
+
+EVAL_IMAGES = 48
+MIN_F1 = 0.95
+IOU_MATCH = 0.5
+
+
+@pytest.fixture(scope="module")
+def gpu() -> None:
+    missing = tensorrt_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    try:
+        detect_platform()
+    except GpuUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+FloatBoxes = npt.NDArray[np.float32]
+
+
+def _area(x: FloatBoxes) -> FloatBoxes:
+    area: FloatBoxes = (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+    return area
+
+
+def _iou(a: FloatBoxes, b: FloatBoxes) -> FloatBoxes:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    iou: FloatBoxes = inter / (_area(a)[:, None] + _area(b)[None, :] - inter + 1e-9)
+    return iou
+
+
+def detection_f1(reference: list[Detections], candidate: list[Detections]) -> float:
+    """Greedy class-aware matching at IoU 0.5, reference = truth. (Replace by
+    calib.agreement's matcher once it lands, so both suites score agreement alike.)"""
+    tp = fp = fn = 0
+    for ref, cand in zip(reference, candidate, strict=True):
+        used = np.zeros(len(ref), bool)
+        for i in np.argsort(-cand.scores):
+            ious = _iou(cand.boxes[i : i + 1], ref.boxes)[0]
+            ious[(ref.class_ids != cand.class_ids[i]) | used] = 0
+            j = int(np.argmax(ious)) if len(ious) else -1
+            if j >= 0 and ious[j] >= IOU_MATCH:
+                used[j] = True
+                tp += 1
+            else:
+                fp += 1
+        fn += int((~used).sum())
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def _detect(backend: Backend, images: list[Path]) -> list[Detections]:
+    return [d for _, d in detect_images(backend, images, conf=0.25, iou=0.7, batch_size=4)]
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Path]:
+    return list_images([COCO_EVAL / "images"])[:EVAL_IMAGES]
+
+
+@pytest.fixture(scope="module")
+def reference(images: list[Path]) -> list[Detections]:
+    backend = OnnxRuntimeBackend(SHARED / "models" / "yolov8n.onnx", max_batch=4)
+    try:
+        return _detect(backend, images)
+    finally:
+        backend.close()
+
+
+def _trt_model(cache: Path, precision: Precision, model: Path) -> ModelConfig:
+    return ModelConfig(
+        path=model, backend=BackendKind.TENSORRT, max_batch=4,
+        tensorrt=TensorRTConfig(precision=precision, engine_cache_dir=cache, build_on_start=True),
+    )
+
+
+@pytest.fixture(scope="module")
+def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("engines")
+
+
+def test_fp16_engine_matches_onnxruntime(
+    gpu: None, engine_cache: Path, images: list[Path], reference: list[Detections]
+) -> None:
+    from daemon.infer.tensorrt_backend import load
+
+    backend = load(_trt_model(engine_cache, Precision.FP16, SHARED / "models" / "yolov8n.onnx"))
+    try:
+        assert backend.max_inflight >= 2
+        assert detection_f1(reference, _detect(backend, images)) >= MIN_F1
+    finally:
+        backend.close()
+    # Second load comes from the cache: no rebuild, same engine file.
+    assert len(list(engine_cache.glob("fp16-*.engine"))) == 1
+
+
+def test_int8_engine_matches_onnxruntime(
+    gpu: None, engine_cache: Path, images: list[Path], reference: list[Detections]
+) -> None:
+    import tensorrt as trt
+
+    from daemon.infer.tensorrt_backend import load
+    from engines.builder import BuildRequest, build_engine
+    from engines.cache import EngineCache, EngineKey
+    from engines.gpu import context_current, retain_context
+    from engines.onnx_info import read_onnx_info
+    from engines.plan import BatchProfile, TrtVersion
+
+    qdq = SHARED / "models" / "yolov8n_int8_qdq.onnx"
+    model_path = qdq if qdq.is_file() else SHARED / "models" / "yolov8n.onnx"
+    if not qdq.is_file() and TrtVersion.parse(trt.__version__).major >= 11:
+        pytest.skip("no Q/DQ model in shared/models and TensorRT 11 has no calibrator")
+    platform = detect_platform()
+    info = read_onnx_info(model_path)
+    key = EngineKey(info.sha256, Precision.INT8, BatchProfile(1, 4, 4), (640, 640), platform)
+    request = BuildRequest(
+        onnx_path=model_path, precision=Precision.INT8, batch=key.batch, input_hw=key.input_hw,
+        workspace_mb=2048, engine_path=EngineCache(engine_cache).engine_path(key),
+        timing_cache=engine_cache / "timing.cache",
+        calibration_images=None if qdq.is_file() else COCO_CALIB / "images",
+        calibration_cache=engine_cache / "calib.cache",
+    )
+    ctx = retain_context()
+    try:
+        with context_current(ctx):
+            build_engine(request, platform, info)
+    finally:
+        ctx.detach()
+    backend = load(_trt_model(engine_cache, Precision.INT8, model_path))
+    try:
+        assert detection_f1(reference, _detect(backend, images)) >= MIN_F1
+    finally:
+        backend.close()
+
+
+def test_concurrent_infer_from_two_threads_is_consistent(gpu: None, engine_cache: Path) -> None:
+    from daemon.infer.tensorrt_backend import load
+
+    backend = load(_trt_model(engine_cache, Precision.FP16, SHARED / "models" / "yolov8n.onnx"))
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 255, (4, 640, 640, 3), dtype=np.uint8) for _ in range(2)]
+    expected = [backend.infer(b).copy() for b in batches]
+    errors: list[str] = []
+
+    def worker(i: int) -> None:
+        for _ in range(20):
+            out = backend.infer(batches[i])
+            if not np.allclose(out, expected[i], atol=1e-2):
+                errors.append(f"thread {i} got another batch's output")
+
+    try:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        backend.close()
+    assert not errors

@@ -1,0 +1,192 @@
+"""TensorRT backend logic that needs neither TensorRT nor a GPU: buffer sizing, slot
+ownership across threads, engine choice from the cache, and the ONNX Runtime fallback."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.cli import EXIT_USAGE, main
+from daemon.config.model import BackendKind, ModelConfig, Precision, TensorRTConfig
+from daemon.infer.backend import BackendError
+from daemon.infer.factory import fallback_model, load_backend
+from daemon.infer.tensorrt_backend import (
+    SlotPool,
+    TensorSpec,
+    buffer_specs,
+    choose_engine,
+    class_names_from_onnx,
+    numpy_dtype,
+)
+from engines.cache import EngineCache, EngineKey, Platform, write_engine
+from engines.gpu import tensorrt_missing
+from engines.onnx_info import file_sha256
+from engines.plan import BatchProfile
+
+ORIN = Platform("10.3.0.30", "Orin", (8, 7))
+T4 = Platform("10.8.0.43", "Tesla T4", (7, 5))
+IO = [
+    TensorSpec("images", True, (-1, 640, 640, 3), "UINT8"),
+    TensorSpec("output0", False, (-1, 84, 8400), "FLOAT"),
+]
+
+
+def test_numpy_dtype_mapping() -> None:
+    assert numpy_dtype("FLOAT") == np.float32
+    assert numpy_dtype("HALF") == np.float16
+    assert numpy_dtype("UINT8") == np.uint8
+    assert numpy_dtype("INT64") == np.int64
+    with pytest.raises(BackendError, match="BF16"):
+        numpy_dtype("BF16")
+
+
+def test_buffer_sizes_use_max_batch() -> None:
+    specs = {s.name: s for s in buffer_specs(IO, 8, (640, 640))}
+    assert specs["images"].max_shape == (8, 640, 640, 3)
+    assert specs["images"].nbytes == 8 * 640 * 640 * 3
+    assert specs["output0"].nbytes == 8 * 84 * 8400 * 4
+    assert specs["output0"].shape_for(3) == (3, 84, 8400)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "match"),
+    [
+        ([TensorSpec("images", True, (-1, 3, 640, 640), "FLOAT"), IO[1]], "expected UINT8"),
+        ([TensorSpec("images", True, (-1, 480, 480, 3), "UINT8"), IO[1]], "expected UINT8"),
+        ([IO[0], TensorSpec("output0", False, (-1, 84, -1), "FLOAT")], "dynamic beyond"),
+        ([IO[0], TensorSpec("output0", False, (1, 84, 8400), "FLOAT")], "no dynamic batch"),
+        ([IO[0]], "one YOLOv8 head"),
+        ([IO[1]], "0 inputs"),
+    ],
+)
+def test_buffer_specs_refuse_unusable_engines(tensors: list[TensorSpec], match: str) -> None:
+    with pytest.raises(BackendError, match=match):
+        buffer_specs(tensors, 8, (640, 640))
+
+
+def test_slot_pool_binds_one_slot_per_thread() -> None:
+    pool = SlotPool(["a", "b"])
+    mine = pool.slot_for_current_thread()
+    assert pool.slot_for_current_thread() == mine
+    seen: list[str] = []
+    started = threading.Event()
+    release = threading.Event()
+
+    def worker() -> None:
+        seen.append(pool.slot_for_current_thread())
+        seen.append(pool.slot_for_current_thread())
+        started.set()
+        release.wait(5)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert started.wait(5)
+    assert seen[0] == seen[1] != mine
+    errors: list[BaseException] = []
+
+    def third() -> None:
+        try:
+            pool.slot_for_current_thread()
+        except BackendError as exc:
+            errors.append(exc)
+
+    extra = threading.Thread(target=third)
+    extra.start()
+    extra.join(5)
+    assert errors, "a third live thread must be refused, not handed a busy slot"
+    release.set()
+    thread.join(5)
+    # The exited worker's slot is reclaimed for a new thread.
+    extra = threading.Thread(target=lambda: seen.append(pool.slot_for_current_thread()))
+    extra.start()
+    extra.join(5)
+    assert seen[-1] == seen[0]
+    assert sorted(pool.all_slots()) == ["a", "b"]
+
+
+def _model(tmp_path: Path, model_onnx: Path, **trt: object) -> ModelConfig:
+    cfg = dataclasses.replace(TensorRTConfig(engine_cache_dir=tmp_path), **trt)  # type: ignore[arg-type]
+    return ModelConfig(path=model_onnx, backend=BackendKind.TENSORRT, max_batch=4, tensorrt=cfg)
+
+
+def test_choose_engine_hit_build_and_refusal(tmp_path: Path, model_onnx: Path) -> None:
+    model = _model(tmp_path, model_onnx)
+    with pytest.raises(BackendError, match="edgewatch build-engine") as refused:
+        choose_engine(model, ORIN)
+    assert "--batch 1:4:4" in str(refused.value)
+
+    key = EngineKey(file_sha256(model_onnx), Precision.FP16, BatchProfile(1, 4, 4), (640, 640),
+                    ORIN)
+    write_engine(EngineCache(tmp_path).engine_path(key), key, b"plan", model_onnx)
+    choice = choose_engine(model, ORIN)
+    assert not choice.needs_build
+    assert choice.key == key
+
+    # Same cache on a T4 with another TensorRT: never loaded, the reason names both sides.
+    with pytest.raises(BackendError) as mismatch:
+        choose_engine(model, T4)
+    assert "TensorRT 10.3.0.30 on Orin" in str(mismatch.value)
+    assert "TensorRT 10.8.0.43 on Tesla T4" in str(mismatch.value)
+
+    building = choose_engine(_model(tmp_path, model_onnx, build_on_start=True), T4)
+    assert building.needs_build
+    assert building.engine != choice.engine
+
+
+def test_choose_engine_rejects_profile_below_max_batch(tmp_path: Path, model_onnx: Path) -> None:
+    with pytest.raises(BackendError, match="MAX below"):
+        choose_engine(_model(tmp_path, model_onnx, batch_profile=(1, 2, 2)), ORIN)
+
+
+def test_class_names_from_onnx_metadata(model_onnx: Path) -> None:
+    names = class_names_from_onnx(model_onnx)
+    assert len(names) == 80
+    assert names[0] == "person"
+
+
+def test_fallback_only_when_configured(tmp_path: Path, model_onnx: Path) -> None:
+    assert fallback_model(_model(tmp_path, model_onnx)) is None
+    ort_model = ModelConfig(path=model_onnx)
+    assert fallback_model(ort_model) is None
+    fallback = fallback_model(_model(tmp_path, model_onnx, fallback_to_onnxruntime=True))
+    assert fallback is not None
+    assert fallback.backend is BackendKind.ONNXRUNTIME
+    assert fallback.path == model_onnx
+    assert fallback.max_batch == 4
+
+
+def test_factory_without_tensorrt_fails_or_falls_back(
+    tmp_path: Path, model_onnx: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if tensorrt_missing() is None:
+        pytest.skip("TensorRT is installed here; this checks the machine without it")
+    with pytest.raises(BackendError, match="fallback_to_onnxruntime"):
+        load_backend(_model(tmp_path, model_onnx))
+    backend = load_backend(_model(tmp_path, model_onnx, fallback_to_onnxruntime=True))
+    try:
+        assert backend.name.startswith("onnxruntime")
+        out = backend.infer(np.full((1, 640, 640, 3), 114, np.uint8))
+        assert out.shape == (1, 84, 8400)
+    finally:
+        backend.close()
+    assert any(r.levelname == "ERROR" and "FALLING BACK" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--batch", "4:2:8"], ["--batch", "x"], ["--workspace", "0"], ["--precision", "int4"]],
+)
+def test_build_engine_cli_rejects_bad_arguments(args: list[str], model_onnx: Path) -> None:
+    argv = ["build-engine", "--model", str(model_onnx), "--precision", "fp16", *args]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == EXIT_USAGE
+
+
+def test_build_engine_cli_missing_model_is_usage_error(tmp_path: Path) -> None:
+    argv = ["build-engine", "--model", str(tmp_path / "none.onnx"), "--precision", "fp16"]
+    assert main(argv) == EXIT_USAGE

@@ -1,0 +1,67 @@
+"""The torch backend (ONNX graph run by PyTorch operators) against ONNX Runtime on the real
+model and real frames. Needs PyTorch: skipped where it is not installed (the default venv);
+the CUDA/FP16 variant carries the ``gpu`` marker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.backend import real_frames
+from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
+from daemon.postprocess.yolo import decode_one
+from daemon.batch.letterbox import LetterboxGeometry
+
+torch = pytest.importorskip("torch")
+
+from daemon.infer.torch_backend import TorchBackend  # noqa: E402
+
+
+def _geometry(hw: tuple[int, int]) -> LetterboxGeometry:
+    return LetterboxGeometry(1.0, 0, 0, hw[1], hw[0])
+
+
+def _compare(device: str, tol: float, model_onnx: Path, videos: list[Path]) -> None:
+    ours = TorchBackend(model_onnx, max_batch=4, device=device)
+    reference = OnnxRuntimeBackend(model_onnx, max_batch=4)
+    try:
+        for hw in ((640, 640), (384, 640)):
+            frames = real_frames(videos, 3, hw)
+            got = ours.infer(frames).copy()
+            want = reference.infer(frames).copy()
+            assert got.shape == want.shape
+            rel = np.linalg.norm(got - want) / np.linalg.norm(want)
+            assert rel < tol, f"{device} {hw}: relative error {rel}"
+            for i in range(3):
+                a = decode_one(got[i], _geometry(hw), 0.25, 0.7)
+                b = decode_one(want[i], _geometry(hw), 0.25, 0.7)
+                # FP16 may move a borderline score across the threshold; the bulk must agree.
+                assert abs(len(a) - len(b)) <= max(1, len(b) // 10)
+        # A second call of the same shape reuses the compiled program (and CUDA graph).
+        again = ours.infer(frames).copy()
+        np.testing.assert_allclose(again, got, rtol=0, atol=1e-3)
+        assert ours.class_names[0] == "person"
+    finally:
+        ours.close()
+        reference.close()
+
+
+def test_torch_cpu_matches_onnxruntime(model_onnx: Path, videos: list[Path]) -> None:
+    _compare("cpu", 1e-4, model_onnx, videos)
+
+
+@pytest.mark.gpu
+def test_torch_cuda_fp16_matches_onnxruntime(model_onnx: Path, videos: list[Path]) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    _compare("cuda", 2e-2, model_onnx, videos)
+
+
+def test_torch_rejects_wrong_batch(model_onnx: Path) -> None:
+    backend = TorchBackend(model_onnx, max_batch=2, device="cpu")
+    with pytest.raises(ValueError, match="batch must be"):
+        backend.infer(np.zeros((3, 640, 640, 3), np.uint8))
+    with pytest.raises(ValueError, match="batch must be"):
+        backend.infer(np.zeros((1, 640, 640, 3), np.float32))  # type: ignore[arg-type]
