@@ -65,7 +65,9 @@ class BackendReport:
         }
 
 
-def real_frames(videos: Sequence[Path], count: int, input_hw: tuple[int, int]) -> npt.NDArray[np.uint8]:
+def real_frames(
+    videos: Sequence[Path], count: int, input_hw: tuple[int, int]
+) -> npt.NDArray[np.uint8]:
     """``count`` letterboxed RGB frames taken from ``videos`` in turn (frame 30 of each)."""
     out = np.empty((count, *input_hw, 3), np.uint8)
     for i in range(count):
@@ -77,7 +79,7 @@ def real_frames(videos: Sequence[Path], count: int, input_hw: tuple[int, int]) -
             cap.release()
         if not ok:
             raise ValueError(f"cannot read a frame from {videos[i % len(videos)]}")
-        letterbox_into(frame, out[i])
+        letterbox_into(np.asarray(frame, np.uint8), out[i])
     return out
 
 
@@ -102,6 +104,7 @@ def run_backend_bench(
     batches: Sequence[int],
     seconds: float,
     videos: Sequence[Path],
+    *,
     input_hw: tuple[int, int] | None = None,
     intra_op_threads: int = 0,
 ) -> BackendReport:
@@ -124,11 +127,13 @@ def run_backend_bench(
                 calls, lat = time_backend(backend, np.ascontiguousarray(images), seconds)
                 results.append(
                     BackendResult(
-                        batch=batch, images=kind, calls=calls,
+                        batch=batch,
+                        images=kind,
+                        calls=calls,
                         images_per_s=batch * calls / float(lat.sum()),
                         latency_ms_p50=float(np.percentile(lat, 50) * 1000),
                         latency_ms_p95=float(np.percentile(lat, 95) * 1000),
-                    )  # fmt: skip
+                    )
                 )
         return BackendReport(backend.name, str(model), hw, seconds, tuple(results))
     finally:

@@ -24,7 +24,9 @@ def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
@@ -149,7 +151,7 @@ def _e2e(args: argparse.Namespace) -> int:
         print(f"edgewatch bench: {err}", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
-        data = reports[0].to_json() if len(reports) == 1 else {
+        data: dict[str, object] = reports[0].to_json() if len(reports) == 1 else {
             "kind": "e2e-sweep", "runs": [r.to_json() for r in reports]
         }  # fmt: skip
         write_json(args.json, data)

@@ -97,7 +97,11 @@ class SystemResult:
             "system": self.system,
             "window_s": round(s.window_s, 3),
             "total_fps": round(s.total_fps, 2),
-            "latency_ms": {"p50": s.latency_ms_p50, "p95": s.latency_ms_p95, "p99": s.latency_ms_p99},
+            "latency_ms": {
+                "p50": s.latency_ms_p50,
+                "p95": s.latency_ms_p95,
+                "p99": s.latency_ms_p99,
+            },
             "dropped": s.dropped,
             "malformed": s.malformed,
             "cameras": [dataclasses.asdict(c) for c in s.cameras],
@@ -222,7 +226,9 @@ def _wait_first_message(sub: Subscriber, proc: subprocess.Popen[bytes], log: Pat
         if proc.poll() is not None:
             raise BenchError(f"{log.stem} exited with {proc.returncode}: {_tail(log)}")
         if time.monotonic() > deadline:
-            raise BenchError(f"{log.stem}: no message after {_FIRST_MESSAGE_TIMEOUT_S:.0f} s: {_tail(log)}")
+            raise BenchError(
+                f"{log.stem}: no message after {_FIRST_MESSAGE_TIMEOUT_S:.0f} s: {_tail(log)}"
+            )
         time.sleep(0.2)
 
 
@@ -244,7 +250,9 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def _process(command: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def _process(
+    command: Sequence[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             list(command), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
@@ -257,20 +265,26 @@ def _process(command: Sequence[str], log: Path, env: dict[str, str] | None = Non
 
 def _measure(
     system: str, proc: subprocess.Popen[bytes], sub: Subscriber, log: Path, opts: E2EOptions,
-    metrics_port: int | None = None,
+    *, metrics_port: int | None = None,
 ) -> SystemResult:  # fmt: skip
     _wait_first_message(sub, proc, log)
     time.sleep(opts.warmup_s)
     sampler = ResourceSampler(proc.pid)
-    before = _histogram_sum_count(metrics_port, "edgewatch_backend_batch_size") if metrics_port else None
+    before = (
+        _histogram_sum_count(metrics_port, "edgewatch_backend_batch_size") if metrics_port else None
+    )
     sampler.start()
     sub.open_window()
     time.sleep(opts.duration_s)
     stream = sub.close_window()
     resources = sampler.stop()
-    after = _histogram_sum_count(metrics_port, "edgewatch_backend_batch_size") if metrics_port else None
+    after = (
+        _histogram_sum_count(metrics_port, "edgewatch_backend_batch_size") if metrics_port else None
+    )
     if proc.poll() is not None:
-        raise BenchError(f"{system} exited during the measurement ({proc.returncode}): {_tail(log)}")
+        raise BenchError(
+            f"{system} exited during the measurement ({proc.returncode}): {_tail(log)}"
+        )
     mean_batch = None
     if before and after and after[1] > before[1]:
         mean_batch = round((after[0] - before[0]) / (after[1] - before[1]), 2)
@@ -295,7 +309,9 @@ def _ours_config(
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def run_ours(opts: E2EOptions, urls: dict[str, str], broker: Mosquitto, workdir: Path) -> SystemResult:
+def run_ours(
+    opts: E2EOptions, urls: dict[str, str], broker: Mosquitto, workdir: Path
+) -> SystemResult:
     """Our daemon as a subprocess, measured by the subscriber and the sampler."""
     config = workdir / "ours.yaml"
     metrics_port = free_port()
@@ -308,12 +324,14 @@ def run_ours(opts: E2EOptions, urls: dict[str, str], broker: Mosquitto, workdir:
     sub = Subscriber(broker.port, PREFIX, OURS_NODE)
     try:
         with _process(command, log) as proc:
-            return _measure("edgewatch", proc, sub, log, opts, metrics_port)
+            return _measure("edgewatch", proc, sub, log, opts, metrics_port=metrics_port)
     finally:
         sub.close()
 
 
-def run_theirs(opts: E2EOptions, urls: dict[str, str], broker: Mosquitto, workdir: Path) -> SystemResult:
+def run_theirs(
+    opts: E2EOptions, urls: dict[str, str], broker: Mosquitto, workdir: Path
+) -> SystemResult:
     """Ultralytics' multi-stream predict in its own interpreter, measured the same way."""
     python = opts.ultralytics_python
     if python is None or not python.exists():
@@ -385,7 +403,9 @@ def run_e2e(opts: E2EOptions, workdir: Path | None = None) -> E2EReport:
     """Run ours (and the baseline) on ``opts.cameras`` cameras, then the backend ceiling."""
     cams = camera_videos(opts.videos, opts.cameras)
     with contextlib.ExitStack() as stack:
-        work = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-e2e-")))
+        work = workdir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-e2e-"))
+        )
         work.mkdir(parents=True, exist_ok=True)
         broker = stack.enter_context(Mosquitto())
         if opts.source == "rtsp":
@@ -403,7 +423,11 @@ def run_e2e(opts: E2EOptions, workdir: Path | None = None) -> E2EReport:
     batch: int | None = None
     efficiency: float | None = None
     if opts.backend_seconds > 0:
-        batch = max(1, round(ours.mean_batch)) if ours.mean_batch else (opts.max_batch or min(opts.cameras, 16))
+        batch = (
+            max(1, round(ours.mean_batch))
+            if ours.mean_batch
+            else (opts.max_batch or min(opts.cameras, 16))
+        )
         backend = run_backend_bench(
             opts.onnx_model, opts.backend, [batch], opts.backend_seconds, list(cams.values()),
             input_hw=pipeline_input_hw(list(cams.values())), intra_op_threads=opts.intra_op_threads,
@@ -411,7 +435,9 @@ def run_e2e(opts: E2EOptions, workdir: Path | None = None) -> E2EReport:
         ceiling = backend.images_per_s(batch, "real")
         if ceiling:
             efficiency = round(ours.stream.total_fps / ceiling, 3)
-    return E2EReport(opts.cameras, opts.source, ours, theirs, backend, batch, efficiency, machine_info())
+    return E2EReport(
+        opts.cameras, opts.source, ours, theirs, backend, batch, efficiency, machine_info()
+    )
 
 
 def _ratios(ours: SystemResult, theirs: SystemResult | None) -> dict[str, float | None]:

@@ -22,7 +22,9 @@ def plot_sweep(reports: Sequence[E2EReport], path: Path) -> None:
         series.append(("ultralytics", [r.theirs for r in reports if r.theirs is not None]))
     for label, results in series:
         ax_fps.plot(cams, [s.stream.total_fps for s in results], marker="o", label=label)
-        ax_lat.plot(cams, [s.stream.latency_ms_p95 or 0.0 for s in results], marker="o", label=label)
+        ax_lat.plot(
+            cams, [s.stream.latency_ms_p95 or 0.0 for s in results], marker="o", label=label
+        )
     ax_fps.set(xlabel="cameras", ylabel="total processed fps", title="throughput")
     ax_lat.set(xlabel="cameras", ylabel="p95 capture->receipt ms", title="latency")
     for ax in (ax_fps, ax_lat):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Subscriber:
         self._drops: dict[str, tuple[int, int]] = {}
         self._last_drop: dict[str, int] = {}
         self.messages = 0
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{node}")
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{node}")
         self._client.on_message = self._on_message
         self._client.connect("127.0.0.1", port)
         self._client.subscribe(
@@ -88,7 +89,9 @@ class Subscriber:
                     camera=cid,
                     delivered=self._delivered.get(cid, 0),
                     fps=self._delivered.get(cid, 0) / window,
-                    dropped=(self._drops[cid][1] - self._drops[cid][0]) if cid in self._drops else None,
+                    dropped=(self._drops[cid][1] - self._drops[cid][0])
+                    if cid in self._drops
+                    else None,
                 )
                 for cid in cams
             )

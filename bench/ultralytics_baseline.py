@@ -30,6 +30,7 @@ from typing import Any
 
 import cv2
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 _PURGE_AFTER_S = 10.0
 
@@ -103,7 +104,9 @@ class StampedCapture(_BaseCapture):  # type: ignore[misc]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, type=Path, help="Ultralytics .pt weights")
-    parser.add_argument("--sources", required=True, type=Path, help="a .streams file, one URL a line")
+    parser.add_argument(
+        "--sources", required=True, type=Path, help="a .streams file, one URL a line"
+    )
     parser.add_argument("--camera-ids", required=True, help="comma-separated, in source order")
     parser.add_argument("--mqtt-port", type=int, required=True)
     parser.add_argument("--prefix", default="edgewatch")
@@ -117,18 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # Both LoadStreams and our wrapper see the wrapped class from here on.
-    cv2.VideoCapture = StampedCapture
+    cv2.VideoCapture = StampedCapture  # type: ignore[misc,assignment]
     from ultralytics import YOLO
 
     camera_ids = args.camera_ids.split(",")
     sources = args.sources.read_text().split()
     by_source = dict(zip(sources, camera_ids, strict=True))
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{args.node}-baseline")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{args.node}-baseline")
     client.connect("127.0.0.1", args.mqtt_port)
     client.loop_start()
     processed = dict.fromkeys(camera_ids, 0)
-    seq = dict.fromkeys(camera_ids, 0)
-    names: dict[int, str] = {}
     unstamped = 0
     started = time.monotonic()
     next_stats = started + 1.0
@@ -142,31 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     for index, result in enumerate(results):
         now = time.time()
         camera = camera_ids[index % len(camera_ids)]
-        names = result.names
         capture_ts = STAMPS.take(result.orig_img)
         if capture_ts is None:
             unstamped += 1
             capture_ts = now
-        boxes = result.boxes
-        xyxy = boxes.xyxy.cpu().numpy()
-        confs = boxes.conf.cpu().numpy()
-        classes = boxes.cls.cpu().numpy().astype(int)
-        seq[camera] += 1
         processed[camera] += 1
-        payload = {
-            "schema_version": 1, "camera": camera, "seq": seq[camera],
-            "capture_ts": round(capture_ts, 6), "publish_ts": round(now, 6),
-            "latency_ms": round((now - capture_ts) * 1000, 2),
-            "frame": {"width": int(result.orig_shape[1]), "height": int(result.orig_shape[0])},
-            "detections": [
-                {"class_id": int(c), "name": names[int(c)], "confidence": round(float(s), 4),
-                 "box": [round(float(v), 1) for v in b]}
-                for b, s, c in zip(xyxy, confs, classes, strict=True)
-            ],
-        }  # fmt: skip
+        payload = _detections_payload(result, camera, processed[camera], capture_ts, now)
         client.publish(
             f"{args.prefix}/{args.node}/{camera}/detections",
-            json.dumps(payload, separators=(",", ":")), qos=1,
+            json.dumps(payload, separators=(",", ":")),
+            qos=1,
         )
         if time.monotonic() >= next_stats:
             next_stats += 1.0
@@ -178,6 +164,28 @@ def main(argv: list[str] | None = None) -> int:
     client.loop_stop()
     client.disconnect()
     return 0
+
+
+def _detections_payload(
+    result: Any, camera: str, seq: int, capture_ts: float, now: float
+) -> dict[str, object]:
+    """Our ``detections`` payload layout, filled from one Ultralytics ``Results``."""
+    boxes = result.boxes
+    xyxy = boxes.xyxy.cpu().numpy()
+    confs = boxes.conf.cpu().numpy()
+    classes = boxes.cls.cpu().numpy().astype(int)
+    names = result.names
+    return {
+        "schema_version": 1, "camera": camera, "seq": seq,
+        "capture_ts": round(capture_ts, 6), "publish_ts": round(now, 6),
+        "latency_ms": round((now - capture_ts) * 1000, 2),
+        "frame": {"width": int(result.orig_shape[1]), "height": int(result.orig_shape[0])},
+        "detections": [
+            {"class_id": int(c), "name": names[int(c)], "confidence": round(float(s), 4),
+             "box": [round(float(v), 1) for v in b]}
+            for b, s, c in zip(xyxy, confs, classes, strict=True)
+        ],
+    }  # fmt: skip
 
 
 def _publish_stats(

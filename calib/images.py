@@ -66,7 +66,9 @@ def list_calibration_images(source: Path) -> list[CalibrationImage]:
     if manifest.is_file():
         return _from_manifest(manifest)
     folder = source / "images" if (source / "images").is_dir() else source
-    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
     if not found:
         raise CalibrationDataError(
             f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}"
@@ -108,9 +110,11 @@ def iter_letterboxed(
     input_hw: tuple[int, int],
     batch_size: int,
     brightness_out: list[float] | None = None,
+    skip_unreadable: bool = True,
 ) -> Iterator[LetterboxedBatch]:
-    """Letterbox ``images`` in batches into one reused buffer, skipping (with a warning)
-    files that cannot be decoded. Mean luma of each used image goes to ``brightness_out``."""
+    """Letterbox ``images`` in batches into one reused buffer. Files that cannot be decoded
+    are skipped with a warning, or raise ``ImageError`` when ``skip_unreadable`` is False.
+    Mean luma of each used image goes to ``brightness_out``."""
     h, w = input_hw
     buffer = np.empty((batch_size, h, w, 3), dtype=np.uint8)
     geometries: list[LetterboxGeometry] = []
@@ -120,6 +124,8 @@ def iter_letterboxed(
         try:
             bgr = read_image(path)
         except ImageError as exc:
+            if not skip_unreadable:
+                raise
             log.warning("unreadable calibration image skipped", extra={"reason": str(exc)})
             continue
         if brightness_out is not None:

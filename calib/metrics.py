@@ -45,8 +45,10 @@ def match_predictions(
     """Which predictions are true positives at each IoU threshold: ``[n_pred, n_thresholds]``.
 
     ``iou`` is ``[n_true, n_pred]``. At each threshold every (label, prediction) pair of the
-    same class with IoU >= threshold is a candidate; candidates are taken by descending IoU,
-    each prediction and each label used at most once (Ultralytics' ``np.unique`` trick).
+    same class with IoU >= threshold is a candidate; each prediction keeps its best-IoU label,
+    then each label goes to the first of its candidates in prediction order (Ultralytics'
+    ``np.unique`` trick: predictions arrive sorted by confidence, so the most confident
+    overlapping prediction wins, as in COCO), each used at most once.
     """
     correct = np.zeros((pred_classes.shape[0], thresholds.shape[0]), dtype=bool)
     if pred_classes.shape[0] == 0 or true_classes.shape[0] == 0:

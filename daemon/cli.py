@@ -18,6 +18,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 _COMMAND_MODULES = (
+    "calib.cli",
     "daemon.commands.run",
     "daemon.commands.check_config",
     "daemon.commands.detect",

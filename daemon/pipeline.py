@@ -139,7 +139,8 @@ class Pipeline:
         return tuple(self._sources)
 
     def states(self) -> dict[str, CameraState]:
-        return {cid: s.state for cid, s in self._sources.items()}
+        # A copy first: /healthz calls this from the HTTP thread while a reload edits the dict.
+        return {cid: s.state for cid, s in list(self._sources.items())}
 
     # -- health --------------------------------------------------------------------------
 
@@ -156,6 +157,8 @@ class Pipeline:
                 "batches": self._batches,
                 "seconds_since_last_batch": round(time.monotonic() - self._last_batch_done, 1),
                 "cameras": {cid: state.value for cid, state in self.states().items()},
+                # Reader process ids: a hot reload must leave unchanged cameras' readers alone.
+                "readers": {cid: s.pid for cid, s in list(self._sources.items())},
             },
         )
 

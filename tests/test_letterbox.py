@@ -8,8 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from daemon.batch.letterbox import PAD_VALUE, letterbox_into
-from daemon.batch.letterbox import rect_shape
+from daemon.batch.letterbox import PAD_VALUE, letterbox_into, rect_shape
 
 SIZES = [
     (480, 640),

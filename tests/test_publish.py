@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs in the dev extra
+import jsonschema
 import numpy as np
 import pytest
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from bench.backend import real_frames
+from daemon.batch.letterbox import LetterboxGeometry
 from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 from daemon.postprocess.yolo import decode_one
-from daemon.batch.letterbox import LetterboxGeometry
 
 torch = pytest.importorskip("torch")
 
@@ -64,4 +64,4 @@ def test_torch_rejects_wrong_batch(model_onnx: Path) -> None:
     with pytest.raises(ValueError, match="batch must be"):
         backend.infer(np.zeros((3, 640, 640, 3), np.uint8))
     with pytest.raises(ValueError, match="batch must be"):
-        backend.infer(np.zeros((1, 640, 640, 3), np.float32))  # type: ignore[arg-type]
+        backend.infer(np.zeros((1, 640, 640, 3), np.float32))

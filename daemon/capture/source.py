@@ -104,7 +104,13 @@ class CameraSource:
     @property
     def pid(self) -> int | None:
         """Process id of the current reader, for diagnostics."""
-        return self._reader.process.pid if self._reader is not None else None
+        reader = self._reader  # read once: stop() may clear it from another thread
+        if reader is None:
+            return None
+        try:
+            return reader.process.pid
+        except ValueError:  # the process object was closed meanwhile
+            return None
 
     def counters(self) -> CaptureCounters:
         counts = self._owned.ring.counts() if self._owned is not None else self._last_counts

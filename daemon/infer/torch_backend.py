@@ -149,16 +149,20 @@ class TorchBackend:
         stream_ctx = torch.cuda.stream(slot.stream) if slot.stream is not None else _nullctx()
         with stream_ctx:
             dev_in.copy_(host_in, non_blocking=True)
-            compiled = slot.compiled.get((n, h, w))
+            # Rows n..bucket hold stale frames: computed, never copied back.
+            bucket = self._bucket(n)
+            compiled = slot.compiled.get((bucket, h, w))
             if compiled is None:
                 with self._compile_lock:
-                    compiled = self._compile(slot, n, h, w)
+                    compiled = self._compile(slot, bucket, h, w)
             if compiled.graph is not None:
                 compiled.graph.replay()
                 out = compiled.output
             else:
-                out = self._forward(compiled.program, dev_in.view(n, h, w, _RGB))
+                images = slot.dev_in[: bucket * h * w * _RGB].view(bucket, h, w, _RGB)
+                out = self._forward(compiled.program, images)
             assert out is not None
+            out = out[:n]
             anchors = out.shape[2]
             host_out = slot.host_out[: out.numel()].view(out.shape)
             host_out.copy_(out, non_blocking=True)
@@ -204,6 +208,16 @@ class TorchBackend:
                 slot = self._free.pop()
             self._local.slot = slot
         return slot
+
+    def _bucket(self, n: int) -> int:
+        """The compiled batch size that runs ``n`` frames: the next power of two (capped).
+
+        Every new shape costs a cuDNN autotune and a graph capture (up to a second, stalling
+        that batch); buckets bound that to a few shapes, and padding is cheap on a GPU.
+        """
+        if not self._cuda:
+            return n
+        return min(1 << (n - 1).bit_length(), self._max_batch)
 
     def _forward(self, program: SpecialisedProgram, images: torch.Tensor) -> torch.Tensor:
         # NHWC uint8 viewed as NCHW is channels-last already: no layout copy before conv 1.

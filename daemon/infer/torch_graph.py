@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import onnx
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-Value = torch.Tensor | None
-OpFn = Callable[[list[Value], dict[str, Any], "_Ctx"], list[torch.Tensor]]
+Value: TypeAlias = "torch.Tensor | None"
+OpFn: TypeAlias = Callable[[list[Value], dict[str, Any], "_Ctx"], list[torch.Tensor]]
 
 _SHAPE_OPS = frozenset({"Shape"})
 # Per operator, the inputs that are parameters read as Python values (shapes, axes, scales);
@@ -249,7 +249,9 @@ def _slice(ins: list[Value], _a: dict[str, Any], _c: _Ctx) -> list[torch.Tensor]
         if step <= 0:
             raise GraphError("Slice with a non-positive step is not supported")
         size = x.shape[axis]
-        index[axis % x.dim()] = slice(max(-size, min(start, size)), max(-size, min(end, size)), step)
+        index[axis % x.dim()] = slice(
+            max(-size, min(start, size)), max(-size, min(end, size)), step
+        )
     return [x[tuple(index)]]
 
 
@@ -335,9 +337,7 @@ class SpecialisedProgram:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         values: dict[str, torch.Tensor] = {self._input: x}
         for step in self._steps:
-            ins: list[Value] = [
-                values[v] if isinstance(v, str) else v for v in step.inputs
-            ]
+            ins: list[Value] = [values[v] if isinstance(v, str) else v for v in step.inputs]
             for name, out in zip(step.outputs, step.fn(ins, step.attrs, self._ctx), strict=False):
                 values[name] = out
         return values[self._output]
@@ -360,9 +360,12 @@ class OnnxGraph:
         self._initializers = initializers
         self._nodes = [
             _Node(
-                n.op_type, _OPS[n.op_type], tuple(n.input), tuple(n.output),
+                n.op_type,
+                _OPS[n.op_type],
+                tuple(n.input),
+                tuple(n.output),
                 {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute},
-            )  # fmt: skip
+            )
             for n in graph.node
         ]
 
@@ -395,8 +398,12 @@ class OnnxGraph:
         for node in self._nodes:
             is_dynamic = node.op not in _SHAPE_OPS and any(n in dynamic for n in node.inputs if n)
             if not is_dynamic:
-                ins: list[Value] = [dynamic.get(n, static.get(n)) if n else None for n in node.inputs]
-                for name, out in zip(node.outputs, node.fn(ins, node.attrs, static_ctx), strict=False):
+                ins: list[Value] = [
+                    dynamic.get(n, static.get(n)) if n else None for n in node.inputs
+                ]
+                for name, out in zip(
+                    node.outputs, node.fn(ins, node.attrs, static_ctx), strict=False
+                ):
                     static[name] = out
                 continue
             params = _PARAM_INPUTS.get(node.op, frozenset())

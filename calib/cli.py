@@ -1,0 +1,256 @@
+"""``edgewatch calibrate``, ``edgewatch evaluate`` and ``edgewatch calib collect``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from daemon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+
+log = logging.getLogger(__name__)
+_BENCH_BATCH = 8
+
+
+def register(sub: Any) -> None:
+    """Add the three subcommands to the ``edgewatch`` parser."""
+    _register_calibrate(sub)
+    _register_evaluate(sub)
+    calib: argparse.ArgumentParser = sub.add_parser(
+        "calib", help="calibration data tools", description="Calibration data tools."
+    )
+    calib_sub = calib.add_subparsers(dest="calib_command", required=True, metavar="COMMAND")
+    collect = calib_sub.add_parser(
+        "collect",
+        help="sample calibration frames from the configured cameras",
+        description="Sample frames from the configured cameras over time, spread across "
+        "cameras and brightness, skipping near-duplicates; write JPEGs and manifest.json.",
+    )
+    collect.add_argument("--config", required=True, type=Path, help="daemon config YAML")
+    collect.add_argument("--out", required=True, type=Path, help="output folder")
+    collect.add_argument("--frames", required=True, type=_positive_int, help="frames to keep")
+    collect.add_argument("--interval", type=float, default=2.0,
+                         help="seconds between samples of one camera (default 2)")
+    collect.add_argument("--max-duration", type=float, default=600.0,
+                         help="stop sampling after this many seconds (default 600)")
+    collect.set_defaults(handler=_collect)
+
+
+def _register_calibrate(sub: Any) -> None:
+    from calib.quantize import METHODS
+
+    p: argparse.ArgumentParser = sub.add_parser(
+        "calibrate",
+        help="quantize a model to Q/DQ INT8, gated on accuracy",
+        description="Calibrate and quantize a YOLOv8 ONNX model to a Q/DQ INT8 ONNX (valid for "
+        "ONNX Runtime CPU and TensorRT). With --labels, evaluate FP32 and INT8 and keep the "
+        "INT8 model only when the mAP50-95 drop is within --max-map-drop.",
+    )
+    p.add_argument("--model", required=True, type=Path, help="FP32 YOLOv8 ONNX model")
+    p.add_argument("--images", required=True, type=Path,
+                   help="calibration images: a folder, a dataset root or a collect output")
+    p.add_argument("--out", required=True, type=Path, help="INT8 model to write")
+    p.add_argument("--method", choices=METHODS, default="entropy")
+    p.add_argument("--labels", type=Path, help="YOLO labels of --eval-images (enables the gate)")
+    p.add_argument("--eval-images", type=Path, help="evaluation images (with --labels)")
+    p.add_argument("--max-map-drop", type=float, default=1.0,
+                   help="largest acceptable mAP50-95 drop in points (default 1.0)")
+    p.add_argument("--float-block", action="append", default=None, metavar="PREFIX",
+                   help="node-name prefix to keep in float, repeatable ('decode' = the Detect "
+                   "head's decode; default: decode only)")
+    p.add_argument("--max-images", type=_positive_int, help="use at most this many images")
+    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = auto)")
+    p.set_defaults(handler=_calibrate)
+
+
+def _register_evaluate(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "evaluate",
+        help="mAP of a model on labelled images, or its agreement with a reference model",
+        description="COCO mAP50-95/mAP50 through the daemon's own pre/post-processing (with "
+        "--labels), or detection agreement F1 against a reference model (with --reference).",
+    )
+    p.add_argument("--model", required=True, type=Path, help="ONNX model")
+    p.add_argument("--images", required=True, type=Path, help="image folder")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--labels", type=Path, help="YOLO label folder")
+    mode.add_argument("--reference", type=Path, help="reference (FP32) model for agreement")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write the result as JSON")
+    p.add_argument("--single-label", action="store_true",
+                   help="decode one class per anchor as the daemon does (default: Ultralytics "
+                   "val's multi-label NMS)")
+    p.add_argument("--conf", type=float, default=None,
+                   help="confidence threshold (default 0.001 for mAP, 0.25 for agreement)")
+    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = auto)")
+    p.set_defaults(handler=_evaluate)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _usage(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from calib.images import CalibrationDataError, list_calibration_images
+    from calib.quantize import DEFAULT_FLOAT_BLOCKS, QuantizeError, QuantizeOptions, quantize
+
+    problem = _calibrate_arg_problem(args)
+    if problem:
+        return _usage(problem)
+    try:
+        images = list_calibration_images(args.images)
+        eval_images = _eval_images(args.eval_images) if args.eval_images else None
+    except (CalibrationDataError, ValueError) as exc:
+        return _usage(str(exc))
+    if args.max_images:
+        images = images[: args.max_images]
+    options = QuantizeOptions(
+        method=args.method,
+        float_blocks=tuple(args.float_block) if args.float_block else DEFAULT_FLOAT_BLOCKS,
+    )
+    # Written beside --out and renamed only when the gate passes: a failed run never
+    # leaves (or replaces) a model at --out.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{args.out.name}.", suffix=".tmp",
+                                    dir=args.out.parent)
+    os.close(fd)
+    candidate = Path(tmp_name)
+    try:
+        try:
+            record = quantize(args.model, images, candidate, options, str(args.images))
+        except QuantizeError as exc:
+            return _usage(str(exc))
+        report: dict[str, Any] = {"model": str(args.model), "int8": asdict(record)}
+        if eval_images is not None:
+            gate = _run_gate(args, candidate, eval_images)
+            report["gate"] = {"fp32": asdict(gate.fp32), "int8": asdict(gate.int8),
+                              "drop_points": gate.drop_points, "passed": gate.passed,
+                              "max_drop_points": gate.max_drop_points,
+                              "speed_ratio_batch8": gate.speed_ratio}
+            print(gate.summary())
+            if not gate.passed:
+                print(f"error: INT8 mAP50-95 drop {gate.drop_points:.2f} points exceeds "
+                      f"--max-map-drop {gate.max_drop_points:g}; {args.out} not written",
+                      file=sys.stderr)
+                return EXIT_FAILURE
+        else:
+            log.warning("no --labels: the INT8 model is written without an accuracy check")
+        from calib.gate import promote
+
+        # mkstemp made the candidate owner-only; the model is no secret.
+        candidate.chmod(0o644)
+        promote(candidate, args.out)
+        args.out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+        print(f"wrote {args.out} ({record.calibration_images} calibration images, "
+              f"{record.float_nodes} float nodes)")
+        return EXIT_OK
+    finally:
+        candidate.unlink(missing_ok=True)
+
+
+def _calibrate_arg_problem(args: argparse.Namespace) -> str | None:
+    if not args.model.is_file():
+        return f"model not found: {args.model}"
+    if (args.labels is None) != (args.eval_images is None):
+        return "--labels and --eval-images go together"
+    if args.labels is not None and not args.labels.is_dir():
+        return f"label folder not found: {args.labels}"
+    if not args.out.parent.is_dir():
+        return f"output folder does not exist: {args.out.parent}"
+    return None
+
+
+def _eval_images(folder: Path) -> list[Path]:
+    from daemon.stills import list_images
+
+    return list_images([folder])
+
+
+def _run_gate(args: argparse.Namespace, candidate: Path, eval_images: list[Path]) -> Any:
+    import numpy as np
+
+    from calib.evaluate import evaluate_map
+    from calib.gate import GateResult
+    from calib.images import iter_letterboxed
+    from calib.runtime import interleaved_throughput, load_cpu_backend
+
+    with tempfile.TemporaryDirectory(prefix="edgewatch-gate-") as tmp:
+        fp32 = load_cpu_backend(args.model, Path(tmp), args.threads, _BENCH_BATCH)
+        int8 = load_cpu_backend(candidate, Path(tmp), args.threads, _BENCH_BATCH)
+        try:
+            fp32_map = evaluate_map(fp32, eval_images, args.labels)
+            int8_map = evaluate_map(int8, eval_images, args.labels)
+            first = next(iter_letterboxed(eval_images[:_BENCH_BATCH], fp32.input_hw,
+                                          _BENCH_BATCH))
+            batch = np.ascontiguousarray(first.images)
+            fp32_ips, int8_ips = interleaved_throughput([fp32, int8], batch)
+        finally:
+            fp32.close()
+            int8.close()
+    print(f"throughput batch {batch.shape[0]}: fp32 {fp32_ips:.1f} img/s, "
+          f"int8 {int8_ips:.1f} img/s")
+    return GateResult(fp32_map, int8_map, args.max_map_drop, int8_ips / fp32_ips)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from calib.evaluate import EvalSettings, evaluate_agreement, evaluate_map
+    from calib.labels import LabelError
+    from calib.runtime import load_cpu_backend
+    from daemon.infer.backend import BackendError
+    from daemon.stills import ImageError
+
+    for path in (args.model, args.reference):
+        if path is not None and not path.is_file():
+            return _usage(f"model not found: {path}")
+    if args.labels is not None and not args.labels.is_dir():
+        return _usage(f"label folder not found: {args.labels}")
+    try:
+        images = _eval_images(args.images)
+        with tempfile.TemporaryDirectory(prefix="edgewatch-eval-") as tmp:
+            backend = load_cpu_backend(args.model, Path(tmp), args.threads, 8)
+            if args.labels is not None:
+                settings = EvalSettings(conf=0.001 if args.conf is None else args.conf,
+                                        multi_label=not args.single_label)
+                result: dict[str, Any] = asdict(evaluate_map(backend, images, args.labels,
+                                                             settings))
+                line = f"mAP50-95={result['map50_95']:.4f} mAP50={result['map50']:.4f}"
+            else:
+                reference = load_cpu_backend(args.reference, Path(tmp), args.threads, 8)
+                counts = evaluate_agreement(backend, reference, images,
+                                            conf=0.25 if args.conf is None else args.conf)
+                result = {**asdict(counts), "f1": counts.f1, "precision": counts.precision,
+                          "recall": counts.recall, "images": len(images)}
+                line = (f"agreement F1={counts.f1:.4f} precision={counts.precision:.4f} "
+                        f"recall={counts.recall:.4f}")
+    except (ImageError, LabelError, BackendError) as exc:
+        return _usage(str(exc))
+    print(line)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"model": str(args.model), **result}, indent=1))
+    return EXIT_OK
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from calib.collect import CollectOptions, collect
+    from daemon.config.load import load_config_or_exit
+
+    config = load_config_or_exit(args.config)
+    if not config.enabled_cameras:
+        return _usage(f"{args.config}: no enabled cameras")
+    options = CollectOptions(frames=args.frames, interval_s=args.interval,
+                             max_duration_s=args.max_duration)
+    written = collect(config, args.out, options)
+    print(f"wrote {written} frames and manifest.json to {args.out}")
+    return EXIT_OK if written else EXIT_FAILURE

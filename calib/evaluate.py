@@ -1,0 +1,91 @@
+"""mAP of a model on a labelled image folder, and label-free agreement of two models, both
+through the daemon's own letterbox, backend and YOLOv8 decoding."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from calib.agreement import AgreementCounts, agreement
+from calib.decode import decode_multi_label
+from calib.images import iter_letterboxed
+from calib.labels import read_yolo_labels
+from calib.metrics import DetectionStats
+from daemon.batch.letterbox import LetterboxGeometry
+from daemon.infer.backend import Backend
+from daemon.postprocess.yolo import Detections, decode_one
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Ultralytics ``val`` defaults; ``multi_label`` as val's NMS (see calib/decode.py)."""
+
+    conf: float = 0.001
+    iou: float = 0.7
+    max_det: int = 300
+    batch_size: int = 8
+    multi_label: bool = True
+
+
+@dataclass(frozen=True)
+class MapReport:
+    map50_95: float
+    map50: float
+    images: int
+    instances: int
+    classes: int
+
+    def line(self) -> str:
+        return f"mAP50-95={self.map50_95:.4f} mAP50={self.map50:.4f}"
+
+
+def _detect(
+    backend: Backend, paths: Sequence[Path], settings: EvalSettings
+) -> Iterator[tuple[LetterboxGeometry, Detections]]:
+    decode = decode_multi_label if settings.multi_label else decode_one
+    size = min(settings.batch_size, backend.max_batch)
+    # An unreadable image raises: a silently skipped one would change the score.
+    for batch in iter_letterboxed(paths, backend.input_hw, size, skip_unreadable=False):
+        preds = backend.infer(batch.images)
+        for i, geometry in enumerate(batch.geometries):
+            yield geometry, decode(preds[i], geometry, settings.conf, settings.iou,
+                                   settings.max_det)
+
+
+def evaluate_map(
+    backend: Backend,
+    images: Sequence[Path],
+    labels_dir: Path,
+    settings: EvalSettings = EvalSettings(),
+) -> MapReport:
+    """COCO mAP50-95 / mAP50 of ``backend`` on ``images`` against ``labels_dir/<stem>.txt``."""
+    stats = DetectionStats()
+    instances = 0
+    for path, (geometry, det) in zip(images, _detect(backend, images, settings), strict=True):
+        truth = read_yolo_labels(labels_dir / f"{path.stem}.txt", geometry.src_width,
+                                 geometry.src_height)
+        instances += len(truth.class_ids)
+        stats.add(det.boxes, det.scores, det.class_ids, truth.boxes, truth.class_ids)
+    result = stats.result()
+    return MapReport(result.map50_95, result.map50, stats.images, instances,
+                     int(result.classes.shape[0]))
+
+
+def evaluate_agreement(
+    candidate: Backend,
+    reference: Backend,
+    images: Sequence[Path],
+    *,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    batch_size: int = 8,
+) -> AgreementCounts:
+    """Agreement of ``candidate`` with ``reference`` detections at the daemon's operating
+    confidence (single-label decode, as deployed)."""
+    settings = EvalSettings(conf=conf, iou=iou, batch_size=batch_size, multi_label=False)
+    total = AgreementCounts()
+    for (_, cand), (_, ref) in zip(_detect(candidate, images, settings),
+                                   _detect(reference, images, settings), strict=True):
+        total = total + agreement(cand, ref)
+    return total

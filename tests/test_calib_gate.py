@@ -1,0 +1,86 @@
+"""``edgewatch calibrate``: a real quantization whose accuracy gate fails leaves no model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from calib.qdq import int8_activations_to_uint8, summarize
+from daemon.cli import EXIT_FAILURE, EXIT_USAGE, main
+
+
+@pytest.fixture(scope="module")
+def small_sets(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """8 calibration images and 8 labelled evaluation images (the gate's cost is per image)."""
+    root = tmp_path_factory.mktemp("sets")
+    calib = root / "calib"
+    evald = root / "eval"
+    for folder in (calib, evald / "images", evald / "labels"):
+        folder.mkdir(parents=True)
+    src = shared_dir / "datasets"
+    for p in sorted((src / "coco_calib" / "images").glob("*.jpg"))[:8]:
+        shutil.copy(p, calib / p.name)
+    for p in sorted((src / "coco_eval" / "images").glob("*.jpg"))[:8]:
+        shutil.copy(p, evald / "images" / p.name)
+        label = src / "coco_eval" / "labels" / f"{p.stem}.txt"
+        if label.is_file():
+            shutil.copy(label, evald / "labels" / label.name)
+    return calib, evald
+
+
+def test_failed_gate_exits_1_and_keeps_the_old_model(
+    model_onnx: Path, small_sets: tuple[Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calib, evald = small_sets
+    out = tmp_path / "yolov8n.int8.onnx"
+    out.write_bytes(b"previously deployed model")
+    # MinMax ranges from 8 images are a deliberately poor calibration: measured 2.5 points
+    # lost on these 8 evaluation images, well over the 0.5 allowed here.
+    code = main(["calibrate", "--model", str(model_onnx), "--images", str(calib),
+                 "--out", str(out), "--method", "minmax", "--labels", str(evald / "labels"),
+                 "--eval-images", str(evald / "images"), "--max-map-drop", "0.5",
+                 "--threads", "2"])
+    printed = capsys.readouterr()
+    assert code == EXIT_FAILURE
+    assert "FAIL" in printed.out
+    assert "speed_ratio=" in printed.out
+    assert "exceeds --max-map-drop" in printed.err
+    assert out.read_bytes() == b"previously deployed model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_passing_run_writes_tensorrt_compatible_model(
+    model_onnx: Path, small_sets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    calib, _ = small_sets
+    out = tmp_path / "m.int8.onnx"
+    code = main(["calibrate", "--model", str(model_onnx), "--images", str(calib),
+                 "--out", str(out), "--method", "minmax"])
+    assert code == 0
+    model = onnx.load(str(out))
+    summary = summarize(model)
+    assert summary.tensorrt_compatible
+    assert summary.quantized_op_types.get("Conv", 0) >= 60
+    meta = {p.key: p.value for p in model.metadata_props}
+    brightness = json.loads(meta["edgewatch.calibration_brightness"])
+    assert brightness["frames"] == 8
+    assert 0 < brightness["p0"] <= brightness["p100"] < 255
+    assert json.loads(meta["edgewatch.int8"])["float_blocks"] == ["decode"]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["int8"]["float_nodes"] > 50
+    ort_view = summarize(int8_activations_to_uint8(model))
+    assert ort_view.int8_activations == 0
+    assert ort_view.uint8_activations == summary.int8_activations
+
+
+def test_bad_input_exits_2(tmp_path: Path, model_onnx: Path) -> None:
+    assert main(["calibrate", "--model", str(tmp_path / "none.onnx"), "--images",
+                 str(tmp_path), "--out", str(tmp_path / "o.onnx")]) == EXIT_USAGE
+    assert main(["calibrate", "--model", str(model_onnx), "--images", str(tmp_path),
+                 "--out", str(tmp_path / "o.onnx")]) == EXIT_USAGE
+    assert not (tmp_path / "o.onnx").exists()

@@ -1,0 +1,114 @@
+"""Backpressure through the whole daemon (issue 6, item 5).
+
+Four real RTSP cameras at 25-30 fps into YOLOv8n on the CPU: inference is far slower than the
+cameras. The daemon must drop frames at capture (counted per camera: every frame read is
+either processed or counted as dropped), keep latency bounded (p95 capture->publish below
+2 x the mean batch inference time + one frame interval, the batch time read from the
+``edgewatch_backend_batch_latency_seconds`` histogram over the same window) and keep its
+memory flat. No absolute speed is asserted: the bound scales with the measured batch time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.local.broker import Mosquitto, free_port
+from bench.local.daemon import DaemonProcess, daemon_config, metric_value
+from bench.local.rtsp import RtspServer
+from tests.fixtures.broker import Subscriber
+from tests.fixtures.observe import cheap_cameras, payloads
+
+pytest_plugins = ["tests.fixtures.daemon"]
+pytestmark = [pytest.mark.rtsp, pytest.mark.mqtt]
+
+PREFIX = "backpressure"
+WINDOW_S = float(os.environ.get("EDGEWATCH_BACKPRESSURE_S", "15"))
+# The slowest source is 25 fps.
+FRAME_INTERVAL_S = 1 / 25
+# Frames read but neither published nor dropped yet: up to one batch in flight plus the
+# newest unconsumed frame, with a stats interval of lag between the counters.
+UNACCOUNTED_SLACK = 3
+RSS_GROWTH_LIMIT = 0.05
+
+
+def _histogram(text: str) -> tuple[float, float]:
+    total = metric_value(text, "edgewatch_backend_batch_latency_seconds_sum")
+    count = metric_value(text, "edgewatch_backend_batch_latency_seconds_count")
+    assert total is not None and count is not None
+    return total, count
+
+
+def test_slow_inference_drops_at_capture_with_bounded_latency(
+    tmp_path: Path,
+    rtsp_server: RtspServer,
+    videos: list[Path],
+    mosquitto: Mosquitto,
+    mqtt_subscriber: Callable[..., Subscriber],
+    run_daemon: Callable[..., DaemonProcess],
+    model_onnx: Path,
+) -> None:
+    cameras = cheap_cameras(rtsp_server, videos, 4)
+    sub = mqtt_subscriber((f"{PREFIX}/#",))
+    daemon = run_daemon(
+        daemon_config(
+            {c: rtsp_server.url(c) for c in cameras},
+            model_onnx,
+            mqtt_port=mosquitto.port,
+            metrics_port=free_port(),
+            prefix=PREFIX,
+        )
+    )
+    daemon.wait_streaming(cameras)
+    time.sleep(5.0)  # warm-up: first batches, allocator and thread pools settle
+
+    start = time.time()
+    sum0, count0 = _histogram(daemon.metrics())
+    rss = [daemon.sample().rss_mb]
+    while time.time() - start < WINDOW_S:
+        time.sleep(1.0)
+        rss.append(daemon.sample().rss_mb)
+    sum1, count1 = _histogram(daemon.metrics())
+    end = time.time()
+    time.sleep(1.5)  # the last stats interval of the window arrives
+
+    batch_s = (sum1 - sum0) / (count1 - count0)
+    bound_ms = (2 * batch_s + FRAME_INTERVAL_S) * 1000
+    frames = [p for p in payloads(sub, "detections") if start <= p["publish_ts"] <= end]
+    latencies = np.array([p["latency_ms"] for p in frames])
+    p50, p95 = np.percentile(latencies, (50, 95))
+    print(
+        f"batch inference mean {batch_s * 1000:.0f} ms over {count1 - count0:.0f} batches; "
+        f"latency p50 {p50:.0f} ms p95 {p95:.0f} ms (bound {bound_ms:.0f} ms); "
+        f"RSS {rss[0]:.1f} -> {rss[-1]:.1f} MB (max {max(rss):.1f})"
+    )
+    assert p95 < bound_ms
+
+    for cid in cameras:
+        stats = [s for s in payloads(sub, "stats", cid) if start <= s["ts"] <= end + 1.5]
+        window = stats[1:]  # intervals wholly inside the window
+        read = sum(s["frames_read"] if "frames_read" in s else 0 for s in window)
+        dropped = sum(s["dropped"] for s in window)
+        last = stats[-1]
+        unaccounted = last["frames_read_total"] - last["processed_total"] - last["dropped_total"]
+        input_fps = np.mean([s["input_fps"] for s in window])
+        processed_fps = np.mean([s["processed_fps"] for s in window])
+        print(
+            f"{cid}: input {input_fps:.1f} fps, processed {processed_fps:.1f} fps, "
+            f"dropped {dropped} in the window ({last['dropped_total']} total), "
+            f"read-processed-dropped {unaccounted}"
+        )
+        assert read == 0 or read >= dropped
+        assert dropped > 0, f"{cid}: inference is slower than the camera, yet nothing dropped"
+        assert processed_fps < input_fps
+        assert 0 <= unaccounted <= UNACCOUNTED_SLACK, (cid, last)
+        exported = daemon.metric("edgewatch_camera_frames_dropped_total", f'camera="{cid}"')
+        assert exported is not None and exported >= last["dropped_total"]
+
+    assert max(rss) <= rss[0] * (1 + RSS_GROWTH_LIMIT)
+    assert daemon.stop() == 0

@@ -1,0 +1,158 @@
+"""Camera outages through the whole daemon (issue 6, item 1).
+
+Four real RTSP cameras, the real model and broker. Killing one camera's feed turns it
+``reconnecting`` within 5 s while the other three keep (or, being inference-bound, raise)
+their processed frame rate; it is ``streaming`` again within 5 s of the feed returning.
+Then ``EDGEWATCH_OUTAGE_CYCLES`` (default 20) more outage cycles, run on three cameras at a
+time to keep CI short, leave the daemon with the threads, file descriptors, child processes
+and memory it had after warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bench.local.broker import Mosquitto, free_port
+from bench.local.daemon import DaemonProcess, ResourceSample, daemon_config
+from bench.local.rtsp import RtspServer
+from tests.fixtures.broker import Subscriber
+from tests.fixtures.observe import NODE, cheap_cameras, payloads, rates_over
+
+pytest_plugins = ["tests.fixtures.daemon"]
+pytestmark = [pytest.mark.rtsp, pytest.mark.mqtt]
+
+PREFIX = "outage"
+CYCLES = int(os.environ.get("EDGEWATCH_OUTAGE_CYCLES", "20"))
+# Long enough that a batch boundary or a neighbour's CPU burst moves the rate by a few %.
+FPS_WINDOW_S = float(os.environ.get("EDGEWATCH_FPS_WINDOW_S", "10"))
+STATE_DEADLINE_S = 5.0
+# Resource tolerances after the cycles (see docs/reliability.md): RSS may move by allocator
+# noise only; a thread, FD or process per cycle would be far above these.
+RSS_TOLERANCE = 0.05
+RSS_SLACK_MB = 4.0
+
+
+def _state(daemon: DaemonProcess, camera: str) -> str | None:
+    cameras: dict[str, str] = daemon.healthz().get("cameras", {})
+    return cameras.get(camera)
+
+
+def _wait_states(
+    daemon: DaemonProcess, cameras: list[str], state: str, timeout: float
+) -> list[float]:
+    """Seconds until each of ``cameras`` first reported ``state`` (polled every 50 ms)."""
+    started = time.monotonic()
+    reached: dict[str, float] = {}
+
+    def all_reached() -> bool:
+        states: dict[str, str] = daemon.healthz().get("cameras", {})
+        for cid in cameras:
+            if cid not in reached and states.get(cid) == state:
+                reached[cid] = time.monotonic() - started
+        return len(reached) == len(cameras)
+
+    daemon.wait_until(all_reached, timeout, f"{cameras} {state}", poll_s=0.05)
+    return [reached[c] for c in cameras]
+
+
+def _settled_sample(daemon: DaemonProcess) -> ResourceSample:
+    """Three samples a second apart, each count at its minimum: a transient FD (an HTTP
+    request being served) or thread is not a leak, a lasting one shows in every sample."""
+    samples = []
+    for _ in range(3):
+        samples.append(daemon.sample())
+        time.sleep(1.0)
+    return ResourceSample(
+        t=samples[-1].t,
+        rss_mb=min(s.rss_mb for s in samples),
+        threads=min(s.threads for s in samples),
+        fds=min(s.fds for s in samples),
+        children=min(s.children for s in samples),
+        children_rss_mb=min(s.children_rss_mb for s in samples),
+    )
+
+
+def test_camera_outage_through_the_daemon(
+    tmp_path: Path,
+    restore_sources: RtspServer,
+    videos: list[Path],
+    mosquitto: Mosquitto,
+    mqtt_subscriber: Callable[..., Subscriber],
+    run_daemon: Callable[..., DaemonProcess],
+    model_onnx: Path,
+) -> None:
+    rtsp = restore_sources
+    cameras = cheap_cameras(rtsp, videos, 4)
+    sub = mqtt_subscriber((f"{PREFIX}/#",))
+    daemon = run_daemon(
+        daemon_config(
+            {c: rtsp.url(c) for c in cameras},
+            model_onnx,
+            mqtt_port=mosquitto.port,
+            metrics_port=free_port(),
+            prefix=PREFIX,
+        )
+    )
+    daemon.wait_streaming(cameras)
+    time.sleep(3.0)  # past the first batches, which pay one-time allocation costs
+
+    dead, others = cameras[0], cameras[1:]
+    before = rates_over(sub, cameras, FPS_WINDOW_S)
+    rtsp.stop_source(dead)
+    (to_reconnecting,) = _wait_states(daemon, [dead], "reconnecting", 30)
+    during = rates_over(sub, cameras, FPS_WINDOW_S)
+    rtsp.start_source(dead)
+    (to_streaming,) = _wait_states(daemon, [dead], "streaming", 30)
+    print(
+        f"outage: reconnecting after {to_reconnecting:.2f} s, streaming again after "
+        f"{to_streaming:.2f} s; others' fps before {sum(before[c] for c in others):.2f}, "
+        f"during {sum(during[c] for c in others):.2f}; per camera before {before} during {during}"
+    )
+    assert to_reconnecting <= STATE_DEADLINE_S
+    assert to_streaming <= STATE_DEADLINE_S
+    # Inference is shared: with one camera fewer the others get at least their old share.
+    assert sum(during[c] for c in others) >= 0.9 * sum(before[c] for c in others)
+    assert during[dead] < 0.25 * before[dead]
+    reasons = [p["reason"] for p in payloads(sub, "state", dead) if p["state"] == "reconnecting"]
+    assert reasons
+    assert all(r for r in reasons)
+
+    # Warm-up done (one full outage cycle); now the cycles that must leave nothing behind.
+    baseline = _settled_sample(daemon)
+    cycling = cameras[:3]
+    rounds = math.ceil(CYCLES / len(cycling))
+    downs: list[float] = []
+    ups: list[float] = []
+    for _ in range(rounds):
+        for cid in cycling:
+            rtsp.stop_source(cid)
+        downs += _wait_states(daemon, cycling, "reconnecting", 30)
+        for cid in cycling:
+            rtsp.start_source(cid)
+        ups += _wait_states(daemon, cycling, "streaming", 30)
+    time.sleep(2.0)
+    after = _settled_sample(daemon)
+    print(
+        f"{len(ups)} outage cycles: to reconnecting median {statistics.median(downs):.2f} s "
+        f"max {max(downs):.2f} s; to streaming median {statistics.median(ups):.2f} s "
+        f"max {max(ups):.2f} s\nafter warm-up {baseline}\nafter cycles  {after}"
+    )
+    assert max(downs) <= STATE_DEADLINE_S
+    # A restarted feed now and then delivers a frame and ends at once (the shared GStreamer
+    # media re-syncing to the new RTP stream), costing the reader one more reconnect; so
+    # most recoveries, not all, must meet the deadline, and none may take two retries more.
+    assert sum(u <= STATE_DEADLINE_S for u in ups) >= 0.9 * len(ups)
+    assert max(ups) <= 2 * STATE_DEADLINE_S
+    assert after.threads <= baseline.threads
+    assert after.fds <= baseline.fds
+    assert after.children == baseline.children
+    assert after.rss_mb <= baseline.rss_mb * (1 + RSS_TOLERANCE) + RSS_SLACK_MB
+    assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log_text()
