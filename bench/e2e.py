@@ -76,6 +76,8 @@ class E2EOptions:
 @dataclass(frozen=True)
 class Resources:
     cpu_percent: float
+    # Of which the root process alone (ours: the daemon without its capture processes).
+    cpu_percent_main: float
     rss_mb_mean: float
     rss_mb_peak: float
     pss_mb_mean: float
@@ -192,9 +194,11 @@ class ResourceSampler:
         self._sample(first=False)
         elapsed = time.monotonic() - self._t0
         # A process born inside the window counts from zero CPU time.
-        used = sum(last - self._cpu_start.get(pid, 0.0) for pid, last in self._cpu_last.items())
+        used = {pid: last - self._cpu_start.get(pid, 0.0) for pid, last in self._cpu_last.items()}
+        scale = 100.0 / elapsed if elapsed > 0 else 0.0
         return Resources(
-            cpu_percent=round(100.0 * used / elapsed, 1) if elapsed > 0 else 0.0,
+            cpu_percent=round(sum(used.values()) * scale, 1),
+            cpu_percent_main=round(used.get(self._root.pid, 0.0) * scale, 1),
             rss_mb_mean=round(sum(self._rss) / len(self._rss), 1),
             rss_mb_peak=round(max(self._rss), 1),
             pss_mb_mean=round(sum(self._pss) / len(self._pss), 1),
@@ -472,6 +476,8 @@ def render_e2e_table(report: E2EReport) -> str:
     row("latency p99 ms", o.stream.latency_ms_p99, t.stream.latency_ms_p99 if t else None)
     row("dropped frames", _f(o.stream.dropped), _f(t.stream.dropped) if t else None, ".0f")
     row("CPU %", o.resources.cpu_percent, t.resources.cpu_percent if t else None)
+    row("  of which main proc", o.resources.cpu_percent_main,
+        t.resources.cpu_percent_main if t else None)  # fmt: skip
     row("PSS MB (mean)", o.resources.pss_mb_mean, t.resources.pss_mb_mean if t else None)
     row("RSS MB (sum, mean)", o.resources.rss_mb_mean, t.resources.rss_mb_mean if t else None)
     ratios = _ratios(o, t) if t else {}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 import time
@@ -36,18 +37,27 @@ _PURGE_AFTER_S = 10.0
 
 
 class _Stamps:
-    """Grab time per frame array (by ``id``), and per-camera read counters."""
+    """Grab time per frame array (by ``id``), and frames read per capture.
+
+    Captures are numbered in creation order, which is ``LoadStreams``' source order: two
+    cameras may play the same file, so the source string cannot tell them apart.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_id: dict[int, float] = {}
         self._last_purge = time.time()
-        self.read: dict[str, int] = {}
+        self.read: list[int] = []
 
-    def stamp(self, frame: object, ts: float, source: str) -> None:
+    def register(self) -> int:
+        with self._lock:
+            self.read.append(0)
+            return len(self.read) - 1
+
+    def stamp(self, frame: object, ts: float, capture: int) -> None:
         with self._lock:
             self._by_id[id(frame)] = ts
-            self.read[source] = self.read.get(source, 0) + 1
+            self.read[capture] += 1
             if ts - self._last_purge > _PURGE_AFTER_S:
                 self._by_id = {k: v for k, v in self._by_id.items() if ts - v < _PURGE_AFTER_S}
                 self._last_purge = ts
@@ -66,8 +76,8 @@ class StampedCapture(_BaseCapture):  # type: ignore[misc]
 
     def __init__(self, source: Any, *args: Any) -> None:
         super().__init__(source, *args)
-        self._source = str(source)
-        self._file = Path(self._source).is_file()
+        self._index = STAMPS.register()
+        self._file = Path(str(source)).is_file()
         fps = float(super().get(cv2.CAP_PROP_FPS)) if self._file else 0.0
         self._period = 1.0 / fps if 1.0 <= fps <= 240.0 else 1.0 / 25.0
         self._due = time.time()
@@ -92,7 +102,7 @@ class StampedCapture(_BaseCapture):  # type: ignore[misc]
     def retrieve(self, *args: Any) -> tuple[bool, Any]:
         ok, frame = super().retrieve(*args)
         if ok and frame is not None:
-            STAMPS.stamp(frame, self._grab_ts, self._source)
+            STAMPS.stamp(frame, self._grab_ts, self._index)
         return bool(ok), frame
 
     def read(self, *args: Any) -> tuple[bool, Any]:
@@ -124,8 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     from ultralytics import YOLO
 
     camera_ids = args.camera_ids.split(",")
-    sources = args.sources.read_text().split()
-    by_source = dict(zip(sources, camera_ids, strict=True))
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{args.node}-baseline")
     client.connect("127.0.0.1", args.mqtt_port)
     client.loop_start()
@@ -138,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         source=str(args.sources), stream=True, imgsz=args.imgsz, conf=args.conf, iou=args.iou,
         device=args.device, half=args.half, verbose=False,
     )  # fmt: skip
+    # The harness stops us with SIGTERM; finish the loop so the summary below gets printed.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print("BASELINE-STARTED", flush=True)
     # The generator yields one Results per stream per batch, in source order.
     for index, result in enumerate(results):
@@ -156,10 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         if time.monotonic() >= next_stats:
             next_stats += 1.0
-            _publish_stats(client, args, by_source, processed)
-        if time.monotonic() - started >= args.duration:
+            _publish_stats(client, args, camera_ids, processed)
+        if stop.is_set() or time.monotonic() - started >= args.duration:
             break
-    _publish_stats(client, args, by_source, processed)
+    _publish_stats(client, args, camera_ids, processed)
     print(json.dumps({"unstamped_frames": unstamped, "processed": processed}), flush=True)
     client.loop_stop()
     client.disconnect()
@@ -189,11 +200,11 @@ def _detections_payload(
 
 
 def _publish_stats(
-    client: mqtt.Client, args: argparse.Namespace, by_source: dict[str, str],
+    client: mqtt.Client, args: argparse.Namespace, camera_ids: list[str],
     processed: dict[str, int],
 ) -> None:  # fmt: skip
-    for source, camera in by_source.items():
-        read = STAMPS.read.get(source, 0)
+    for index, camera in enumerate(camera_ids):
+        read = STAMPS.read[index] if index < len(STAMPS.read) else 0
         payload = {
             "schema_version": 1, "camera": camera, "ts": round(time.time(), 6),
             "frames_read_total": read, "processed_total": processed[camera],

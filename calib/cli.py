@@ -184,21 +184,20 @@ def _run_gate(args: argparse.Namespace, candidate: Path, eval_images: list[Path]
     from calib.evaluate import evaluate_map
     from calib.gate import GateResult
     from calib.images import iter_letterboxed
-    from calib.runtime import interleaved_throughput, load_cpu_backend
+    from calib.runtime import interleaved_throughput
+    from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 
-    with tempfile.TemporaryDirectory(prefix="edgewatch-gate-") as tmp:
-        fp32 = load_cpu_backend(args.model, Path(tmp), args.threads, _BENCH_BATCH)
-        int8 = load_cpu_backend(candidate, Path(tmp), args.threads, _BENCH_BATCH)
-        try:
-            fp32_map = evaluate_map(fp32, eval_images, args.labels)
-            int8_map = evaluate_map(int8, eval_images, args.labels)
-            first = next(iter_letterboxed(eval_images[:_BENCH_BATCH], fp32.input_hw,
-                                          _BENCH_BATCH))
-            batch = np.ascontiguousarray(first.images)
-            fp32_ips, int8_ips = interleaved_throughput([fp32, int8], batch)
-        finally:
-            fp32.close()
-            int8.close()
+    fp32 = OnnxRuntimeBackend(args.model, intra_op_threads=args.threads, max_batch=_BENCH_BATCH)
+    int8 = OnnxRuntimeBackend(candidate, intra_op_threads=args.threads, max_batch=_BENCH_BATCH)
+    try:
+        fp32_map = evaluate_map(fp32, eval_images, args.labels)
+        int8_map = evaluate_map(int8, eval_images, args.labels)
+        first = next(iter_letterboxed(eval_images[:_BENCH_BATCH], fp32.input_hw, _BENCH_BATCH))
+        batch = np.ascontiguousarray(first.images)
+        fp32_ips, int8_ips = interleaved_throughput([fp32, int8], batch)
+    finally:
+        fp32.close()
+        int8.close()
     print(f"throughput batch {batch.shape[0]}: fp32 {fp32_ips:.1f} img/s, "
           f"int8 {int8_ips:.1f} img/s")
     return GateResult(fp32_map, int8_map, args.max_map_drop, int8_ips / fp32_ips)
@@ -207,8 +206,8 @@ def _run_gate(args: argparse.Namespace, candidate: Path, eval_images: list[Path]
 def _evaluate(args: argparse.Namespace) -> int:
     from calib.evaluate import EvalSettings, evaluate_agreement, evaluate_map
     from calib.labels import LabelError
-    from calib.runtime import load_cpu_backend
     from daemon.infer.backend import BackendError
+    from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
     from daemon.stills import ImageError
 
     for path in (args.model, args.reference):
@@ -218,22 +217,21 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _usage(f"label folder not found: {args.labels}")
     try:
         images = _eval_images(args.images)
-        with tempfile.TemporaryDirectory(prefix="edgewatch-eval-") as tmp:
-            backend = load_cpu_backend(args.model, Path(tmp), args.threads, 8)
-            if args.labels is not None:
-                settings = EvalSettings(conf=0.001 if args.conf is None else args.conf,
-                                        multi_label=not args.single_label)
-                result: dict[str, Any] = asdict(evaluate_map(backend, images, args.labels,
-                                                             settings))
-                line = f"mAP50-95={result['map50_95']:.4f} mAP50={result['map50']:.4f}"
-            else:
-                reference = load_cpu_backend(args.reference, Path(tmp), args.threads, 8)
-                counts = evaluate_agreement(backend, reference, images,
-                                            conf=0.25 if args.conf is None else args.conf)
-                result = {**asdict(counts), "f1": counts.f1, "precision": counts.precision,
-                          "recall": counts.recall, "images": len(images)}
-                line = (f"agreement F1={counts.f1:.4f} precision={counts.precision:.4f} "
-                        f"recall={counts.recall:.4f}")
+        backend = OnnxRuntimeBackend(args.model, intra_op_threads=args.threads, max_batch=8)
+        if args.labels is not None:
+            settings = EvalSettings(conf=0.001 if args.conf is None else args.conf,
+                                    multi_label=not args.single_label)
+            result: dict[str, Any] = asdict(evaluate_map(backend, images, args.labels, settings))
+            line = f"mAP50-95={result['map50_95']:.4f} mAP50={result['map50']:.4f}"
+        else:
+            reference = OnnxRuntimeBackend(args.reference, intra_op_threads=args.threads,
+                                           max_batch=8)
+            counts = evaluate_agreement(backend, reference, images,
+                                        conf=0.25 if args.conf is None else args.conf)
+            result = {**asdict(counts), "f1": counts.f1, "precision": counts.precision,
+                      "recall": counts.recall, "images": len(images)}
+            line = (f"agreement F1={counts.f1:.4f} precision={counts.precision:.4f} "
+                    f"recall={counts.recall:.4f}")
     except (ImageError, LabelError, BackendError) as exc:
         return _usage(str(exc))
     print(line)

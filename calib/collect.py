@@ -20,9 +20,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from calib.images import MANIFEST_NAME, mean_luma
+from calib.images import MANIFEST_NAME
 from daemon.capture.source import CameraSource
 from daemon.config.model import AppConfig
+from daemon.monitor.brightness import mean_luma
 
 log = logging.getLogger(__name__)
 

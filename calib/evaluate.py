@@ -7,13 +7,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from calib.agreement import AgreementCounts, agreement
 from calib.decode import decode_multi_label
 from calib.images import iter_letterboxed
 from calib.labels import read_yolo_labels
 from calib.metrics import DetectionStats
 from daemon.batch.letterbox import LetterboxGeometry
 from daemon.infer.backend import Backend
+from daemon.postprocess.match import Agreement, match
 from daemon.postprocess.yolo import Detections, decode_one
 
 
@@ -80,12 +80,12 @@ def evaluate_agreement(
     conf: float = 0.25,
     iou: float = 0.7,
     batch_size: int = 8,
-) -> AgreementCounts:
+) -> Agreement:
     """Agreement of ``candidate`` with ``reference`` detections at the daemon's operating
-    confidence (single-label decode, as deployed)."""
+    confidence (single-label decode, as deployed), matched at IoU 0.5."""
     settings = EvalSettings(conf=conf, iou=iou, batch_size=batch_size, multi_label=False)
-    total = AgreementCounts()
+    total = Agreement()
     for (_, cand), (_, ref) in zip(_detect(candidate, images, settings),
                                    _detect(reference, images, settings), strict=True):
-        total = total + agreement(cand, ref)
+        total = total + match(ref, cand)
     return total

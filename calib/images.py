@@ -16,16 +16,12 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.batch.letterbox import LetterboxGeometry, letterbox_into
+from daemon.monitor.brightness import mean_luma
 from daemon.stills import IMAGE_SUFFIXES, ImageError, read_image
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-# Rec. 601 luma weights in OpenCV's BGR channel order.
-_LUMA_BGR = np.array([0.114, 0.587, 0.299], dtype=np.float32)
-# Every 8th pixel each way: the mean of a 1080p frame from ~32k samples, cheap enough for
-# the daemon's per-frame drift check.
-_LUMA_STRIDE = 8
 
 
 class CalibrationDataError(ValueError):
@@ -49,12 +45,6 @@ class LetterboxedBatch:
     images: npt.NDArray[np.uint8]
     geometries: tuple[LetterboxGeometry, ...]
     paths: tuple[Path, ...]
-
-
-def mean_luma(bgr: npt.NDArray[np.uint8]) -> float:
-    """Mean luma (0..255) of a BGR frame, from a strided subsample."""
-    sample = bgr[::_LUMA_STRIDE, ::_LUMA_STRIDE].reshape(-1, 3)
-    return float(sample.mean(axis=0, dtype=np.float32) @ _LUMA_BGR)
 
 
 def list_calibration_images(source: Path) -> list[CalibrationImage]:

@@ -15,25 +15,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from daemon.postprocess.match import box_iou
+
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
 
 IOU_THRESHOLDS: FloatArray = np.linspace(0.5, 0.95, 10)
 _EPS = 1e-16
-
-
-def box_iou(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> FloatArray:
-    """Pairwise IoU ``[len(a), len(b)]`` of xyxy boxes (Ultralytics' eps 1e-7 in the union)."""
-    a64 = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b64 = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a64[:, None, :2], b64[None, :, :2])
-    rb = np.minimum(a64[:, None, 2:], b64[None, :, 2:])
-    inter = (rb - lt).clip(0).prod(axis=2)
-    area_a = (a64[:, 2:] - a64[:, :2]).prod(axis=1)
-    area_b = (b64[:, 2:] - b64[:, :2]).prod(axis=1)
-    result: FloatArray = inter / (area_a[:, None] + area_b[None, :] - inter + 1e-7)
-    return result
 
 
 def match_predictions(

@@ -4,7 +4,7 @@ The choices below were measured on coco_calib -> coco_eval (numbers in docs/int8
 
 * activations int8 *symmetric* (zero point 0) and weights int8 per-channel symmetric: the
   only form TensorRT's explicit quantization accepts, so one file serves every backend
-  (ORT CPU runs it through ``calib.qdq.int8_activations_to_uint8``, an exact re-encoding);
+  (ORT CPU runs it through ``daemon.infer.qdq.int8_activations_to_uint8``, an exact re-encoding);
 * 7-bit weight range (``reduce_range``): x86 CPUs without VNNI multiply u8 x s8 pairs with
   a saturating 16-bit add; full-range weights cost 4-5 mAP points there;
 * Conv plus the element-wise/shape ops between convs (SiLU's Sigmoid and Mul, Add, Concat,
@@ -25,7 +25,8 @@ import numpy as np
 import onnx
 
 from calib.images import CalibrationImage, iter_letterboxed, to_network_input
-from calib.metadata import BrightnessRange, Int8Record, write_metadata
+from calib.metadata import Int8Record, write_metadata
+from daemon.monitor.brightness import BrightnessRange
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from daemon.cli import EXIT_USAGE
 from daemon.config.load import ConfigError, diff_cameras, load_config
 from daemon.config.model import AppConfig
 from daemon.infer.backend import Backend
 from daemon.infer.factory import load_backend
+from daemon.monitor.drift import DriftMonitor, open_drift_monitor
 from daemon.monitor.metrics import DaemonMetrics, MetricsServer
 from daemon.monitor.stats import StatsCollector, render_fps_table
 from daemon.monitor.systemd import SystemdNotifier
-from daemon.pipeline import Pipeline
+from daemon.pipeline import Pipeline, filter_problems
 from daemon.publish.mqtt import MqttPublisher
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,11 @@ class Service:
     """The daemon process: owns the pipeline and everything around it."""
 
     def __init__(
-        self, config: AppConfig, backend: Backend, print_table: Callable[[str], None] | None = None
+        self,
+        config: AppConfig,
+        backend: Backend,
+        print_table: Callable[[str], None] | None = None,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self._config = config
         self._backend = backend
@@ -46,7 +52,7 @@ class Service:
         self._publisher = MqttPublisher(config.mqtt, config.node)
         self._metrics_registry = DaemonMetrics(self._publisher.counters)
         self._pipeline = Pipeline(
-            config, backend, self._publisher, StatsCollector(), self._metrics_registry
+            config, backend, self._publisher, StatsCollector(), self._metrics_registry, drift=drift
         )
         self._metrics: MetricsServer | None = None
 
@@ -136,7 +142,11 @@ class Service:
             if self._reload.is_set() or mtime != last_mtime:
                 self._reload.clear()
                 last_mtime = mtime
-                await self._apply_reload()
+                try:
+                    await self._apply_reload()
+                except Exception:
+                    # An unexpected failure must not end the watch: later edits still apply.
+                    log.exception("config reload failed")
 
     async def _apply_reload(self) -> None:
         path = self._config.source
@@ -152,6 +162,11 @@ class Service:
                 )
             return
         diff = diff_cameras(self._config, new)
+        unknown = filter_problems((*diff.added, *diff.changed), self._backend.class_names)
+        for text in unknown:
+            log.error("config rejected, keeping the running one", extra={"problem": text})
+        if unknown:
+            return
         for camera_id in diff.removed:
             self._pipeline.remove_camera(camera_id)
         for camera in diff.changed:
@@ -184,12 +199,21 @@ def _mtime(path: Path | None) -> float | None:
 def serve(config: AppConfig, duration_s: float | None, table: bool) -> int:
     """Load the model, then run the service until a signal or ``duration_s``."""
     backend = load_backend(config.model)
+    problems = filter_problems(config.enabled_cameras, backend.class_names)
+    if problems:
+        for problem in problems:
+            print(f"edgewatch: config: {problem}", file=sys.stderr)
+        backend.close()
+        return EXIT_USAGE
+    drift = open_drift_monitor(config.model, backend)
 
     def print_table(text: str) -> None:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
     async def main() -> int:
-        return await Service(config, backend, print_table if table else None).run(duration_s)
+        return await Service(config, backend, print_table if table else None, drift).run(
+            duration_s
+        )
 
     return asyncio.run(main())

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from calib.qdq import int8_activations_to_uint8, summarize
+from daemon.infer.qdq import int8_activations_to_uint8, summarize
 from daemon.cli import EXIT_FAILURE, EXIT_USAGE, main
 
 

@@ -15,9 +15,9 @@ from calib.images import (
     CalibrationDataError,
     iter_letterboxed,
     list_calibration_images,
-    mean_luma,
     to_network_input,
 )
+from daemon.monitor.brightness import mean_luma
 from daemon.stills import ImageError
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calib.metrics import DetectionStats, box_iou, compute_ap, match_predictions
+from calib.metrics import DetectionStats, compute_ap, match_predictions
+from daemon.postprocess.match import box_iou
 
 BOX = np.array([[10.0, 10.0, 110.0, 110.0]])
 

@@ -40,12 +40,14 @@ RSS_GROWTH_LIMIT = 0.05
 def _histogram(text: str) -> tuple[float, float]:
     total = metric_value(text, "edgewatch_backend_batch_latency_seconds_sum")
     count = metric_value(text, "edgewatch_backend_batch_latency_seconds_count")
-    assert total is not None and count is not None
+    assert total is not None
+    assert count is not None
     return total, count
 
 
 def test_slow_inference_drops_at_capture_with_bounded_latency(
     tmp_path: Path,
+    *,
     rtsp_server: RtspServer,
     videos: list[Path],
     mosquitto: Mosquitto,
@@ -91,24 +93,22 @@ def test_slow_inference_drops_at_capture_with_bounded_latency(
 
     for cid in cameras:
         stats = [s for s in payloads(sub, "stats", cid) if start <= s["ts"] <= end + 1.5]
-        window = stats[1:]  # intervals wholly inside the window
-        read = sum(s["frames_read"] if "frames_read" in s else 0 for s in window)
-        dropped = sum(s["dropped"] for s in window)
-        last = stats[-1]
+        first, last = stats[0], stats[-1]
+        read = last["frames_read_total"] - first["frames_read_total"]
+        processed = last["processed_total"] - first["processed_total"]
+        dropped = last["dropped_total"] - first["dropped_total"]
         unaccounted = last["frames_read_total"] - last["processed_total"] - last["dropped_total"]
-        input_fps = np.mean([s["input_fps"] for s in window])
-        processed_fps = np.mean([s["processed_fps"] for s in window])
         print(
-            f"{cid}: input {input_fps:.1f} fps, processed {processed_fps:.1f} fps, "
-            f"dropped {dropped} in the window ({last['dropped_total']} total), "
-            f"read-processed-dropped {unaccounted}"
+            f"{cid}: read {read}, processed {processed}, dropped {dropped} in "
+            f"{last['ts'] - first['ts']:.1f} s; read - processed - dropped since start "
+            f"{unaccounted}"
         )
-        assert read == 0 or read >= dropped
         assert dropped > 0, f"{cid}: inference is slower than the camera, yet nothing dropped"
-        assert processed_fps < input_fps
+        assert processed < read
         assert 0 <= unaccounted <= UNACCOUNTED_SLACK, (cid, last)
         exported = daemon.metric("edgewatch_camera_frames_dropped_total", f'camera="{cid}"')
-        assert exported is not None and exported >= last["dropped_total"]
+        assert exported is not None
+        assert exported >= last["dropped_total"]
 
     assert max(rss) <= rss[0] * (1 + RSS_GROWTH_LIMIT)
     assert daemon.stop() == 0

@@ -53,6 +53,7 @@ def _mqtt_metric(daemon: DaemonProcess, name: str) -> float:
 def test_broker_outage_loses_no_detection(
     outage_s: float,
     tmp_path: Path,
+    *,
     rtsp_server: RtspServer,
     videos: list[Path],
     run_daemon: Callable[..., DaemonProcess],
@@ -126,9 +127,7 @@ def test_broker_outage_loses_no_detection(
         mine = [d for d in detections if d["camera"] == cid]
         seqs = {d["seq"] for d in mine}
         produced = max(s["processed_total"] for s in stats if s["camera"] == cid)
-        in_outage = {
-            d["seq"] for d in mine if outage_started <= d["publish_ts"] <= outage_ended
-        }
+        in_outage = {d["seq"] for d in mine if outage_started <= d["publish_ts"] <= outage_ended}
         print(
             f"{cid}: published {produced}, received {len(mine)} ({len(seqs)} distinct, "
             f"{len(mine) - len(seqs)} duplicates), {len(in_outage)} produced during the outage"

@@ -23,7 +23,7 @@ from bench.local.broker import Mosquitto, free_port
 from bench.local.daemon import DaemonProcess, ResourceSample, daemon_config
 from bench.local.rtsp import RtspServer
 from tests.fixtures.broker import Subscriber
-from tests.fixtures.observe import NODE, cheap_cameras, payloads, rates_over
+from tests.fixtures.observe import cheap_cameras, payloads, rates_over
 
 pytest_plugins = ["tests.fixtures.daemon"]
 pytestmark = [pytest.mark.rtsp, pytest.mark.mqtt]
@@ -81,6 +81,7 @@ def _settled_sample(daemon: DaemonProcess) -> ResourceSample:
 
 def test_camera_outage_through_the_daemon(
     tmp_path: Path,
+    *,
     restore_sources: RtspServer,
     videos: list[Path],
     mosquitto: Mosquitto,

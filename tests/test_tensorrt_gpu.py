@@ -8,12 +8,12 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from daemon.config.model import BackendKind, ModelConfig, Precision, TensorRTConfig
 from daemon.infer.backend import Backend
 from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
+from daemon.postprocess.match import Agreement, match
 from daemon.postprocess.yolo import Detections
 from daemon.stills import detect_images, list_images
 from engines.gpu import GpuUnavailable, detect_platform, tensorrt_missing
@@ -37,39 +37,12 @@ def gpu() -> None:
         pytest.skip(str(exc))
 
 
-FloatBoxes = npt.NDArray[np.float32]
-
-
-def _area(x: FloatBoxes) -> FloatBoxes:
-    area: FloatBoxes = (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
-    return area
-
-
-def _iou(a: FloatBoxes, b: FloatBoxes) -> FloatBoxes:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    iou: FloatBoxes = inter / (_area(a)[:, None] + _area(b)[None, :] - inter + 1e-9)
-    return iou
-
-
 def detection_f1(reference: list[Detections], candidate: list[Detections]) -> float:
-    """Greedy class-aware matching at IoU 0.5, reference = truth. (Replace by
-    calib.agreement's matcher once it lands, so both suites score agreement alike.)"""
-    tp = fp = fn = 0
+    """F1 of ``candidate`` against ``reference`` over all images (the daemon's matcher)."""
+    total = Agreement()
     for ref, cand in zip(reference, candidate, strict=True):
-        used = np.zeros(len(ref), bool)
-        for i in np.argsort(-cand.scores):
-            ious = _iou(cand.boxes[i : i + 1], ref.boxes)[0]
-            ious[(ref.class_ids != cand.class_ids[i]) | used] = 0
-            j = int(np.argmax(ious)) if len(ious) else -1
-            if j >= 0 and ious[j] >= IOU_MATCH:
-                used[j] = True
-                tp += 1
-            else:
-                fp += 1
-        fn += int((~used).sum())
-    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+        total = total + match(ref, cand, iou=IOU_MATCH)
+    return total.f1
 
 
 def _detect(backend: Backend, images: list[Path]) -> list[Detections]:

@@ -28,6 +28,14 @@ import yaml
 
 _STOP_TIMEOUT_S: Final = 30.0
 _HTTP_TIMEOUT_S: Final = 5.0
+# Resolution tags in the shared clips' names, cheapest to decode first.
+_RESOLUTIONS: Final = ("360p", "480p", "720p", "1080p")
+
+
+def decode_cost(video: Path) -> int:
+    """Rank of a clip by its resolution tag: sort by it so a 2-core box spends its CPU on
+    inference rather than on decoding 1080p."""
+    return next((i for i, tag in enumerate(_RESOLUTIONS) if tag in video.name), len(_RESOLUTIONS))
 
 
 def edgewatch_executable() -> str:
@@ -156,10 +164,6 @@ class DaemonProcess:
         if self._proc is None:
             raise RuntimeError("daemon not started")
         return self._proc
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     @property
     def running(self) -> bool:

@@ -158,6 +158,9 @@ def class_problems(obj: object) -> list[tuple[str, str]]:
     elif isinstance(obj, MqttConfig):
         if obj.password is not None and obj.username is None:
             return [("username", "required when a password is set")]
+    elif isinstance(obj, DriftConfig):
+        if obj.enabled and obj.reference_model is None:
+            return [("reference_model", "required when enabled is true (the FP32 model)")]
     elif isinstance(obj, CaptureConfig) and obj.reconnect_max_s < obj.reconnect_initial_s:
         return [
             (

@@ -19,6 +19,20 @@ DEFAULT_LATENCY_WINDOW = 1024
 
 
 @dataclass(frozen=True, slots=True)
+class DriftStats:
+    """One camera's drift check (``daemon.monitor.drift``): INT8-vs-FP32 shadow agreement over
+    the sliding window of samples and the brightness of the interval's processed frames."""
+
+    # F1 of the deployed model's detections against the reference model's; None before a sample.
+    agreement: float | None
+    samples: int
+    # Mean luma 0..255 over the interval's frames; None when none was processed.
+    brightness: float | None
+    # Whether ``brightness`` lies in the calibration set's range; None when either is unknown.
+    brightness_in_range: bool | None
+
+
+@dataclass(frozen=True, slots=True)
 class CameraStats:
     """One camera over one interval (``ts - interval_s`` .. ``ts``)."""
 
@@ -39,6 +53,8 @@ class CameraStats:
     # Capture -> publish, over the interval's most recent ``window`` frames; None if none.
     latency_p50_s: float | None
     latency_p95_s: float | None
+    # None when the drift check is off.
+    drift: DriftStats | None = None
 
 
 class _CameraWindow:

@@ -1,13 +1,15 @@
 """Detection agreement between two detectors on the same frame: class-aware one-to-one
 matching at an IoU threshold, summarised as precision / recall / F1.
 
-Used to compare our pipeline with Ultralytics' own predictions, and INT8 with FP32 models
-(label-free, so it works on an operator's own camera frames and in the daemon's drift check).
+The one implementation of box IoU and label-free agreement: the daemon's drift check (INT8
+against its FP32 shadow), ``edgewatch evaluate --reference`` and the mAP evaluator's IoU
+(``calib``) all use it. The reference detections play the role of ground truth.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -17,11 +19,12 @@ from daemon.postprocess.yolo import Detections
 
 @dataclass(frozen=True, slots=True)
 class Agreement:
-    """Counts from matching ``candidate`` detections against ``reference`` detections."""
+    """Counts from matching ``candidate`` detections against ``reference`` detections;
+    ``Agreement()`` is the zero to sum frames onto."""
 
-    matched: int
-    reference: int
-    candidate: int
+    matched: int = 0
+    reference: int = 0
+    candidate: int = 0
 
     def __add__(self, other: Agreement) -> Agreement:
         return Agreement(
@@ -47,23 +50,28 @@ class Agreement:
         return 2 * self.matched / total if total else 1.0
 
 
-def box_iou(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    """Pairwise IoU of xyxy boxes ``a`` [n, 4] and ``b`` [m, 4] -> [n, m]."""
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+def box_iou(
+    a: npt.NDArray[np.floating[Any]], b: npt.NDArray[np.floating[Any]]
+) -> npt.NDArray[np.float64]:
+    """Pairwise IoU of xyxy boxes ``a`` [n, 4] and ``b`` [m, 4] -> [n, m], in float64.
+
+    Ultralytics' formula (``+ 1e-7`` in the union), so the mAP evaluator scores exactly as
+    ``val`` does; degenerate boxes have zero area and IoU 0."""
+    a64 = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b64 = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     lt = np.maximum(a64[:, None, :2], b64[None, :, :2])
     rb = np.minimum(a64[:, None, 2:], b64[None, :, 2:])
     inter = np.prod((rb - lt).clip(0), axis=2)
     area_a = np.prod((a64[:, 2:] - a64[:, :2]).clip(0), axis=1)
     area_b = np.prod((b64[:, 2:] - b64[:, :2]).clip(0), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    iou: npt.NDArray[np.float64] = np.divide(
-        inter, union, out=np.zeros_like(inter), where=union > 0
-    )
+    iou: npt.NDArray[np.float64] = inter / (area_a[:, None] + area_b[None, :] - inter + 1e-7)
     return iou
 
 
 def match(reference: Detections, candidate: Detections, iou: float = 0.5) -> Agreement:
-    """Greedy one-to-one matching, highest IoU first, same class only, IoU >= ``iou``."""
+    """Greedy one-to-one matching, highest IoU first, same class only, IoU >= ``iou``.
+
+    Counts add up over frames (``+``); read ``f1`` from the total."""
     if len(reference) == 0 or len(candidate) == 0:
         return Agreement(0, len(reference), len(candidate))
     ious = box_iou(reference.boxes, candidate.boxes)

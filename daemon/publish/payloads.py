@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from daemon.capture.frame import CameraState, FrameMeta
-from daemon.monitor.stats import CameraStats
+from daemon.monitor.stats import CameraStats, DriftStats
 from daemon.postprocess.yolo import Detections
 
 SCHEMA_VERSION: Final = 1
@@ -77,5 +77,15 @@ def stats_payload(stats: CameraStats) -> bytes:
             "processed_total": stats.processed_total,
             "reconnects_total": stats.reconnects_total,
             "latency_ms": {"p50": _ms(stats.latency_p50_s), "p95": _ms(stats.latency_p95_s)},
+            "drift": None if stats.drift is None else _drift(stats.drift),
         }
     )
+
+
+def _drift(drift: DriftStats) -> dict[str, object]:
+    return {
+        "agreement": None if drift.agreement is None else round(drift.agreement, 4),
+        "samples": drift.samples,
+        "brightness": None if drift.brightness is None else round(drift.brightness, 1),
+        "brightness_in_range": drift.brightness_in_range,
+    }

@@ -1,11 +1,14 @@
-"""Graph-level facts and rewrites of Q/DQ models.
+"""Graph-level facts and rewrites of Q/DQ (explicitly quantized INT8) ONNX models.
 
 The deployed INT8 model uses signed, symmetric (zero point 0) activations because that is
-what TensorRT's explicit quantization accepts. ONNX Runtime's x86 CPU kernels are fast for
-uint8 activations only (measured: S8S8 QLinearConv runs at ~0.6x FP32 on this AVX2 machine,
-U8S8 at ~1.5-2x). ``int8_activations_to_uint8`` gives ORT the same quantization grid in
-uint8: q_u8 = q_s8 + 128 with zero point 128 dequantizes to exactly the same real values,
-so the rewrite changes speed, not arithmetic (weights, biases and scales are untouched).
+what TensorRT's explicit quantization accepts. ONNX Runtime 1.31's x86 CPU provider fuses
+Q/DQ into integer kernels (QLinearConv, ...) only for uint8 activations; the int8 model runs
+as float fake-quantization at ~0.6x FP32 (U8S8 kernels: ~1.5-2x). ``int8_activations_to_uint8``
+gives ORT the same quantization grid in uint8: q_u8 = q_s8 + 128 with zero point 128
+dequantizes to exactly the same real values, so the rewrite changes speed, not arithmetic
+(weights, biases and scales are untouched). The ORT backend applies it in memory when it
+loads such a model on the CPU provider. ``summarize`` says what a model quantizes and whether
+TensorRT's explicit INT8 accepts it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,86 @@
+"""The daemon's ONNX Runtime backend runs an int8-activation Q/DQ model (the TensorRT-style
+file ``calibrate`` writes) in ORT's fused integer kernels on the CPU provider, and its
+detections agree with FP32."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import pytest
+
+from calib.images import list_calibration_images
+from calib.quantize import QuantizeOptions, quantize
+from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
+from daemon.infer.qdq import summarize
+from daemon.postprocess.match import Agreement, match
+from daemon.stills import detect_images, list_images
+
+EVAL_IMAGES = 16
+# Loose on purpose: 8 calibration images with min/max ranges make a coarse INT8 model;
+# a broken re-encoding shows up as an F1 near 0 (measured here: 0.82 on 16 images).
+MIN_F1 = 0.7
+
+
+@pytest.fixture(scope="module")
+def int8_model(
+    model_onnx: Path, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A real calibrated Q/DQ model (int8 symmetric activations), cheaply: 8 images, minmax."""
+    root = tmp_path_factory.mktemp("int8")
+    images = sorted((shared_dir / "datasets" / "coco_calib" / "images").glob("*.jpg"))[:8]
+    for p in images:
+        shutil.copy(p, root / p.name)
+    out = root / "yolov8n.int8.onnx"
+    quantize(
+        model_onnx, list_calibration_images(root), out, QuantizeOptions(method="minmax"), "test"
+    )
+    assert summarize(onnx.load(str(out))).int8_activations > 100
+    return out
+
+
+def _op_counts(path: Path) -> Counter[str]:
+    return Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def test_int8_model_runs_fused_on_cpu(
+    int8_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    optimized = tmp_path / "optimized.onnx"
+    with caplog.at_level(logging.INFO, logger="daemon.infer.onnxruntime_backend"):
+        backend = OnnxRuntimeBackend(int8_model, max_batch=1, optimized_model_out=optimized)
+    backend.close()
+    assert any("re-encoded" in r.getMessage() for r in caplog.records)
+    ops = _op_counts(optimized)
+    # The int8 file as it is fuses only a handful of convs (measured: 6 of 64).
+    assert ops["QLinearConv"] >= 60, ops
+    assert ops["Conv"] + ops["FusedConv"] <= 4, ops
+
+
+def test_fp32_model_is_loaded_unchanged(model_onnx: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="daemon.infer.onnxruntime_backend"):
+        OnnxRuntimeBackend(model_onnx, max_batch=1).close()
+    assert not any("re-encoded" in r.getMessage() for r in caplog.records)
+
+
+def test_int8_detections_agree_with_fp32(
+    int8_model: Path, model_onnx: Path, shared_dir: Path
+) -> None:
+    images = list_images([shared_dir / "datasets" / "coco_eval" / "images"])[:EVAL_IMAGES]
+    found = {}
+    for path in (model_onnx, int8_model):
+        backend = OnnxRuntimeBackend(path, max_batch=4, intra_op_threads=2)
+        try:
+            found[path] = [
+                d for _, d in detect_images(backend, images, 0.25, 0.7, 300, batch_size=4)
+            ]
+        finally:
+            backend.close()
+    total = Agreement()
+    for ref, cand in zip(found[model_onnx], found[int8_model], strict=True):
+        total = total + match(ref, cand)
+    assert total.reference > 40  # the images are not trivially empty
+    assert total.f1 >= MIN_F1, total
