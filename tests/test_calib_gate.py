@@ -9,8 +9,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from daemon.infer.qdq import int8_activations_to_uint8, summarize
 from daemon.cli import EXIT_FAILURE, EXIT_USAGE, main
+from daemon.infer.qdq import int8_activations_to_uint8, summarize
 
 
 @pytest.fixture(scope="module")

