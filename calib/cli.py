@@ -35,10 +35,18 @@ def register(sub: Any) -> None:
     collect.add_argument("--config", required=True, type=Path, help="daemon config YAML")
     collect.add_argument("--out", required=True, type=Path, help="output folder")
     collect.add_argument("--frames", required=True, type=_positive_int, help="frames to keep")
-    collect.add_argument("--interval", type=float, default=2.0,
-                         help="seconds between samples of one camera (default 2)")
-    collect.add_argument("--max-duration", type=float, default=600.0,
-                         help="stop sampling after this many seconds (default 600)")
+    collect.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        help="seconds between samples of one camera (default 2)",
+    )
+    collect.add_argument(
+        "--max-duration",
+        type=float,
+        default=600.0,
+        help="stop sampling after this many seconds (default 600)",
+    )
     collect.set_defaults(handler=_collect)
 
 
@@ -53,17 +61,30 @@ def _register_calibrate(sub: Any) -> None:
         "INT8 model only when the mAP50-95 drop is within --max-map-drop.",
     )
     p.add_argument("--model", required=True, type=Path, help="FP32 YOLOv8 ONNX model")
-    p.add_argument("--images", required=True, type=Path,
-                   help="calibration images: a folder, a dataset root or a collect output")
+    p.add_argument(
+        "--images",
+        required=True,
+        type=Path,
+        help="calibration images: a folder, a dataset root or a collect output",
+    )
     p.add_argument("--out", required=True, type=Path, help="INT8 model to write")
     p.add_argument("--method", choices=METHODS, default="entropy")
     p.add_argument("--labels", type=Path, help="YOLO labels of --eval-images (enables the gate)")
     p.add_argument("--eval-images", type=Path, help="evaluation images (with --labels)")
-    p.add_argument("--max-map-drop", type=float, default=1.0,
-                   help="largest acceptable mAP50-95 drop in points (default 1.0)")
-    p.add_argument("--float-block", action="append", default=None, metavar="PREFIX",
-                   help="node-name prefix to keep in float, repeatable ('decode' = the Detect "
-                   "head's decode; default: decode only)")
+    p.add_argument(
+        "--max-map-drop",
+        type=float,
+        default=1.0,
+        help="largest acceptable mAP50-95 drop in points (default 1.0)",
+    )
+    p.add_argument(
+        "--float-block",
+        action="append",
+        default=None,
+        metavar="PREFIX",
+        help="node-name prefix to keep in float, repeatable ('decode' = the Detect "
+        "head's decode; default: decode only)",
+    )
     p.add_argument("--max-images", type=_positive_int, help="use at most this many images")
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = auto)")
     p.set_defaults(handler=_calibrate)
@@ -82,11 +103,18 @@ def _register_evaluate(sub: Any) -> None:
     mode.add_argument("--labels", type=Path, help="YOLO label folder")
     mode.add_argument("--reference", type=Path, help="reference (FP32) model for agreement")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the result as JSON")
-    p.add_argument("--single-label", action="store_true",
-                   help="decode one class per anchor as the daemon does (default: Ultralytics "
-                   "val's multi-label NMS)")
-    p.add_argument("--conf", type=float, default=None,
-                   help="confidence threshold (default 0.001 for mAP, 0.25 for agreement)")
+    p.add_argument(
+        "--single-label",
+        action="store_true",
+        help="decode one class per anchor as the daemon does (default: Ultralytics "
+        "val's multi-label NMS)",
+    )
+    p.add_argument(
+        "--conf",
+        type=float,
+        default=None,
+        help="confidence threshold (default 0.001 for mAP, 0.25 for agreement)",
+    )
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = auto)")
     p.set_defaults(handler=_evaluate)
 
@@ -123,8 +151,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     # Written beside --out and renamed only when the gate passes: a failed run never
     # leaves (or replaces) a model at --out.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{args.out.name}.", suffix=".tmp",
-                                    dir=args.out.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{args.out.name}.", suffix=".tmp", dir=args.out.parent)
     os.close(fd)
     candidate = Path(tmp_name)
     try:
@@ -135,15 +162,21 @@ def _calibrate(args: argparse.Namespace) -> int:
         report: dict[str, Any] = {"model": str(args.model), "int8": asdict(record)}
         if eval_images is not None:
             gate = _run_gate(args, candidate, eval_images)
-            report["gate"] = {"fp32": asdict(gate.fp32), "int8": asdict(gate.int8),
-                              "drop_points": gate.drop_points, "passed": gate.passed,
-                              "max_drop_points": gate.max_drop_points,
-                              "speed_ratio_batch8": gate.speed_ratio}
+            report["gate"] = {
+                "fp32": asdict(gate.fp32),
+                "int8": asdict(gate.int8),
+                "drop_points": gate.drop_points,
+                "passed": gate.passed,
+                "max_drop_points": gate.max_drop_points,
+                "speed_ratio_batch8": gate.speed_ratio,
+            }
             print(gate.summary())
             if not gate.passed:
-                print(f"error: INT8 mAP50-95 drop {gate.drop_points:.2f} points exceeds "
-                      f"--max-map-drop {gate.max_drop_points:g}; {args.out} not written",
-                      file=sys.stderr)
+                print(
+                    f"error: INT8 mAP50-95 drop {gate.drop_points:.2f} points exceeds "
+                    f"--max-map-drop {gate.max_drop_points:g}; {args.out} not written",
+                    file=sys.stderr,
+                )
                 return EXIT_FAILURE
         else:
             log.warning("no --labels: the INT8 model is written without an accuracy check")
@@ -153,8 +186,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         candidate.chmod(0o644)
         promote(candidate, args.out)
         args.out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
-        print(f"wrote {args.out} ({record.calibration_images} calibration images, "
-              f"{record.float_nodes} float nodes)")
+        print(
+            f"wrote {args.out} ({record.calibration_images} calibration images, "
+            f"{record.float_nodes} float nodes)"
+        )
         return EXIT_OK
     finally:
         candidate.unlink(missing_ok=True)
@@ -198,8 +233,9 @@ def _run_gate(args: argparse.Namespace, candidate: Path, eval_images: list[Path]
     finally:
         fp32.close()
         int8.close()
-    print(f"throughput batch {batch.shape[0]}: fp32 {fp32_ips:.1f} img/s, "
-          f"int8 {int8_ips:.1f} img/s")
+    print(
+        f"throughput batch {batch.shape[0]}: fp32 {fp32_ips:.1f} img/s, int8 {int8_ips:.1f} img/s"
+    )
     return GateResult(fp32_map, int8_map, args.max_map_drop, int8_ips / fp32_ips)
 
 
@@ -219,19 +255,29 @@ def _evaluate(args: argparse.Namespace) -> int:
         images = _eval_images(args.images)
         backend = OnnxRuntimeBackend(args.model, intra_op_threads=args.threads, max_batch=8)
         if args.labels is not None:
-            settings = EvalSettings(conf=0.001 if args.conf is None else args.conf,
-                                    multi_label=not args.single_label)
+            settings = EvalSettings(
+                conf=0.001 if args.conf is None else args.conf, multi_label=not args.single_label
+            )
             result: dict[str, Any] = asdict(evaluate_map(backend, images, args.labels, settings))
             line = f"mAP50-95={result['map50_95']:.4f} mAP50={result['map50']:.4f}"
         else:
-            reference = OnnxRuntimeBackend(args.reference, intra_op_threads=args.threads,
-                                           max_batch=8)
-            counts = evaluate_agreement(backend, reference, images,
-                                        conf=0.25 if args.conf is None else args.conf)
-            result = {**asdict(counts), "f1": counts.f1, "precision": counts.precision,
-                      "recall": counts.recall, "images": len(images)}
-            line = (f"agreement F1={counts.f1:.4f} precision={counts.precision:.4f} "
-                    f"recall={counts.recall:.4f}")
+            reference = OnnxRuntimeBackend(
+                args.reference, intra_op_threads=args.threads, max_batch=8
+            )
+            counts = evaluate_agreement(
+                backend, reference, images, conf=0.25 if args.conf is None else args.conf
+            )
+            result = {
+                **asdict(counts),
+                "f1": counts.f1,
+                "precision": counts.precision,
+                "recall": counts.recall,
+                "images": len(images),
+            }
+            line = (
+                f"agreement F1={counts.f1:.4f} precision={counts.precision:.4f} "
+                f"recall={counts.recall:.4f}"
+            )
     except (ImageError, LabelError, BackendError) as exc:
         return _usage(str(exc))
     print(line)
@@ -247,8 +293,9 @@ def _collect(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     if not config.enabled_cameras:
         return _usage(f"{args.config}: no enabled cameras")
-    options = CollectOptions(frames=args.frames, interval_s=args.interval,
-                             max_duration_s=args.max_duration)
+    options = CollectOptions(
+        frames=args.frames, interval_s=args.interval, max_duration_s=args.max_duration
+    )
     written = collect(config, args.out, options)
     print(f"wrote {written} frames and manifest.json to {args.out}")
     return EXIT_OK if written else EXIT_FAILURE

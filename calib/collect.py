@@ -57,8 +57,9 @@ def thumbnail(bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     return cv2.resize(grey, _THUMB, interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def is_duplicate(thumb: npt.NDArray[np.float32], kept: list[npt.NDArray[np.float32]],
-                 threshold: float) -> bool:
+def is_duplicate(
+    thumb: npt.NDArray[np.float32], kept: list[npt.NDArray[np.float32]], threshold: float
+) -> bool:
     return any(float(np.abs(thumb - k).mean()) < threshold for k in kept)
 
 
@@ -94,9 +95,14 @@ def collect(config: AppConfig, out: Path, options: CollectOptions) -> int:
             now = time.monotonic()
             for source in sources:
                 for change in source.poll():
-                    log.info("camera state", extra={"camera": change.camera_id,
-                                                    "state": change.state.value,
-                                                    "reason": change.reason})
+                    log.info(
+                        "camera state",
+                        extra={
+                            "camera": change.camera_id,
+                            "state": change.state.value,
+                            "reason": change.reason,
+                        },
+                    )
                 if now < next_due[source.camera_id]:
                     continue
                 with source.acquire_latest() as item:
@@ -105,16 +111,19 @@ def collect(config: AppConfig, out: Path, options: CollectOptions) -> int:
                     meta, frame = item
                     thumb = thumbnail(frame)
                     next_due[source.camera_id] = now + options.interval_s
-                    if is_duplicate(thumb, kept_thumbs[source.camera_id],
-                                    options.duplicate_threshold):
+                    if is_duplicate(
+                        thumb, kept_thumbs[source.camera_id], options.duplicate_threshold
+                    ):
                         continue
-                    ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY,
-                                                            _JPEG_QUALITY])
+                    ok, jpeg = cv2.imencode(
+                        ".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]
+                    )
                     brightness = mean_luma(frame)
                 if ok:
                     kept_thumbs[source.camera_id].append(thumb)
-                    pool.append(_Candidate(source.camera_id, meta.capture_ts, brightness,
-                                           jpeg.tobytes()))
+                    pool.append(
+                        _Candidate(source.camera_id, meta.capture_ts, brightness, jpeg.tobytes())
+                    )
             time.sleep(_POLL_S)
     finally:
         for source in sources:
@@ -124,10 +133,13 @@ def collect(config: AppConfig, out: Path, options: CollectOptions) -> int:
     for n, c in enumerate(chosen):
         name = f"{c.camera}_{n:05d}.jpg"
         (out / name).write_bytes(c.jpeg)
-        entries.append({"file": name, "camera": c.camera, "ts": c.ts,
-                        "brightness": round(c.brightness, 2)})
-    (out / MANIFEST_NAME).write_text(json.dumps(
-        {"frames": entries, "candidates": len(pool), "created": time.time()}, indent=1))
-    log.info("calibration frames collected", extra={"frames": len(entries),
-                                                    "candidates": len(pool)})
+        entries.append(
+            {"file": name, "camera": c.camera, "ts": c.ts, "brightness": round(c.brightness, 2)}
+        )
+    (out / MANIFEST_NAME).write_text(
+        json.dumps({"frames": entries, "candidates": len(pool), "created": time.time()}, indent=1)
+    )
+    log.info(
+        "calibration frames collected", extra={"frames": len(entries), "candidates": len(pool)}
+    )
     return len(entries)

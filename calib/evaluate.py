@@ -49,8 +49,10 @@ def _detect(
     for batch in iter_letterboxed(paths, backend.input_hw, size, skip_unreadable=False):
         preds = backend.infer(batch.images)
         for i, geometry in enumerate(batch.geometries):
-            yield geometry, decode(preds[i], geometry, settings.conf, settings.iou,
-                                   settings.max_det)
+            yield (
+                geometry,
+                decode(preds[i], geometry, settings.conf, settings.iou, settings.max_det),
+            )
 
 
 def evaluate_map(
@@ -63,13 +65,15 @@ def evaluate_map(
     stats = DetectionStats()
     instances = 0
     for path, (geometry, det) in zip(images, _detect(backend, images, settings), strict=True):
-        truth = read_yolo_labels(labels_dir / f"{path.stem}.txt", geometry.src_width,
-                                 geometry.src_height)
+        truth = read_yolo_labels(
+            labels_dir / f"{path.stem}.txt", geometry.src_width, geometry.src_height
+        )
         instances += len(truth.class_ids)
         stats.add(det.boxes, det.scores, det.class_ids, truth.boxes, truth.class_ids)
     result = stats.result()
-    return MapReport(result.map50_95, result.map50, stats.images, instances,
-                     int(result.classes.shape[0]))
+    return MapReport(
+        result.map50_95, result.map50, stats.images, instances, int(result.classes.shape[0])
+    )
 
 
 def evaluate_agreement(
@@ -85,7 +89,8 @@ def evaluate_agreement(
     confidence (single-label decode, as deployed), matched at IoU 0.5."""
     settings = EvalSettings(conf=conf, iou=iou, batch_size=batch_size, multi_label=False)
     total = Agreement()
-    for (_, cand), (_, ref) in zip(_detect(candidate, images, settings),
-                                   _detect(reference, images, settings), strict=True):
+    for (_, cand), (_, ref) in zip(
+        _detect(candidate, images, settings), _detect(reference, images, settings), strict=True
+    ):
         total = total + match(ref, cand)
     return total

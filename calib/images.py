@@ -60,9 +60,7 @@ def list_calibration_images(source: Path) -> list[CalibrationImage]:
         p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
     if not found:
-        raise CalibrationDataError(
-            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}"
-        )
+        raise CalibrationDataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
     return [CalibrationImage(p) for p in found]
 
 
@@ -80,16 +78,20 @@ def _from_manifest(manifest: Path) -> list[CalibrationImage]:
             raise CalibrationDataError(f"{manifest}: frames[{n}] has no 'file' string")
         path = manifest.parent / entry["file"]
         if not path.is_file():
-            log.warning("calibration frame listed in the manifest is missing; skipped",
-                        extra={"file": str(path)})
+            log.warning(
+                "calibration frame listed in the manifest is missing; skipped",
+                extra={"file": str(path)},
+            )
             continue
         camera, ts, brightness = entry.get("camera"), entry.get("ts"), entry.get("brightness")
-        images.append(CalibrationImage(
-            path,
-            camera if isinstance(camera, str) else None,
-            float(ts) if isinstance(ts, (int, float)) else None,
-            float(brightness) if isinstance(brightness, (int, float)) else None,
-        ))
+        images.append(
+            CalibrationImage(
+                path,
+                camera if isinstance(camera, str) else None,
+                float(ts) if isinstance(ts, (int, float)) else None,
+                float(brightness) if isinstance(brightness, (int, float)) else None,
+            )
+        )
     if not images:
         raise CalibrationDataError(f"{manifest}: lists no existing image files")
     return images

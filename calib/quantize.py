@@ -55,10 +55,12 @@ def decode_nodes(model: onnx.ModelProto) -> list[str]:
     """Nodes of the Ultralytics Detect head (``/model.<last>/``) outside its ``cv2``/``cv3``
     conv branches: the DFL, anchor grid and box arithmetic and the output concat."""
     indices = {
-        int(parts[1][len("model."):])
+        int(parts[1][len("model.") :])
         for n in model.graph.node
-        if (parts := n.name.split("/")) and len(parts) > 2 and parts[1].startswith("model.")
-        and parts[1][len("model."):].isdigit()
+        if (parts := n.name.split("/"))
+        and len(parts) > 2
+        and parts[1].startswith("model.")
+        and parts[1][len("model.") :].isdigit()
     }
     if not indices:
         raise QuantizeError(
@@ -67,8 +69,11 @@ def decode_nodes(model: onnx.ModelProto) -> list[str]:
         )
     head = f"/model.{max(indices)}/"
     branches = (f"{head}cv2", f"{head}cv3")
-    return [n.name for n in model.graph.node
-            if n.name.startswith(head) and not n.name.startswith(branches)]
+    return [
+        n.name
+        for n in model.graph.node
+        if n.name.startswith(head) and not n.name.startswith(branches)
+    ]
 
 
 def float_nodes(model: onnx.ModelProto, float_blocks: Sequence[str]) -> list[str]:
@@ -149,8 +154,10 @@ def quantize(
         except Exception as exc:  # onnx/ORT raise many unrelated types for a bad file
             raise QuantizeError(f"{model_path} is not a quantizable ONNX model: {exc}") from exc
         excluded = float_nodes(model, options.float_blocks)
-        log.info("calibrating", extra={"images": len(images), "method": options.method,
-                                       "float_nodes": len(excluded)})
+        log.info(
+            "calibrating",
+            extra={"images": len(images), "method": options.method, "float_nodes": len(excluded)},
+        )
         quantized = Path(tmp) / "quantized.onnx"
         quantize_static(
             str(prepared),

@@ -212,8 +212,6 @@ def serve(config: AppConfig, duration_s: float | None, table: bool) -> int:
         sys.stdout.flush()
 
     async def main() -> int:
-        return await Service(config, backend, print_table if table else None, drift).run(
-            duration_s
-        )
+        return await Service(config, backend, print_table if table else None, drift).run(duration_s)
 
     return asyncio.run(main())

@@ -137,9 +137,7 @@ def _parse(
             )
         )
     lines = [format_parser_issue(i) for i in issues] or ["parser failed without an error"]
-    raise EngineBuildError(
-        f"TensorRT cannot parse {source}:\n  " + "\n  ".join(lines)
-    )
+    raise EngineBuildError(f"TensorRT cannot parse {source}:\n  " + "\n  ".join(lines))
 
 
 def _read_bytes(path: Path | None) -> bytes:
@@ -163,8 +161,12 @@ def build_engine(
 
     started = time.monotonic()
     version = TrtVersion.parse(trt.__version__)
-    plan = plan_build(version, request.precision, info.traits,
-                      calibration_data=request.calibration_images is not None)
+    plan = plan_build(
+        version,
+        request.precision,
+        info.traits,
+        calibration_data=request.calibration_images is not None,
+    )
     if on_plan is not None:
         on_plan(plan)
     model = _prepared_model(info)
@@ -193,8 +195,13 @@ def build_engine(
 
     log.info(
         "building TensorRT engine",
-        extra={"model": str(request.onnx_path), "precision": request.precision.value,
-               "batch": str(request.batch), "trt": str(version), "gpu": platform.gpu_name},
+        extra={
+            "model": str(request.onnx_path),
+            "precision": request.precision.value,
+            "batch": str(request.batch),
+            "trt": str(version),
+            "gpu": platform.gpu_name,
+        },
     )
     serialized: trt.IHostMemory | None = builder.build_serialized_network(network, config)
     del calibrator  # TensorRT holds no reference; keep it alive until here, then release buffers
@@ -210,8 +217,9 @@ def build_engine(
     key = EngineKey(info.sha256, request.precision, request.batch, request.input_hw, platform)
     write_engine(request.engine_path, key, bytes(serialized), request.onnx_path, plan.notes)
     seconds = time.monotonic() - started
-    log.info("engine built",
-             extra={"engine": str(request.engine_path), "seconds": round(seconds, 1)})
+    log.info(
+        "engine built", extra={"engine": str(request.engine_path), "seconds": round(seconds, 1)}
+    )
     return BuiltEngine(request.engine_path, key, plan, seconds)
 
 

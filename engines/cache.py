@@ -82,8 +82,9 @@ class EngineKey:
                 precision=Precision(data["precision"]),
                 batch=BatchProfile(int(batch[0]), int(batch[1]), int(batch[2])),
                 input_hw=(int(hw[0]), int(hw[1])),
-                platform=Platform(str(data["trt_version"]), str(data["gpu_name"]),
-                                  (int(cc[0]), int(cc[1]))),
+                platform=Platform(
+                    str(data["trt_version"]), str(data["gpu_name"]), (int(cc[0]), int(cc[1]))
+                ),
                 schema=int(data["schema"]),
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
@@ -110,7 +111,8 @@ def describe_differences(built: EngineKey, wanted: EngineKey) -> list[str]:
             f"TensorRT {built.platform.trt_version}, this is {wanted.platform.trt_version}"
         )
     if (built.platform.gpu_name, built.platform.compute_capability) != (
-        wanted.platform.gpu_name, wanted.platform.compute_capability
+        wanted.platform.gpu_name,
+        wanted.platform.compute_capability,
     ):
         diffs.append(
             f"GPU {built.platform.gpu_name} ({built.platform.sm}), "

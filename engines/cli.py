@@ -44,18 +44,37 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--model", required=True, type=Path, help="ONNX model (float or Q/DQ)")
     parser.add_argument("--precision", required=True, choices=[p.value for p in Precision])
-    parser.add_argument("--batch", type=_batch, default=BatchProfile.for_max_batch(8),
-                        metavar="MIN:OPT:MAX", help="dynamic batch profile (default 1:8:8)")
+    parser.add_argument(
+        "--batch",
+        type=_batch,
+        default=BatchProfile.for_max_batch(8),
+        metavar="MIN:OPT:MAX",
+        help="dynamic batch profile (default 1:8:8)",
+    )
     parser.add_argument("--imgsz", type=_positive, default=640, help="input height and width")
-    parser.add_argument("--workspace", type=_positive, default=defaults.workspace_mb,
-                        metavar="MB", help="builder workspace memory pool limit")
-    parser.add_argument("--cache-dir", type=Path, default=defaults.engine_cache_dir,
-                        help="engine cache folder (also holds the timing cache)")
+    parser.add_argument(
+        "--workspace",
+        type=_positive,
+        default=defaults.workspace_mb,
+        metavar="MB",
+        help="builder workspace memory pool limit",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=defaults.engine_cache_dir,
+        help="engine cache folder (also holds the timing cache)",
+    )
     parser.add_argument("--out", type=Path, help="write the engine here instead of the cache")
-    parser.add_argument("--calib-images", type=Path, metavar="DIR",
-                        help="images for legacy INT8 calibration (TensorRT 10, float model)")
-    parser.add_argument("--calib-cache", type=Path, metavar="FILE",
-                        help="INT8 calibration cache to reuse/write")
+    parser.add_argument(
+        "--calib-images",
+        type=Path,
+        metavar="DIR",
+        help="images for legacy INT8 calibration (TensorRT 10, float model)",
+    )
+    parser.add_argument(
+        "--calib-cache", type=Path, metavar="FILE", help="INT8 calibration cache to reuse/write"
+    )
     parser.set_defaults(handler=_build)
 
 
@@ -112,7 +131,11 @@ def _build(args: argparse.Namespace) -> int:
 def _log_plan(plan: BuildPlan) -> None:
     log.info(
         "build plan",
-        extra={"strongly_typed": plan.strongly_typed, "fp16_flag": plan.fp16_flag,
-               "int8_flag": plan.int8_flag, "int8": plan.int8_source.value,
-               "notes": list(plan.notes)},
+        extra={
+            "strongly_typed": plan.strongly_typed,
+            "fp16_flag": plan.fp16_flag,
+            "int8_flag": plan.int8_flag,
+            "int8": plan.int8_source.value,
+            "notes": list(plan.notes),
+        },
     )

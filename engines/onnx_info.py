@@ -92,9 +92,7 @@ def info_from_model(model: onnx.ModelProto, path: Path, sha256: str) -> OnnxInfo
     ops = {node.op_type for node in graph.node}
     float16_inits = any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
     float32_inits = any(i.data_type == onnx.TensorProto.FLOAT for i in graph.initializer)
-    traits = ModelTraits(
-        has_qdq=bool(ops & _QDQ_OPS), is_fp16=float16_inits and not float32_inits
-    )
+    traits = ModelTraits(has_qdq=bool(ops & _QDQ_OPS), is_fp16=float16_inits and not float32_inits)
     return OnnxInfo(
         path=path,
         sha256=sha256,

@@ -145,7 +145,10 @@ def _plan_weakly_typed(
             "`edgewatch calibrate`"
         )
     return BuildPlan(
-        False, True, True, Int8Source.CALIBRATOR,
+        False,
+        True,
+        True,
+        Int8Source.CALIBRATOR,
         notes=("legacy implicit INT8 calibration (deprecated since TensorRT 10.1, gone in 11)",),
     )
 
@@ -160,9 +163,7 @@ class BatchProfile:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.opt <= self.max:
-            raise ValueError(
-                f"batch profile {self} must satisfy 1 <= MIN <= OPT <= MAX"
-            )
+            raise ValueError(f"batch profile {self} must satisfy 1 <= MIN <= OPT <= MAX")
 
     def __str__(self) -> str:
         return f"{self.min}:{self.opt}:{self.max}"
@@ -196,7 +197,5 @@ def resolve_profile(configured: tuple[int, int, int] | None, max_batch: int) -> 
             f"batch profile {profile} must start at 1: the batcher dispatches partial batches"
         )
     if profile.max < max_batch:
-        raise ValueError(
-            f"batch profile {profile} has MAX below model.max_batch={max_batch}"
-        )
+        raise ValueError(f"batch profile {profile} has MAX below model.max_batch={max_batch}")
     return profile

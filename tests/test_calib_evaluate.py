@@ -20,9 +20,13 @@ TOLERANCE = 0.005
 
 def _ultralytics_run(rect: bool, batch: int) -> dict[str, float]:
     runs = json.loads((FIXTURES / "ultralytics_val_coco_eval.json").read_text())["runs"]
-    return next(r for r in runs if r["model"] == "yolov8n.onnx"
-                and r["settings_effective"]["rect"] is rect
-                and r["settings_effective"]["batch"] == batch)
+    return next(
+        r
+        for r in runs
+        if r["model"] == "yolov8n.onnx"
+        and r["settings_effective"]["rect"] is rect
+        and r["settings_effective"]["batch"] == batch
+    )
 
 
 def test_metric_rescores_ultralytics_own_predictions(shared_dir: Path) -> None:
@@ -34,8 +38,9 @@ def test_metric_rescores_ultralytics_own_predictions(shared_dir: Path) -> None:
         height, width = read_image(coco / "images" / name).shape[:2]
         pred = np.asarray(rows, dtype=np.float64).reshape(-1, 6)
         truth = read_yolo_labels(coco / "labels" / f"{Path(name).stem}.txt", width, height)
-        stats.add(pred[:, :4], pred[:, 4], pred[:, 5].astype(np.int64), truth.boxes,
-                  truth.class_ids)
+        stats.add(
+            pred[:, :4], pred[:, 4], pred[:, 5].astype(np.int64), truth.boxes, truth.class_ids
+        )
     result = stats.result()
     expected = _ultralytics_run(rect=False, batch=1)
     assert stats.images == 128

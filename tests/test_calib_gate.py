@@ -33,7 +33,9 @@ def small_sets(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 
 def test_failed_gate_exits_1_and_keeps_the_old_model(
-    model_onnx: Path, small_sets: tuple[Path, Path], tmp_path: Path,
+    model_onnx: Path,
+    small_sets: tuple[Path, Path],
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     calib, evald = small_sets
@@ -41,10 +43,27 @@ def test_failed_gate_exits_1_and_keeps_the_old_model(
     out.write_bytes(b"previously deployed model")
     # MinMax ranges from 8 images are a deliberately poor calibration: measured 2.5 points
     # lost on these 8 evaluation images, well over the 0.5 allowed here.
-    code = main(["calibrate", "--model", str(model_onnx), "--images", str(calib),
-                 "--out", str(out), "--method", "minmax", "--labels", str(evald / "labels"),
-                 "--eval-images", str(evald / "images"), "--max-map-drop", "0.5",
-                 "--threads", "2"])
+    code = main(
+        [
+            "calibrate",
+            "--model",
+            str(model_onnx),
+            "--images",
+            str(calib),
+            "--out",
+            str(out),
+            "--method",
+            "minmax",
+            "--labels",
+            str(evald / "labels"),
+            "--eval-images",
+            str(evald / "images"),
+            "--max-map-drop",
+            "0.5",
+            "--threads",
+            "2",
+        ]
+    )
     printed = capsys.readouterr()
     assert code == EXIT_FAILURE
     assert "FAIL" in printed.out
@@ -59,8 +78,19 @@ def test_passing_run_writes_tensorrt_compatible_model(
 ) -> None:
     calib, _ = small_sets
     out = tmp_path / "m.int8.onnx"
-    code = main(["calibrate", "--model", str(model_onnx), "--images", str(calib),
-                 "--out", str(out), "--method", "minmax"])
+    code = main(
+        [
+            "calibrate",
+            "--model",
+            str(model_onnx),
+            "--images",
+            str(calib),
+            "--out",
+            str(out),
+            "--method",
+            "minmax",
+        ]
+    )
     assert code == 0
     model = onnx.load(str(out))
     summary = summarize(model)
@@ -79,8 +109,32 @@ def test_passing_run_writes_tensorrt_compatible_model(
 
 
 def test_bad_input_exits_2(tmp_path: Path, model_onnx: Path) -> None:
-    assert main(["calibrate", "--model", str(tmp_path / "none.onnx"), "--images",
-                 str(tmp_path), "--out", str(tmp_path / "o.onnx")]) == EXIT_USAGE
-    assert main(["calibrate", "--model", str(model_onnx), "--images", str(tmp_path),
-                 "--out", str(tmp_path / "o.onnx")]) == EXIT_USAGE
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(tmp_path / "none.onnx"),
+                "--images",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o.onnx"),
+            ]
+        )
+        == EXIT_USAGE
+    )
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(model_onnx),
+                "--images",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o.onnx"),
+            ]
+        )
+        == EXIT_USAGE
+    )
     assert not (tmp_path / "o.onnx").exists()

@@ -58,8 +58,12 @@ def test_manifest_of_collect_output(tmp_path: Path, caplog: pytest.LogCaptureFix
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{not json", "not readable JSON"), ('{"frames": 3}', "'frames' list"),
-     ('{"frames": [{"camera": "x"}]}', "no 'file'"), ('{"frames": []}', "no existing")],
+    [
+        ("{not json", "not readable JSON"),
+        ('{"frames": 3}', "'frames' list"),
+        ('{"frames": [{"camera": "x"}]}', "no 'file'"),
+        ('{"frames": []}', "no existing"),
+    ],
 )
 def test_bad_manifest_is_a_clear_error(tmp_path: Path, content: str, message: str) -> None:
     (tmp_path / "manifest.json").write_text(content)

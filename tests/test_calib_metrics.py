@@ -11,8 +11,9 @@ from daemon.postprocess.match import box_iou
 BOX = np.array([[10.0, 10.0, 110.0, 110.0]])
 
 
-def _stats(pred: np.ndarray, scores: list[float], pcls: list[int], truth: np.ndarray,
-           tcls: list[int]) -> DetectionStats:
+def _stats(
+    pred: np.ndarray, scores: list[float], pcls: list[int], truth: np.ndarray, tcls: list[int]
+) -> DetectionStats:
     stats = DetectionStats()
     stats.add(pred, np.array(scores), np.array(pcls), truth, np.array(tcls))
     return stats
@@ -48,8 +49,7 @@ def test_wrong_class_never_matches() -> None:
 
 def test_image_without_labels_adds_false_positives_only() -> None:
     stats = _stats(BOX.copy(), [0.9], [0], BOX, [0])
-    stats.add(BOX.copy(), np.array([0.95]), np.array([0]), np.zeros((0, 4)),
-              np.zeros(0, np.int64))
+    stats.add(BOX.copy(), np.array([0.95]), np.array([0]), np.zeros((0, 4)), np.zeros(0, np.int64))
     result = stats.result()
     # The FP ranks first: precision 0 then 0.5 at recall 1 -> envelope 0.5 up to recall 1.
     assert result.map50 == pytest.approx(0.5 * PERFECT)

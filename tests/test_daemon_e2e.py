@@ -21,7 +21,6 @@ from daemon.publish.schemas import load_schema
 from tests.fixtures.broker import Received, Subscriber
 from tests.fixtures.observe import detection_counts, rates_over
 
-pytest_plugins = ["tests.fixtures.daemon"]
 pytestmark = [pytest.mark.rtsp, pytest.mark.mqtt]
 
 PREFIX = "e2e"

@@ -34,8 +34,6 @@ from daemon.publish.schemas import load_schema
 from tests.fixtures.broker import Subscriber
 from tests.fixtures.observe import payloads
 
-pytest_plugins = ["tests.fixtures.daemon"]
-
 CONF = 0.25
 # Street scenes with several objects each (coco_eval has some near-empty frames).
 FRAMES = 6

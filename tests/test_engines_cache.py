@@ -57,8 +57,9 @@ def test_mismatch_message_names_versions_and_gpus() -> None:
 
 
 def test_describe_differences_model_precision_profile() -> None:
-    wanted = dataclasses.replace(KEY, onnx_sha256="cd" * 32, precision=Precision.INT8,
-                                 batch=BatchProfile(1, 4, 4))
+    wanted = dataclasses.replace(
+        KEY, onnx_sha256="cd" * 32, precision=Precision.INT8, batch=BatchProfile(1, 4, 4)
+    )
     text = " | ".join(describe_differences(KEY, wanted))
     assert "model sha256 abababababab" in text
     assert "precision fp16, configured int8" in text
@@ -66,8 +67,9 @@ def test_describe_differences_model_precision_profile() -> None:
 
 
 def test_manifest_roundtrip_and_validation() -> None:
-    manifest = EngineManifest(KEY, "e.engine", "00" * 32, 3, "2026-01-01T00:00:00Z", "m.onnx",
-                              ("note",))
+    manifest = EngineManifest(
+        KEY, "e.engine", "00" * 32, 3, "2026-01-01T00:00:00Z", "m.onnx", ("note",)
+    )
     assert EngineManifest.from_json(manifest.to_json()) == manifest
     broken = json.loads(manifest.to_json())
     del broken["key"]["trt_version"]

@@ -24,8 +24,11 @@ TRT11 = TrtVersion(11, 1, 0)
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("10.3.0.30", TrtVersion(10, 3, 0)), ("11.0", TrtVersion(11, 0, 0)),
-     ("10.13.0.35+cuda12", TrtVersion(10, 13, 0))],
+    [
+        ("10.3.0.30", TrtVersion(10, 3, 0)),
+        ("11.0", TrtVersion(11, 0, 0)),
+        ("10.13.0.35+cuda12", TrtVersion(10, 13, 0)),
+    ],
 )
 def test_version_parse(text: str, expected: TrtVersion) -> None:
     assert TrtVersion.parse(text) == expected
@@ -57,8 +60,11 @@ def test_trt10_int8_from_float_needs_calibration_images() -> None:
 
 
 def test_trt11_is_strongly_typed_without_precision_flags() -> None:
-    for precision, traits in ((Precision.INT8, QDQ), (Precision.FP16, HALF),
-                              (Precision.FP32, FLOAT)):
+    for precision, traits in (
+        (Precision.INT8, QDQ),
+        (Precision.FP16, HALF),
+        (Precision.FP32, FLOAT),
+    ):
         plan = plan_build(TRT11, precision, traits)
         assert plan.strongly_typed
         assert not plan.fp16_flag
@@ -90,8 +96,11 @@ def test_trt8_refused() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("1:4:8", BatchProfile(1, 4, 8)), ("8", BatchProfile(1, 8, 8)),
-     (" 2:2:2 ", BatchProfile(2, 2, 2))],
+    [
+        ("1:4:8", BatchProfile(1, 4, 8)),
+        ("8", BatchProfile(1, 8, 8)),
+        (" 2:2:2 ", BatchProfile(2, 2, 2)),
+    ],
 )
 def test_batch_profile_parse(text: str, expected: BatchProfile) -> None:
     assert BatchProfile.parse(text) == expected

@@ -26,8 +26,6 @@ from bench.local.rtsp import RtspServer
 from tests.fixtures.broker import Subscriber
 from tests.fixtures.observe import cheap_cameras, payloads
 
-pytest_plugins = ["tests.fixtures.daemon"]
-
 PREFIX = "badinput"
 SECRET = "Cam3raPw-leak-check"
 # A source clip with people and cars at 25 fps (cheap to decode).

@@ -24,7 +24,6 @@ from bench.local.rtsp import RtspServer
 from tests.fixtures.broker import Subscriber
 from tests.fixtures.observe import NODE, cheap_cameras, payloads
 
-pytest_plugins = ["tests.fixtures.daemon"]
 pytestmark = [pytest.mark.rtsp, pytest.mark.mqtt]
 
 PREFIX = "reload"

@@ -28,8 +28,6 @@ from tests.fixtures.broker import Subscriber
 from tests.fixtures.data import REPO
 from tests.fixtures.observe import payloads
 
-pytest_plugins = ["tests.fixtures.daemon"]
-
 PREFIX = "secure"
 MQTT_USER = "edgewatch"
 MQTT_SECRET = "Mqtt-S3cret/pw@9"

@@ -65,7 +65,9 @@ def reference(images: list[Path]) -> list[Detections]:
 
 def _trt_model(cache: Path, precision: Precision, model: Path) -> ModelConfig:
     return ModelConfig(
-        path=model, backend=BackendKind.TENSORRT, max_batch=4,
+        path=model,
+        backend=BackendKind.TENSORRT,
+        max_batch=4,
         tensorrt=TensorRTConfig(precision=precision, engine_cache_dir=cache, build_on_start=True),
     )
 
@@ -110,8 +112,12 @@ def test_int8_engine_matches_onnxruntime(
     info = read_onnx_info(model_path)
     key = EngineKey(info.sha256, Precision.INT8, BatchProfile(1, 4, 4), (640, 640), platform)
     request = BuildRequest(
-        onnx_path=model_path, precision=Precision.INT8, batch=key.batch, input_hw=key.input_hw,
-        workspace_mb=2048, engine_path=EngineCache(engine_cache).engine_path(key),
+        onnx_path=model_path,
+        precision=Precision.INT8,
+        batch=key.batch,
+        input_hw=key.input_hw,
+        workspace_mb=2048,
+        engine_path=EngineCache(engine_cache).engine_path(key),
         timing_cache=engine_cache / "timing.cache",
         calibration_images=None if qdq.is_file() else COCO_CALIB / "images",
         calibration_cache=engine_cache / "calib.cache",

@@ -119,8 +119,9 @@ def test_choose_engine_hit_build_and_refusal(tmp_path: Path, model_onnx: Path) -
         choose_engine(model, ORIN)
     assert "--batch 1:4:4" in str(refused.value)
 
-    key = EngineKey(file_sha256(model_onnx), Precision.FP16, BatchProfile(1, 4, 4), (640, 640),
-                    ORIN)
+    key = EngineKey(
+        file_sha256(model_onnx), Precision.FP16, BatchProfile(1, 4, 4), (640, 640), ORIN
+    )
     write_engine(EngineCache(tmp_path).engine_path(key), key, b"plan", model_onnx)
     choice = choose_engine(model, ORIN)
     assert not choice.needs_build

@@ -7,7 +7,7 @@ time. ``poll`` never blocks (a pipe poll, a waitpid and a few header reads).
 State rule: STARTING until the first frame, STREAMING while frames arrive, RECONNECTING
 while the reader retries, DOWN when the camera is stopped or disabled, or has kept failing
 for ``2 * reconnect_max_s`` since its first failure without a frame in between (the whole
-backoff ladder failed; 60 s by default). A DOWN camera keeps retrying and returns to
+backoff ladder failed; 10 s by default). A DOWN camera keeps retrying and returns to
 STREAMING by itself.
 """
 

@@ -136,7 +136,9 @@ class CaptureConfig:
     open_timeout_s: float = 10.0
     read_timeout_s: float = 5.0
     reconnect_initial_s: float = 0.5
-    reconnect_max_s: float = 30.0
+    # Short cap: a camera that comes back is streaming again within seconds, and a retry
+    # every few seconds costs one process's failed open.
+    reconnect_max_s: float = 5.0
     # A reader that reports nothing for this long is killed and restarted.
     stall_timeout_s: float = 20.0
     # Frames larger than this trigger a reader restart with a bigger shared buffer.

@@ -128,8 +128,12 @@ def buffer_specs(
                 f"engine tensor {tensor.name!r} {list(tensor.shape)} is dynamic beyond the batch"
             )
         specs.append(
-            BufferSpec(tensor.name, tensor.is_input, (max_batch, *tensor.shape[1:]),
-                       numpy_dtype(tensor.dtype_name))
+            BufferSpec(
+                tensor.name,
+                tensor.is_input,
+                (max_batch, *tensor.shape[1:]),
+                numpy_dtype(tensor.dtype_name),
+            )
         )
     outputs = [s for s in specs if not s.is_input]
     if len(outputs) != 1 or len(outputs[0].max_shape) != 3:
@@ -229,8 +233,9 @@ def choose_engine(model: ModelConfig, platform: Platform) -> EngineChoice:
         return EngineChoice(key, found.engine, needs_build=False)
     if cfg.build_on_start:
         for reason in found.reasons:
-            log.warning("cached engine not usable here; building a new one",
-                        extra={"reason": reason})
+            log.warning(
+                "cached engine not usable here; building a new one", extra={"reason": reason}
+            )
         return EngineChoice(key, found.engine, needs_build=True)
     hint = (
         f"build it with: edgewatch build-engine --model {model.path} --precision "
@@ -280,14 +285,19 @@ class TensorRTBackend:
                 if engine is None:
                     raise BackendError(f"TensorRT could not deserialize {engine_path}")
                 self._engine = engine
-                tensors = [self._tensor_spec(engine, engine.get_tensor_name(i))
-                           for i in range(engine.num_io_tensors)]
+                tensors = [
+                    self._tensor_spec(engine, engine.get_tensor_name(i))
+                    for i in range(engine.num_io_tensors)
+                ]
                 self._specs = buffer_specs(tensors, max_batch, input_hw)
                 self._input = next(s for s in self._specs if s.is_input)
                 self._output = next(s for s in self._specs if not s.is_input)
                 channels = self._output.max_shape[1]
-                self._class_names = class_names if len(class_names) == channels - _BOX_COORDS else \
-                    tuple(f"class_{i}" for i in range(channels - _BOX_COORDS))
+                self._class_names = (
+                    class_names
+                    if len(class_names) == channels - _BOX_COORDS
+                    else tuple(f"class_{i}" for i in range(channels - _BOX_COORDS))
+                )
                 self._slots = [self._make_slot() for _ in range(max(slots, 1))]
                 self._pool = SlotPool(self._slots)
                 # Warm-up: first launches pay for lazy module loading and kernel selection.
@@ -301,8 +311,13 @@ class TensorRTBackend:
             raise
         log.info(
             "tensorrt backend loaded",
-            extra={"engine": str(engine_path), "trt": trt.__version__, "slots": len(self._slots),
-                   "max_batch": max_batch, "output": list(self._output.max_shape)},
+            extra={
+                "engine": str(engine_path),
+                "trt": trt.__version__,
+                "slots": len(self._slots),
+                "max_batch": max_batch,
+                "output": list(self._output.max_shape),
+            },
         )
 
     @staticmethod
@@ -362,8 +377,12 @@ class TensorRTBackend:
         from engines.gpu import context_current
 
         h, w = self._input_hw
-        if (batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[1:] != (h, w, 3)
-                or not 1 <= batch.shape[0] <= self._max_batch):
+        if (
+            batch.dtype != np.uint8
+            or batch.ndim != 4
+            or batch.shape[1:] != (h, w, 3)
+            or not 1 <= batch.shape[0] <= self._max_batch
+        ):
             raise ValueError(
                 f"batch must be uint8 [1..{self._max_batch}, {h}, {w}, 3], "
                 f"got {batch.dtype} {list(batch.shape)}"
@@ -436,8 +455,11 @@ def _build_on_start(model: ModelConfig, choice: EngineChoice) -> None:
     cfg = model.tensorrt
     log.warning(
         "building the TensorRT engine on first start; this takes minutes",
-        extra={"model": str(model.path), "precision": cfg.precision.value,
-               "engine": str(choice.engine)},
+        extra={
+            "model": str(model.path),
+            "precision": cfg.precision.value,
+            "engine": str(choice.engine),
+        },
     )
     request = BuildRequest(
         onnx_path=model.path,

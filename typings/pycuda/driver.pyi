@@ -70,8 +70,23 @@ def memcpy_htod(dest: DeviceAllocation | int, src: npt.NDArray[Any]) -> None: ..
 def memcpy_dtoh(dest: npt.NDArray[Any], src: DeviceAllocation | int) -> None: ...
 
 __all__ = [
-    "Context", "Device", "DeviceAllocation", "Error", "LaunchError", "LogicError",
-    "MemoryError", "RuntimeError", "Stream", "get_driver_version", "get_version", "init",
-    "mem_alloc", "mem_get_info", "memcpy_dtoh", "memcpy_dtoh_async", "memcpy_htod",
-    "memcpy_htod_async", "pagelocked_empty",
+    "Context",
+    "Device",
+    "DeviceAllocation",
+    "Error",
+    "LaunchError",
+    "LogicError",
+    "MemoryError",
+    "RuntimeError",
+    "Stream",
+    "get_driver_version",
+    "get_version",
+    "init",
+    "mem_alloc",
+    "mem_get_info",
+    "memcpy_dtoh",
+    "memcpy_dtoh_async",
+    "memcpy_htod",
+    "memcpy_htod_async",
+    "pagelocked_empty",
 ]
