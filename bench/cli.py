@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from daemon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, usage_error
 
 _REPO = Path(__file__).resolve().parents[1]
 # Same override as the tests: the shared data folder beside the checkout unless told otherwise.
@@ -111,8 +111,7 @@ def _backend(args: argparse.Namespace) -> int:
             input_hw=args.imgsz, intra_op_threads=args.threads,
         )  # fmt: skip
     except BackendError as err:
-        print(f"edgewatch bench: model: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(f"edgewatch bench: model: {err}")
     print(render_backend_table(report))
     if args.json:
         write_json(args.json, report.to_json())
@@ -128,8 +127,7 @@ def _e2e(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     for path in (args.model, *([args.pt_model] if args.baseline else [])):
         if not path.is_file():
-            print(f"edgewatch bench: model file not found: {path}", file=sys.stderr)
-            return EXIT_USAGE
+            return usage_error(f"edgewatch bench: model file not found: {path}")
     counts = args.sweep or [args.cameras]
     base = E2EOptions(
         cameras=counts[0], duration_s=args.duration, warmup_s=args.warmup,

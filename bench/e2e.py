@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import yaml
 
 from bench.backend import BackendReport, run_backend_bench
 from bench.local.broker import Mosquitto, free_port
+from bench.local.process import tail, terminate
 from bench.subscriber import StreamMeasure, Subscriber
 from daemon.batch.letterbox import rect_shape
 from daemon.config.model import BackendKind
@@ -48,6 +48,7 @@ THEIRS_NODE = "bench-ultralytics"
 _FIRST_MESSAGE_TIMEOUT_S = 180.0
 _SAMPLE_S = 1.0
 _STOP_TIMEOUT_S = 20.0
+_TAIL_CHARS = 1500
 
 
 class BenchError(RuntimeError):
@@ -228,29 +229,13 @@ def _wait_first_message(sub: Subscriber, proc: subprocess.Popen[bytes], log: Pat
     deadline = time.monotonic() + _FIRST_MESSAGE_TIMEOUT_S
     while sub.messages == 0:
         if proc.poll() is not None:
-            raise BenchError(f"{log.stem} exited with {proc.returncode}: {_tail(log)}")
+            raise BenchError(f"{log.stem} exited with {proc.returncode}: {tail(log, _TAIL_CHARS)}")
         if time.monotonic() > deadline:
             raise BenchError(
-                f"{log.stem}: no message after {_FIRST_MESSAGE_TIMEOUT_S:.0f} s: {_tail(log)}"
+                f"{log.stem}: no message after {_FIRST_MESSAGE_TIMEOUT_S:.0f} s: "
+                + tail(log, _TAIL_CHARS)
             )
         time.sleep(0.2)
-
-
-def _tail(path: Path, chars: int = 1500) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
-
-
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager
@@ -264,7 +249,7 @@ def _process(
         try:
             yield proc
         finally:
-            _terminate(proc)
+            terminate(proc, _STOP_TIMEOUT_S)
 
 
 def _measure(
@@ -287,7 +272,7 @@ def _measure(
     )
     if proc.poll() is not None:
         raise BenchError(
-            f"{system} exited during the measurement ({proc.returncode}): {_tail(log)}"
+            f"{system} exited during the measurement ({proc.returncode}): {tail(log, _TAIL_CHARS)}"
         )
     mean_batch = None
     if before and after and after[1] > before[1]:

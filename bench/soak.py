@@ -168,23 +168,6 @@ class _Sampler:
         self._thread.join()
 
 
-def settled_sample(daemon: DaemonProcess, count: int = 3) -> ResourceSample:
-    """Each count at its minimum over ``count`` samples a second apart (transients excluded)."""
-    samples = []
-    for i in range(count):
-        if i:
-            time.sleep(1.0)
-        samples.append(daemon.sample())
-    return ResourceSample(
-        t=samples[-1].t,
-        rss_mb=min(s.rss_mb for s in samples),
-        threads=min(s.threads for s in samples),
-        fds=min(s.fds for s in samples),
-        children=min(s.children for s in samples),
-        children_rss_mb=min(s.children_rss_mb for s in samples),
-    )
-
-
 def _pick_videos(folder: Path, count: int) -> list[Path]:
     videos = sorted(sorted(folder.glob("*.mp4")), key=decode_cost)
     if len(videos) < count:
@@ -325,7 +308,7 @@ def run_soak(opts: SoakOptions, log: Callable[[str], None] = print) -> SoakRepor
             report.faults.append(soak.fault(kind))
         while daemon.sample().t < opts.warmup_s:
             time.sleep(0.5)
-        report.baseline = settled_sample(daemon)
+        report.baseline = daemon.settled_sample()
         sampler = _Sampler(daemon, opts.sample_every_s)
         sampler.start()
         detections_at_baseline = counter.snapshot()
@@ -341,7 +324,7 @@ def run_soak(opts: SoakOptions, log: Callable[[str], None] = print) -> SoakRepor
             rotation += 1
             next_fault += opts.fault_every_s
         time.sleep(max(0.0, end - daemon.sample().t - 3.0))
-        report.final = settled_sample(daemon)
+        report.final = daemon.settled_sample()
         sampler.stop()
         report.samples = sampler.samples
         final_counts = counter.snapshot()

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from daemon.cli import EXIT_FAILURE, EXIT_OK, usage_error
 
 log = logging.getLogger(__name__)
 _BENCH_BATCH = 8
@@ -126,23 +126,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _usage(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
 def _calibrate(args: argparse.Namespace) -> int:
     from calib.images import CalibrationDataError, list_calibration_images
     from calib.quantize import DEFAULT_FLOAT_BLOCKS, QuantizeError, QuantizeOptions, quantize
 
     problem = _calibrate_arg_problem(args)
     if problem:
-        return _usage(problem)
+        return usage_error(f"error: {problem}")
     try:
         images = list_calibration_images(args.images)
         eval_images = _eval_images(args.eval_images) if args.eval_images else None
     except (CalibrationDataError, ValueError) as exc:
-        return _usage(str(exc))
+        return usage_error(f"error: {exc}")
     if args.max_images:
         images = images[: args.max_images]
     options = QuantizeOptions(
@@ -158,7 +153,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         try:
             record = quantize(args.model, images, candidate, options, str(args.images))
         except QuantizeError as exc:
-            return _usage(str(exc))
+            return usage_error(f"error: {exc}")
         report: dict[str, Any] = {"model": str(args.model), "int8": asdict(record)}
         if eval_images is not None:
             gate = _run_gate(args, candidate, eval_images)
@@ -248,9 +243,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     for path in (args.model, args.reference):
         if path is not None and not path.is_file():
-            return _usage(f"model not found: {path}")
+            return usage_error(f"error: model not found: {path}")
     if args.labels is not None and not args.labels.is_dir():
-        return _usage(f"label folder not found: {args.labels}")
+        return usage_error(f"error: label folder not found: {args.labels}")
     try:
         images = _eval_images(args.images)
         backend = OnnxRuntimeBackend(args.model, intra_op_threads=args.threads, max_batch=8)
@@ -279,7 +274,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 f"recall={counts.recall:.4f}"
             )
     except (ImageError, LabelError, BackendError) as exc:
-        return _usage(str(exc))
+        return usage_error(f"error: {exc}")
     print(line)
     if args.json is not None:
         args.json.write_text(json.dumps({"model": str(args.model), **result}, indent=1))
@@ -292,7 +287,7 @@ def _collect(args: argparse.Namespace) -> int:
 
     config = load_config_or_exit(args.config)
     if not config.enabled_cameras:
-        return _usage(f"{args.config}: no enabled cameras")
+        return usage_error(f"error: {args.config}: no enabled cameras")
     options = CollectOptions(
         frames=args.frames, interval_s=args.interval, max_duration_s=args.max_duration
     )

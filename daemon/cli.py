@@ -17,6 +17,13 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
+
+def usage_error(message: str) -> int:
+    """Report an operator mistake as one line on stderr (never a traceback); ``EXIT_USAGE``."""
+    print(message, file=sys.stderr)
+    return EXIT_USAGE
+
+
 _COMMAND_MODULES = (
     "calib.cli",
     "daemon.commands.run",

@@ -32,6 +32,13 @@ def small_sets(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     return calib, evald
 
 
+def _calibrate(model: Path, images: Path, out: Path, *extra: str) -> int:
+    """``edgewatch calibrate --model M --images I --out O [extra...]``; the exit status."""
+    return main(
+        ["calibrate", "--model", str(model), "--images", str(images), "--out", str(out), *extra]
+    )
+
+
 def test_failed_gate_exits_1_and_keeps_the_old_model(
     model_onnx: Path,
     small_sets: tuple[Path, Path],
@@ -43,27 +50,11 @@ def test_failed_gate_exits_1_and_keeps_the_old_model(
     out.write_bytes(b"previously deployed model")
     # MinMax ranges from 8 images are a deliberately poor calibration: measured 2.5 points
     # lost on these 8 evaluation images, well over the 0.5 allowed here.
-    code = main(
-        [
-            "calibrate",
-            "--model",
-            str(model_onnx),
-            "--images",
-            str(calib),
-            "--out",
-            str(out),
-            "--method",
-            "minmax",
-            "--labels",
-            str(evald / "labels"),
-            "--eval-images",
-            str(evald / "images"),
-            "--max-map-drop",
-            "0.5",
-            "--threads",
-            "2",
-        ]
-    )
+    code = _calibrate(
+        model_onnx, calib, out, "--method", "minmax",
+        "--labels", str(evald / "labels"), "--eval-images", str(evald / "images"),
+        "--max-map-drop", "0.5", "--threads", "2",
+    )  # fmt: skip
     printed = capsys.readouterr()
     assert code == EXIT_FAILURE
     assert "FAIL" in printed.out
@@ -78,19 +69,7 @@ def test_passing_run_writes_tensorrt_compatible_model(
 ) -> None:
     calib, _ = small_sets
     out = tmp_path / "m.int8.onnx"
-    code = main(
-        [
-            "calibrate",
-            "--model",
-            str(model_onnx),
-            "--images",
-            str(calib),
-            "--out",
-            str(out),
-            "--method",
-            "minmax",
-        ]
-    )
+    code = _calibrate(model_onnx, calib, out, "--method", "minmax")
     assert code == 0
     model = onnx.load(str(out))
     summary = summarize(model)
@@ -109,32 +88,7 @@ def test_passing_run_writes_tensorrt_compatible_model(
 
 
 def test_bad_input_exits_2(tmp_path: Path, model_onnx: Path) -> None:
-    assert (
-        main(
-            [
-                "calibrate",
-                "--model",
-                str(tmp_path / "none.onnx"),
-                "--images",
-                str(tmp_path),
-                "--out",
-                str(tmp_path / "o.onnx"),
-            ]
-        )
-        == EXIT_USAGE
-    )
-    assert (
-        main(
-            [
-                "calibrate",
-                "--model",
-                str(model_onnx),
-                "--images",
-                str(tmp_path),
-                "--out",
-                str(tmp_path / "o.onnx"),
-            ]
-        )
-        == EXIT_USAGE
-    )
-    assert not (tmp_path / "o.onnx").exists()
+    out = tmp_path / "o.onnx"
+    assert _calibrate(tmp_path / "none.onnx", tmp_path, out) == EXIT_USAGE
+    assert _calibrate(model_onnx, tmp_path, out) == EXIT_USAGE
+    assert not out.exists()

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -235,14 +235,7 @@ def test_dead_sources_never_block_a_good_one(cameras: Cameras) -> None:
 
 
 def test_frame_larger_than_the_buffer_restarts_with_a_bigger_one(cameras: Cameras) -> None:
-    small = CaptureConfig(
-        open_timeout_s=3.0,
-        read_timeout_s=2.0,
-        reconnect_initial_s=0.3,
-        reconnect_max_s=1.5,
-        max_width=320,
-        max_height=240,
-    )
+    small = replace(FAST, max_width=320, max_height=240)
     cam = cameras.add("big", str(CLIP_25FPS_360P), capture=small)
     assert cameras.until(lambda: len(cam.frames) >= 10, 15)
     assert cam.shapes == {(360, 640, 3)}

@@ -335,7 +335,7 @@ def test_unreadable_inputs(tmp_path: Path) -> None:
 def test_example_configs_load(name: str, shared_dir: Path) -> None:
     config = load_config_with_warnings(REPO / "configs" / name).config
     assert config.source == REPO / "configs" / name
-    assert config.model.path == MODEL_ONNX.resolve()
+    assert config.model.path.resolve() == MODEL_ONNX.resolve()
     assert config.enabled_cameras
     for camera in config.cameras:
         url = camera.url.reveal()
@@ -346,7 +346,7 @@ def test_example_configs_load(name: str, shared_dir: Path) -> None:
 def test_demo_config_values(shared_dir: Path) -> None:
     config = load_config(REPO / "configs" / "demo.yaml")
     assert len(config.enabled_cameras) == 4
-    assert all(Path(c.url.reveal()).parent == VIDEOS.resolve() for c in config.cameras)
+    assert all(Path(c.url.reveal()).parent.resolve() == VIDEOS.resolve() for c in config.cameras)
     assert config.model.backend is BackendKind.ONNXRUNTIME
     assert config.model.providers == ("CPUExecutionProvider",)
     assert config.model.max_batch == 4

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench.local.broker import Mosquitto, free_port
-from bench.local.daemon import DaemonProcess, daemon_config, metric_value
+from bench.local.daemon import metric_value
 from bench.local.rtsp import RtspServer
-from tests.fixtures.broker import Subscriber
-from tests.fixtures.observe import cheap_cameras, payloads
+from tests.fixtures.observe import ObservedDaemon, cheap_cameras, payloads
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.mqtt]
 
@@ -45,26 +42,10 @@ def _histogram(text: str) -> tuple[float, float]:
 
 
 def test_slow_inference_drops_at_capture_with_bounded_latency(
-    tmp_path: Path,
-    *,
-    rtsp_server: RtspServer,
-    videos: list[Path],
-    mosquitto: Mosquitto,
-    mqtt_subscriber: Callable[..., Subscriber],
-    run_daemon: Callable[..., DaemonProcess],
-    model_onnx: Path,
+    *, rtsp_server: RtspServer, videos: list[Path], observed_daemon: ObservedDaemon
 ) -> None:
     cameras = cheap_cameras(rtsp_server, videos, 4)
-    sub = mqtt_subscriber((f"{PREFIX}/#",))
-    daemon = run_daemon(
-        daemon_config(
-            {c: rtsp_server.url(c) for c in cameras},
-            model_onnx,
-            mqtt_port=mosquitto.port,
-            metrics_port=free_port(),
-            prefix=PREFIX,
-        )
-    )
+    daemon, sub = observed_daemon({c: rtsp_server.url(c) for c in cameras}, PREFIX)
     daemon.wait_streaming(cameras)
     time.sleep(5.0)  # warm-up: first batches, allocator and thread pools settle
 

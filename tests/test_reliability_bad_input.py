@@ -14,17 +14,15 @@ from __future__ import annotations
 import importlib
 import random
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bench.local.broker import Mosquitto, free_port
-from bench.local.daemon import DaemonProcess, daemon_config, edgewatch_executable, write_config
+from bench.local.broker import free_port
+from bench.local.daemon import daemon_config, edgewatch_executable, write_config
 from bench.local.rtsp import RtspServer
-from tests.fixtures.broker import Subscriber
-from tests.fixtures.observe import cheap_cameras, payloads
+from tests.fixtures.observe import ObservedDaemon, cheap_cameras, payloads
 
 PREFIX = "badinput"
 SECRET = "Cam3raPw-leak-check"
@@ -166,14 +164,7 @@ def test_tensorrt_backend_without_tensorrt(
 @pytest.mark.rtsp
 @pytest.mark.mqtt
 def test_bad_cameras_never_stop_the_good_ones(
-    tmp_path: Path,
-    *,
-    rtsp_server: RtspServer,
-    videos: list[Path],
-    mosquitto: Mosquitto,
-    mqtt_subscriber: Callable[..., Subscriber],
-    run_daemon: Callable[..., DaemonProcess],
-    model_onnx: Path,
+    tmp_path: Path, *, rtsp_server: RtspServer, videos: list[Path], observed_daemon: ObservedDaemon
 ) -> None:
     source = next(v for v in videos if v.name == SOURCE_CLIP)
     # Resolution change mid-stream: 320x240 then 640x480, one MPEG-TS file.
@@ -201,12 +192,7 @@ def test_bad_cameras_never_stop_the_good_ones(
         "changing": str(changing),
         "corrupt": str(corrupt),
     }
-    sub = mqtt_subscriber((f"{PREFIX}/#",))
-    daemon = run_daemon(
-        daemon_config(
-            cameras, model_onnx, mqtt_port=mosquitto.port, metrics_port=free_port(), prefix=PREFIX
-        )
-    )
+    daemon, sub = observed_daemon(cameras, PREFIX)
     daemon.wait_streaming(["good", "changing", "corrupt"])
 
     def corrupt_clip_passed_twice() -> bool:

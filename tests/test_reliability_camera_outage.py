@@ -15,16 +15,13 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from bench.local.broker import Mosquitto, free_port
-from bench.local.daemon import DaemonProcess, ResourceSample, daemon_config
+from bench.local.daemon import DaemonProcess
 from bench.local.rtsp import RtspServer
-from tests.fixtures.broker import Subscriber
-from tests.fixtures.observe import cheap_cameras, payloads, rates_over
+from tests.fixtures.observe import ObservedDaemon, cheap_cameras, payloads, rates_over
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.mqtt]
 
@@ -62,45 +59,12 @@ def _wait_states(
     return [reached[c] for c in cameras]
 
 
-def _settled_sample(daemon: DaemonProcess) -> ResourceSample:
-    """Three samples a second apart, each count at its minimum: a transient FD (an HTTP
-    request being served) or thread is not a leak, a lasting one shows in every sample."""
-    samples = []
-    for _ in range(3):
-        samples.append(daemon.sample())
-        time.sleep(1.0)
-    return ResourceSample(
-        t=samples[-1].t,
-        rss_mb=min(s.rss_mb for s in samples),
-        threads=min(s.threads for s in samples),
-        fds=min(s.fds for s in samples),
-        children=min(s.children for s in samples),
-        children_rss_mb=min(s.children_rss_mb for s in samples),
-    )
-
-
 def test_camera_outage_through_the_daemon(
-    tmp_path: Path,
-    *,
-    restore_sources: RtspServer,
-    videos: list[Path],
-    mosquitto: Mosquitto,
-    mqtt_subscriber: Callable[..., Subscriber],
-    run_daemon: Callable[..., DaemonProcess],
-    model_onnx: Path,
+    *, restore_sources: RtspServer, videos: list[Path], observed_daemon: ObservedDaemon
 ) -> None:
     rtsp = restore_sources
     cameras = cheap_cameras(rtsp, videos, 4)
-    sub = mqtt_subscriber((f"{PREFIX}/#",))
-    daemon = run_daemon(
-        daemon_config(
-            {c: rtsp.url(c) for c in cameras},
-            model_onnx,
-            mqtt_port=mosquitto.port,
-            metrics_port=free_port(),
-            prefix=PREFIX,
-        )
-    )
+    daemon, sub = observed_daemon({c: rtsp.url(c) for c in cameras}, PREFIX)
     daemon.wait_streaming(cameras)
     time.sleep(3.0)  # past the first batches, which pay one-time allocation costs
 
@@ -125,7 +89,7 @@ def test_camera_outage_through_the_daemon(
     assert all(r for r in reasons)
 
     # Warm-up done (one full outage cycle); now the cycles that must leave nothing behind.
-    baseline = _settled_sample(daemon)
+    baseline = daemon.settled_sample()
     cycling = cameras[:3]
     rounds = math.ceil(CYCLES / len(cycling))
     downs: list[float] = []
@@ -138,7 +102,7 @@ def test_camera_outage_through_the_daemon(
             rtsp.start_source(cid)
         ups += _wait_states(daemon, cycling, "streaming", 30)
     time.sleep(2.0)
-    after = _settled_sample(daemon)
+    after = daemon.settled_sample()
     print(
         f"{len(downs)} outage cycles: to reconnecting median {statistics.median(downs):.2f} s "
         f"max {max(downs):.2f} s; to streaming median {statistics.median(ups):.2f} s "

@@ -18,11 +18,9 @@ from typing import Any
 
 import pytest
 
-from bench.local.broker import Mosquitto, free_port
-from bench.local.daemon import DaemonProcess, daemon_config, write_config
+from bench.local.daemon import DaemonProcess, write_config
 from bench.local.rtsp import RtspServer
-from tests.fixtures.broker import Subscriber
-from tests.fixtures.observe import NODE, cheap_cameras, payloads
+from tests.fixtures.observe import NODE, ObservedDaemon, cheap_cameras, payloads
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.mqtt]
 
@@ -56,27 +54,21 @@ def _rewrite(config: Path, document: dict[str, Any], keep_mtime: bool) -> None:
 
 
 def test_hot_reload_adds_removes_changes_and_rejects(
-    tmp_path: Path,
     *,
     rtsp_server: RtspServer,
     videos: list[Path],
-    mosquitto: Mosquitto,
-    mqtt_subscriber: Callable[..., Subscriber],
-    run_daemon: Callable[..., DaemonProcess],
-    model_onnx: Path,
+    observed_daemon: ObservedDaemon,
+    daemon_document: Callable[..., dict[str, Any]],
 ) -> None:
     paths = cheap_cameras(rtsp_server, videos, 4)
     url = {name: rtsp_server.url(p) for name, p in zip(("a", "b", "c", "d"), paths, strict=True)}
-    sub = mqtt_subscriber((f"{PREFIX}/#",))
+    first = {"keep": url["a"], "change": url["b"], "remove": url["c"]}
+    daemon, sub = observed_daemon(first, PREFIX)
+    config = daemon.config
 
     def document(cameras: dict[str, Any]) -> dict[str, Any]:
-        return daemon_config(
-            cameras, model_onnx, mqtt_port=mosquitto.port, metrics_port=port, prefix=PREFIX
-        )
+        return daemon_document(cameras, PREFIX, metrics_port=daemon.metrics_port)
 
-    port = free_port()
-    daemon = run_daemon(document({"keep": url["a"], "change": url["b"], "remove": url["c"]}))
-    config = daemon.config
     daemon.wait_streaming(["keep", "change", "remove"])
     time.sleep(2.0)
     before = _readers(daemon)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from bench.local.process import kill, tail, terminate
 
 HOST = "127.0.0.1"
 
@@ -159,33 +160,18 @@ class Mosquitto:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (mosquitto saves its persistence file), SIGKILL if it lingers."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if self._proc is not None:
+            terminate(self._proc, timeout)
         self._proc = None
 
     def kill(self) -> None:
         """SIGKILL: an abrupt broker crash. Leaves no process behind."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        if self._proc is not None:
+            kill(self._proc)
         self._proc = None
 
     def log_tail(self, chars: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return tail(self.log_path, chars)
 
     def close(self) -> None:
         """Stop the broker and delete its working directory (if we made it)."""

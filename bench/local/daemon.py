@@ -26,6 +26,8 @@ from typing import Any, Final
 import psutil
 import yaml
 
+from bench.local.process import kill, terminate
+
 _STOP_TIMEOUT_S: Final = 30.0
 _HTTP_TIMEOUT_S: Final = 5.0
 # Resolution tags in the shared clips' names, cheapest to decode first.
@@ -175,24 +177,14 @@ class DaemonProcess:
 
     def stop(self, timeout: float = _STOP_TIMEOUT_S) -> int:
         """SIGTERM and wait (a graceful stop); SIGKILL if it does not exit in ``timeout``."""
-        proc = self.proc
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                return proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return int(proc.returncode)
+        return terminate(self.proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL the daemon and any reader it left (they exit on their own within 0.5 s)."""
         if self._proc is None:
             return
         children = self._children()
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._proc.wait()
+        kill(self._proc)
         _gone, alive = psutil.wait_procs(children, timeout=3)
         for child in alive:
             child.kill()
@@ -311,6 +303,24 @@ class DaemonProcess:
             fds=fds,
             children=len(children),
             children_rss_mb=round(children_rss / 2**20, 2),
+        )
+
+    def settled_sample(self, count: int = 3) -> ResourceSample:
+        """Each count at its minimum over ``count`` samples a second apart: a transient FD
+        (an HTTP request being served), thread or respawning reader is not a leak, a lasting
+        one shows in every sample."""
+        samples = []
+        for i in range(count):
+            if i:
+                time.sleep(1.0)
+            samples.append(self.sample())
+        return ResourceSample(
+            t=samples[-1].t,
+            rss_mb=min(s.rss_mb for s in samples),
+            threads=min(s.threads for s in samples),
+            fds=min(s.fds for s in samples),
+            children=min(s.children for s in samples),
+            children_rss_mb=min(s.children_rss_mb for s in samples),
         )
 
 

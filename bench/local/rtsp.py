@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -30,6 +29,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Final
 from urllib.parse import quote
+
+from bench.local.process import terminate
 
 # The GStreamer gi bindings import only under Debian's interpreter, never a venv's.
 SYSTEM_PYTHON: Final = Path("/usr/bin/python3")
@@ -116,16 +117,6 @@ def _free_udp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @dataclass
 class _Feed:
     video: Path
@@ -201,7 +192,7 @@ class RtspServer:
             self.stop_source(name)
         server, self._server = self._server, None
         if server is not None:
-            _terminate(server)
+            terminate(server, _STOP_TIMEOUT_S)
             for stream in (server.stdin, server.stdout):
                 if stream is not None:
                     stream.close()
@@ -246,7 +237,7 @@ class RtspServer:
         feed = self._feeds[path]
         process, feed.process = feed.process, None
         if process is not None:
-            _terminate(process)
+            terminate(process, _STOP_TIMEOUT_S)
 
     def start_source(self, path: str) -> None:
         """(Re)start one camera's feed from the beginning of its video."""

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from daemon.cli import EXIT_FAILURE, EXIT_OK, usage_error
 from daemon.config.model import BackendKind
 
 
@@ -70,8 +70,7 @@ def _detect(args: argparse.Namespace) -> int:
         paths = list_images(args.images)
         backend = load_backend(config)
     except (ImageError, BackendError) as err:
-        print(f"edgewatch detect: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(f"edgewatch detect: {err}")
     records: list[dict[str, object]] = []
     counts: Counter[str] = Counter()
     try:
@@ -82,8 +81,7 @@ def _detect(args: argparse.Namespace) -> int:
             counts.update(str(d["name"]) for d in found)
             records.append({"image": path.name, "detections": found})
     except ImageError as err:
-        print(f"edgewatch detect: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(f"edgewatch detect: {err}")
     except BackendError as err:
         print(f"edgewatch detect: {err}", file=sys.stderr)
         return EXIT_FAILURE
@@ -93,8 +91,7 @@ def _detect(args: argparse.Namespace) -> int:
         # One image per line: readable and diffable without spreading every box over 6 lines.
         args.json.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
     except OSError as err:
-        print(f"edgewatch detect: cannot write {args.json}: {err.strerror}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(f"edgewatch detect: cannot write {args.json}: {err.strerror}")
     top = ", ".join(f"{name} {n}" for name, n in counts.most_common(5))
     print(
         f"{len(records)} images, {counts.total()} detections ({backend.name})"

@@ -7,11 +7,10 @@ Needs the ``export`` extra (Ultralytics + PyTorch) for ``.pt`` weights. ``--weig
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import EXIT_OK, EXIT_USAGE
+from daemon.cli import EXIT_OK, usage_error
 
 
 def register(sub: Any) -> None:
@@ -51,19 +50,16 @@ def _export(args: argparse.Namespace) -> int:
     try:
         if weights.suffix.lower() == ".onnx":
             if not args.uint8_input:
-                print(
+                return usage_error(
                     f"edgewatch export: {weights} is already ONNX (use --uint8-input to "
-                    "rewrite its input)",
-                    file=sys.stderr,
+                    "rewrite its input)"
                 )
-                return EXIT_USAGE
             add_uint8_input_file(weights, out)
         else:
             export_onnx(
                 weights, out, imgsz=args.imgsz, opset=args.opset, uint8_input=args.uint8_input
             )
     except ExportError as err:  # includes the missing-extra hint (ExportDependencyError)
-        print(f"edgewatch export: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(f"edgewatch export: {err}")
     print(f"wrote {out}" + (" (uint8 NHWC input)" if args.uint8_input else ""))
     return EXIT_OK

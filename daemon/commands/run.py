@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import EXIT_USAGE
+from daemon.cli import usage_error
 
 
 def register(sub: Any) -> None:
@@ -33,5 +32,4 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return serve(config, args.duration, args.fps_table)
     except BackendError as err:
-        print(f"edgewatch: model: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(f"edgewatch: model: {err}")
