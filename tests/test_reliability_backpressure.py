@@ -3,21 +3,23 @@
 Four real RTSP cameras at 25-30 fps into YOLOv8n on the CPU: inference is far slower than the
 cameras. The daemon must drop frames at capture (counted per camera: every frame read is
 either processed or counted as dropped), keep latency bounded (p95 capture->publish below
-2 x the mean batch inference time + one frame interval, the batch time read from the
-``edgewatch_backend_batch_latency_seconds`` histogram over the same window) and keep its
-memory flat. No absolute speed is asserted: the bound scales with the measured batch time.
+2 x the p95 batch inference time + one frame interval: a frame waits at most for the batch
+in progress, then rides in the next one; the batch time's p95 is interpolated from the
+``edgewatch_backend_batch_latency_seconds`` histogram over the same window, so CPU noise
+that slows batches widens the bound exactly as it widens latency) and keep its memory flat.
+No absolute speed is asserted: the bound scales with the measured batch time.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench.local.daemon import metric_value
 from bench.local.rtsp import RtspServer
 from tests.fixtures.observe import ObservedDaemon, cheap_cameras, payloads
 
@@ -33,12 +35,33 @@ UNACCOUNTED_SLACK = 3
 RSS_GROWTH_LIMIT = 0.05
 
 
-def _histogram(text: str) -> tuple[float, float]:
-    total = metric_value(text, "edgewatch_backend_batch_latency_seconds_sum")
-    count = metric_value(text, "edgewatch_backend_batch_latency_seconds_count")
-    assert total is not None
-    assert count is not None
-    return total, count
+_BUCKET = re.compile(
+    r'^edgewatch_backend_batch_latency_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M
+)
+
+
+def _buckets(text: str) -> list[tuple[float, float]]:
+    """Cumulative ``(upper bound, count)`` pairs of the batch-latency histogram."""
+    found = [(float(le), float(count)) for le, count in _BUCKET.findall(text)]
+    assert found, "no batch latency histogram on /metrics"
+    return sorted(found)
+
+
+def _quantile(
+    before: list[tuple[float, float]], after: list[tuple[float, float]], q: float
+) -> float:
+    """Prometheus-style ``histogram_quantile`` over the window between two scrapes."""
+    deltas = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+    total = deltas[-1][1]
+    assert total > 0, "no batch completed in the window"
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, cumulative in deltas:
+        if cumulative >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(cumulative - below, 1e-9)
+        lower, below = upper, cumulative
+    return lower
 
 
 def test_slow_inference_drops_at_capture_with_bounded_latency(
@@ -50,22 +73,23 @@ def test_slow_inference_drops_at_capture_with_bounded_latency(
     time.sleep(5.0)  # warm-up: first batches, allocator and thread pools settle
 
     start = time.time()
-    sum0, count0 = _histogram(daemon.metrics())
+    hist0 = _buckets(daemon.metrics())
     rss = [daemon.sample().rss_mb]
     while time.time() - start < WINDOW_S:
         time.sleep(1.0)
         rss.append(daemon.sample().rss_mb)
-    sum1, count1 = _histogram(daemon.metrics())
+    hist1 = _buckets(daemon.metrics())
     end = time.time()
     time.sleep(1.5)  # the last stats interval of the window arrives
 
-    batch_s = (sum1 - sum0) / (count1 - count0)
+    batch_s = _quantile(hist0, hist1, 0.95)
+    batches = hist1[-1][1] - hist0[-1][1]
     bound_ms = (2 * batch_s + FRAME_INTERVAL_S) * 1000
     frames = [p for p in payloads(sub, "detections") if start <= p["publish_ts"] <= end]
     latencies = np.array([p["latency_ms"] for p in frames])
     p50, p95 = np.percentile(latencies, (50, 95))
     print(
-        f"batch inference mean {batch_s * 1000:.0f} ms over {count1 - count0:.0f} batches; "
+        f"batch inference p95 {batch_s * 1000:.0f} ms over {batches:.0f} batches; "
         f"latency p50 {p50:.0f} ms p95 {p95:.0f} ms (bound {bound_ms:.0f} ms); "
         f"RSS {rss[0]:.1f} -> {rss[-1]:.1f} MB (max {max(rss):.1f})"
     )
