@@ -61,6 +61,7 @@ class Subscriber:
         # camera -> (dropped_total at the first stats in the window, at the latest).
         self._drops: dict[str, tuple[int, int]] = {}
         self._last_drop: dict[str, int] = {}
+        # Every message received, malformed ones included (tests wait on it).
         self.messages = 0
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{node}")
         self._client.on_message = self._on_message
@@ -119,6 +120,7 @@ class Subscriber:
             camera = str(payload["camera"])
         except (ValueError, KeyError, TypeError):
             with self._lock:
+                self.messages += 1
                 self._malformed += 1
             return
         with self._lock:

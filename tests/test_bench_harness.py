@@ -85,7 +85,8 @@ def test_subscriber_counts_only_inside_the_window(mosquitto: Mosquitto) -> None:
         stats("a", 14)
         pub.publish("edgewatch/node1/a/detections", b"{not json", qos=1).wait_for_publish(5)
         deadline = time.monotonic() + 5
-        while sub.messages < 7 and time.monotonic() < deadline:
+        # 2 before the window, 4 frames, 1 stats, 1 malformed: wait for all of them.
+        while sub.messages < 8 and time.monotonic() < deadline:
             time.sleep(0.02)
         measure = sub.close_window()
     finally:
