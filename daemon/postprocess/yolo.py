@@ -78,19 +78,44 @@ def decode_one(
     class_scores = pred[4:]
     best_cls = class_scores.argmax(axis=0)
     best = class_scores[best_cls, np.arange(class_scores.shape[1])]
-    candidates = np.flatnonzero(best > conf)
-    if candidates.size > _MAX_NMS:
-        candidates = candidates[np.argsort(-best[candidates], kind="stable")[:_MAX_NMS]]
-    if candidates.size == 0:
+    anchors = np.flatnonzero(best > conf)
+    return decode_candidates(
+        pred[:4],
+        anchors,
+        best[anchors],
+        best_cls[anchors],
+        geometry=geometry,
+        iou=iou,
+        max_det=max_det,
+    )
+
+
+def decode_candidates(
+    xywh: npt.NDArray[np.float32],
+    anchors: npt.NDArray[np.intp],
+    scores: npt.NDArray[np.float32],
+    class_ids: npt.NDArray[np.intp],
+    *,
+    geometry: LetterboxGeometry,
+    iou: float,
+    max_det: int = 300,
+) -> Detections:
+    """Class-aware NMS of candidate (anchor, class, score) triples and boxes mapped back to
+    frame pixels. ``xywh`` is the head's ``[4, anchors]`` box rows. ``decode_one`` passes each
+    anchor's best class; the mAP evaluator passes every passing (anchor, class) pair."""
+    if anchors.size > _MAX_NMS:
+        top = np.argsort(-scores, kind="stable")[:_MAX_NMS]
+        anchors, scores, class_ids = anchors[top], scores[top], class_ids[top]
+    if anchors.size == 0:
         return _empty()
 
-    xywh = pred[:4, candidates].T
-    boxes = np.empty_like(xywh)
-    half_wh = xywh[:, 2:] / 2
-    boxes[:, :2] = xywh[:, :2] - half_wh
-    boxes[:, 2:] = xywh[:, :2] + half_wh
-    scores = best[candidates].astype(np.float32, copy=False)
-    cls = best_cls[candidates].astype(np.int64)
+    centers = xywh[:, anchors].T
+    boxes = np.empty_like(centers)
+    half_wh = centers[:, 2:] / 2
+    boxes[:, :2] = centers[:, :2] - half_wh
+    boxes[:, 2:] = centers[:, :2] + half_wh
+    scores = scores.astype(np.float32, copy=False)
+    cls = class_ids.astype(np.int64)
 
     keep = nms(boxes + (cls[:, None] * _MAX_WH).astype(np.float32), scores, iou)[:max_det]
     boxes, scores, cls = boxes[keep], scores[keep], cls[keep]
