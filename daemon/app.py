@@ -106,7 +106,6 @@ class Service:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            self._pipeline.report_stats_once()
             await loop.run_in_executor(None, self._publisher.stop, 5.0)
             if self._metrics is not None:
                 self._metrics.stop()

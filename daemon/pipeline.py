@@ -156,10 +156,6 @@ class Pipeline:
             self._decode_conf = min(f.confidence for f in self._filters.values())
         log.info("camera removed", extra={"camera": camera_id})
 
-    @property
-    def camera_ids(self) -> tuple[str, ...]:
-        return tuple(self._sources)
-
     def states(self) -> dict[str, CameraState]:
         # A copy first: /healthz calls this from the HTTP thread while a reload edits the dict.
         return {cid: s.state for cid, s in list(self._sources.items())}
@@ -168,7 +164,8 @@ class Pipeline:
 
     def healthy(self) -> bool:
         """False when frames are waiting but no batch has completed for a long time."""
-        waiting = any(s.pending_since() is not None for s in self._sources.values())
+        # A copy first, as in states(): the HTTP thread calls this during reloads too.
+        waiting = any(s.pending_since() is not None for s in list(self._sources.values()))
         return not waiting or time.monotonic() - self._last_batch_done < _WEDGED_AFTER_S
 
     def health(self) -> Health:
@@ -199,6 +196,8 @@ class Pipeline:
             supervisor.cancel()
             stats.cancel()
             await asyncio.gather(supervisor, stats, return_exceptions=True)
+            # The last interval's stats, while the readers' counters are still there.
+            self.report_stats_once()
             for camera_id in list(self._sources):
                 self._sources.pop(camera_id).stop()
             self._executor.shutdown(wait=True)
@@ -248,6 +247,8 @@ class Pipeline:
         self, buffer: BatchBuffer, picked: list[CameraSource]
     ) -> tuple[Batch, list[Detections], float]:
         """Assemble, infer and decode one batch (worker thread); returns the inference time."""
+        # One read: a reload may change it, and drift must compare at the decoded threshold.
+        conf = self._decode_conf
         batch = buffer.assemble(picked)
         if not len(batch):
             return batch, [], 0.0
@@ -257,13 +258,13 @@ class Pipeline:
         detections = decode_batch(
             raw,
             batch.geometries,
-            self._decode_conf,
+            conf,
             self._config.model.iou,
             self._config.model.max_detections,
         )
         if self._drift is not None:
             # Before the buffer is reused: sampled frames are copied out for the shadow check.
-            self._drift.observe(batch, detections, self._decode_conf)
+            self._drift.observe(batch, detections, conf)
         return batch, detections, infer_s
 
     def _publish(self, batch: Batch, detections: list[Detections]) -> None:

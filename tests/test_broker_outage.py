@@ -235,3 +235,23 @@ def test_spool_survives_a_daemon_restart(tmp_path: Path) -> None:
     finally:
         second.stop(timeout=3)
         broker.close()
+
+
+def test_unusable_spool_dir_degrades_to_memory_and_keeps_publishing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_dir = tmp_path / "spool"
+    not_a_dir.write_text("a file where the spool folder should be")
+    with Mosquitto(workdir=tmp_path / "broker") as broker, Subscriber(broker, (TOPIC,)) as sub:
+        pub = MqttPublisher(
+            MqttConfig(port=broker.port, queue=QueueConfig(spool_dir=not_a_dir)), "node1"
+        )
+        pub.start()
+        try:
+            for seq in range(20):
+                _publish(pub, seq)
+            sub.wait_for(lambda ms: len(_seqs(ms)) >= 20, timeout=20)
+        finally:
+            pub.stop(timeout=3)
+    assert _seqs(sub.messages()) == list(range(20))
+    assert any("spool unavailable" in r.getMessage() for r in caplog.records)

@@ -21,6 +21,7 @@ import pytest
 
 from bench.local.rtsp import RtspServer
 from daemon.capture.frame import CameraState, FrameMeta, StateChange
+from daemon.capture.protocol import SourceKind
 from daemon.capture.source import CameraSource
 from daemon.config.model import CameraConfig, CaptureConfig
 from daemon.config.secrets import Secret
@@ -333,3 +334,17 @@ def test_rtsp_credentials_work_and_never_leak(cameras: Cameras, rtsp_server: Rts
         texts = [c.reason or "" for w in (good, wrong) for c in w.changes]
         texts.append(wrong.source.last_error or "")
         assert all(password not in t and "wrong-pass" not in t for t in texts)
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("rtsp://user:pw@10.0.0.5/live", SourceKind.STREAM),
+        ("http://10.0.0.5/mjpeg", SourceKind.STREAM),
+        ("/dev/video0", SourceKind.DEVICE),
+        ("/dev/v4l/by-id/usb-Logitech_C920-video-index0", SourceKind.DEVICE),
+        ("/srv/clips/entrance.mp4", SourceKind.FILE),
+    ],
+)
+def test_source_kind_follows_the_config_url_forms(url: str, kind: SourceKind) -> None:
+    assert SourceKind.of(url) is kind

@@ -118,6 +118,11 @@ def test_four_rtsp_cameras_end_to_end(
         ),
         timeout=10,
     )
+    # The shutdown's final stats still carry the readers' counters (not zeros).
+    for cid in alive:
+        last = json.loads(sub.messages(f"{PREFIX}/{NODE}/{cid}/stats")[-1].payload)
+        assert last["frames_read_total"] > 0, last
+        assert last["state"] == "streaming", last
     text = log.read_text()
     assert "Traceback" not in text
     assert "edgewatch stopped" in text

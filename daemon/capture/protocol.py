@@ -10,6 +10,7 @@ from enum import Enum
 from typing import Final
 
 from daemon.config.secrets import Secret
+from daemon.config.sources import is_stream_url
 
 # Exit status of a reader that met a frame larger than its ring (the daemon enlarges it).
 EXIT_FRAME_TOO_LARGE: Final = 3
@@ -19,14 +20,14 @@ class SourceKind(str, Enum):
     """How a camera URL is opened and paced."""
 
     STREAM = "stream"  # rtsp:// and other network URLs: read as fast as they arrive
-    DEVICE = "device"  # V4L2 /dev/videoN
+    DEVICE = "device"  # V4L2 /dev/videoN or /dev/v4l/by-id/...
     FILE = "file"  # paced at its native fps and looped, like a live camera
 
     @classmethod
     def of(cls, url: str) -> SourceKind:
-        if "://" in url and not url.startswith("file://"):
+        if is_stream_url(url):
             return cls.STREAM
-        if url.startswith("/dev/video"):
+        if url.startswith("/dev/"):
             return cls.DEVICE
         return cls.FILE
 

@@ -92,7 +92,8 @@ def _filter_stderr(secrets: tuple[str, ...]) -> None:
 
     def pump() -> None:
         window_start, shown, suppressed = time.monotonic(), 0, 0
-        with open(read_fd, "rb", buffering=0) as pipe, open(real_stderr, "wb", 0) as out:
+        # Buffered: iterating an unbuffered pipe reads it one byte per system call.
+        with open(read_fd, "rb") as pipe, open(real_stderr, "wb", 0) as out:
             for raw in pipe:
                 now = time.monotonic()
                 if now - window_start >= _STDERR_WINDOW_S:
@@ -144,8 +145,7 @@ class _Reader:
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
             max(1, int(self.spec.read_timeout_s * 1000 / _OPENCV_READ_ATTEMPTS)),
         ]
-        path = url.removeprefix("file://") if self.kind is SourceKind.FILE else url
-        return cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
+        return cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
 
     def fail(self, reason: str) -> None:
         """Report a failure and sleep the backoff, beating the heartbeat meanwhile."""

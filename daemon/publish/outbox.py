@@ -65,7 +65,15 @@ class Outbox:
     def open(self) -> None:
         """Open (and recover) the spool; pump thread, since recovery reads the disk."""
         if self._spool_dir is not None and self._spool is None:
-            self._spool = DiskSpool(self._spool_dir, self._spool_max_bytes)
+            try:
+                self._spool = DiskSpool(self._spool_dir, self._spool_max_bytes)
+            except OSError as exc:
+                # As for a failing write: degrade to memory-only, never stop the pump.
+                log.error(
+                    "mqtt spool unavailable; buffering in memory only",
+                    extra={"spool_dir": str(self._spool_dir), "error": str(exc)},
+                )
+                return
             self._mirror_spool()
 
     def needs_spill(self) -> bool:
