@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from daemon.batch.letterbox import letterbox_into
 from daemon.cli import main
 from daemon.config.model import BackendKind, ModelConfig
-from daemon.infer.backend import Backend, BackendError
+from daemon.infer.backend import Backend, BackendError, parse_class_names
 from daemon.infer.factory import load_backend
 from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 from daemon.stills import read_image
@@ -262,3 +262,14 @@ def test_export_real_weights(
         np.testing.assert_allclose(got, yolo.infer(letterboxed[:4]), atol=1e-2)
     finally:
         exported.close()
+
+
+def test_class_names_from_every_metadata_form() -> None:
+    assert parse_class_names("{0: 'person', 1: 'car'}", 2) == ("person", "car")
+    assert parse_class_names("['person', 'car']", 2) == ("person", "car")
+    # Ids the metadata lacks (or a count that disagrees) keep the names it has.
+    assert parse_class_names("{0: 'person'}", 3) == ("person", "class_1", "class_2")
+    assert parse_class_names("not a literal (", 2) == ("class_0", "class_1")
+    assert parse_class_names("{0: 'a', 1: 'b'}", None) == ("a", "b")
+    with pytest.raises(BackendError, match="cannot tell the number of classes"):
+        parse_class_names(None, None)

@@ -12,14 +12,14 @@ import pytest
 
 from daemon.cli import EXIT_USAGE, main
 from daemon.config.model import BackendKind, ModelConfig, Precision, TensorRTConfig
-from daemon.infer.backend import BackendError
+from daemon.infer.backend import BackendError, parse_class_names
 from daemon.infer.factory import fallback_model, load_backend
 from daemon.infer.tensorrt_backend import (
     SlotPool,
     TensorSpec,
     buffer_specs,
     choose_engine,
-    class_names_from_onnx,
+    names_metadata,
     numpy_dtype,
 )
 from engines.cache import EngineCache, EngineKey, Platform, write_engine
@@ -144,7 +144,7 @@ def test_choose_engine_rejects_profile_below_max_batch(tmp_path: Path, model_onn
 
 
 def test_class_names_from_onnx_metadata(model_onnx: Path) -> None:
-    names = class_names_from_onnx(model_onnx)
+    names = parse_class_names(names_metadata(model_onnx), 80)
     assert len(names) == 80
     assert names[0] == "person"
 

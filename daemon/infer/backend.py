@@ -7,6 +7,8 @@ returns the raw YOLOv8 head ``[n, 4 + num_classes, anchors]`` as float32.
 
 from __future__ import annotations
 
+import ast
+import logging
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -16,8 +18,40 @@ UInt8Batch = npt.NDArray[np.uint8]
 FloatArray = npt.NDArray[np.float32]
 
 
+log = logging.getLogger(__name__)
+
+
 class BackendError(RuntimeError):
     """A model could not be loaded or run; the message is meant for the operator."""
+
+
+def parse_class_names(raw: str | None, num_classes: int | None) -> tuple[str, ...]:
+    """Class names from Ultralytics' ``names`` metadata (a Python dict or list literal),
+    ``class_<i>`` for any id it lacks. ``num_classes`` is the output's class axis (None when
+    dynamic: the metadata then decides)."""
+    parsed: dict[int, str] = {}
+    if raw:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            log.warning("model metadata 'names' is not a Python literal; using class_<i>")
+        else:
+            if isinstance(value, dict):
+                parsed = {int(k): str(v) for k, v in value.items()}
+            elif isinstance(value, (list, tuple)):
+                parsed = {i: str(v) for i, v in enumerate(value)}
+    count = num_classes if num_classes is not None else (max(parsed) + 1 if parsed else 0)
+    if count == 0:
+        raise BackendError(
+            "cannot tell the number of classes: the output's class axis is dynamic and the "
+            "model has no 'names' metadata"
+        )
+    if parsed and num_classes is not None and len(parsed) != num_classes:
+        log.warning(
+            "model metadata names a different number of classes than the output has",
+            extra={"names": len(parsed), "output_classes": num_classes},
+        )
+    return tuple(parsed.get(i, f"class_{i}") for i in range(count))
 
 
 @runtime_checkable

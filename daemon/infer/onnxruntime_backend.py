@@ -18,7 +18,6 @@ only that form into integer ops; the int8 form would run unfused at ~0.6x FP32 s
 
 from __future__ import annotations
 
-import ast
 import logging
 import threading
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ import onnx
 import onnxruntime as ort
 
 from daemon.config.model import ModelConfig
-from daemon.infer.backend import BackendError, FloatArray, UInt8Batch
+from daemon.infer.backend import BackendError, FloatArray, UInt8Batch, parse_class_names
 from daemon.infer.qdq import int8_activations_to_uint8, summarize
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,9 @@ class OnnxRuntimeBackend:
         self._session = _open_session(path, providers, intra_op_threads, optimized_model_out)
         self._input = _input_spec(self._session, path)
         self._output_name, num_classes = _output_spec(self._session, path)
-        self._class_names = _class_names(self._session, num_classes)
+        self._class_names = parse_class_names(
+            self._session.get_modelmeta().custom_metadata_map.get("names"), num_classes
+        )
         self._num_classes = len(self._class_names)
         if self._input.fixed_hw is not None:
             self._input_hw = self._input.fixed_hw
@@ -350,31 +351,3 @@ def _output_spec(session: ort.InferenceSession, path: Path) -> tuple[str, int | 
             "(a transposed or NMS-ed head is not a plain YOLOv8 export)"
         )
     return out.name, None if channels is None else channels - _BOX_COORDS
-
-
-def _class_names(session: ort.InferenceSession, num_classes: int | None) -> tuple[str, ...]:
-    """Names from Ultralytics' ``names`` metadata (a Python dict literal), else ``class_<i>``."""
-    raw = session.get_modelmeta().custom_metadata_map.get("names")
-    parsed: dict[int, str] = {}
-    if raw:
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            log.warning("model metadata 'names' is not a Python literal; using class_<i>")
-        else:
-            if isinstance(value, dict):
-                parsed = {int(k): str(v) for k, v in value.items()}
-            elif isinstance(value, (list, tuple)):
-                parsed = {i: str(v) for i, v in enumerate(value)}
-    count = num_classes if num_classes is not None else (max(parsed) + 1 if parsed else 0)
-    if count == 0:
-        raise BackendError(
-            "cannot tell the number of classes: the output's class axis is dynamic and the "
-            "model has no 'names' metadata"
-        )
-    if parsed and num_classes is not None and len(parsed) != num_classes:
-        log.warning(
-            "model metadata names a different number of classes than the output has",
-            extra={"names": len(parsed), "output_classes": num_classes},
-        )
-    return tuple(parsed.get(i, f"class_{i}") for i in range(count))

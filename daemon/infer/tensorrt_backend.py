@@ -36,7 +36,7 @@ import numpy.typing as npt
 import onnx
 
 from daemon.config.model import ModelConfig
-from daemon.infer.backend import BackendError, FloatArray, UInt8Batch
+from daemon.infer.backend import BackendError, FloatArray, UInt8Batch, parse_class_names
 from engines.cache import CacheHit, EngineCache, EngineKey, Platform
 from engines.onnx_info import ModelFileError, file_sha256
 from engines.plan import resolve_profile
@@ -186,21 +186,10 @@ class SlotPool(Generic[SlotT]):
             return [*self._free, *self._owned.values()]
 
 
-def class_names_from_onnx(path: Path) -> tuple[str, ...]:
-    """Ultralytics' ``names`` metadata of the source ONNX (engines carry no metadata)."""
-    import ast
-
+def names_metadata(path: Path) -> str | None:
+    """Ultralytics' raw ``names`` metadata of the source ONNX (engines carry no metadata)."""
     model = onnx.load(str(path), load_external_data=False)
-    meta = {p.key: p.value for p in model.metadata_props}
-    try:
-        value = ast.literal_eval(meta.get("names", "{}"))
-    except (ValueError, SyntaxError):
-        value = {}
-    if isinstance(value, dict):
-        return tuple(str(value[k]) for k in sorted(value, key=int))
-    if isinstance(value, (list, tuple)):
-        return tuple(str(v) for v in value)
-    return ()
+    return {p.key: p.value for p in model.metadata_props}.get("names")
 
 
 @dataclass(frozen=True)
@@ -255,13 +244,16 @@ class _Slot:
 
 
 class TensorRTBackend:
-    """A deserialized engine with ``slots`` pipelined execution slots (see module docstring)."""
+    """A deserialized engine with ``slots`` pipelined execution slots (see module docstring).
+
+    ``names`` is the source ONNX's raw ``names`` metadata: engines carry none of their own.
+    """
 
     def __init__(
         self,
         engine_path: Path,
         *,
-        class_names: tuple[str, ...],
+        names: str | None,
         input_hw: tuple[int, int],
         max_batch: int,
         slots: int = DEFAULT_SLOTS,
@@ -293,11 +285,7 @@ class TensorRTBackend:
                 self._input = next(s for s in self._specs if s.is_input)
                 self._output = next(s for s in self._specs if not s.is_input)
                 channels = self._output.max_shape[1]
-                self._class_names = (
-                    class_names
-                    if len(class_names) == channels - _BOX_COORDS
-                    else tuple(f"class_{i}" for i in range(channels - _BOX_COORDS))
-                )
+                self._class_names = parse_class_names(names, channels - _BOX_COORDS)
                 self._slots = [self._make_slot() for _ in range(max(slots, 1))]
                 self._pool = SlotPool(self._slots)
                 # Warm-up: first launches pay for lazy module loading and kernel selection.
@@ -436,7 +424,7 @@ def load_engine_backend(model: ModelConfig, platform: Platform) -> TensorRTBacke
         _build_on_start(model, choice)
     return TensorRTBackend(
         choice.engine,
-        class_names=class_names_from_onnx(model.path),
+        names=names_metadata(model.path),
         input_hw=(model.input_size, model.input_size),
         max_batch=model.max_batch,
     )

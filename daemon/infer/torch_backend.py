@@ -19,7 +19,6 @@ stay valid until the same thread's next call (``Backend`` contract).
 
 from __future__ import annotations
 
-import ast
 import logging
 import threading
 import time
@@ -31,7 +30,7 @@ import onnx
 import torch
 
 from daemon.config.model import ModelConfig
-from daemon.infer.backend import BackendError, FloatArray, UInt8Batch
+from daemon.infer.backend import BackendError, FloatArray, UInt8Batch, parse_class_names
 from daemon.infer.torch_graph import GraphError, OnnxGraph, SpecialisedProgram
 
 log = logging.getLogger(__name__)
@@ -80,7 +79,8 @@ class TorchBackend:
             raise BackendError(f"{path} is not a loadable ONNX model: {exc}") from exc
         self._path = path
         self._num_classes, fixed_hw = _io_facts(model, path)
-        self._class_names = _class_names(model, self._num_classes)
+        names = {p.key: p.value for p in model.metadata_props}.get("names")
+        self._class_names = parse_class_names(names, self._num_classes)
         self._input_hw = fixed_hw or (input_size, input_size)
         self._dynamic_hw = fixed_hw is None
         self._max_batch = max_batch
@@ -303,20 +303,6 @@ def _io_facts(model: onnx.ModelProto, path: Path) -> tuple[int, tuple[int, int] 
         raise BackendError(f"{path}: output {out_dims} is not a YOLOv8 head [N, 4 + classes, A]")
     fixed = (in_dims[2], in_dims[3]) if in_dims[2] and in_dims[3] else None
     return out_dims[1] - _BOX_COORDS, fixed
-
-
-def _class_names(model: onnx.ModelProto, num_classes: int) -> tuple[str, ...]:
-    """Names from Ultralytics' ``names`` metadata (a Python dict literal), else ``class_<i>``."""
-    raw = {p.key: p.value for p in model.metadata_props}.get("names")
-    parsed: dict[int, str] = {}
-    if raw:
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = None
-        if isinstance(value, dict):
-            parsed = {int(k): str(v) for k, v in value.items()}
-    return tuple(parsed.get(i, f"class_{i}") for i in range(num_classes))
 
 
 def load(model: ModelConfig) -> TorchBackend:
