@@ -97,7 +97,14 @@ class _Reader:
     batch at a time; collecting every activation of 128 frames at once needs ~20 GB.
     """
 
-    def __init__(self, images: Sequence[CalibrationImage], input_size: int, batch_size: int):
+    def __init__(
+        self,
+        images: Sequence[CalibrationImage],
+        input_size: int,
+        batch_size: int,
+        input_name: str,
+    ):
+        self._input_name = input_name
         self._chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
         self._hw = (input_size, input_size)
         self._batch_size = batch_size
@@ -115,7 +122,7 @@ class _Reader:
         while self._pending:
             chunk = self._pending.pop(0)
             for batch in iter_letterboxed(chunk, self._hw, self._batch_size, self.brightness):
-                return {"images": to_network_input(batch.images)}
+                return {self._input_name: to_network_input(batch.images)}
         return None
 
 
@@ -143,7 +150,6 @@ def quantize(
         "percentile": CalibrationMethod.Percentile,
         "minmax": CalibrationMethod.MinMax,
     }[options.method]
-    reader = _Reader(images, options.input_size, options.batch_size)
     with tempfile.TemporaryDirectory(prefix="edgewatch-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         try:
@@ -153,6 +159,9 @@ def quantize(
             model = onnx.load(str(prepared))
         except Exception as exc:  # onnx/ORT raise many unrelated types for a bad file
             raise QuantizeError(f"{model_path} is not a quantizable ONNX model: {exc}") from exc
+        initializers = {init.name for init in model.graph.initializer}
+        input_name = next(i.name for i in model.graph.input if i.name not in initializers)
+        reader = _Reader(images, options.input_size, options.batch_size, input_name)
         excluded = float_nodes(model, options.float_blocks)
         log.info(
             "calibrating",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -22,19 +21,10 @@ from daemon.infer.backend import Backend
 from daemon.postprocess.yolo import Detections, decode_batch
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-# YOLOv8's largest stride: a dynamic input's height and width must be multiples of it.
 
 
 class ImageError(ValueError):
     """An input image is missing or cannot be decoded; the message names the file."""
-
-
-@runtime_checkable
-class DynamicInput(Protocol):
-    """A backend that can also run inputs smaller than ``input_hw`` (dynamic H/W model)."""
-
-    @property
-    def dynamic_hw(self) -> bool: ...
 
 
 def list_images(inputs: Iterable[Path]) -> list[Path]:
@@ -82,7 +72,7 @@ def detect_images(
     predict's minimal padding where the backend's model has a dynamic input size, else the
     full input size. Raises ``ImageError`` on an unreadable image.
     """
-    rect = rect and isinstance(backend, DynamicInput) and backend.dynamic_hw
+    rect = rect and backend.dynamic_hw
     size = 1 if rect else max(1, min(batch_size, backend.max_batch))
     h, w = backend.input_hw
     buffer = np.empty((size, h, w, 3), dtype=np.uint8)

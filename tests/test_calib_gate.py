@@ -92,3 +92,20 @@ def test_bad_input_exits_2(tmp_path: Path, model_onnx: Path) -> None:
     assert _calibrate(tmp_path / "none.onnx", tmp_path, out) == EXIT_USAGE
     assert _calibrate(model_onnx, tmp_path, out) == EXIT_USAGE
     assert not out.exists()
+
+
+def test_calibration_feeds_the_models_own_input_name(
+    model_onnx: Path, small_sets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    calib, _ = small_sets
+    model = onnx.load(str(model_onnx))
+    (graph_input,) = model.graph.input
+    old = graph_input.name
+    graph_input.name = "frames"
+    for node in model.graph.node:
+        node.input[:] = ["frames" if name == old else name for name in node.input]
+    renamed = tmp_path / "renamed.onnx"
+    onnx.save(model, str(renamed))
+    out = tmp_path / "renamed.int8.onnx"
+    assert _calibrate(renamed, calib, out, "--method", "minmax", "--max-images", "2") == 0
+    assert [i.name for i in onnx.load(str(out)).graph.input] == ["frames"]

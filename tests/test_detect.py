@@ -18,10 +18,10 @@ from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 from daemon.postprocess.match import Agreement, match
 from daemon.postprocess.yolo import Detections
 from daemon.stills import ImageError, detect_images, list_images, read_image
-from tests.fixtures.data import COCO_EVAL
+from engines.onnx_info import file_sha256
+from tests.fixtures.data import COCO_EVAL, MODEL_ONNX, MODEL_PT
 
 FIXTURE = Path(__file__).parent / "data" / "ultralytics_predict_coco_eval.json"
-MODEL_PT_SHA256 = "ba3aa6a04e6472de3a0338287d19bb22830802ef1966eb625eca0bcd0e693233"
 
 
 def _rows_to_detections(rows: list[list[float]]) -> Detections:
@@ -55,7 +55,9 @@ def _agreement(ours: dict[str, Detections], images: dict[str, list[list[float]]]
 def test_fixture_describes_the_shared_weights(reference: dict[str, object]) -> None:
     meta = reference["meta"]
     assert isinstance(meta, dict)
-    assert meta["models"]["yolov8n.pt"]["sha256"] == MODEL_PT_SHA256
+    # The reference was made from these very files (not a copy of a constant).
+    for weights in (MODEL_PT, MODEL_ONNX):
+        assert meta["models"][weights.name]["sha256"] == file_sha256(weights)
     preds = reference["predictions"]
     assert isinstance(preds, dict)
     assert preds["settings"]["conf"] == 0.25

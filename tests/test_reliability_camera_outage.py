@@ -36,11 +36,6 @@ RSS_TOLERANCE = 0.05
 RSS_SLACK_MB = 4.0
 
 
-def _state(daemon: DaemonProcess, camera: str) -> str | None:
-    cameras: dict[str, str] = daemon.healthz().get("cameras", {})
-    return cameras.get(camera)
-
-
 def _wait_states(
     daemon: DaemonProcess, cameras: list[str], state: str, timeout: float
 ) -> list[float]:
