@@ -47,12 +47,9 @@ class BackendReport:
     seconds_per_point: float
     results: tuple[BackendResult, ...]
 
-    def images_per_s(self, batch: int, images: str = "real") -> float | None:
-        """The measured images/s at ``batch``, or None if that size was not measured."""
-        for r in self.results:
-            if r.batch == batch and r.images == images:
-                return r.images_per_s
-        return None
+    def point(self, batch: int, images: str = "real") -> BackendResult | None:
+        """The measurement at ``batch``, or None if that size was not measured."""
+        return next((r for r in self.results if r.batch == batch and r.images == images), None)
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -83,6 +83,9 @@ class Resources:
     rss_mb_peak: float
     pss_mb_mean: float
     processes: int
+    # The whole machine's busy CPU over the window (same scale), everything included: the
+    # rest is the harness (RTSP server, broker, subscriber) and the OS.
+    machine_cpu_percent: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,11 @@ class SystemResult:
     system: str
     stream: StreamMeasure
     resources: Resources
+    # From the daemon's own metrics (ours only): images per batch, backend time per batch,
+    # and the fraction of the window the backend was running.
     mean_batch: float | None = None
+    mean_infer_ms: float | None = None
+    backend_busy: float | None = None
 
     def to_json(self) -> dict[str, object]:
         s = self.stream
@@ -110,6 +117,8 @@ class SystemResult:
             "cameras": [dataclasses.asdict(c) for c in s.cameras],
             "resources": dataclasses.asdict(self.resources),
             "mean_batch": self.mean_batch,
+            "mean_infer_ms": self.mean_infer_ms,
+            "backend_busy": self.backend_busy,
         }
 
 
@@ -153,6 +162,7 @@ class ResourceSampler:
         self._pss: list[float] = []
         self._pids: set[int] = set()
         self._t0 = 0.0
+        self._machine_start = psutil.cpu_times()
         self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
 
     def _tree(self) -> list[psutil.Process]:
@@ -186,6 +196,7 @@ class ResourceSampler:
 
     def start(self) -> None:
         self._t0 = time.monotonic()
+        self._machine_start = psutil.cpu_times()
         self._sample(first=True)
         self._thread.start()
 
@@ -194,6 +205,8 @@ class ResourceSampler:
         self._thread.join()
         self._sample(first=False)
         elapsed = time.monotonic() - self._t0
+        machine = psutil.cpu_times()
+        machine_busy = _busy(machine) - _busy(self._machine_start)
         # A process born inside the window counts from zero CPU time.
         used = {pid: last - self._cpu_start.get(pid, 0.0) for pid, last in self._cpu_last.items()}
         scale = 100.0 / elapsed if elapsed > 0 else 0.0
@@ -204,7 +217,15 @@ class ResourceSampler:
             rss_mb_peak=round(max(self._rss), 1),
             pss_mb_mean=round(sum(self._pss) / len(self._pss), 1),
             processes=len(self._pids),
+            machine_cpu_percent=round(machine_busy * scale, 1),
         )
+
+
+def _busy(times: Any) -> float:
+    """Busy seconds of a ``psutil.cpu_times()`` reading (guest time is inside user already;
+    steal is the hypervisor's, not this machine's work)."""
+    fields = ("user", "nice", "system", "irq", "softirq")
+    return float(sum(getattr(times, name, 0.0) for name in fields))
 
 
 # -- one system ----------------------------------------------------------------------------
@@ -259,25 +280,47 @@ def _measure(
     _wait_first_message(sub, proc, log)
     time.sleep(opts.warmup_s)
     sampler = ResourceSampler(proc.pid)
-    before = (
-        _histogram_sum_count(metrics_port, "edgewatch_backend_batch_size") if metrics_port else None
-    )
+    before = _backend_histograms(metrics_port)
     sampler.start()
     sub.open_window()
     time.sleep(opts.duration_s)
     stream = sub.close_window()
     resources = sampler.stop()
-    after = (
-        _histogram_sum_count(metrics_port, "edgewatch_backend_batch_size") if metrics_port else None
-    )
+    after = _backend_histograms(metrics_port)
     if proc.poll() is not None:
         raise BenchError(
             f"{system} exited during the measurement ({proc.returncode}): {tail(log, _TAIL_CHARS)}"
         )
-    mean_batch = None
-    if before and after and after[1] > before[1]:
-        mean_batch = round((after[0] - before[0]) / (after[1] - before[1]), 2)
-    return SystemResult(system, stream, resources, mean_batch)
+    batches = after.batches - before.batches
+    if not batches:
+        return SystemResult(system, stream, resources)
+    infer_s = after.infer_s - before.infer_s
+    return SystemResult(
+        system,
+        stream,
+        resources,
+        mean_batch=round((after.images - before.images) / batches, 2),
+        mean_infer_ms=round(infer_s / batches * 1000, 1),
+        backend_busy=round(infer_s / stream.window_s, 3),
+    )
+
+
+@dataclass(frozen=True)
+class _BackendTotals:
+    batches: float = 0.0
+    images: float = 0.0
+    infer_s: float = 0.0
+
+
+def _backend_histograms(metrics_port: int | None) -> _BackendTotals:
+    """The daemon's batch counters so far (zeros for a system without our metrics)."""
+    if metrics_port is None:
+        return _BackendTotals()
+    sizes = _histogram_sum_count(metrics_port, "edgewatch_backend_batch_size")
+    latency = _histogram_sum_count(metrics_port, "edgewatch_backend_batch_latency_seconds")
+    if sizes is None or latency is None:
+        return _BackendTotals()
+    return _BackendTotals(batches=sizes[1], images=sizes[0], infer_s=latency[0])
 
 
 def _ours_config(
@@ -421,9 +464,9 @@ def run_e2e(opts: E2EOptions, workdir: Path | None = None) -> E2EReport:
             opts.onnx_model, opts.backend, [batch], opts.backend_seconds, list(cams.values()),
             input_hw=pipeline_input_hw(list(cams.values())), intra_op_threads=opts.intra_op_threads,
         )  # fmt: skip
-        ceiling = backend.images_per_s(batch, "real")
-        if ceiling:
-            efficiency = round(ours.stream.total_fps / ceiling, 3)
+        point = backend.point(batch)
+        if point is not None and point.images_per_s:
+            efficiency = round(ours.stream.total_fps / point.images_per_s, 3)
     return E2EReport(
         opts.cameras, opts.source, ours, theirs, backend, batch, efficiency, machine_info()
     )
@@ -463,6 +506,8 @@ def render_e2e_table(report: E2EReport) -> str:
     row("CPU %", o.resources.cpu_percent, t.resources.cpu_percent if t else None)
     row("  of which main proc", o.resources.cpu_percent_main,
         t.resources.cpu_percent_main if t else None)  # fmt: skip
+    row("machine CPU % (all)", o.resources.machine_cpu_percent,
+        t.resources.machine_cpu_percent if t else None)  # fmt: skip
     row("PSS MB (mean)", o.resources.pss_mb_mean, t.resources.pss_mb_mean if t else None)
     row("RSS MB (sum, mean)", o.resources.rss_mb_mean, t.resources.rss_mb_mean if t else None)
     ratios = _ratios(o, t) if t else {}
@@ -475,13 +520,18 @@ def render_e2e_table(report: E2EReport) -> str:
     for name, a, b in rows:
         r = ratios.get(keyed.get(name, ""))
         lines.append(f"{name:<22} {a:>10} {b:>12} {fmt(r, '.2f') if t else '-':>7}")
-    if report.efficiency is not None and report.backend is not None:
-        ceiling = report.backend.images_per_s(report.efficiency_batch or 0, "real")
+    point = report.backend.point(report.efficiency_batch or 0) if report.backend else None
+    if report.efficiency is not None and point is not None:
         lines.append(
             f"pipeline efficiency {report.efficiency:.1%} (e2e {o.stream.total_fps:.1f} fps / "
-            f"backend {fmt(ceiling)} img/s at batch {report.efficiency_batch}, mean batch "
+            f"backend {point.images_per_s:.1f} img/s at batch {point.batch}, mean batch "
             f"{fmt(o.mean_batch, '.2f')})"
         )
+        if o.mean_infer_ms is not None and o.backend_busy is not None:
+            lines.append(
+                f"  backend busy {o.backend_busy:.1%} of the window; a batch took "
+                f"{o.mean_infer_ms:.1f} ms in the pipeline, {point.latency_ms_p50:.1f} ms bare"
+            )
     return "\n".join(lines)
 
 

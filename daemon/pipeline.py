@@ -223,6 +223,10 @@ class Pipeline:
             picked = self._selector.select(ready, live)
             if picked:
                 return picked
+            for source in sources:
+                if source.state is CameraState.STREAMING and source.pending_since() is None:
+                    # We came back before the reader expected us: fetch its next frame.
+                    source.want_now()
             await asyncio.sleep(_FILL_POLL_S if ready else _IDLE_POLL_S)
         return None
 

@@ -148,6 +148,34 @@ def test_unconsumed_frames_are_counted_as_dropped(cameras: Cameras) -> None:
         assert after_stop is None
 
 
+def test_frames_are_converted_only_near_the_expected_take(cameras: Cameras) -> None:
+    cam = cameras.add("demand", str(CLIP_25FPS_360P))
+
+    def take() -> FrameMeta:
+        assert cameras.until(lambda: cam.source.pending_since() is not None, 10, consume=False)
+        with cam.source.acquire_latest() as item:
+            assert item is not None
+            return item[0]
+
+    take()
+    time.sleep(2.0)
+    second = take()  # two takes 2 s apart: the next is expected 1.6 s from now
+    before = cam.source.counters()
+    cameras.pump(0.8, consume=False)
+    assert cam.source.pending_since() is None, "a frame was converted long before it was due"
+    after = cam.source.counters()
+    skipped = after.frames_read - before.frames_read
+    assert skipped >= 10, f"only {skipped} frames grabbed in 0.8 s of a 25 fps file"
+    assert after.frames_dropped - before.frames_dropped == skipped
+    # Near the expected take the reader converts again, and the frame is a fresh one.
+    third = take()
+    assert third.seq > second.seq + skipped
+    assert time.time() - third.capture_ts < 0.5
+    # A take earlier than forecast: the daemon asks, and the next frame is converted.
+    cam.source.want_now()
+    assert cameras.until(lambda: cam.source.pending_since() is not None, 1.0, consume=False)
+
+
 def test_pinned_frame_is_not_overwritten(cameras: Cameras) -> None:
     cam = cameras.add("pin", str(CLIP_25FPS_360P))
     assert cameras.until(lambda: cam.source.pending_since() is not None, 10, consume=False)

@@ -4,6 +4,7 @@ a real export never has), plus the uint8-input rewrite and the backend factory."
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,37 @@ def test_dynamic_batch_gives_identical_per_image_outputs(
             np.testing.assert_allclose(out[i], singles[i][0], atol=2e-3, rtol=1e-4)
 
 
+def test_split_sessions_give_the_same_outputs(
+    model_onnx: Path, yolo: OnnxRuntimeBackend, letterboxed: npt.NDArray[np.uint8]
+) -> None:
+    split = OnnxRuntimeBackend(model_onnx, max_batch=8, intra_op_threads=2, split_sessions=2)
+    try:
+        assert split.split_sessions == 2
+        rect = np.ascontiguousarray(letterboxed[:, 128:512])  # a 384x640 batch
+        # Even batches run as two slices at once, odd ones in the one two-thread session.
+        for images in (letterboxed[:1], letterboxed[:3], letterboxed[:4], letterboxed, rect[:4]):
+            expected = yolo.infer(images).copy()
+            np.testing.assert_allclose(split.infer(images), expected, atol=2e-3, rtol=1e-4)
+    finally:
+        split.close()
+    with pytest.raises(BackendError, match="after close"):
+        split.infer(letterboxed[:2])
+
+
+def test_split_sessions_default_to_the_cores_and_max_batch(model_onnx: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    auto = load_backend(ModelConfig(path=model_onnx, max_batch=8))
+    single = load_backend(ModelConfig(path=model_onnx, max_batch=1))
+    try:
+        assert isinstance(auto, OnnxRuntimeBackend)
+        assert isinstance(single, OnnxRuntimeBackend)
+        assert auto.split_sessions == min(cores, 8)
+        assert single.split_sessions == 1
+    finally:
+        auto.close()
+        single.close()
+
+
 def test_rejects_wrong_batches(yolo: OnnxRuntimeBackend) -> None:
     with pytest.raises(ValueError, match="batch must be"):
         yolo.infer(np.zeros((9, 640, 640, 3), np.uint8))
@@ -152,8 +184,13 @@ def test_tiny_dynamic_model_names_fallback_and_fixed_size(tmp_path: Path) -> Non
 def test_fixed_batch_one_is_looped(tmp_path: Path) -> None:
     dynamic = OnnxRuntimeBackend(_tiny_model(tmp_path / "d.onnx", ["b", 3, 8, 8], [-1, 12, 16]))
     fixed = OnnxRuntimeBackend(_tiny_model(tmp_path / "f.onnx", [1, 3, 8, 8], [1, 12, 16]))
-    batch = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    batch = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
     np.testing.assert_array_equal(fixed.infer(batch), dynamic.infer(batch))
+    # Each split session loops over its own slice.
+    split = OnnxRuntimeBackend(tmp_path / "f.onnx", split_sessions=3)
+    assert split.split_sessions == 3
+    for n in (6, 5):
+        np.testing.assert_array_equal(split.infer(batch[:n]), dynamic.infer(batch[:n]))
 
 
 def test_fixed_batch_above_one_is_rejected(tmp_path: Path) -> None:

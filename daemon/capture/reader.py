@@ -6,6 +6,9 @@ and respawn a process. Imports: OpenCV, numpy, the standard library and the stdl
 ``ring``/``protocol``/``secrets`` modules, so a spawn costs little more than importing cv2.
 FFmpeg options are set in this process's environment, which OpenCV reads at each open.
 
+Every frame is grabbed (decoded), but only frames the daemon may take are converted to BGR
+into the ring (``daemon/capture/demand.py``).
+
 The reader reconnects by itself with capped exponential backoff; it exits only when the
 daemon goes away or a frame does not fit the ring (the daemon then enlarges the ring).
 """
@@ -52,6 +55,13 @@ _MAX_PACING_LAG_S: Final = 1.0
 # FFmpeg/OpenCV stderr lines let through per window; a broken stream can emit thousands.
 _STDERR_LINES_PER_WINDOW: Final = 20
 _STDERR_WINDOW_S: Final = 10.0
+# Convert frames grabbed this many frame intervals before the daemon's expected take, so
+# the newest frame is ready when it comes even if frames arrive a little late.
+_DEMAND_LEAD_FRAMES: Final = 1.5
+# Weight of the newest gap in the running mean of the frame interval.
+_INTERVAL_SMOOTHING: Final = 0.1
+# Gaps longer than this (a stall, a reconnect) say nothing about the frame rate.
+_MAX_FRAME_GAP_S: Final = 1.0
 
 
 class _Liveness:
@@ -125,6 +135,9 @@ class _Reader:
         self.shape = (0, 0)
         self.min_interval = 1.0 / spec.max_fps if spec.max_fps else 0.0
         self.next_keep = 0.0
+        # Running mean of the time between grabbed frames (0 until known).
+        self.frame_interval = 0.0
+        self.last_grab = 0.0
 
     def send(self, event: ReaderEvent) -> None:
         self.conn.send(event)
@@ -198,7 +211,12 @@ class _Reader:
                 self.live.until(due + read_budget)
                 time.sleep(max(0.0, due - time.time()))
             now = time.time()
+            self.track_interval(now)
             if not self.keep(now):
+                continue
+            if not self.wanted(now):
+                self.seq += 1
+                self.ring.count_skipped()
                 continue
             size = self.retrieve(cap, now)
             if size is None:
@@ -223,8 +241,18 @@ class _Reader:
         self.next_keep = max(self.next_keep, now - self.min_interval) + self.min_interval
         return True
 
+    def track_interval(self, now: float) -> None:
+        gap, self.last_grab = now - self.last_grab, now
+        if 0.0 < gap <= _MAX_FRAME_GAP_S:
+            mean = self.frame_interval
+            self.frame_interval = gap if not mean else mean + _INTERVAL_SMOOTHING * (gap - mean)
+
+    def wanted(self, now: float) -> bool:
+        """Whether to convert this frame: the daemon may take a frame before the next arrives."""
+        return now + _DEMAND_LEAD_FRAMES * self.frame_interval >= self.ring.demand_at()
+
     def retrieve(self, cap: cv2.VideoCapture, capture_ts: float) -> tuple[int, int] | None:
-        """Decode the grabbed frame into a free slot and publish it; None if unusable."""
+        """Convert the grabbed (decoded) frame into a free slot and publish it; None if unusable."""
         slot = self.ring.free_slot()
         height, width = self.shape
         target: Frame | None = self.ring.view(slot, height, width) if height else None

@@ -43,7 +43,8 @@ _N_INTS: Final = _SLOT_INTS + 3 * SLOTS
 # float64 header fields, after the ints
 _HEARTBEAT: Final = 0
 _SLOT_TS: Final = 1  # per slot: capture_ts
-_N_FLOATS: Final = _SLOT_TS + SLOTS
+_DEMAND_AT: Final = _SLOT_TS + SLOTS  # see daemon/capture/demand.py
+_N_FLOATS: Final = _DEMAND_AT + 1
 
 Frame = npt.NDArray[np.uint8]
 
@@ -146,6 +147,12 @@ class FrameRing:
         """Reset the heartbeat (a freshly spawned reader gets the full stall timeout)."""
         self._floats[_HEARTBEAT] = now
 
+    def expect_demand(self, at: float) -> None:
+        """Tell the reader when the next take is expected (``demand.NOW``: convert every frame).
+
+        Lock-free: one aligned word, and a stale value only costs a conversion or a frame."""
+        self._floats[_DEMAND_AT] = at
+
     def pin_latest(self) -> SlotInfo | None:
         """Take the newest unconsumed frame: pin its slot and mark it consumed.
 
@@ -182,6 +189,10 @@ class FrameRing:
     def beat(self, now: float) -> None:
         self._floats[_HEARTBEAT] = now
 
+    def demand_at(self) -> float:
+        """When the daemon expects to take the next frame (see ``expect_demand``)."""
+        return float(self._floats[_DEMAND_AT])
+
     def free_slot(self) -> int:
         """A slot that is neither the latest frame nor pinned by the consumer."""
         with self._lock:
@@ -202,6 +213,12 @@ class FrameRing:
             ints[_LATEST_SLOT] = slot
             ints[_LATEST_SEQ] = seq
             ints[_FRAMES_READ] += 1
+
+    def count_skipped(self) -> None:
+        """A frame was grabbed but not converted: read, and dropped unseen."""
+        with self._lock:
+            self._ints[_FRAMES_READ] += 1
+            self._ints[_FRAMES_DROPPED] += 1
 
     def count_reconnect(self) -> None:
         with self._lock:

@@ -1,8 +1,8 @@
 """``CameraSource``: the daemon's handle on one camera's reader process and frame ring.
 
-Threading contract: ``start``, ``poll``, ``pending_since``, ``counters`` and ``stop`` are
-called from the event loop thread; ``acquire_latest`` from a worker thread at the same
-time. ``poll`` never blocks (a pipe poll, a waitpid and a few header reads).
+Threading contract: ``start``, ``poll``, ``pending_since``, ``counters``, ``want_now`` and
+``stop`` are called from the event loop thread; ``acquire_latest`` from worker threads at
+the same time. ``poll`` never blocks (a pipe poll, a waitpid and a few header reads).
 
 State rule: STARTING until the first frame, STREAMING while frames arrive, RECONNECTING
 while the reader retries, DOWN when the camera is stopped or disabled, or has kept failing
@@ -29,6 +29,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from daemon.capture.demand import NOW, DemandForecast
 from daemon.capture.frame import CameraState, CaptureCounters, FrameMeta, StateChange
 from daemon.capture.protocol import (
     EXIT_FRAME_TOO_LARGE,
@@ -76,6 +77,7 @@ class CameraSource:
         # Rings replaced (after a resize) while a consumer still holds a view into them.
         self._retired: list[OwnedRing] = []
         self._pins: dict[int, int] = {}
+        self._demand = DemandForecast()  # under the guard
         self._reader: _Reader | None = None
         self._state = CameraState.DOWN if not camera.enabled else CameraState.STARTING
         self._last_error: str | None = None if camera.enabled else "disabled"
@@ -184,6 +186,8 @@ class CameraSource:
                     info = owned.ring.pin_latest()
                 finally:
                     lock.release()
+                if info is not None:
+                    owned.ring.expect_demand(self._demand.taken(time.time()))
             if info is not None and owned is not None:
                 self._pins[id(owned)] = self._pins.get(id(owned), 0) + 1
         if info is None or owned is None:
@@ -202,6 +206,12 @@ class CameraSource:
         finally:
             del frame
             self._unpin(owned)
+
+    def want_now(self) -> None:
+        """Have the reader convert its frames again until the next take (a forecast missed)."""
+        with self._guard:
+            if self._owned is not None:
+                self._owned.ring.expect_demand(NOW)
 
     def _unpin(self, owned: OwnedRing) -> None:
         with self._guard:

@@ -86,6 +86,10 @@ class ModelConfig:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     # 0 lets the runtime decide.
     intra_op_threads: int = 0
+    # ONNX Runtime on CPU: run a batch as this many equal slices at once, each in its own
+    # session on its share of the threads (0: one per available core, at most max_batch;
+    # 1: one session parallelises each operator instead). See onnxruntime_backend.py.
+    split_sessions: int = 0
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
 

@@ -109,6 +109,9 @@ RULES: Final[dict[tuple[type, str], Rule]] = {
     (ModelConfig, "intra_op_threads"): _int_at_least(
         0, "an integer >= 0 (0 lets the runtime decide)"
     ),
+    (ModelConfig, "split_sessions"): _int_at_least(
+        0, "an integer >= 0 (0: one per core, 1: no splitting)"
+    ),
     (TensorRTConfig, "batch_profile"): Rule(
         "[min, opt, max] with 1 <= min <= opt <= max", _profile_ok
     ),
