@@ -30,7 +30,8 @@ class CaptureCounters:
     """Monotonic counters of one camera since the daemon started (restarts included)."""
 
     frames_read: int = 0
-    # Frames overwritten in the newest-frame slot before the batcher took them.
+    # Frames read but never taken by the batcher: overwritten in the ring, or not converted
+    # because no take was due (daemon/capture/demand.py).
     frames_dropped: int = 0
     reconnects: int = 0
     # Reader processes killed by the watchdog (stalled) or restarted for a larger frame buffer.

@@ -139,7 +139,7 @@ def _camera_metrics(cameras: list[CameraStats]) -> Iterator[Metric]:
     )
     yield counter(
         "edgewatch_camera_frames_dropped",
-        "Frames overwritten before inference.",
+        "Frames read but never inferred (a newer frame replaced them).",
         lambda s: s.dropped_total,
     )
     yield counter(
