@@ -14,8 +14,8 @@ from daemon.cli import EXIT_USAGE, main
 from daemon.config.model import BackendKind, ModelConfig, Precision, TensorRTConfig
 from daemon.infer.backend import BackendError, parse_class_names
 from daemon.infer.factory import fallback_model, load_backend
+from daemon.infer.slots import SlotPool
 from daemon.infer.tensorrt_backend import (
-    SlotPool,
     TensorSpec,
     buffer_specs,
     choose_engine,

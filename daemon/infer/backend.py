@@ -25,6 +25,30 @@ class BackendError(RuntimeError):
     """A model could not be loaded or run; the message is meant for the operator."""
 
 
+def check_batch(
+    batch: UInt8Batch, max_batch: int, input_hw: tuple[int, int], dynamic_hw: bool
+) -> None:
+    """Raise ``ValueError`` unless ``batch`` is what ``Backend.infer`` accepts: uint8
+    ``[1..max_batch, H, W, 3]`` with ``(H, W) == input_hw``, or at most it when ``dynamic_hw``."""
+    max_h, max_w = input_hw
+    ok = (
+        batch.dtype == np.uint8
+        and batch.ndim == 4
+        and batch.shape[3] == 3
+        and 1 <= batch.shape[0] <= max_batch
+        and batch.shape[1] <= max_h
+        and batch.shape[2] <= max_w
+    )
+    if ok and not dynamic_hw:
+        ok = batch.shape[1:3] == input_hw
+    if not ok:
+        size = f"<={max_h}, <={max_w}" if dynamic_hw else f"{max_h}, {max_w}"
+        raise ValueError(
+            f"batch must be uint8 [1..{max_batch}, {size}, 3], "
+            f"got {batch.dtype} {list(batch.shape)}"
+        )
+
+
 def parse_class_names(raw: str | None, num_classes: int | None) -> tuple[str, ...]:
     """Class names from Ultralytics' ``names`` metadata (a Python dict or list literal),
     ``class_<i>`` for any id it lacks. ``num_classes`` is the output's class axis (None when

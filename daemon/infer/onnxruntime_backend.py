@@ -41,7 +41,13 @@ import onnx
 import onnxruntime as ort
 
 from daemon.config.model import ModelConfig
-from daemon.infer.backend import BackendError, FloatArray, UInt8Batch, parse_class_names
+from daemon.infer.backend import (
+    BackendError,
+    FloatArray,
+    UInt8Batch,
+    check_batch,
+    parse_class_names,
+)
 from daemon.infer.qdq import int8_activations_to_uint8, summarize
 
 log = logging.getLogger(__name__)
@@ -205,7 +211,7 @@ class OnnxRuntimeBackend:
 
     def infer(self, batch: UInt8Batch) -> FloatArray:
         """Run ``batch`` (``[n, H, W, 3]`` uint8 RGB) and return ``[n, 4 + nc, anchors]``."""
-        self._check_batch(batch)
+        check_batch(batch, self._max_batch, self._input_hw, self.dynamic_hw)
         with self._lock:
             session = self._session
             if session is None:
@@ -273,23 +279,6 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # onnxruntime raises its own (non-exported) exception types
             raise BackendError(f"{self._path}: inference failed: {exc}") from exc
         return np.asarray(out)
-
-    def _check_batch(self, batch: UInt8Batch) -> None:
-        max_h, max_w = self._input_hw
-        ok = (
-            batch.dtype == np.uint8
-            and batch.ndim == 4
-            and batch.shape[3] == _RGB
-            and 1 <= batch.shape[0] <= self._max_batch
-        )
-        if ok and batch.shape[1:3] != self._input_hw:
-            ok = self.dynamic_hw and batch.shape[1] <= max_h and batch.shape[2] <= max_w
-        if not ok:
-            size = f"{max_h}, {max_w}" if not self.dynamic_hw else f"<={max_h}, <={max_w}"
-            raise ValueError(
-                f"batch must be uint8 [1..{self._max_batch}, {size}, 3], "
-                f"got {batch.dtype} {list(batch.shape)}"
-            )
 
 
 def _cores() -> int:

@@ -25,18 +25,24 @@ sizing, slot bookkeeping) are unit-tested on machines without either.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import onnx
 
 from daemon.config.model import ModelConfig
-from daemon.infer.backend import BackendError, FloatArray, UInt8Batch, parse_class_names
+from daemon.infer.backend import (
+    BackendError,
+    FloatArray,
+    UInt8Batch,
+    check_batch,
+    parse_class_names,
+)
+from daemon.infer.slots import SlotPool
 from engines.cache import CacheHit, EngineCache, EngineKey, Platform
 from engines.onnx_info import ModelFileError, file_sha256
 from engines.plan import resolve_profile
@@ -142,48 +148,6 @@ def buffer_specs(
             "[N, 4 + classes, anchors]"
         )
     return specs
-
-
-SlotT = TypeVar("SlotT")
-
-
-class SlotPool(Generic[SlotT]):
-    """Hands each calling thread a slot of its own, kept for its next calls.
-
-    A thread's slot is bound on its first call and reused after, so the output view returned
-    to it stays untouched until it calls again. Slots of threads that have exited are
-    reclaimed. More live threads than slots is a wiring error, reported instead of blocking.
-    """
-
-    def __init__(self, slots: Sequence[SlotT]) -> None:
-        if not slots:
-            raise ValueError("a slot pool needs at least one slot")
-        self._free = list(slots)
-        self._owned: dict[threading.Thread, SlotT] = {}
-        self._lock = threading.Lock()
-        self.size = len(slots)
-
-    def slot_for_current_thread(self) -> SlotT:
-        thread = threading.current_thread()
-        with self._lock:
-            slot = self._owned.get(thread)
-            if slot is not None:
-                return slot
-            if not self._free:
-                for dead in [t for t in self._owned if not t.is_alive()]:
-                    self._free.append(self._owned.pop(dead))
-            if not self._free:
-                raise BackendError(
-                    f"infer() called from more than max_inflight={self.size} threads; "
-                    "size the inference executor to max_inflight"
-                )
-            slot = self._free.pop()
-            self._owned[thread] = slot
-            return slot
-
-    def all_slots(self) -> list[SlotT]:
-        with self._lock:
-            return [*self._free, *self._owned.values()]
 
 
 def names_metadata(path: Path) -> str | None:
@@ -364,17 +328,7 @@ class TensorRTBackend:
         """Run ``batch`` on this thread's slot; returns a view of its pinned output buffer."""
         from engines.gpu import context_current
 
-        h, w = self._input_hw
-        if (
-            batch.dtype != np.uint8
-            or batch.ndim != 4
-            or batch.shape[1:] != (h, w, 3)
-            or not 1 <= batch.shape[0] <= self._max_batch
-        ):
-            raise ValueError(
-                f"batch must be uint8 [1..{self._max_batch}, {h}, {w}, 3], "
-                f"got {batch.dtype} {list(batch.shape)}"
-            )
+        check_batch(batch, self._max_batch, self._input_hw, dynamic_hw=False)
         if self._closed:
             raise BackendError("tensorrt backend used after close()")
         slot = self._pool.slot_for_current_thread()

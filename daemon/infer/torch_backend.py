@@ -25,12 +25,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
 from daemon.config.model import ModelConfig
-from daemon.infer.backend import BackendError, FloatArray, UInt8Batch, parse_class_names
+from daemon.infer.backend import (
+    BackendError,
+    FloatArray,
+    UInt8Batch,
+    check_batch,
+    parse_class_names,
+)
+from daemon.infer.slots import SlotPool
 from daemon.infer.torch_graph import GraphError, OnnxGraph, SpecialisedProgram
 
 log = logging.getLogger(__name__)
@@ -91,8 +97,7 @@ class TorchBackend:
             torch.backends.cudnn.benchmark = True
         self._anchors = _anchor_count(self._input_hw)
         self._slots = [self._make_slot() for _ in range(slots if self._cuda else 1)]
-        self._free = list(self._slots)
-        self._local = threading.local()
+        self._pool = SlotPool(self._slots)
         self._lock = threading.Lock()
         self._compile_lock = threading.Lock()
         self._closed = False
@@ -137,10 +142,10 @@ class TorchBackend:
 
     def infer(self, batch: UInt8Batch) -> FloatArray:
         """Run ``batch`` (``[n, H, W, 3]`` uint8 RGB); returns a view of pinned memory."""
-        self._check_batch(batch)
+        check_batch(batch, self._max_batch, self._input_hw, self._dynamic_hw)
         if self._closed:
             raise BackendError("torch backend used after close()")
-        slot = self._slot()
+        slot = self._pool.slot_for_current_thread()
         n, h, w = batch.shape[:3]
         size = n * h * w * _RGB
         host_in = slot.host_in[:size]
@@ -177,7 +182,6 @@ class TorchBackend:
         with self._lock:
             self._closed = True
             self._slots.clear()
-            self._free.clear()
         if self._cuda:
             torch.cuda.synchronize(self._device)
 
@@ -195,19 +199,6 @@ class TorchBackend:
             stream=torch.cuda.Stream(self._device) if self._cuda else None,
             pool=torch.cuda.graph_pool_handle() if self._cuda else None,
         )
-
-    def _slot(self) -> _Slot:
-        slot: _Slot | None = getattr(self._local, "slot", None)
-        if slot is None:
-            with self._lock:
-                if not self._free:
-                    raise BackendError(
-                        f"more than {len(self._slots)} threads called infer(); max_inflight is "
-                        f"{len(self._slots)}"
-                    )
-                slot = self._free.pop()
-            self._local.slot = slot
-        return slot
 
     def _bucket(self, n: int) -> int:
         """The compiled batch size that runs ``n`` frames: the next power of two (capped).
@@ -252,24 +243,6 @@ class TorchBackend:
                    "ms": round((time.perf_counter() - started) * 1000, 1)},
         )  # fmt: skip
         return compiled
-
-    def _check_batch(self, batch: UInt8Batch) -> None:
-        max_h, max_w = self._input_hw
-        ok = (
-            batch.dtype == np.uint8
-            and batch.ndim == 4
-            and batch.shape[3] == _RGB
-            and 1 <= batch.shape[0] <= self._max_batch
-            and batch.shape[1] <= max_h
-            and batch.shape[2] <= max_w
-        )
-        if ok and not self._dynamic_hw:
-            ok = batch.shape[1:3] == self._input_hw
-        if not ok:
-            raise ValueError(
-                f"batch must be uint8 [1..{self._max_batch}, <={max_h}, <={max_w}, 3], "
-                f"got {batch.dtype} {list(batch.shape)}"
-            )
 
 
 class _nullctx:
