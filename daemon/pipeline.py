@@ -291,16 +291,7 @@ class Pipeline:
             await asyncio.sleep(_POLL_S)
 
     def _on_state_change(self, change: StateChange) -> None:
-        level = logging.INFO if change.state is CameraState.STREAMING else logging.WARNING
-        log.log(
-            level,
-            "camera state",
-            extra={
-                "camera": change.camera_id,
-                "state": change.state.value,
-                "reason": change.reason,
-            },
-        )
+        # CameraSource logged it already.
         self._publisher.publish_state(change.camera_id, change.state, change.reason)
 
     async def _report_stats(self, stop: asyncio.Event) -> None:

@@ -315,23 +315,13 @@ class CameraSource:
         if isinstance(event, Streaming):
             self._failing_since = None
             self._respawn_delay = self._capture.reconnect_initial_s
-            if self._state is not CameraState.STREAMING:
-                log.info(
-                    "camera streaming",
-                    extra={**extra, "width": event.width, "height": event.height},
-                )
-            self._set_state(CameraState.STREAMING, None)
+            self._set_state(CameraState.STREAMING, None, width=event.width, height=event.height)
         elif isinstance(event, Reconnecting):
             self._failing_since = self._failing_since or time.time()
-            if self._state is not CameraState.RECONNECTING:
-                log.warning(
-                    "camera reconnecting",
-                    extra={**extra, "reason": event.reason, "retry_in_s": event.retry_in_s},
-                )
             if self._state is CameraState.DOWN:
                 self._last_error = event.reason
             else:
-                self._set_state(CameraState.RECONNECTING, event.reason)
+                self._set_state(CameraState.RECONNECTING, event.reason, retry_in_s=event.retry_in_s)
         elif isinstance(event, FrameTooLarge):
             self._grow_to = capacity_for(event.width, event.height)
             log.info(
@@ -396,9 +386,18 @@ class CameraSource:
                 f"no frame for {now - self._failing_since:.0f} s: {self._last_error}",
             )
 
-    def _set_state(self, state: CameraState, reason: str | None, force: bool = False) -> None:
+    def _set_state(
+        self, state: CameraState, reason: str | None, force: bool = False, **details: object
+    ) -> None:
+        """Change state, queue the change for ``poll`` and log it once (with ``details``)."""
         reason = mask_text(reason) if reason is not None else None
         self._last_error = reason
         if force or state is not self._state:
             self._state = state
             self._changes.append(StateChange(self.camera_id, state, reason))
+            level = logging.INFO if state is CameraState.STREAMING else logging.WARNING
+            log.log(
+                level,
+                "camera state",
+                extra={"camera": self.camera_id, "state": state.value, "reason": reason, **details},
+            )
