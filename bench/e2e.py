@@ -20,24 +20,22 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 
 from bench.backend import BackendReport, run_backend_bench
 from bench.local.broker import Mosquitto, free_port
-from bench.local.process import tail, terminate
+from bench.local.daemon import DaemonProcess, daemon_config, metric_value, write_config
+from bench.local.process import start_logged, tail, terminate
 from bench.subscriber import StreamMeasure, Subscriber
 from daemon.batch.letterbox import rect_shape
 from daemon.config.model import BackendKind
@@ -231,21 +229,6 @@ def _busy(times: Any) -> float:
 # -- one system ----------------------------------------------------------------------------
 
 
-def _histogram_sum_count(port: int, name: str) -> tuple[float, float] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return None
-    found = {
-        m.group(1): float(m.group(2))
-        for m in re.finditer(rf"^{name}_(sum|count)(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
-    }
-    if "sum" not in found or "count" not in found:
-        return None
-    return found["sum"], found["count"]
-
-
 def _wait_first_message(sub: Subscriber, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + _FIRST_MESSAGE_TIMEOUT_S
     while sub.messages == 0:
@@ -260,33 +243,28 @@ def _wait_first_message(sub: Subscriber, proc: subprocess.Popen[bytes], log: Pat
 
 
 @contextlib.contextmanager
-def _process(
-    command: Sequence[str], log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            list(command), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
-        )
-        try:
-            yield proc
-        finally:
-            terminate(proc, _STOP_TIMEOUT_S)
+def _stopping(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """``proc``, stopped gracefully on the way out so the next system runs on an idle CPU."""
+    try:
+        yield proc
+    finally:
+        terminate(proc, _STOP_TIMEOUT_S)
 
 
 def _measure(
     system: str, proc: subprocess.Popen[bytes], sub: Subscriber, log: Path, opts: E2EOptions,
-    *, metrics_port: int | None = None,
+    *, metrics: Callable[[], str] | None = None,
 ) -> SystemResult:  # fmt: skip
     _wait_first_message(sub, proc, log)
     time.sleep(opts.warmup_s)
     sampler = ResourceSampler(proc.pid)
-    before = _backend_histograms(metrics_port)
+    before = _backend_histograms(metrics)
     sampler.start()
     sub.open_window()
     time.sleep(opts.duration_s)
     stream = sub.close_window()
     resources = sampler.stop()
-    after = _backend_histograms(metrics_port)
+    after = _backend_histograms(metrics)
     if proc.poll() is not None:
         raise BenchError(
             f"{system} exited during the measurement ({proc.returncode}): {tail(log, _TAIL_CHARS)}"
@@ -312,33 +290,20 @@ class _BackendTotals:
     infer_s: float = 0.0
 
 
-def _backend_histograms(metrics_port: int | None) -> _BackendTotals:
-    """The daemon's batch counters so far (zeros for a system without our metrics)."""
-    if metrics_port is None:
+def _backend_histograms(metrics: Callable[[], str] | None) -> _BackendTotals:
+    """The daemon's batch counters so far, from one read of ``/metrics`` so that they agree
+    (zeros for a system without our metrics)."""
+    if metrics is None:
         return _BackendTotals()
-    sizes = _histogram_sum_count(metrics_port, "edgewatch_backend_batch_size")
-    latency = _histogram_sum_count(metrics_port, "edgewatch_backend_batch_latency_seconds")
-    if sizes is None or latency is None:
+    try:
+        text = metrics()
+    except OSError:
         return _BackendTotals()
-    return _BackendTotals(batches=sizes[1], images=sizes[0], infer_s=latency[0])
-
-
-def _ours_config(
-    opts: E2EOptions, urls: dict[str, str], broker_port: int, metrics_port: int, path: Path
-) -> None:
-    config = {
-        "node": OURS_NODE,
-        "cameras": [{"id": cid, "url": url} for cid, url in urls.items()],
-        "model": {
-            "path": str(opts.onnx_model),
-            "backend": opts.backend.value,
-            "max_batch": opts.max_batch or min(opts.cameras, 16),
-            "intra_op_threads": opts.intra_op_threads,
-        },
-        "mqtt": {"host": "127.0.0.1", "port": broker_port, "topic_prefix": PREFIX, "qos": 1},
-        "monitoring": {"stats_interval_s": 1, "metrics_port": metrics_port},
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    names = ("batch_size_count", "batch_size_sum", "batch_latency_seconds_sum")
+    batches, images, infer_s = (metric_value(text, f"edgewatch_backend_{n}") for n in names)
+    if batches is None or images is None or infer_s is None:
+        return _BackendTotals()
+    return _BackendTotals(batches=batches, images=images, infer_s=infer_s)
 
 
 def run_ours(
@@ -347,16 +312,23 @@ def run_ours(
     """Our daemon as a subprocess, measured by the subscriber and the sampler."""
     config = workdir / "ours.yaml"
     metrics_port = free_port()
-    _ours_config(opts, urls, broker.port, metrics_port, config)
-    log = workdir / "ours.log"
-    command = [
-        sys.executable, "-m", "daemon.cli", "--log-level", "warning", "run",
-        "--config", str(config), "--duration", str(opts.warmup_s + opts.duration_s + 300),
-    ]  # fmt: skip
+    document = daemon_config(
+        urls, opts.onnx_model, mqtt_port=broker.port, metrics_port=metrics_port,
+        node=OURS_NODE, prefix=PREFIX, max_batch=opts.max_batch or min(opts.cameras, 16),
+        mqtt={"qos": 1}, test_timing=False,
+        model_extra={"backend": opts.backend.value, "intra_op_threads": opts.intra_op_threads},
+    )  # fmt: skip
+    write_config(config, document)
+    daemon = DaemonProcess(
+        config, workdir / "ours.log", metrics_port=metrics_port, log_level="warning",
+        log_format="logfmt", extra_args=["--duration", str(opts.warmup_s + opts.duration_s + 300)],
+        # The tree may be on PYTHONPATH only, with no console script (bench/gpu_run.sh).
+        program=[sys.executable, "-m", "daemon.cli"],
+    )  # fmt: skip
     sub = Subscriber(broker.port, PREFIX, OURS_NODE)
     try:
-        with _process(command, log) as proc:
-            return _measure("edgewatch", proc, sub, log, opts, metrics_port=metrics_port)
+        with _stopping(daemon.start().proc) as proc:
+            return _measure("edgewatch", proc, sub, daemon.log_path, opts, metrics=daemon.metrics)
     finally:
         sub.close()
 
@@ -387,7 +359,7 @@ def run_theirs(
     env = {**os.environ, "YOLO_OFFLINE": "1", "ULTRALYTICS_SYNC": "False"}
     sub = Subscriber(broker.port, PREFIX, THEIRS_NODE)
     try:
-        with _process(command, log, env) as proc:
+        with _stopping(start_logged(command, log, env)) as proc:
             return _measure("ultralytics", proc, sub, log, opts)
     finally:
         sub.close()

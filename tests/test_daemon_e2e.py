@@ -125,4 +125,6 @@ def test_four_rtsp_cameras_end_to_end(
         assert last["state"] == "streaming", last
     text = log.read_text()
     assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if '"level": "error"' in line]
+    assert not errors, errors
     assert "edgewatch stopped" in text

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from bench.local.process import kill, tail, terminate
+from bench.local.process import kill, start_logged, tail, terminate
 
 HOST = "127.0.0.1"
 
@@ -134,13 +134,8 @@ class Mosquitto:
         """Start the broker (again, on the same port) and wait until it accepts connections."""
         if self.running:
             return self
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [_binary("mosquitto"), "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        command = [_binary("mosquitto"), "-c", str(self.config_path)]
+        self._proc = start_logged(command, self.log_path)
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:

@@ -26,12 +26,20 @@ from typing import Any, Final
 import psutil
 import yaml
 
-from bench.local.process import kill, terminate
+from bench.local.process import kill, start_logged, terminate
 
 _STOP_TIMEOUT_S: Final = 30.0
 _HTTP_TIMEOUT_S: Final = 5.0
 # Resolution tags in the shared clips' names, cheapest to decode first.
 _RESOLUTIONS: Final = ("360p", "480p", "720p", "1080p")
+# A test waits seconds, not the daemon's production timeouts, for an outage to show.
+_TEST_MODEL: Final = {"batch_timeout_ms": 30}
+_TEST_CAPTURE: Final = {
+    "open_timeout_s": 3,
+    "read_timeout_s": 2,
+    "reconnect_initial_s": 0.25,
+    "reconnect_max_s": 1,
+}
 
 
 def decode_cost(video: Path) -> int:
@@ -61,13 +69,15 @@ def daemon_config(
     mqtt: Mapping[str, Any] | None = None,
     model_extra: Mapping[str, Any] | None = None,
     capture: Mapping[str, Any] | None = None,
+    test_timing: bool = True,
 ) -> dict[str, Any]:
     """The YAML document of a daemon config; ``mqtt``/``capture``/``model_extra`` add keys.
 
     ``cameras`` maps an id to its URL, or to the camera's other keys with its ``url``.
 
-    The capture defaults are short (2 s read timeout, 1 s reconnect cap) so outages show
-    within seconds, as a test needs.
+    With ``test_timing`` the capture timeouts are short (2 s read timeout, 1 s reconnect
+    cap) and the batch wait 30 ms, so outages show within seconds, as a test needs; without
+    it those keys keep the daemon's own defaults, which a benchmark measures.
     """
     return {
         "node": node,
@@ -78,18 +88,12 @@ def daemon_config(
         "model": {
             "path": str(model),
             "max_batch": max_batch,
-            "batch_timeout_ms": 30,
+            **(_TEST_MODEL if test_timing else {}),
             **(model_extra or {}),
         },
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "topic_prefix": prefix, **(mqtt or {})},
         "monitoring": {"stats_interval_s": stats_interval_s, "metrics_port": metrics_port},
-        "capture": {
-            "open_timeout_s": 3,
-            "read_timeout_s": 2,
-            "reconnect_initial_s": 0.25,
-            "reconnect_max_s": 1,
-            **(capture or {}),
-        },
+        "capture": {**(_TEST_CAPTURE if test_timing else {}), **(capture or {})},
     }
 
 
@@ -114,7 +118,11 @@ class ResourceSample:
 
 
 class DaemonProcess:
-    """``edgewatch run --config CONFIG`` with its output in ``log_path``; a context manager."""
+    """``edgewatch run --config CONFIG`` with its output in ``log_path``; a context manager.
+
+    ``program`` replaces the console script, e.g. ``python -m daemon.cli`` where the tree is
+    only on ``PYTHONPATH`` (``bench/gpu_run.sh``).
+    """
 
     def __init__(
         self,
@@ -126,12 +134,13 @@ class DaemonProcess:
         log_format: str = "json",
         env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
+        program: Sequence[str] | None = None,
     ) -> None:
         self.config = config
         self.log_path = log_path
         self.metrics_port = metrics_port
         self._command = [
-            edgewatch_executable(),
+            *(program or [edgewatch_executable()]),
             "--log-level",
             log_level,
             "--log-format",
@@ -149,14 +158,7 @@ class DaemonProcess:
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> DaemonProcess:
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                self._command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._env,
-            )
+        self._proc = start_logged(self._command, self.log_path, self._env)
         self._started = time.monotonic()
         self._ps = psutil.Process(self._proc.pid)
         return self

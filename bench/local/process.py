@@ -7,7 +7,22 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+
+def start_logged(
+    command: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` with no stdin and its stdout and stderr appended to ``log_path``
+    (a file, not a pipe: nobody drains a pipe while it runs, and a full one would stall it).
+
+    ``env`` is the whole environment, as for ``subprocess.Popen``; None inherits ours.
+    """
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            list(command), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
 
 
 def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:

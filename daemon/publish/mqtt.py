@@ -182,6 +182,10 @@ class MqttPublisher:
                 info.wait_for_publish(max(0.0, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as exc:
                 log.warning("mqtt offline status not confirmed", extra={"error": str(exc)})
+        # paho 2.1's network thread may run one more loop after our clean disconnect and log
+        # "Client is not connected" at ERROR (a race in loop_forever); nothing it could say
+        # from here on is actionable, so it must not reach an operator's error alerts.
+        client.disable_logger()
         client.disconnect()
         client.loop_stop()
         self._outbox.close()
