@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from calib.decode import decode_multi_label
-from calib.images import iter_letterboxed
 from calib.labels import read_yolo_labels
 from calib.metrics import DetectionStats
-from daemon.batch.letterbox import LetterboxGeometry
 from daemon.infer.backend import Backend
 from daemon.postprocess.match import Agreement, match
-from daemon.postprocess.yolo import Detections, decode_one
+from daemon.postprocess.yolo import decode_one
+from daemon.stills import StillDetections, decode_images
 
 
 @dataclass(frozen=True)
@@ -42,17 +42,15 @@ class MapReport:
 
 def _detect(
     backend: Backend, paths: Sequence[Path], settings: EvalSettings
-) -> Iterator[tuple[LetterboxGeometry, Detections]]:
-    decode = decode_multi_label if settings.multi_label else decode_one
-    size = min(settings.batch_size, backend.max_batch)
-    # An unreadable image raises: a silently skipped one would change the score.
-    for batch in iter_letterboxed(paths, backend.input_hw, size, skip_unreadable=False):
-        preds = backend.infer(batch.images)
-        for i, geometry in enumerate(batch.geometries):
-            yield (
-                geometry,
-                decode(preds[i], geometry, settings.conf, settings.iou, settings.max_det),
-            )
+) -> Iterator[StillDetections]:
+    # An unreadable image raises (ImageError): a silently skipped one would change the score.
+    decode = partial(
+        decode_multi_label if settings.multi_label else decode_one,
+        conf=settings.conf,
+        iou=settings.iou,
+        max_det=settings.max_det,
+    )
+    return decode_images(backend, paths, decode, batch_size=settings.batch_size)
 
 
 def evaluate_map(
@@ -64,7 +62,7 @@ def evaluate_map(
     """COCO mAP50-95 / mAP50 of ``backend`` on ``images`` against ``labels_dir/<stem>.txt``."""
     stats = DetectionStats()
     instances = 0
-    for path, (geometry, det) in zip(images, _detect(backend, images, settings), strict=True):
+    for path, geometry, det in _detect(backend, images, settings):
         truth = read_yolo_labels(
             labels_dir / f"{path.stem}.txt", geometry.src_width, geometry.src_height
         )
@@ -89,8 +87,8 @@ def evaluate_agreement(
     confidence (single-label decode, as deployed), matched at IoU 0.5."""
     settings = EvalSettings(conf=conf, iou=iou, batch_size=batch_size, multi_label=False)
     total = Agreement()
-    for (_, cand), (_, ref) in zip(
+    for cand, ref in zip(
         _detect(candidate, images, settings), _detect(reference, images, settings), strict=True
     ):
-        total = total + match(ref, cand)
+        total = total + match(ref.detections, cand.detections)
     return total

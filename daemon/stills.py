@@ -1,16 +1,18 @@
 """Still-image detection through the daemon's own letterbox, backend and post-processing.
 
-``edgewatch detect`` and the evaluator (calib/) both use this, so what they measure is what
-the daemon does to a camera frame. With ``rect=True`` each image instead gets Ultralytics
-``predict``'s minimal-padding letterbox (long side to the input size, short side padded only
-up to a multiple of the stride), which is how Ultralytics predicts on a dynamic model; the
-resize and padding arithmetic is the same ``letterbox_into``.
+``edgewatch detect`` and the evaluator (calib/, with its own multi-label decoder) both use
+this, so what they measure is what the daemon does to a camera frame. With ``rect=True`` each
+image instead gets Ultralytics ``predict``'s minimal-padding letterbox (long side to the input
+size, short side padded only up to a multiple of the stride), which is how Ultralytics
+predicts on a dynamic model; the resize and padding arithmetic is the same ``letterbox_into``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -18,9 +20,12 @@ import numpy.typing as npt
 
 from daemon.batch.letterbox import LetterboxGeometry, letterbox_into, rect_shape
 from daemon.infer.backend import Backend
-from daemon.postprocess.yolo import Detections, decode_batch
+from daemon.postprocess.yolo import Detections, decode_one
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+# Post-processing of one image's head output ``[4 + nc, anchors]`` letterboxed by ``geometry``.
+ImageDecoder = Callable[[npt.NDArray[np.float32], LetterboxGeometry], Detections]
 
 
 class ImageError(ValueError):
@@ -55,6 +60,14 @@ def read_image(path: Path) -> npt.NDArray[np.uint8]:
     return np.asarray(image, dtype=np.uint8)
 
 
+class StillDetections(NamedTuple):
+    """One image's detections and the letterbox that mapped them back to its pixels."""
+
+    path: Path
+    geometry: LetterboxGeometry
+    detections: Detections
+
+
 def detect_images(
     backend: Backend,
     paths: Sequence[Path],
@@ -65,7 +78,24 @@ def detect_images(
     batch_size: int = 1,
     rect: bool = False,
 ) -> Iterator[tuple[Path, Detections]]:
-    """Detect objects in each image, yielding ``(path, detections)`` in input order.
+    """Detect objects in each image with the daemon's decoder, yielding ``(path, detections)``
+    in input order; ``batch_size`` and ``rect`` as for ``decode_images``."""
+    decode = partial(decode_one, conf=conf, iou=iou, max_det=max_det)
+    for path, _, detections in decode_images(
+        backend, paths, decode, batch_size=batch_size, rect=rect
+    ):
+        yield path, detections
+
+
+def decode_images(
+    backend: Backend,
+    paths: Sequence[Path],
+    decode: ImageDecoder,
+    *,
+    batch_size: int = 1,
+    rect: bool = False,
+) -> Iterator[StillDetections]:
+    """Letterbox, infer and ``decode`` each image, yielding results in input order.
 
     Images are letterboxed into one preallocated batch buffer, ``batch_size`` at a time
     (capped at the backend's ``max_batch``). ``rect`` (one image at a time) uses Ultralytics
@@ -86,5 +116,10 @@ def detect_images(
             letterbox_into(image, batch[i]) for i, image in enumerate(images)
         ]
         preds = backend.infer(batch)
-        detections = decode_batch(preds, geometries, conf, iou, max_det)
-        yield from zip(chunk, detections, strict=True)
+        # Decode the whole batch before yielding: ``preds`` may be the backend's output buffer,
+        # which the caller's next ``infer`` on this thread (another generator) overwrites.
+        results = [
+            StillDetections(path, geometry, decode(preds[i], geometry))
+            for i, (path, geometry) in enumerate(zip(chunk, geometries, strict=True))
+        ]
+        yield from results

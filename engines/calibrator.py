@@ -8,17 +8,21 @@ is a Q/DQ model from ``edgewatch calibrate``. Imports TensorRT and PyCUDA: load 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 import pycuda.driver as cuda
 import tensorrt as trt
 
-from daemon.batch.letterbox import letterbox_into
+from calib.images import (
+    CalibrationImage,
+    iter_letterboxed,
+    list_calibration_images,
+    to_network_input,
+)
 from engines.onnx_info import InputLayout
 
 if TYPE_CHECKING:
@@ -26,32 +30,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
-
-
-def calibration_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted so calibration is reproducible."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
 
 def calibration_batches(
-    images: list[Path], layout: InputLayout, shape: tuple[int, ...]
+    images: Sequence[CalibrationImage], layout: InputLayout, shape: tuple[int, ...]
 ) -> Iterator[npt.NDArray[np.uint8] | npt.NDArray[np.float32]]:
-    """Full batches of letterboxed images in the network input's layout; a partial last batch
-    is dropped (TensorRT calibrates on fixed-shape batches)."""
+    """Full batches of letterboxed images in the network input's layout; the images of a
+    partial last batch are left out (TensorRT calibrates on fixed-shape batches). An unreadable
+    image raises ``ImageError``."""
     batch = shape[0]
-    h, w = (shape[1], shape[2]) if layout is InputLayout.UINT8_NHWC else (shape[2], shape[3])
-    buffer = np.empty((batch, h, w, 3), np.uint8)
-    for start in range(0, len(images) - batch + 1, batch):
-        for slot, path in enumerate(images[start : start + batch]):
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if frame is None:
-                raise ValueError(f"calibration image {path} cannot be read")
-            letterbox_into(np.asarray(frame, np.uint8), buffer[slot])
+    hw = (shape[1], shape[2]) if layout is InputLayout.UINT8_NHWC else (shape[2], shape[3])
+    # Skipping an unreadable image would shift the rest and leave a partial batch at the end.
+    full = images[: len(images) - len(images) % batch]
+    for letterboxed in iter_letterboxed(full, hw, batch, skip_unreadable=False):
         if layout is InputLayout.UINT8_NHWC:
-            yield buffer
+            yield letterboxed.images
         else:
-            yield np.ascontiguousarray(buffer.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+            yield to_network_input(letterboxed.images)
 
 
 class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
@@ -64,7 +58,7 @@ class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         self, folder: Path, layout: InputLayout, shape: tuple[int, ...], cache: Path | None
     ) -> None:
         trt.IInt8EntropyCalibrator2.__init__(self)
-        images = calibration_images(folder)
+        images = list_calibration_images(folder)
         if len(images) < shape[0]:
             raise ValueError(f"{folder} holds {len(images)} images, at least {shape[0]} needed")
         self._batches = calibration_batches(images, layout, shape)

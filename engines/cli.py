@@ -70,7 +70,8 @@ def register(sub: Any) -> None:
         "--calib-images",
         type=Path,
         metavar="DIR",
-        help="images for legacy INT8 calibration (TensorRT 10, float model)",
+        help="images for legacy INT8 calibration (TensorRT 10, float model): a folder, a "
+        "dataset root or a `calib collect` output, as `edgewatch calibrate --images` takes",
     )
     parser.add_argument(
         "--calib-cache", type=Path, metavar="FILE", help="INT8 calibration cache to reuse/write"

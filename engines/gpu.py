@@ -24,16 +24,37 @@ class GpuUnavailable(RuntimeError):
 
 
 def retain_context(device: int = 0) -> cuda.Context:
-    """Initialise the driver and retain ``device``'s primary context (not made current)."""
+    """Initialise the driver and retain ``device``'s primary context (not made current).
+
+    The caller owns one reference and must ``detach()`` it. Raises ``GpuUnavailable``.
+    """
+    gpu = _open_device(device)
+    with _cuda_usable():
+        return gpu.retain_primary_context()
+
+
+def _open_device(device: int) -> cuda.Device:
+    """Initialise the driver and find ``device``; creates no context."""
     try:
         import pycuda.driver as cuda
     except ImportError as exc:
         raise GpuUnavailable(f"PyCUDA is not installed ({exc})") from exc
-    try:
+    with _cuda_usable():
         cuda.init()
-        if device >= cuda.Device.count():
-            raise GpuUnavailable(f"CUDA device {device} not found ({cuda.Device.count()} present)")
-        return cuda.Device(device).retain_primary_context()
+        count = cuda.Device.count()
+        if device >= count:
+            raise GpuUnavailable(f"CUDA device {device} not found ({count} present)")
+        return cuda.Device(device)
+
+
+@contextmanager
+def _cuda_usable() -> Iterator[None]:
+    """Report PyCUDA's driver errors as ``GpuUnavailable``, which callers turn into their own
+    operator-facing errors, instead of letting ``pycuda.driver.Error`` escape."""
+    import pycuda.driver as cuda
+
+    try:
+        yield
     except cuda.Error as exc:
         raise GpuUnavailable(f"CUDA is not usable: {exc}") from exc
 
@@ -66,13 +87,16 @@ def tensorrt_missing() -> str | None:
 
 
 def detect_platform(device: int = 0) -> Platform:
-    """TensorRT version and GPU identity of this machine, the platform half of an engine key."""
+    """TensorRT version and GPU identity of this machine, the platform half of an engine key.
+
+    Device queries need no context. Retaining one here only to release it would have the
+    driver create and destroy the primary context that the caller then creates again.
+    """
     missing = tensorrt_missing()
     if missing is not None:
         raise GpuUnavailable(missing)
-    import pycuda.driver as cuda
     import tensorrt as trt
 
-    retain_context(device).detach()
-    dev = cuda.Device(device)
-    return Platform(trt.__version__, dev.name(), dev.compute_capability())
+    gpu = _open_device(device)
+    with _cuda_usable():
+        return Platform(trt.__version__, gpu.name(), gpu.compute_capability())

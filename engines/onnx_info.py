@@ -9,9 +9,9 @@ from pathlib import Path
 
 import onnx
 
+from daemon.infer.qdq import has_qdq
 from engines.plan import BatchProfile, ModelTraits
 
-_QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _CHUNK = 1 << 20
 
 
@@ -89,10 +89,9 @@ def info_from_model(model: onnx.ModelProto, path: Path, sha256: str) -> OnnxInfo
         raise ModelFileError(f"{path}: expected one image input, found {[i.name for i in inputs]}")
     dims = _dims(inputs[0])
     layout = _layout(inputs[0], dims)
-    ops = {node.op_type for node in graph.node}
     float16_inits = any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
     float32_inits = any(i.data_type == onnx.TensorProto.FLOAT for i in graph.initializer)
-    traits = ModelTraits(has_qdq=bool(ops & _QDQ_OPS), is_fp16=float16_inits and not float32_inits)
+    traits = ModelTraits(has_qdq=has_qdq(model), is_fp16=float16_inits and not float32_inits)
     return OnnxInfo(
         path=path,
         sha256=sha256,

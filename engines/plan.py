@@ -87,9 +87,22 @@ def plan_build(
             f"TensorRT {version} is too old: edgewatch needs TensorRT 10.x or 11.x "
             "(JetPack 6 ships 10.3)"
         )
+    _check_qdq_precision(precision, model)
     if version >= STRONG_TYPING_ONLY:
         return _plan_strongly_typed(version, precision, model)
     return _plan_weakly_typed(version, precision, model, calibration_data)
+
+
+def _check_qdq_precision(precision: Precision, model: ModelTraits) -> None:
+    """Refuse a non-INT8 build of a Q/DQ model on every TensorRT version: the graph's Q/DQ
+    nodes fix its precision, so asking for fp16 or fp32 is a mistake worth naming."""
+    if not model.has_qdq or precision is Precision.INT8:
+        return
+    if precision is Precision.FP16:
+        raise UnsupportedBuild(
+            "--precision fp16 was asked for a Q/DQ (INT8) model; build it with --precision int8"
+        )
+    raise UnsupportedBuild("a Q/DQ model cannot be built as fp32; use --precision int8")
 
 
 def _plan_strongly_typed(
@@ -103,21 +116,13 @@ def _plan_strongly_typed(
                 "and build from it."
             )
         return BuildPlan(True, False, False, Int8Source.QDQ)
-    if precision is Precision.FP16:
-        if model.has_qdq:
-            raise UnsupportedBuild(
-                "--precision fp16 was asked for a Q/DQ (INT8) model; build it with --precision int8"
-            )
-        if not model.is_fp16:
-            raise UnsupportedBuild(
-                f"FP16 on TensorRT {version} needs an FP16 ONNX: TensorRT 11 removed the FP16 "
-                "builder flag. Convert the model first with NVIDIA ModelOpt AutoCast "
-                "(python -m modelopt.onnx.autocast --onnx_path M.onnx --output_path "
-                "M_fp16.onnx --keep_io_types) and build from M_fp16.onnx"
-            )
-        return BuildPlan(True, False, False, Int8Source.NONE)
-    if model.has_qdq:
-        raise UnsupportedBuild("a Q/DQ model cannot be built as fp32; use --precision int8")
+    if precision is Precision.FP16 and not model.is_fp16:
+        raise UnsupportedBuild(
+            f"FP16 on TensorRT {version} needs an FP16 ONNX: TensorRT 11 removed the FP16 "
+            "builder flag. Convert the model first with NVIDIA ModelOpt AutoCast "
+            "(python -m modelopt.onnx.autocast --onnx_path M.onnx --output_path "
+            "M_fp16.onnx --keep_io_types) and build from M_fp16.onnx"
+        )
     return BuildPlan(True, False, False, Int8Source.NONE)
 
 
@@ -125,14 +130,8 @@ def _plan_weakly_typed(
     version: TrtVersion, precision: Precision, model: ModelTraits, calibration_data: bool
 ) -> BuildPlan:
     if precision is Precision.FP32:
-        if model.has_qdq:
-            raise UnsupportedBuild("a Q/DQ model cannot be built as fp32; use --precision int8")
         return BuildPlan(False, False, False, Int8Source.NONE)
     if precision is Precision.FP16:
-        if model.has_qdq:
-            raise UnsupportedBuild(
-                "--precision fp16 was asked for a Q/DQ (INT8) model; build it with --precision int8"
-            )
         return BuildPlan(False, True, False, Int8Source.NONE)
     if model.has_qdq:
         # Weak typing with INT8 for the Q/DQ regions and FP16 for the rest is the fastest plan

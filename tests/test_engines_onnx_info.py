@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from engines.export import add_uint8_input
 from engines.onnx_info import (
@@ -57,3 +59,23 @@ def test_missing_and_garbage_files(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00\x01not a model")
     with pytest.raises(ModelFileError, match="not a readable ONNX"):
         read_onnx_info(junk)
+
+
+def test_qdq_graph_is_flagged() -> None:
+    """A fake-quantized input (Q then DQ) is enough to make the build plan treat it as INT8."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["images", "scale", "zp"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "scale", "zp"], ["output0"]),
+        ],
+        "qdq",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [None, 3, 64, 64])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [None, 3, 64, 64])],
+        [
+            numpy_helper.from_array(np.asarray(0.02, np.float32), "scale"),
+            numpy_helper.from_array(np.asarray(0, np.int8), "zp"),
+        ],
+    )
+    info = info_from_model(helper.make_model(graph), Path("qdq.onnx"), "x" * 64)
+    assert info.traits.has_qdq
+    assert info.input.layout is InputLayout.FLOAT_NCHW

@@ -84,8 +84,8 @@ def test_trt11_fp16_needs_fp16_onnx() -> None:
 
 @pytest.mark.parametrize("version", [TRT10, TRT11])
 def test_qdq_model_only_builds_as_int8(version: TrtVersion) -> None:
-    for precision in (Precision.FP16, Precision.FP32):
-        with pytest.raises(UnsupportedBuild):
+    for precision, match in ((Precision.FP16, "fp16 was asked"), (Precision.FP32, "as fp32")):
+        with pytest.raises(UnsupportedBuild, match=match):
             plan_build(version, precision, QDQ)
 
 

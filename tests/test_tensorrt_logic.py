@@ -1,10 +1,13 @@
 """TensorRT backend logic that needs neither TensorRT nor a GPU: buffer sizing, slot
-ownership across threads, engine choice from the cache, and the ONNX Runtime fallback."""
+ownership across threads, engine choice from the cache, the ONNX Runtime fallback, and CUDA
+failures as the operator sees them (against a fake ``pycuda.driver``)."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from daemon.infer.backend import BackendError, parse_class_names
 from daemon.infer.factory import fallback_model, load_backend
 from daemon.infer.slots import SlotPool
 from daemon.infer.tensorrt_backend import (
+    TensorRTBackend,
     TensorSpec,
     buffer_specs,
     choose_engine,
@@ -23,7 +27,7 @@ from daemon.infer.tensorrt_backend import (
     numpy_dtype,
 )
 from engines.cache import EngineCache, EngineKey, Platform, write_engine
-from engines.gpu import tensorrt_missing
+from engines.gpu import GpuUnavailable, detect_platform, retain_context, tensorrt_missing
 from engines.onnx_info import file_sha256
 from engines.plan import BatchProfile
 
@@ -191,3 +195,128 @@ def test_build_engine_cli_rejects_bad_arguments(args: list[str], model_onnx: Pat
 def test_build_engine_cli_missing_model_is_usage_error(tmp_path: Path) -> None:
     argv = ["build-engine", "--model", str(tmp_path / "none.onnx"), "--precision", "fp16"]
     assert main(argv) == EXIT_USAGE
+
+
+@dataclasses.dataclass
+class FakeDriver:
+    """State behind the fake ``pycuda.driver``: live primary-context references and the
+    driver errors to raise."""
+
+    devices: int = 1
+    init_error: str | None = None
+    retain_error: str | None = None
+    push_error: str | None = None
+    retained: int = 0
+    created: int = 0
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeDriver:
+    """A fake TensorRT 10.3 and a PyCUDA driver for one Orin, only what engines.gpu calls."""
+    driver = FakeDriver()
+
+    class Error(Exception):
+        pass
+
+    class Context:
+        def push(self) -> None:
+            if driver.push_error is not None:
+                raise Error(driver.push_error)
+
+        def detach(self) -> None:
+            driver.retained -= 1
+
+    class Device:
+        def __init__(self, number: int) -> None:
+            self.number = number
+
+        @staticmethod
+        def count() -> int:
+            return driver.devices
+
+        def name(self) -> str:
+            return ORIN.gpu_name
+
+        def compute_capability(self) -> tuple[int, int]:
+            return ORIN.compute_capability
+
+        def retain_primary_context(self) -> Context:
+            if driver.retain_error is not None:
+                raise Error(driver.retain_error)
+            # The driver creates the primary context when its first reference is taken.
+            driver.created += driver.retained == 0
+            driver.retained += 1
+            return Context()
+
+    def init(flags: int = 0) -> None:
+        if driver.init_error is not None:
+            raise Error(driver.init_error)
+
+    cuda = types.ModuleType("pycuda.driver")
+    cuda.__dict__.update(Error=Error, Context=Context, Device=Device, init=init)
+    pycuda = types.ModuleType("pycuda")
+    pycuda.__dict__.update(driver=cuda)
+    trt = types.ModuleType("tensorrt")
+    trt.__dict__.update(__file__="tensorrt/__init__.py", __version__=ORIN.trt_version)
+    for name, module in (("pycuda", pycuda), ("pycuda.driver", cuda), ("tensorrt", trt)):
+        monkeypatch.setitem(sys.modules, name, module)
+    return driver
+
+
+def test_detect_platform_creates_no_context(fake_cuda: FakeDriver) -> None:
+    assert detect_platform() == ORIN
+    assert fake_cuda.created == 0
+    context = retain_context()
+    assert (fake_cuda.created, fake_cuda.retained) == (1, 1)
+    context.detach()
+    assert fake_cuda.retained == 0
+
+
+@pytest.mark.parametrize(
+    ("driver", "match"),
+    [
+        (FakeDriver(init_error="cuInit failed: no CUDA-capable device"), "CUDA is not usable"),
+        (FakeDriver(devices=0), "CUDA device 0 not found"),
+        (FakeDriver(retain_error="cuDevicePrimaryCtxRetain failed: out of memory"), "out of"),
+    ],
+)
+def test_driver_errors_are_gpu_unavailable(
+    fake_cuda: FakeDriver, driver: FakeDriver, match: str
+) -> None:
+    fake_cuda.__dict__.update(dataclasses.asdict(driver))
+    with pytest.raises(GpuUnavailable, match=match):
+        retain_context()
+
+
+def test_context_failure_is_a_backend_error_and_falls_back(
+    tmp_path: Path, model_onnx: Path, fake_cuda: FakeDriver
+) -> None:
+    fake_cuda.retain_error = "cuDevicePrimaryCtxRetain failed: out of memory"
+    unavailable = "TensorRT backend unavailable: CUDA is not usable: cuDevicePrimaryCtxRetain"
+    engine = tmp_path / "x.engine"
+    with pytest.raises(BackendError, match=unavailable):
+        TensorRTBackend(engine, names=None, input_hw=(640, 640), max_batch=4)
+    # Building on start retains the context too; the build never starts.
+    with pytest.raises(BackendError, match=unavailable):
+        load_backend(_model(tmp_path, model_onnx, build_on_start=True))
+    assert not list(tmp_path.glob("*.engine"))
+
+    key = EngineKey(
+        file_sha256(model_onnx), Precision.FP16, BatchProfile(1, 4, 4), (640, 640), ORIN
+    )
+    write_engine(EngineCache(tmp_path).engine_path(key), key, b"plan", model_onnx)
+    with pytest.raises(BackendError, match=unavailable):
+        load_backend(_model(tmp_path, model_onnx))
+    backend = load_backend(_model(tmp_path, model_onnx, fallback_to_onnxruntime=True))
+    try:
+        assert backend.name.startswith("onnxruntime")
+    finally:
+        backend.close()
+
+
+def test_cuda_error_while_loading_is_a_backend_error(tmp_path: Path, fake_cuda: FakeDriver) -> None:
+    fake_cuda.push_error = "cuCtxPushCurrent failed: an illegal memory access was encountered"
+    engine = tmp_path / "x.engine"
+    with pytest.raises(BackendError, match=f"CUDA failed while loading {engine}: cuCtxPush"):
+        TensorRTBackend(engine, names=None, input_hw=(640, 640), max_batch=4)
+    assert fake_cuda.retained == 0

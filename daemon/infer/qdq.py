@@ -8,7 +8,7 @@ gives ORT the same quantization grid in uint8: q_u8 = q_s8 + 128 with zero point
 dequantizes to exactly the same real values, so the rewrite changes speed, not arithmetic
 (weights, biases and scales are untouched). The ORT backend applies it in memory when it
 loads such a model on the CPU provider. ``summarize`` says what a model quantizes and whether
-TensorRT's explicit INT8 accepts it.
+TensorRT's explicit INT8 accepts it; ``has_qdq`` is what the engine build plans by.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ class QdqSummary:
 
 def _initializers(model: onnx.ModelProto) -> dict[str, TensorProto]:
     return {t.name: t for t in model.graph.initializer}
+
+
+def has_qdq(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` is explicitly quantized: it has any QuantizeLinear/DequantizeLinear."""
+    return any(node.op_type in (_Q, _DQ) for node in model.graph.node)
 
 
 def summarize(model: onnx.ModelProto) -> QdqSummary:

@@ -25,7 +25,8 @@ sizing, slot bookkeeping) are unit-tested on machines without either.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -229,10 +230,11 @@ class TensorRTBackend:
 
         self._input_hw = input_hw
         self._max_batch = max_batch
-        self._ctx = retain_context(device)
+        with _gpu_required():
+            self._ctx = retain_context(device)
         self._closed = False
         try:
-            with context_current(self._ctx):
+            with _cuda_failures(f"loading {engine_path}"), context_current(self._ctx):
                 self._logger = trt.Logger(trt.Logger.WARNING)
                 self._runtime = trt.Runtime(self._logger)
                 engine: trt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(
@@ -412,9 +414,10 @@ def _build_on_start(model: ModelConfig, choice: EngineChoice) -> None:
         engine_path=choice.engine,
         timing_cache=timing_cache_path(cfg.engine_cache_dir, choice.key.platform),
     )
-    ctx = retain_context()
+    with _gpu_required():
+        ctx = retain_context()
     try:
-        with context_current(ctx):
+        with _cuda_failures("building the TensorRT engine"), context_current(ctx):
             build_engine(request, choice.key.platform, read_onnx_info(model.path))
     except (EngineBuildError, UnsupportedBuild, ModelFileError, OSError) as exc:
         raise BackendError(f"building the TensorRT engine failed: {exc}") from exc
@@ -424,10 +427,32 @@ def _build_on_start(model: ModelConfig, choice: EngineChoice) -> None:
 
 def load(model: ModelConfig) -> TensorRTBackend:
     """Factory entry point (``daemon.infer.factory``): ``BackendError`` for every failure."""
-    from engines.gpu import GpuUnavailable, detect_platform
+    from engines.gpu import detect_platform
+
+    with _gpu_required():
+        platform = detect_platform()
+    return load_engine_backend(model, platform)
+
+
+@contextmanager
+def _gpu_required() -> Iterator[None]:
+    """Report a missing or unusable GPU as ``BackendError``, the error the factory falls back
+    to ONNX Runtime on and logs for the operator."""
+    from engines.gpu import GpuUnavailable
 
     try:
-        platform = detect_platform()
+        yield
     except GpuUnavailable as exc:
         raise BackendError(f"TensorRT backend unavailable: {exc}") from exc
-    return load_engine_backend(model, platform)
+
+
+@contextmanager
+def _cuda_failures(action: str) -> Iterator[None]:
+    """Report a CUDA error while ``action`` (out of GPU memory, most often) as ``BackendError``
+    rather than PyCUDA's own exception, which neither the factory nor the operator expects."""
+    import pycuda.driver as cuda
+
+    try:
+        yield
+    except cuda.Error as exc:
+        raise BackendError(f"CUDA failed while {action}: {exc}") from exc
