@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 
-from daemon.infer.qdq import has_qdq
+from daemon.infer.qdq import has_qdq, summarize
 from engines.plan import BatchProfile, ModelTraits
 
 _CHUNK = 1 << 20
@@ -91,7 +91,12 @@ def info_from_model(model: onnx.ModelProto, path: Path, sha256: str) -> OnnxInfo
     layout = _layout(inputs[0], dims)
     float16_inits = any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
     float32_inits = any(i.data_type == onnx.TensorProto.FLOAT for i in graph.initializer)
-    traits = ModelTraits(has_qdq=has_qdq(model), is_fp16=float16_inits and not float32_inits)
+    quantized = has_qdq(model)
+    traits = ModelTraits(
+        has_qdq=quantized,
+        is_fp16=float16_inits and not float32_inits,
+        qdq_asymmetric=quantized and not summarize(model).tensorrt_compatible,
+    )
     return OnnxInfo(
         path=path,
         sha256=sha256,

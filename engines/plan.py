@@ -65,6 +65,9 @@ class ModelTraits:
 
     has_qdq: bool
     is_fp16: bool
+    # A Q/DQ model with uint8 activations or non-zero zero points (asymmetric quantization,
+    # onnxruntime.quantization's default): TensorRT's explicit INT8 takes neither.
+    qdq_asymmetric: bool = False
 
 
 FIRST_SUPPORTED = TrtVersion(10, 0)
@@ -94,8 +97,16 @@ def plan_build(
 
 
 def _check_qdq_precision(precision: Precision, model: ModelTraits) -> None:
-    """Refuse a non-INT8 build of a Q/DQ model on every TensorRT version: the graph's Q/DQ
-    nodes fix its precision, so asking for fp16 or fp32 is a mistake worth naming."""
+    """Refuse, on every TensorRT version, a Q/DQ model TensorRT cannot take, and a non-INT8
+    build of a Q/DQ model: the graph's Q/DQ nodes fix its precision, so asking for fp16 or
+    fp32 is a mistake worth naming."""
+    if model.has_qdq and model.qdq_asymmetric:
+        raise UnsupportedBuild(
+            "the Q/DQ model has uint8 activations or non-zero zero points (asymmetric "
+            "quantization, as onnxruntime.quantization produces by default); TensorRT's "
+            "explicit INT8 takes only symmetric int8. Quantize the FP32 model with "
+            "`edgewatch calibrate` and build from its output"
+        )
     if not model.has_qdq or precision is Precision.INT8:
         return
     if precision is Precision.FP16:

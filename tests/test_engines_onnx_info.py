@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -61,8 +62,8 @@ def test_missing_and_garbage_files(tmp_path: Path) -> None:
         read_onnx_info(junk)
 
 
-def test_qdq_graph_is_flagged() -> None:
-    """A fake-quantized input (Q then DQ) is enough to make the build plan treat it as INT8."""
+def _qdq_model(zero_point: npt.NDArray[np.generic]) -> onnx.ModelProto:
+    """A fake-quantized input: Q then DQ with ``zero_point`` (its dtype is the Q type)."""
     graph = helper.make_graph(
         [
             helper.make_node("QuantizeLinear", ["images", "scale", "zp"], ["q"]),
@@ -73,9 +74,23 @@ def test_qdq_graph_is_flagged() -> None:
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [None, 3, 64, 64])],
         [
             numpy_helper.from_array(np.asarray(0.02, np.float32), "scale"),
-            numpy_helper.from_array(np.asarray(0, np.int8), "zp"),
+            numpy_helper.from_array(zero_point, "zp"),
         ],
     )
-    info = info_from_model(helper.make_model(graph), Path("qdq.onnx"), "x" * 64)
+    return helper.make_model(graph)
+
+
+def test_qdq_graph_is_flagged() -> None:
+    """A fake-quantized input (Q then DQ) is enough to make the build plan treat it as INT8."""
+    model = _qdq_model(np.asarray(0, np.int8))
+    info = info_from_model(model, Path("qdq.onnx"), "x" * 64)
     assert info.traits.has_qdq
+    assert not info.traits.qdq_asymmetric
     assert info.input.layout is InputLayout.FLOAT_NCHW
+
+
+@pytest.mark.parametrize("zero_point", [np.asarray(128, np.uint8), np.asarray(3, np.int8)])
+def test_asymmetric_qdq_is_flagged(zero_point: npt.NDArray[np.generic]) -> None:
+    info = info_from_model(_qdq_model(zero_point), Path("qdq.onnx"), "x" * 64)
+    assert info.traits.has_qdq
+    assert info.traits.qdq_asymmetric

@@ -89,6 +89,13 @@ def test_qdq_model_only_builds_as_int8(version: TrtVersion) -> None:
             plan_build(version, precision, QDQ)
 
 
+@pytest.mark.parametrize("version", [TRT10, TRT11])
+def test_asymmetric_qdq_model_is_refused(version: TrtVersion) -> None:
+    asymmetric = ModelTraits(has_qdq=True, is_fp16=False, qdq_asymmetric=True)
+    with pytest.raises(UnsupportedBuild, match="edgewatch calibrate"):
+        plan_build(version, Precision.INT8, asymmetric)
+
+
 def test_trt8_refused() -> None:
     with pytest.raises(UnsupportedBuild, match=r"too old"):
         plan_build(TrtVersion(8, 6, 1), Precision.FP16, FLOAT)

@@ -8,7 +8,8 @@ gives ORT the same quantization grid in uint8: q_u8 = q_s8 + 128 with zero point
 dequantizes to exactly the same real values, so the rewrite changes speed, not arithmetic
 (weights, biases and scales are untouched). The ORT backend applies it in memory when it
 loads such a model on the CPU provider. ``summarize`` says what a model quantizes and whether
-TensorRT's explicit INT8 accepts it; ``has_qdq`` is what the engine build plans by.
+TensorRT's explicit INT8 accepts it (the engine build refuses it otherwise); ``has_qdq`` is
+what the engine build plans by.
 """
 
 from __future__ import annotations
