@@ -65,3 +65,27 @@ def test_torch_rejects_wrong_batch(model_onnx: Path) -> None:
         backend.infer(np.zeros((3, 640, 640, 3), np.uint8))
     with pytest.raises(ValueError, match="batch must be"):
         backend.infer(np.zeros((1, 640, 640, 3), np.float32))
+
+
+def test_specialisations_share_one_copy_of_the_weights(model_onnx: Path) -> None:
+    import onnx
+
+    from daemon.infer.torch_graph import OnnxGraph
+
+    graph = OnnxGraph(onnx.load(str(model_onnx)))
+    programs = [
+        graph.specialise(torch.zeros(n, 3, h, w), torch.float32)
+        for n, h, w in ((1, 640, 640), (4, 384, 640))
+    ]
+
+    def conv_weights(program: object) -> set[int]:
+        steps = program._steps  # type: ignore[attr-defined]
+        return {
+            id(t) for s in steps for t in s.inputs if isinstance(t, torch.Tensor) and t.dim() == 4
+        }
+
+    first, second = (conv_weights(p) for p in programs)
+    # The second shape reuses the first one's converted weights (shape-dependent constants
+    # such as the anchor grid are folded anew, and are not 4-D).
+    assert len(first) > 50
+    assert second == first

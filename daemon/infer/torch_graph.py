@@ -368,6 +368,9 @@ class OnnxGraph:
             )
             for n in graph.node
         ]
+        # Initializers already converted for a (device, dtype, layout): every specialisation
+        # (batch bucket, canvas, in-flight slot) shares one copy of the weights on the GPU.
+        self._converted: dict[tuple[str, bool, torch.device, torch.dtype, bool], torch.Tensor] = {}
 
     def specialise(
         self, example: torch.Tensor, float_dtype: torch.dtype, channels_last: bool = False
@@ -375,6 +378,7 @@ class OnnxGraph:
         """Fold every shape/constant-only node for ``example``'s shape; keep the rest as steps.
 
         ``example`` (on the target device, in ``float_dtype``) is run through the graph once.
+        Not thread-safe (the converted-weights cache): callers serialise specialisations.
         """
         device = example.device
         static_ctx = _Ctx(torch.float32)
@@ -387,11 +391,19 @@ class OnnxGraph:
         def operand(name: str, weight: bool) -> torch.Tensor:
             key = (name, weight)
             if key not in on_device:
+                shared = name in self._initializers
+                cache_key = (name, weight, device, float_dtype, channels_last)
+                if shared and cache_key in self._converted:
+                    on_device[key] = self._converted[cache_key]
+                    return on_device[key]
                 tensor = static[name]
                 tensor = tensor.to(device, float_dtype if tensor.is_floating_point() else None)
                 if weight and channels_last and tensor.dim() == 4:
                     tensor = tensor.contiguous(memory_format=torch.channels_last)
                 on_device[key] = tensor
+                if shared:
+                    # Folded constants depend on the input shape; only weights are shared.
+                    self._converted[cache_key] = tensor
             return on_device[key]
 
         steps: list[_Step] = []
