@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -107,6 +108,10 @@ def test_four_rtsp_cameras_end_to_end(
 
     rtsp_server.start_source(dead)
     sub.wait_for(lambda _: _latest_state(sub, dead) == "streaming", timeout=30)
+    # Back at its old share: the outage must not leave it taken at every other batch.
+    time.sleep(2.0)
+    revived = rates_over(sub, [dead], 10.0)
+    assert revived[dead] >= 0.7 * before[dead], (before, revived)
 
     # Graceful stop: drain, publish offline (retained), exit 0.
     proc.send_signal(signal.SIGTERM)

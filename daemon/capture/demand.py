@@ -7,9 +7,11 @@ frame every 200-300 ms while the camera delivers one every 33-40 ms, so most con
 are wasted. The daemon tells each reader when it expects to come back; the reader converts
 only the frames grabbed shortly before that moment, and every frame once it has passed.
 
-A forecast that is too late costs at most one frame interval of that camera: the dispatcher
-calls ``CameraSource.want_now`` for a live camera without a pending frame, and the reader
-converts its next frame. A forecast too early only converts more frames than needed.
+A forecast that is too late is a *miss*: the dispatcher finds a live camera without a
+pending frame and calls ``CameraSource.want_now``; the reader converts its next frame, and
+the forecast forgets its rhythm. Forgetting matters: a take delayed by a miss is a long
+interval, and learning from it would push the next forecast later still, so a camera could
+settle at every other batch for good. A forecast too early only converts more frames.
 """
 
 from __future__ import annotations
@@ -48,3 +50,8 @@ class DemandForecast:
             else (1.0 - _SMOOTHING) * self._mean + _SMOOTHING * interval
         )
         return now + _EARLY * self._mean
+
+    def miss(self) -> None:
+        """The consumer came before the forecast: start learning the rhythm afresh."""
+        self._last = None
+        self._mean = None

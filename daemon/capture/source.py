@@ -188,6 +188,9 @@ class CameraSource:
                     lock.release()
                 if info is not None:
                     owned.ring.expect_demand(self._demand.taken(time.time()))
+                else:
+                    # Asked for a frame and there was none: that is a miss too.
+                    self._want_now_locked()
             if info is not None and owned is not None:
                 self._pins[id(owned)] = self._pins.get(id(owned), 0) + 1
         if info is None or owned is None:
@@ -208,10 +211,14 @@ class CameraSource:
             self._unpin(owned)
 
     def want_now(self) -> None:
-        """Have the reader convert its frames again until the next take (a forecast missed)."""
+        """A forecast missed: have the reader convert its frames again until the next take."""
         with self._guard:
-            if self._owned is not None:
-                self._owned.ring.expect_demand(NOW)
+            self._want_now_locked()
+
+    def _want_now_locked(self) -> None:
+        self._demand.miss()
+        if self._owned is not None:
+            self._owned.ring.expect_demand(NOW)
 
     def _unpin(self, owned: OwnedRing) -> None:
         with self._guard:
