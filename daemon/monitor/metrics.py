@@ -139,7 +139,7 @@ def _camera_metrics(cameras: list[CameraStats]) -> Iterator[Metric]:
     )
     yield counter(
         "edgewatch_camera_frames_dropped",
-        "Frames read but never inferred (a newer frame replaced them).",
+        "Frames read but never inferred (a newer frame was taken instead).",
         lambda s: s.dropped_total,
     )
     yield counter(

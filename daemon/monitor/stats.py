@@ -42,7 +42,7 @@ class CameraStats:
     state: CameraState
     input_fps: float
     processed_fps: float
-    # Frames read but never inferred (a newer one replaced them) in the interval, and since start.
+    # Frames read but never inferred (a newer one was taken instead): interval, since start.
     dropped: int
     dropped_total: int
     frames_read: int
