@@ -224,7 +224,7 @@ class Pipeline:
             if picked:
                 return picked
             for source in sources:
-                if source.state is CameraState.STREAMING and source.pending_since() is None:
+                if source.state is CameraState.STREAMING and source not in ready:
                     # We came back before the reader expected us: fetch its next frame.
                     source.want_now()
             await asyncio.sleep(_FILL_POLL_S if ready else _IDLE_POLL_S)

@@ -110,6 +110,9 @@ def test_slot_pool_binds_one_slot_per_thread() -> None:
     extra.join(5)
     assert seen[-1] == seen[0]
     assert sorted(pool.all_slots()) == ["a", "b"]
+    # Closing hands every slot back once, bound or free, and keeps none.
+    assert sorted(pool.release()) == ["a", "b"]
+    assert pool.all_slots() == []
 
 
 def _model(tmp_path: Path, model_onnx: Path, **trt: object) -> ModelConfig:

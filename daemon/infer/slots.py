@@ -54,3 +54,11 @@ class SlotPool(Generic[SlotT]):
     def all_slots(self) -> list[SlotT]:
         with self._lock:
             return [*self._free, *self._owned.values()]
+
+    def release(self) -> list[SlotT]:
+        """Forget every slot (the backend is closing) and return them for freeing."""
+        with self._lock:
+            slots = [*self._free, *self._owned.values()]
+            self._free.clear()
+            self._owned.clear()
+            return slots

@@ -252,11 +252,10 @@ class TensorRTBackend:
                 self._output = next(s for s in self._specs if not s.is_input)
                 channels = self._output.max_shape[1]
                 self._class_names = parse_class_names(names, channels - _BOX_COORDS)
-                self._slots = [self._make_slot() for _ in range(max(slots, 1))]
-                self._pool = SlotPool(self._slots)
+                self._pool = SlotPool([self._make_slot() for _ in range(max(slots, 1))])
                 # Warm-up: first launches pay for lazy module loading and kernel selection.
                 warm = np.zeros(self._input.max_shape, np.uint8)
-                for slot in self._slots:
+                for slot in self._pool.all_slots():
                     self._run(slot, warm)
                     self._run(slot, warm[:1])
         except BaseException:
@@ -268,7 +267,7 @@ class TensorRTBackend:
             extra={
                 "engine": str(engine_path),
                 "trt": trt.__version__,
-                "slots": len(self._slots),
+                "slots": self._pool.size,
                 "max_batch": max_batch,
                 "output": list(self._output.max_shape),
             },
@@ -363,12 +362,11 @@ class TensorRTBackend:
             return
         self._closed = True
         with context_current(self._ctx):
-            for slot in self._pool.all_slots():
+            for slot in self._pool.release():
                 slot.stream.synchronize()
                 for allocation in slot.device.values():
                     allocation.free()
                 del slot.context
-            self._slots.clear()
             del self._engine, self._runtime
         self._ctx.detach()
 

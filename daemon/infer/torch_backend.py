@@ -96,15 +96,14 @@ class TorchBackend:
         if self._cuda:
             torch.backends.cudnn.benchmark = True
         self._anchors = _anchor_count(self._input_hw)
-        self._slots = [self._make_slot() for _ in range(slots if self._cuda else 1)]
-        self._pool = SlotPool(self._slots)
+        self._pool = SlotPool([self._make_slot() for _ in range(slots if self._cuda else 1)])
         self._lock = threading.Lock()
         self._compile_lock = threading.Lock()
         self._closed = False
         log.info(
             "torch backend loaded",
             extra={"model": str(path), "device": str(self._device), "dtype": str(self._dtype),
-                   "max_batch": max_batch, "slots": len(self._slots),
+                   "max_batch": max_batch, "slots": self._pool.size,
                    "cuda_graphs": self._cuda, "torch": torch.__version__},
         )  # fmt: skip
 
@@ -134,7 +133,7 @@ class TorchBackend:
 
     @property
     def max_inflight(self) -> int:
-        return len(self._slots)
+        return self._pool.size
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -181,7 +180,7 @@ class TorchBackend:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._slots.clear()
+            self._pool.release()
         if self._cuda:
             torch.cuda.synchronize(self._device)
 

@@ -388,22 +388,24 @@ class OnnxGraph:
         dynamic: dict[str, torch.Tensor] = {self.input_name: example}
         on_device: dict[tuple[str, bool], torch.Tensor] = {}
 
+        def convert(name: str, weight: bool) -> torch.Tensor:
+            tensor = static[name]
+            tensor = tensor.to(device, float_dtype if tensor.is_floating_point() else None)
+            if weight and channels_last and tensor.dim() == 4:
+                tensor = tensor.contiguous(memory_format=torch.channels_last)
+            return tensor
+
         def operand(name: str, weight: bool) -> torch.Tensor:
             key = (name, weight)
             if key not in on_device:
-                shared = name in self._initializers
-                cache_key = (name, weight, device, float_dtype, channels_last)
-                if shared and cache_key in self._converted:
-                    on_device[key] = self._converted[cache_key]
-                    return on_device[key]
-                tensor = static[name]
-                tensor = tensor.to(device, float_dtype if tensor.is_floating_point() else None)
-                if weight and channels_last and tensor.dim() == 4:
-                    tensor = tensor.contiguous(memory_format=torch.channels_last)
-                on_device[key] = tensor
-                if shared:
+                if name in self._initializers:
+                    shared = (name, weight, device, float_dtype, channels_last)
+                    if shared not in self._converted:
+                        self._converted[shared] = convert(name, weight)
+                    on_device[key] = self._converted[shared]
+                else:
                     # Folded constants depend on the input shape; only weights are shared.
-                    self._converted[cache_key] = tensor
+                    on_device[key] = convert(name, weight)
             return on_device[key]
 
         steps: list[_Step] = []
