@@ -1,6 +1,6 @@
 """Engine cache: one serialized engine per (model, precision, profile, TensorRT, GPU).
 
-A TensorRT plan only runs on the exact TensorRT version and GPU model it was built for;
+A TensorRT plan only runs on the exact runtime, TensorRT version and GPU model it was built for;
 loading it anywhere else fails with an opaque "serialized engine version" error, or worse.
 Every engine therefore sits next to a small JSON manifest holding the full key it was built
 for, and nothing is deserialized unless the manifest matches this machine exactly. Pure
@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.config.model import Precision
+from daemon.config.model import Precision, TensorRTRuntime
 from engines.plan import BatchProfile
 
 # Bump when the build itself changes what an engine contains for the same inputs (e.g. the
 # uint8 input wrapping), so old engines stop matching.
-KEY_SCHEMA = 1
+KEY_SCHEMA = 2
 ENGINE_SUFFIX = ".engine"
 MANIFEST_SUFFIX = ".json"
 
@@ -35,11 +35,20 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Platform:
-    """Where an engine runs: the exact TensorRT build and the GPU model."""
+    """Where an engine runs: the runtime and its exact build, and the GPU model.
+
+    AGX Orin, Orin NX and Orin Nano all report the GPU name "Orin" and sm_87, yet differ in
+    SM count and clocks, and TensorRT picks its kernels for the one it builds on: ``board``
+    (the Jetson module name from the device tree, empty on a dGPU) and ``multiprocessors``
+    keep their engines apart.
+    """
 
     trt_version: str
     gpu_name: str
     compute_capability: tuple[int, int]
+    runtime: TensorRTRuntime = TensorRTRuntime.TENSORRT
+    board: str = ""
+    multiprocessors: int = 0
 
     @property
     def sm(self) -> str:
@@ -47,7 +56,10 @@ class Platform:
         return f"sm_{major}{minor}"
 
     def describe(self) -> str:
-        return f"TensorRT {self.trt_version} on {self.gpu_name} ({self.sm})"
+        name = "TensorRT-RTX" if self.runtime is TensorRTRuntime.TENSORRT_RTX else "TensorRT"
+        gpu = f"{self.board} ({self.gpu_name})" if self.board else self.gpu_name
+        sms = f", {self.multiprocessors} SMs" if self.multiprocessors else ""
+        return f"{name} {self.trt_version} on {gpu} ({self.sm}{sms})"
 
 
 @dataclass(frozen=True)
@@ -66,8 +78,11 @@ class EngineKey:
             "precision": self.precision.value,
             "batch": [self.batch.min, self.batch.opt, self.batch.max],
             "input_hw": list(self.input_hw),
+            "runtime": self.platform.runtime.value,
             "trt_version": self.platform.trt_version,
             "gpu_name": self.platform.gpu_name,
+            "board": self.platform.board,
+            "multiprocessors": self.platform.multiprocessors,
             "compute_capability": list(self.platform.compute_capability),
         }
 
@@ -83,7 +98,12 @@ class EngineKey:
                 batch=BatchProfile(int(batch[0]), int(batch[1]), int(batch[2])),
                 input_hw=(int(hw[0]), int(hw[1])),
                 platform=Platform(
-                    str(data["trt_version"]), str(data["gpu_name"]), (int(cc[0]), int(cc[1]))
+                    str(data["trt_version"]),
+                    str(data["gpu_name"]),
+                    (int(cc[0]), int(cc[1])),
+                    TensorRTRuntime(data["runtime"]),
+                    str(data["board"]),
+                    int(data["multiprocessors"]),
                 ),
                 schema=int(data["schema"]),
             )
@@ -106,18 +126,14 @@ def describe_differences(built: EngineKey, wanted: EngineKey) -> list[str]:
     diffs: list[str] = []
     if built.schema != wanted.schema:
         diffs.append(f"cache format {built.schema}, this edgewatch writes {wanted.schema}")
-    if built.platform.trt_version != wanted.platform.trt_version:
-        diffs.append(
-            f"TensorRT {built.platform.trt_version}, this is {wanted.platform.trt_version}"
-        )
-    if (built.platform.gpu_name, built.platform.compute_capability) != (
-        wanted.platform.gpu_name,
-        wanted.platform.compute_capability,
-    ):
-        diffs.append(
-            f"GPU {built.platform.gpu_name} ({built.platform.sm}), "
-            f"this is {wanted.platform.gpu_name} ({wanted.platform.sm})"
-        )
+    built_p, wanted_p = built.platform, wanted.platform
+    if built_p.runtime != wanted_p.runtime:
+        diffs.append(f"runtime {built_p.runtime.value}, configured {wanted_p.runtime.value}")
+    if built_p.trt_version != wanted_p.trt_version:
+        diffs.append(f"TensorRT {built_p.trt_version}, this is {wanted_p.trt_version}")
+    gpu_fields = ("gpu_name", "compute_capability", "board", "multiprocessors")
+    if any(getattr(built_p, f) != getattr(wanted_p, f) for f in gpu_fields):
+        diffs.append(f"GPU {built_p.describe()}, this is {wanted_p.describe()}")
     if built.onnx_sha256 != wanted.onnx_sha256:
         diffs.append(
             f"model sha256 {built.onnx_sha256[:12]}..., "
@@ -202,8 +218,13 @@ def read_manifest(engine: Path) -> EngineManifest:
     return EngineManifest.from_json(text)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    # A daemon killed mid-write must never leave a truncated engine under the final name.
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, whole.
+
+    A daemon killed mid-write must never leave a truncated engine, manifest or cache file
+    under the final name.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -231,8 +252,8 @@ def write_engine(
         source_model=str(source_model),
         notes=notes,
     )
-    _atomic_write(engine_path, plan)
-    _atomic_write(manifest_path(engine_path), manifest.to_json().encode())
+    atomic_write(engine_path, plan)
+    atomic_write(manifest_path(engine_path), manifest.to_json().encode())
     return manifest
 
 
@@ -296,3 +317,24 @@ class EngineCache:
                     mismatch_message(candidate.with_suffix(ENGINE_SUFFIX), other.key, key)
                 )
         return reasons
+
+
+_CALIBRATION_MAGIC = b"edgewatch-int8-calibration"
+
+
+def pack_calibration_cache(model_sha256: str, table: bytes) -> bytes:
+    """A calibration cache file: TensorRT's scale table behind a header naming the model.
+
+    TensorRT's own cache records no model identity, so a cache left over from another model
+    would silently give every tensor the wrong scale.
+    """
+    return b"%s %s\n%s" % (_CALIBRATION_MAGIC, model_sha256.encode(), table)
+
+
+def unpack_calibration_cache(model_sha256: str, blob: bytes) -> bytes | None:
+    """TensorRT's scale table from a file ``pack_calibration_cache`` wrote for this model, or
+    None for a file of another model or in another format (the caller recalibrates)."""
+    header, sep, table = blob.partition(b"\n")
+    if not sep or header != b"%s %s" % (_CALIBRATION_MAGIC, model_sha256.encode()):
+        return None
+    return table

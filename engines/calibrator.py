@@ -23,6 +23,7 @@ from calib.images import (
     list_calibration_images,
     to_network_input,
 )
+from engines.cache import atomic_write, pack_calibration_cache, unpack_calibration_cache
 from engines.onnx_info import InputLayout
 
 if TYPE_CHECKING:
@@ -49,13 +50,19 @@ def calibration_batches(
 
 
 class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-    """Feeds letterboxed calibration images; reuses a calibration cache file when present.
+    """Feeds letterboxed calibration images; reuses a calibration cache file when it was
+    written for the same model (``model_sha256``).
 
     TensorRT calls it from the building thread, in which the CUDA context is current.
     """
 
     def __init__(
-        self, folder: Path, layout: InputLayout, shape: tuple[int, ...], cache: Path | None
+        self,
+        folder: Path,
+        layout: InputLayout,
+        shape: tuple[int, ...],
+        cache: Path | None,
+        model_sha256: str,
     ) -> None:
         trt.IInt8EntropyCalibrator2.__init__(self)
         images = list_calibration_images(folder)
@@ -64,6 +71,7 @@ class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         self._batches = calibration_batches(images, layout, shape)
         self._batch_size = shape[0]
         self._cache = cache
+        self._model_sha256 = model_sha256
         dtype = np.uint8 if layout is InputLayout.UINT8_NHWC else np.float32
         self._device = cuda.mem_alloc(int(np.prod(shape)) * np.dtype(dtype).itemsize)
         log.info("INT8 calibration", extra={"images": len(images), "batch": shape[0]})
@@ -80,12 +88,18 @@ class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         return [int(self._device)]
 
     def read_calibration_cache(self) -> bytes | None:
-        if self._cache is not None and self._cache.is_file():
-            log.info("reusing INT8 calibration cache", extra={"cache": str(self._cache)})
-            return self._cache.read_bytes()
-        return None
+        if self._cache is None or not self._cache.is_file():
+            return None
+        table = unpack_calibration_cache(self._model_sha256, self._cache.read_bytes())
+        if table is None:
+            log.warning(
+                "INT8 calibration cache is for another model; calibrating anew",
+                extra={"cache": str(self._cache)},
+            )
+            return None
+        log.info("reusing INT8 calibration cache", extra={"cache": str(self._cache)})
+        return table
 
     def write_calibration_cache(self, cache: Buffer) -> None:
         if self._cache is not None:
-            self._cache.parent.mkdir(parents=True, exist_ok=True)
-            self._cache.write_bytes(bytes(cache))
+            atomic_write(self._cache, pack_calibration_cache(self._model_sha256, bytes(cache)))

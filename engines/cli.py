@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from daemon.config.model import Precision, TensorRTConfig
+from daemon.config.model import Precision, TensorRTConfig, TensorRTRuntime
 from engines.plan import BatchProfile, BuildPlan
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,18 @@ def register(sub: Any) -> None:
         "build-engine",
         help="build a TensorRT engine from an ONNX model",
         description=(
-            "Build a TensorRT engine (TensorRT 10.x or 11.x, chosen automatically) for this "
-            "GPU and store it with its manifest in the engine cache, where `edgewatch run` "
-            "finds it."
+            "Build a TensorRT engine (TensorRT 10.x/11.x or TensorRT-RTX) for this GPU and "
+            "store it with its manifest in the engine cache, where `edgewatch run` finds it."
         ),
     )
     parser.add_argument("--model", required=True, type=Path, help="ONNX model (float or Q/DQ)")
     parser.add_argument("--precision", required=True, choices=[p.value for p in Precision])
+    parser.add_argument(
+        "--runtime",
+        choices=[r.value for r in TensorRTRuntime],
+        default=defaults.runtime.value,
+        help="TensorRT (default) or TensorRT-RTX; must match model.tensorrt.runtime",
+    )
     parser.add_argument(
         "--batch",
         type=_batch,
@@ -80,53 +85,66 @@ def register(sub: Any) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from engines.builder import BuildRequest, EngineBuildError, build_engine, timing_cache_path
-    from engines.cache import EngineCache, EngineKey
-    from engines.gpu import GpuUnavailable, context_current, detect_platform, retain_context
-    from engines.onnx_info import ModelFileError, read_onnx_info
+    from engines.builder import EngineBuildError
+    from engines.gpu import GpuUnavailable
+    from engines.onnx_info import ModelFileError
     from engines.plan import UnsupportedBuild
+    from engines.runtime import RuntimeMissing
 
-    precision = Precision(args.precision)
     if args.calib_images is not None and not args.calib_images.is_dir():
         log.error("calibration image folder not found", extra={"path": str(args.calib_images)})
         return EXIT_USAGE
+    # What the operator must change (the model, the options, the installed runtime) is a usage
+    # error; a machine or TensorRT that fails is a failure.
     try:
-        info = read_onnx_info(args.model)
-    except ModelFileError as exc:
+        built = _build_engine(args)
+    except (ModelFileError, UnsupportedBuild) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
-    try:
-        platform = detect_platform()
-        context = retain_context()
+    except RuntimeMissing as exc:
+        log.error("cannot build a TensorRT engine here: %s", exc)
+        return EXIT_USAGE
     except GpuUnavailable as exc:
         log.error("cannot build a TensorRT engine here: %s", exc)
         return EXIT_FAILURE
+    except (EngineBuildError, OSError) as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    print(built)
+    return EXIT_OK
+
+
+def _build_engine(args: argparse.Namespace) -> Path:
+    """Build as ``args`` ask on this machine's GPU; returns the engine's path."""
+    from engines.builder import BuildRequest, build_engine, timing_cache_path
+    from engines.cache import EngineCache, EngineKey
+    from engines.gpu import context_current, detect_platform, retain_context
+    from engines.onnx_info import read_onnx_info
+    from engines.runtime import load_runtime
+
+    precision = Precision(args.precision)
+    runtime = TensorRTRuntime(args.runtime)
+    info = read_onnx_info(args.model)
+    trt_api = load_runtime(runtime)
+    platform = detect_platform(trt_api, runtime)
     key = EngineKey(info.sha256, precision, args.batch, (args.imgsz, args.imgsz), platform)
-    engine_path = args.out or EngineCache(args.cache_dir).engine_path(key)
     request = BuildRequest(
         onnx_path=args.model,
         precision=precision,
         batch=args.batch,
         input_hw=(args.imgsz, args.imgsz),
         workspace_mb=args.workspace,
-        engine_path=engine_path,
+        engine_path=args.out or EngineCache(args.cache_dir).engine_path(key),
         timing_cache=timing_cache_path(args.cache_dir, platform),
         calibration_images=args.calib_images,
         calibration_cache=args.calib_cache,
     )
+    context = retain_context()
     try:
         with context_current(context):
-            built = build_engine(request, platform, info, on_plan=_log_plan)
-    except (UnsupportedBuild, ModelFileError) as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
-    except (EngineBuildError, OSError) as exc:
-        log.error("%s", exc)
-        return EXIT_FAILURE
+            return build_engine(request, platform, info, trt_api, on_plan=_log_plan).engine_path
     finally:
         context.detach()
-    print(built.engine_path)
-    return EXIT_OK
 
 
 def _log_plan(plan: BuildPlan) -> None:

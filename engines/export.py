@@ -1,9 +1,10 @@
 """Export YOLOv8 weights to the ONNX the daemon runs, and bake uint8 input handling into it.
 
 ``export_onnx`` needs the ``export`` extra (Ultralytics + PyTorch), imported only when called.
-``add_uint8_input`` needs only ``onnx``: it prepends Transpose/Cast/Div so the model takes the
+``add_uint8_input`` needs only ``onnx``: it prepends Cast/Transpose/Div so the model takes the
 batcher's uint8 RGB NHWC batch directly and GPU backends normalise on the GPU instead of
-uploading four times the bytes as float32.
+uploading four times the bytes as float32. ``pin_input_hw`` fixes a dynamic height and width,
+so an engine built from the graph has static shapes everywhere but the batch axis.
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ def add_uint8_input(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a copy of ``model`` whose image input is uint8 RGB ``[N, H, W, 3]``.
 
     The original float ``[N, 3, H, W]`` 0..1 input becomes an internal tensor computed as
-    ``Cast(Transpose(x)) / 255``, the same arithmetic as the CPU path's conversion (transposing
-    the uint8 tensor first moves a quarter of the bytes). The input keeps its name and its
+    ``Transpose(Cast(x)) / 255``, the same arithmetic as the CPU path's conversion. The Cast
+    comes first because TensorRT takes a UINT8 network input only when it feeds a Cast
+    directly (its ONNX parser rejects a Transpose of UINT8). The input keeps its name and its
     symbolic/fixed dimensions; metadata (class names) is kept and ``edgewatch_input`` added.
     """
     wrapped = onnx.ModelProto()
@@ -118,11 +120,15 @@ def add_uint8_input(model: onnx.ModelProto) -> onnx.ModelProto:
         new_dims.add().CopyFrom(d)
     scale = numpy_helper.from_array(np.array(255, dtype=_FLOAT_ELEMS[elem]), f"{name}_255")
     prologue = [
+        helper.make_node("Cast", [name], [f"{name}_cast"], to=elem, name=f"{name}_cast"),
         helper.make_node(
-            "Transpose", [name], [f"{name}_nchw"], perm=[0, 3, 1, 2], name=f"{name}_to_nchw"
+            "Transpose",
+            [f"{name}_cast"],
+            [f"{name}_nchw"],
+            perm=[0, 3, 1, 2],
+            name=f"{name}_to_nchw",
         ),
-        helper.make_node("Cast", [f"{name}_nchw"], [f"{name}_cast"], to=elem, name=f"{name}_cast"),
-        helper.make_node("Div", [f"{name}_cast", scale.name], [internal], name=f"{name}_norm"),
+        helper.make_node("Div", [f"{name}_nchw", scale.name], [internal], name=f"{name}_norm"),
     ]
     nodes = prologue + list(graph.node)
     del graph.node[:]
@@ -137,3 +143,43 @@ def add_uint8_input(model: onnx.ModelProto) -> onnx.ModelProto:
     else:
         wrapped.metadata_props.add(key=UINT8_LAYOUT_KEY, value=UINT8_LAYOUT)
     return wrapped
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A float16 copy of ``model`` with float32 inputs and outputs kept, by ONNX Runtime's own
+    converter (``onnxruntime`` is already the CPU backend): what a strongly typed TensorRT
+    build needs to run FP16 kernels, with the casts at the graph's edges."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted: onnx.ModelProto = convert_float_to_float16(model, keep_io_types=True)
+    return converted
+
+
+def pin_input_hw(model: onnx.ModelProto, hw: tuple[int, int]) -> onnx.ModelProto:
+    """Return a copy of ``model`` whose uint8 NHWC image input has height and width ``hw``.
+
+    A dynamic H/W survives into the engine as ``-1`` in every shape TensorRT reports, even
+    when the optimization profile allows one size only; with them fixed in the graph the
+    engine's only dynamic axis is the batch. A dimension already fixed to another size is an
+    ``ExportError`` (an engine for 640 cannot serve a batcher letterboxing to 480).
+    """
+    pinned = onnx.ModelProto()
+    pinned.CopyFrom(model)
+    initializers = {i.name for i in pinned.graph.initializer}
+    inputs = [i for i in pinned.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ExportError(f"expected one image input, found {[i.name for i in inputs]}")
+    image = inputs[0]
+    dims = image.type.tensor_type.shape.dim
+    if image.type.tensor_type.elem_type != TensorProto.UINT8 or len(dims) != 4:
+        raise ExportError(f"input {image.name!r} is not uint8 [N, H, W, 3]; cannot pin H and W")
+    for axis, size in ((1, hw[0]), (2, hw[1])):
+        dim = dims[axis]
+        if dim.HasField("dim_value") and dim.dim_value != size:
+            raise ExportError(
+                f"input {image.name!r} is fixed to {dim.dim_value} on axis {axis}; "
+                f"{size} was asked for"
+            )
+        dim.Clear()
+        dim.dim_value = size
+    return pinned

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
+from daemon.config.model import TensorRTRuntime
 from engines.cache import Platform
+
+DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
 
 if TYPE_CHECKING:
     import pycuda.driver as cuda
 
 
 class GpuUnavailable(RuntimeError):
-    """No usable CUDA device, or TensorRT/PyCUDA are not installed; message for the operator."""
+    """No usable CUDA device, or PyCUDA is not installed; message for the operator."""
 
 
 def retain_context(device: int = 0) -> cuda.Context:
@@ -71,32 +76,46 @@ def context_current(context: cuda.Context) -> Iterator[None]:
         cuda.Context.pop()
 
 
-def tensorrt_missing() -> str | None:
-    """Why TensorRT cannot be used here, or None when it can.
+def shares_host_memory(device: int = 0) -> bool:
+    """Whether ``device`` is an integrated GPU (Jetson) that can map pinned host memory: then
+    a mapped host buffer is device memory too, and copies between the two are pure waste."""
+    import pycuda.driver as cuda
 
-    The ``tensorrt-stubs`` package installs a bare ``tensorrt/`` folder of ``.pyi`` files, which
-    Python imports as an empty namespace package: "importable" is not "installed".
-    """
+    gpu = _open_device(device)
+    with _cuda_usable():
+        attrs = gpu.get_attributes()
+    return bool(
+        attrs.get(cuda.device_attribute.INTEGRATED)
+        and attrs.get(cuda.device_attribute.CAN_MAP_HOST_MEMORY)
+    )
+
+
+def jetson_board(model_file: Path) -> str:
+    """The Jetson module's name ("NVIDIA Jetson AGX Orin Developer Kit", "... Orin Nano ...")
+    from the device tree; empty where there is none (a dGPU host)."""
     try:
-        import tensorrt as trt
-    except ImportError as exc:
-        return f"TensorRT is not installed ({exc})"
-    if getattr(trt, "__file__", None) is None:
-        return "TensorRT is not installed (only its type stubs are)"
-    return None
+        return model_file.read_bytes().rstrip(b"\0\n").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
 
 
-def detect_platform(device: int = 0) -> Platform:
-    """TensorRT version and GPU identity of this machine, the platform half of an engine key.
+def detect_platform(
+    trt_api: ModuleType, runtime: TensorRTRuntime = TensorRTRuntime.TENSORRT, device: int = 0
+) -> Platform:
+    """Runtime version and GPU identity of this machine, the platform half of an engine key.
 
     Device queries need no context. Retaining one here only to release it would have the
     driver create and destroy the primary context that the caller then creates again.
     """
-    missing = tensorrt_missing()
-    if missing is not None:
-        raise GpuUnavailable(missing)
-    import tensorrt as trt
+    import pycuda.driver as cuda
 
     gpu = _open_device(device)
     with _cuda_usable():
-        return Platform(trt.__version__, gpu.name(), gpu.compute_capability())
+        return Platform(
+            trt_api.__version__,
+            gpu.name(),
+            gpu.compute_capability(),
+            runtime,
+            board=jetson_board(DEVICE_TREE_MODEL),
+            multiprocessors=int(gpu.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)),
+        )

@@ -89,12 +89,10 @@ def info_from_model(model: onnx.ModelProto, path: Path, sha256: str) -> OnnxInfo
         raise ModelFileError(f"{path}: expected one image input, found {[i.name for i in inputs]}")
     dims = _dims(inputs[0])
     layout = _layout(inputs[0], dims)
-    float16_inits = any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
-    float32_inits = any(i.data_type == onnx.TensorProto.FLOAT for i in graph.initializer)
     quantized = has_qdq(model)
     traits = ModelTraits(
         has_qdq=quantized,
-        is_fp16=float16_inits and not float32_inits,
+        is_fp16=weights_are_fp16(model),
         qdq_asymmetric=quantized and not summarize(model).tensorrt_compatible,
     )
     return OnnxInfo(
@@ -104,6 +102,25 @@ def info_from_model(model: onnx.ModelProto, path: Path, sha256: str) -> OnnxInfo
         output_names=tuple(o.name for o in graph.output),
         traits=traits,
     )
+
+
+_WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def weights_are_fp16(model: onnx.ModelProto) -> bool:
+    """Whether every Conv/ConvTranspose/Gemm/MatMul weight initializer is float16.
+
+    That is what makes a model FP16 for a strongly typed build. Counting every initializer
+    would call no real FP16 model FP16: converters keep small float32 tensors such as the
+    Resize scales on purpose.
+    """
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    weights = [
+        inits[node.input[1]]
+        for node in model.graph.node
+        if node.op_type in _WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in inits
+    ]
+    return bool(weights) and all(w == onnx.TensorProto.FLOAT16 for w in weights)
 
 
 def profile_shapes(

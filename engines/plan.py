@@ -1,10 +1,13 @@
-"""What an engine build must do on a given TensorRT version: pure decisions, no TensorRT import.
+"""What an engine build must do on a given runtime and version: pure decisions, no import of
+TensorRT.
 
 TensorRT 10.x builds *weakly typed* networks where builder flags enable FP16/INT8 kernels, and
-still offers implicit INT8 calibration (deprecated since 10.1). TensorRT 11.x removed all of
-that: every network is strongly typed, the precision lives in the ONNX graph (FP16 tensors, or
-Q/DQ nodes for INT8). ``plan_build`` turns (version, precision, what the model contains) into a
-``BuildPlan`` the builder applies verbatim, or an ``UnsupportedBuild`` saying why not.
+still offers implicit INT8 calibration (deprecated since 10.1). TensorRT 11.x and TensorRT-RTX
+have none of that: every network is strongly typed, the precision lives in the ONNX graph (FP16
+tensors, or Q/DQ nodes for INT8). For FP16 there, edgewatch converts a float32 graph to float16
+itself before parsing (``convert_fp16``). ``plan_build`` turns (runtime, version, precision,
+what the model contains) into a ``BuildPlan`` the builder applies verbatim, or an
+``UnsupportedBuild`` saying why not.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from daemon.config.model import Precision
+from daemon.config.model import Precision, TensorRTRuntime
 
 
 class UnsupportedBuild(ValueError):
@@ -57,6 +60,9 @@ class BuildPlan:
     int8_flag: bool
     int8_source: Int8Source
     notes: tuple[str, ...] = ()
+    # Strongly typed FP16 from a float32 graph: convert the graph's weights and arithmetic to
+    # float16 (I/O kept float32) before parsing.
+    convert_fp16: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class ModelTraits:
     """What the ONNX already carries, as found by ``engines.onnx_info``."""
 
     has_qdq: bool
+    # The weights of every Conv/Gemm/MatMul are float16. Small float32 initializers such as
+    # Resize scales may remain, as ModelOpt AutoCast and ONNX Runtime's converter keep them.
     is_fp16: bool
     # A Q/DQ model with uint8 activations or non-zero zero points (asymmetric quantization,
     # onnxruntime.quantization's default): TensorRT's explicit INT8 takes neither.
@@ -79,20 +87,23 @@ def plan_build(
     precision: Precision,
     model: ModelTraits,
     calibration_data: bool = False,
+    runtime: TensorRTRuntime = TensorRTRuntime.TENSORRT,
 ) -> BuildPlan:
-    """Decide the build for ``precision`` on TensorRT ``version``.
+    """Decide the build for ``precision`` on ``runtime`` at ``version``.
 
     ``calibration_data`` says whether images for the legacy INT8 calibrator are available; it
     is only consulted on TensorRT 10 for a model without Q/DQ nodes.
     """
-    if version < FIRST_SUPPORTED:
+    if runtime is TensorRTRuntime.TENSORRT and version < FIRST_SUPPORTED:
         raise UnsupportedBuild(
             f"TensorRT {version} is too old: edgewatch needs TensorRT 10.x or 11.x "
             "(JetPack 6 ships 10.3)"
         )
     _check_qdq_precision(precision, model)
+    if runtime is TensorRTRuntime.TENSORRT_RTX:
+        return _plan_strongly_typed(f"TensorRT-RTX {version}", precision, model)
     if version >= STRONG_TYPING_ONLY:
-        return _plan_strongly_typed(version, precision, model)
+        return _plan_strongly_typed(f"TensorRT {version}", precision, model)
     return _plan_weakly_typed(version, precision, model, calibration_data)
 
 
@@ -116,23 +127,28 @@ def _check_qdq_precision(precision: Precision, model: ModelTraits) -> None:
     raise UnsupportedBuild("a Q/DQ model cannot be built as fp32; use --precision int8")
 
 
-def _plan_strongly_typed(
-    version: TrtVersion, precision: Precision, model: ModelTraits
-) -> BuildPlan:
+def _plan_strongly_typed(runtime: str, precision: Precision, model: ModelTraits) -> BuildPlan:
     if precision is Precision.INT8:
         if not model.has_qdq:
             raise UnsupportedBuild(
-                f"INT8 on TensorRT {version} needs a Q/DQ model: TensorRT 11 removed implicit "
-                "calibration and the INT8 builder flag. Produce one with `edgewatch calibrate` "
-                "and build from it."
+                f"INT8 on {runtime} needs a Q/DQ model: strongly typed runtimes have no "
+                "implicit calibration and no INT8 builder flag. Produce one with "
+                "`edgewatch calibrate` and build from it."
             )
         return BuildPlan(True, False, False, Int8Source.QDQ)
     if precision is Precision.FP16 and not model.is_fp16:
+        return BuildPlan(
+            True,
+            False,
+            False,
+            Int8Source.NONE,
+            notes=(f"float32 graph converted to float16 for {runtime} (I/O kept float32)",),
+            convert_fp16=True,
+        )
+    if precision is Precision.FP32 and model.is_fp16:
         raise UnsupportedBuild(
-            f"FP16 on TensorRT {version} needs an FP16 ONNX: TensorRT 11 removed the FP16 "
-            "builder flag. Convert the model first with NVIDIA ModelOpt AutoCast "
-            "(python -m modelopt.onnx.autocast --onnx_path M.onnx --output_path "
-            "M_fp16.onnx --keep_io_types) and build from M_fp16.onnx"
+            f"--precision fp32 was asked for a float16 model; {runtime} builds a strongly "
+            "typed network in the model's own types: use --precision fp16"
         )
     return BuildPlan(True, False, False, Int8Source.NONE)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config.model import Precision
+from daemon.config.model import Precision, TensorRTRuntime
 from engines.cache import (
     CacheHit,
     CacheMiss,
@@ -20,6 +20,8 @@ from engines.cache import (
     describe_differences,
     manifest_path,
     mismatch_message,
+    pack_calibration_cache,
+    unpack_calibration_cache,
     verify_engine,
     write_engine,
 )
@@ -38,6 +40,11 @@ def test_digest_is_stable_and_sensitive_to_every_field() -> None:
         dataclasses.replace(KEY, batch=BatchProfile(1, 4, 8)),
         dataclasses.replace(KEY, input_hw=(480, 480)),
         dataclasses.replace(KEY, platform=dataclasses.replace(ORIN, trt_version="10.3.0.31")),
+        dataclasses.replace(KEY, platform=dataclasses.replace(ORIN, board="Jetson Orin Nano")),
+        dataclasses.replace(KEY, platform=dataclasses.replace(ORIN, multiprocessors=8)),
+        dataclasses.replace(
+            KEY, platform=dataclasses.replace(ORIN, runtime=TensorRTRuntime.TENSORRT_RTX)
+        ),
         dataclasses.replace(KEY, platform=dataclasses.replace(ORIN, gpu_name="Orin Nano")),
         dataclasses.replace(KEY, platform=dataclasses.replace(ORIN, compute_capability=(8, 6))),
     ]
@@ -134,3 +141,28 @@ def test_engine_under_right_name_with_wrong_manifest_is_refused(tmp_path: Path) 
     path.with_suffix(".json").unlink()
     with pytest.raises(ManifestError, match="no manifest"):
         verify_engine(path, KEY)
+
+
+def test_orin_modules_and_runtimes_never_share_an_engine(tmp_path: Path) -> None:
+    """AGX Orin, Orin NX and Orin Nano all report "Orin" and sm_87."""
+    nx = dataclasses.replace(ORIN, board="NVIDIA Jetson Orin NX", multiprocessors=8)
+    nano = dataclasses.replace(ORIN, board="NVIDIA Jetson Orin Nano", multiprocessors=8)
+    built = dataclasses.replace(KEY, platform=nx)
+    write_engine(EngineCache(tmp_path).engine_path(built), built, b"plan", Path("m.onnx"))
+    miss = EngineCache(tmp_path).lookup(dataclasses.replace(KEY, platform=nano))
+    assert isinstance(miss, CacheMiss)
+    nx_name = "TensorRT 10.3.0.30 on NVIDIA Jetson Orin NX (Orin) (sm_87, 8 SMs)"
+    assert f"GPU {nx_name}" in miss.reasons[0]
+    rtx = dataclasses.replace(nx, runtime=TensorRTRuntime.TENSORRT_RTX)
+    (reason,) = describe_differences(built, dataclasses.replace(KEY, platform=rtx))[:1]
+    assert reason == "runtime tensorrt, configured tensorrt-rtx"
+
+
+def test_calibration_cache_belongs_to_one_model() -> None:
+    blob = pack_calibration_cache("ab" * 32, b"TRT-1003-EntropyCalibration2\nimages: 3c010a14\n")
+    assert unpack_calibration_cache("ab" * 32, blob) == (
+        b"TRT-1003-EntropyCalibration2\nimages: 3c010a14\n"
+    )
+    assert unpack_calibration_cache("cd" * 32, blob) is None
+    # A bare TensorRT cache (written by another tool) is not trusted either.
+    assert unpack_calibration_cache("ab" * 32, b"TRT-1003-EntropyCalibration2\n") is None

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from engines.export import add_uint8_input
+from engines.export import add_uint8_input, to_fp16
 from engines.onnx_info import (
     InputLayout,
     InputSpec,
@@ -21,6 +21,14 @@ from engines.onnx_info import (
     read_onnx_info,
 )
 from engines.plan import BatchProfile
+
+
+def test_fp16_model_keeps_float32_resize_scales_and_is_fp16(model_onnx: Path) -> None:
+    """ONNX Runtime's converter (like ModelOpt AutoCast) keeps small float32 initializers."""
+    half = to_fp16(onnx.load(str(model_onnx)))
+    kept = [i.name for i in half.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    assert kept
+    assert info_from_model(half, model_onnx, "x" * 64).traits.is_fp16
 
 
 def test_plain_export_is_float_nchw(model_onnx: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.config.model import Precision
+from daemon.config.model import Precision, TensorRTRuntime
 from engines.plan import (
     BatchProfile,
     Int8Source,
@@ -77,9 +77,28 @@ def test_trt11_int8_refuses_calibrator_even_with_images() -> None:
         plan_build(TRT11, Precision.INT8, FLOAT, calibration_data=True)
 
 
-def test_trt11_fp16_needs_fp16_onnx() -> None:
-    with pytest.raises(UnsupportedBuild, match="AutoCast"):
-        plan_build(TRT11, Precision.FP16, FLOAT)
+@pytest.mark.parametrize(
+    ("version", "runtime"),
+    [(TRT11, TensorRTRuntime.TENSORRT), (TrtVersion(1, 7, 1), TensorRTRuntime.TENSORRT_RTX)],
+)
+def test_strongly_typed_fp16_converts_a_float32_model(
+    version: TrtVersion, runtime: TensorRTRuntime
+) -> None:
+    converted = plan_build(version, Precision.FP16, FLOAT, runtime=runtime)
+    assert converted.strongly_typed
+    assert converted.convert_fp16
+    native = plan_build(version, Precision.FP16, HALF, runtime=runtime)
+    assert not native.convert_fp16
+    with pytest.raises(UnsupportedBuild, match="float16 model"):
+        plan_build(version, Precision.FP32, HALF, runtime=runtime)
+
+
+def test_tensorrt_rtx_is_strongly_typed_at_any_version() -> None:
+    rtx = TensorRTRuntime.TENSORRT_RTX
+    plan = plan_build(TrtVersion(1, 7, 1), Precision.INT8, QDQ, runtime=rtx)
+    assert (plan.strongly_typed, plan.int8_flag, plan.int8_source) == (True, False, Int8Source.QDQ)
+    with pytest.raises(UnsupportedBuild, match=r"TensorRT-RTX 1\.7\.1 needs a Q/DQ model"):
+        plan_build(TrtVersion(1, 7, 1), Precision.INT8, FLOAT, calibration_data=True, runtime=rtx)
 
 
 @pytest.mark.parametrize("version", [TRT10, TRT11])

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.config.model import BackendKind, ModelConfig, Precision, TensorRTConfig
+from daemon.config.model import BackendKind, ModelConfig, Precision, TensorRTConfig, TensorRTRuntime
 from daemon.infer.backend import Backend
 from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 from daemon.postprocess.match import Agreement, match
 from daemon.postprocess.yolo import Detections
 from daemon.stills import detect_images, list_images
-from engines.gpu import GpuUnavailable, detect_platform, tensorrt_missing
+from engines.gpu import GpuUnavailable, detect_platform
+from engines.runtime import load_runtime, runtime_missing
 from tests.fixtures.data import COCO_CALIB, COCO_EVAL, SHARED
 
 pytestmark = pytest.mark.tensorrt
@@ -28,11 +29,11 @@ IOU_MATCH = 0.5
 
 @pytest.fixture(scope="module")
 def gpu() -> None:
-    missing = tensorrt_missing()
+    missing = runtime_missing(TensorRTRuntime.TENSORRT)
     if missing is not None:
         pytest.skip(missing)
     try:
-        detect_platform()
+        detect_platform(load_runtime(TensorRTRuntime.TENSORRT))
     except GpuUnavailable as exc:
         pytest.skip(str(exc))
 
@@ -108,7 +109,7 @@ def test_int8_engine_matches_onnxruntime(
     model_path = qdq if qdq.is_file() else SHARED / "models" / "yolov8n.onnx"
     if not qdq.is_file() and TrtVersion.parse(trt.__version__).major >= 11:
         pytest.skip("no Q/DQ model in shared/models and TensorRT 11 has no calibrator")
-    platform = detect_platform()
+    platform = detect_platform(trt)
     info = read_onnx_info(model_path)
     key = EngineKey(info.sha256, Precision.INT8, BatchProfile(1, 4, 4), (640, 640), platform)
     request = BuildRequest(
@@ -125,7 +126,7 @@ def test_int8_engine_matches_onnxruntime(
     ctx = retain_context()
     try:
         with context_current(ctx):
-            build_engine(request, platform, info)
+            build_engine(request, platform, info, trt)
     finally:
         ctx.detach()
     backend = load(_trt_model(engine_cache, Precision.INT8, model_path))
@@ -136,19 +137,29 @@ def test_int8_engine_matches_onnxruntime(
 
 
 def test_concurrent_infer_from_two_threads_is_consistent(gpu: None, engine_cache: Path) -> None:
+    """Two executor threads, each on its own slot, at the same time: every output must be the
+    thread's own batch's. Only the worker threads call ``infer`` (a main-thread call would
+    take a slot and leave one worker refused), and a worker's exception fails the test."""
     from daemon.infer.tensorrt_backend import load
 
     backend = load(_trt_model(engine_cache, Precision.FP16, SHARED / "models" / "yolov8n.onnx"))
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, 255, (4, 640, 640, 3), dtype=np.uint8) for _ in range(2)]
-    expected = [backend.infer(b).copy() for b in batches]
+    barrier = threading.Barrier(2)
     errors: list[str] = []
+    runs = [0, 0]
 
     def worker(i: int) -> None:
-        for _ in range(20):
-            out = backend.infer(batches[i])
-            if not np.allclose(out, expected[i], atol=1e-2):
-                errors.append(f"thread {i} got another batch's output")
+        try:
+            expected = backend.infer(batches[i]).copy()
+            barrier.wait(60)
+            for _ in range(20):
+                out = backend.infer(batches[i])
+                runs[i] += 1
+                if not np.allclose(out, expected, atol=1e-2):
+                    errors.append(f"thread {i} got another batch's output")
+        except BaseException as exc:  # reported by the main thread
+            errors.append(f"thread {i}: {exc!r}")
 
     try:
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
@@ -159,3 +170,4 @@ def test_concurrent_infer_from_two_threads_is_consistent(gpu: None, engine_cache
     finally:
         backend.close()
     assert not errors
+    assert runs == [20, 20]

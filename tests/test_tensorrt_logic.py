@@ -1,6 +1,7 @@
-"""TensorRT backend logic that needs neither TensorRT nor a GPU: buffer sizing, slot
-ownership across threads, engine choice from the cache, the ONNX Runtime fallback, and CUDA
-failures as the operator sees them (against a fake ``pycuda.driver``)."""
+"""TensorRT backend logic that needs neither TensorRT nor a GPU: the refusals of buffer
+sizing, slot ownership across threads, engine choice from the cache, the ONNX Runtime
+fallback, and CUDA failures as the operator sees them (against a fake ``pycuda.driver``).
+The backend running an engine is in ``test_tensorrt_runtime.py``."""
 
 from __future__ import annotations
 
@@ -14,29 +15,36 @@ import numpy as np
 import pytest
 
 from daemon.cli import EXIT_USAGE, main
-from daemon.config.model import BackendKind, ModelConfig, Precision, TensorRTConfig
+from daemon.config.model import (
+    BackendKind,
+    ModelConfig,
+    Precision,
+    TensorRTConfig,
+    TensorRTRuntime,
+)
 from daemon.infer.backend import BackendError, parse_class_names
 from daemon.infer.factory import fallback_model, load_backend
 from daemon.infer.slots import SlotPool
 from daemon.infer.tensorrt_backend import (
     TensorRTBackend,
-    TensorSpec,
     buffer_specs,
     choose_engine,
+    image_input,
     names_metadata,
     numpy_dtype,
 )
 from engines.cache import EngineCache, EngineKey, Platform, write_engine
-from engines.gpu import GpuUnavailable, detect_platform, retain_context, tensorrt_missing
+from engines.gpu import GpuUnavailable, detect_platform, retain_context
 from engines.onnx_info import file_sha256
 from engines.plan import BatchProfile
+from engines.runtime import runtime_missing
+from engines.tensors import TensorSpec
 
 ORIN = Platform("10.3.0.30", "Orin", (8, 7))
 T4 = Platform("10.8.0.43", "Tesla T4", (7, 5))
-IO = [
-    TensorSpec("images", True, (-1, 640, 640, 3), "UINT8"),
-    TensorSpec("output0", False, (-1, 84, 8400), "FLOAT"),
-]
+IN = TensorSpec("images", True, (-1, 640, 640, 3), "UINT8")
+OUT = TensorSpec("output0", False, (-1, 84, 8400), "FLOAT")
+PROFILE_MAX = (8, 640, 640, 3)
 
 
 def test_numpy_dtype_mapping() -> None:
@@ -48,28 +56,47 @@ def test_numpy_dtype_mapping() -> None:
         numpy_dtype("BF16")
 
 
-def test_buffer_sizes_use_max_batch() -> None:
-    specs = {s.name: s for s in buffer_specs(IO, 8, (640, 640))}
-    assert specs["images"].max_shape == (8, 640, 640, 3)
-    assert specs["images"].nbytes == 8 * 640 * 640 * 3
-    assert specs["output0"].nbytes == 8 * 84 * 8400 * 4
-    assert specs["output0"].shape_for(3) == (3, 84, 8400)
+@pytest.mark.parametrize(
+    ("tensors", "profile_max", "match"),
+    [
+        ([TensorSpec("images", True, (-1, 3, 640, 640), "FLOAT"), OUT], PROFILE_MAX, "UINT8"),
+        ([TensorSpec("images", True, (-1, 480, 480, 3), "UINT8"), OUT], PROFILE_MAX, "UINT8"),
+        ([IN, OUT], (4, 640, 640, 3), "accepts at most"),
+        ([IN, OUT], (8, 480, 480, 3), "accepts at most"),
+        ([OUT], PROFILE_MAX, "0 inputs"),
+    ],
+)
+def test_image_input_refuses_unusable_engines(
+    tensors: list[TensorSpec], profile_max: tuple[int, ...], match: str
+) -> None:
+    with pytest.raises(BackendError, match=match):
+        image_input(tensors, profile_max, 8, (640, 640))
+
+
+def test_image_input_takes_dynamic_axes_from_the_profile() -> None:
+    dynamic = TensorSpec("images", True, (-1, -1, -1, 3), "UINT8")
+    assert image_input([dynamic, OUT], PROFILE_MAX, 8, (640, 640)) == (dynamic, PROFILE_MAX)
 
 
 @pytest.mark.parametrize(
-    ("tensors", "match"),
+    ("outputs", "match"),
     [
-        ([TensorSpec("images", True, (-1, 3, 640, 640), "FLOAT"), IO[1]], "expected UINT8"),
-        ([TensorSpec("images", True, (-1, 480, 480, 3), "UINT8"), IO[1]], "expected UINT8"),
-        ([IO[0], TensorSpec("output0", False, (-1, 84, -1), "FLOAT")], "dynamic beyond"),
-        ([IO[0], TensorSpec("output0", False, (1, 84, 8400), "FLOAT")], "no dynamic batch"),
-        ([IO[0]], "one YOLOv8 head"),
-        ([IO[1]], "0 inputs"),
+        ({"output0": (8, 84, -1)}, "no concrete shape"),
+        ({"output0": (8, 84)}, "one YOLOv8 head"),
     ],
 )
-def test_buffer_specs_refuse_unusable_engines(tensors: list[TensorSpec], match: str) -> None:
+def test_buffer_specs_refuse_outputs_that_cannot_be_sized(
+    outputs: dict[str, tuple[int, ...]], match: str
+) -> None:
     with pytest.raises(BackendError, match=match):
-        buffer_specs(tensors, 8, (640, 640))
+        buffer_specs([IN, OUT], PROFILE_MAX, outputs)
+
+
+def test_buffer_sizes() -> None:
+    specs = {s.name: s for s in buffer_specs([IN, OUT], PROFILE_MAX, {"output0": (8, 84, 8400)})}
+    assert specs["images"].nbytes == 8 * 640 * 640 * 3
+    assert specs["output0"].nbytes == 8 * 84 * 8400 * 4
+    assert specs["output0"].shape_for(3) == (3, 84, 8400)
 
 
 def test_slot_pool_binds_one_slot_per_thread() -> None:
@@ -170,7 +197,7 @@ def test_fallback_only_when_configured(tmp_path: Path, model_onnx: Path) -> None
 def test_factory_without_tensorrt_fails_or_falls_back(
     tmp_path: Path, model_onnx: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if tensorrt_missing() is None:
+    if runtime_missing(TensorRTRuntime.TENSORRT) is None:
         pytest.skip("TensorRT is installed here; this checks the machine without it")
     with pytest.raises(BackendError, match="fallback_to_onnxruntime"):
         load_backend(_model(tmp_path, model_onnx))
@@ -243,6 +270,12 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeDriver:
         def compute_capability(self) -> tuple[int, int]:
             return ORIN.compute_capability
 
+        def get_attribute(self, attr: int) -> int:
+            return self.get_attributes()[attr]
+
+        def get_attributes(self) -> dict[int, int]:
+            return {1: 1, 2: 1, 3: 16}
+
         def retain_primary_context(self) -> Context:
             if driver.retain_error is not None:
                 raise Error(driver.retain_error)
@@ -256,7 +289,10 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeDriver:
             raise Error(driver.init_error)
 
     cuda = types.ModuleType("pycuda.driver")
-    cuda.__dict__.update(Error=Error, Context=Context, Device=Device, init=init)
+    attributes = types.SimpleNamespace(INTEGRATED=1, CAN_MAP_HOST_MEMORY=2, MULTIPROCESSOR_COUNT=3)
+    cuda.__dict__.update(
+        Error=Error, Context=Context, Device=Device, init=init, device_attribute=attributes
+    )
     pycuda = types.ModuleType("pycuda")
     pycuda.__dict__.update(driver=cuda)
     trt = types.ModuleType("tensorrt")
@@ -266,8 +302,16 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeDriver:
     return driver
 
 
-def test_detect_platform_creates_no_context(fake_cuda: FakeDriver) -> None:
-    assert detect_platform() == ORIN
+def test_detect_platform_creates_no_context(
+    fake_cuda: FakeDriver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = tmp_path / "model"
+    tree.write_bytes(b"NVIDIA Jetson Orin NX Engineering Reference Developer Kit\0")
+    monkeypatch.setattr("engines.gpu.DEVICE_TREE_MODEL", tree)
+    platform = detect_platform(sys.modules["tensorrt"])
+    assert platform == dataclasses.replace(
+        ORIN, board="NVIDIA Jetson Orin NX Engineering Reference Developer Kit", multiprocessors=16
+    )
     assert fake_cuda.created == 0
     context = retain_context()
     assert (fake_cuda.created, fake_cuda.retained) == (1, 1)
@@ -298,14 +342,17 @@ def test_context_failure_is_a_backend_error_and_falls_back(
     unavailable = "TensorRT backend unavailable: CUDA is not usable: cuDevicePrimaryCtxRetain"
     engine = tmp_path / "x.engine"
     with pytest.raises(BackendError, match=unavailable):
-        TensorRTBackend(engine, names=None, input_hw=(640, 640), max_batch=4)
+        TensorRTBackend(
+            engine, sys.modules["tensorrt"], names=None, input_hw=(640, 640), max_batch=4
+        )
     # Building on start retains the context too; the build never starts.
     with pytest.raises(BackendError, match=unavailable):
         load_backend(_model(tmp_path, model_onnx, build_on_start=True))
     assert not list(tmp_path.glob("*.engine"))
 
+    here = detect_platform(sys.modules["tensorrt"])
     key = EngineKey(
-        file_sha256(model_onnx), Precision.FP16, BatchProfile(1, 4, 4), (640, 640), ORIN
+        file_sha256(model_onnx), Precision.FP16, BatchProfile(1, 4, 4), (640, 640), here
     )
     write_engine(EngineCache(tmp_path).engine_path(key), key, b"plan", model_onnx)
     with pytest.raises(BackendError, match=unavailable):
@@ -321,5 +368,7 @@ def test_cuda_error_while_loading_is_a_backend_error(tmp_path: Path, fake_cuda: 
     fake_cuda.push_error = "cuCtxPushCurrent failed: an illegal memory access was encountered"
     engine = tmp_path / "x.engine"
     with pytest.raises(BackendError, match=f"CUDA failed while loading {engine}: cuCtxPush"):
-        TensorRTBackend(engine, names=None, input_hw=(640, 640), max_batch=4)
+        TensorRTBackend(
+            engine, sys.modules["tensorrt"], names=None, input_hw=(640, 640), max_batch=4
+        )
     assert fake_cuda.retained == 0

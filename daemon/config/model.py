@@ -23,6 +23,14 @@ class BackendKind(str, Enum):
     TORCH = "torch"
 
 
+class TensorRTRuntime(str, Enum):
+    """Which NVIDIA runtime builds and runs the engine: TensorRT (JetPack, x86 data-centre
+    GPUs) or TensorRT-RTX (pip-installable, Turing and newer consumer/workstation GPUs)."""
+
+    TENSORRT = "tensorrt"
+    TENSORRT_RTX = "tensorrt-rtx"
+
+
 class Precision(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"
@@ -49,6 +57,7 @@ class CameraConfig:
 
 @dataclass(frozen=True)
 class TensorRTConfig:
+    runtime: TensorRTRuntime = TensorRTRuntime.TENSORRT
     precision: Precision = Precision.FP16
     engine_cache_dir: Path = Path("/var/cache/edgewatch/engines")
     build_on_start: bool = False

@@ -116,3 +116,29 @@ def int8_activations_to_uint8(model: onnx.ModelProto) -> onnx.ModelProto:
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
     return out
+
+
+_EIGHT_BIT = frozenset({TensorProto.INT8, TensorProto.UINT8})
+
+
+def non_8bit_dequantize_inputs(model: onnx.ModelProto) -> list[str]:
+    """Names of DequantizeLinear nodes whose quantized input is not int8/uint8.
+
+    TensorRT's parser takes DequantizeLinear only on 8-bit (or FP8/INT4) data; ONNX Runtime's
+    default int32 bias quantization writes exactly such nodes. Types are read from
+    initializers, graph inputs and recorded value infos; an input of unknown type is not
+    reported.
+    """
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    for value in (*model.graph.input, *model.graph.value_info):
+        types.setdefault(value.name, value.type.tensor_type.elem_type)
+    for node in model.graph.node:
+        if node.op_type == _Q and len(node.input) > _ZP_INPUT:
+            zp_type = types.get(node.input[_ZP_INPUT])
+            if zp_type is not None:
+                types.setdefault(node.output[0], zp_type)
+    return [
+        node.name or node.output[0]
+        for node in model.graph.node
+        if node.op_type == _DQ and types.get(node.input[0], TensorProto.INT8) not in _EIGHT_BIT
+    ]

@@ -1,18 +1,27 @@
-"""TensorRT backend: the production path on T4 and Jetson Orin.
+"""TensorRT backend: the production path on T4 and Jetson Orin (TensorRT or TensorRT-RTX).
 
-Loading (``load``): the engine for this exact model, precision, batch profile, TensorRT
+Loading (``load``): the engine for this exact model, precision, batch profile, runtime,
 version and GPU is taken from the engine cache (``engines.cache``), built first when
 ``build_on_start`` allows it, and otherwise refused with a message naming what differs. A
-mismatched engine is never deserialized.
+mismatched engine is never deserialized. The runtime's module (``tensorrt`` or
+``tensorrt_rtx``) is a constructor parameter: one code path for both.
+
+Sizing: an engine reports ``-1`` for every dynamic axis in ``get_tensor_shape``, so buffers are
+sized from what TensorRT documents as the answer: the input's largest shape from the
+optimization profile (``get_tensor_profile_shape``) and each output's shape from the execution
+context once that input shape is set (``IExecutionContext.get_tensor_shape``).
 
 Running: ``max_inflight`` slots, each with its own ``IExecutionContext``, CUDA stream, pinned
 host buffers and device buffers sized once for the maximum batch, so the H2D copy, inference
 and D2H copy of consecutive batches overlap on the GPU. Tensors are addressed by name
 (``set_input_shape``/``set_tensor_address``/``execute_async_v3``). The uint8 NHWC batch is
-copied to the GPU as uint8: the engine is built from a graph that normalises on the GPU.
+copied to the GPU as uint8: the engine is built from a graph that normalises on the GPU. The
+calling thread waits on a blocking-sync event rather than ``Stream.synchronize``, which
+spin-waits a whole CPU core per batch in flight. On a GPU that shares memory with the CPU
+(Jetson), the pinned host buffers are mapped into the device and bound directly: no copies.
 
 Threads: ``infer`` is called from executor threads, never the event loop, and blocks on its
-own stream only. The CUDA context (the device's primary context, shared with TensorRT's
+own slot only. The CUDA context (the device's primary context, shared with TensorRT's
 runtime API) is made current in the calling thread for the duration of each call (push/pop),
 which is what lets any thread drive the GPU. A thread keeps its slot from its first ``infer``
 on, because the returned array is a view of that slot's pinned output buffer and must stay
@@ -25,11 +34,12 @@ sizing, slot bookkeeping) are unit-tested on machines without either.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +57,7 @@ from daemon.infer.slots import SlotPool
 from engines.cache import CacheHit, EngineCache, EngineKey, Platform
 from engines.onnx_info import ModelFileError, file_sha256
 from engines.plan import resolve_profile
+from engines.tensors import TensorSpec, dims_tuple
 
 if TYPE_CHECKING:
     import pycuda.driver as cuda
@@ -56,6 +67,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SLOTS = 2
 _BOX_COORDS = 4
+_MAX_PROFILE_SHAPE = 2
 
 # TensorRT DataType names -> numpy; types numpy cannot hold (BF16, FP8, INT4, FP4) are refused.
 _NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
@@ -81,16 +93,6 @@ def numpy_dtype(trt_dtype_name: str) -> np.dtype[Any]:
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    """An engine I/O tensor as the engine declares it (-1 for a dynamic axis)."""
-
-    name: str
-    is_input: bool
-    shape: tuple[int, ...]
-    dtype_name: str
-
-
-@dataclass(frozen=True)
 class BufferSpec:
     """A host/device buffer pair sized for the maximum batch."""
 
@@ -107,40 +109,60 @@ class BufferSpec:
         return (batch, *self.max_shape[1:])
 
 
-def buffer_specs(
-    tensors: Sequence[TensorSpec], max_batch: int, input_hw: tuple[int, int]
-) -> list[BufferSpec]:
-    """Size every I/O buffer: the batch axis becomes ``max_batch``.
+def image_input(
+    tensors: Sequence[TensorSpec],
+    profile_max: Sequence[int],
+    max_batch: int,
+    input_hw: tuple[int, int],
+) -> tuple[TensorSpec, tuple[int, ...]]:
+    """The engine's one image input and the shape to size it for: ``max_batch`` images of
+    ``input_hw``, which its optimization profile (largest shape ``profile_max``) must allow.
 
-    The engine's input must be uint8 ``[-1, H, W, 3]`` (normalisation inside the graph) with
-    ``(H, W) == input_hw``; any other dynamic axis cannot be sized and is refused.
+    The input must be uint8 ``[N, H, W, 3]`` (normalisation inside the graph); the declared
+    shape may say ``-1`` for any axis, the profile decides what is accepted.
     """
     inputs = [t for t in tensors if t.is_input]
     if len(inputs) != 1:
         raise BackendError(f"engine has {len(inputs)} inputs, expected one image input")
     (inp,) = inputs
-    if inp.dtype_name != "UINT8" or len(inp.shape) != 4 or inp.shape[1:] != (*input_hw, 3):
+    want = (max_batch, *input_hw, 3)
+    declared_ok = len(inp.shape) == 4 and all(
+        d in (-1, w) for d, w in zip(inp.shape[1:], want[1:], strict=True)
+    )
+    if inp.dtype_name != "UINT8" or not declared_ok:
         raise BackendError(
             f"engine input {inp.name!r} is {inp.dtype_name} {list(inp.shape)}; expected UINT8 "
             f"[N, {input_hw[0]}, {input_hw[1]}, 3] (build it with edgewatch build-engine)"
         )
+    limit = tuple(int(d) for d in profile_max)
+    if len(limit) != 4 or limit[0] < max_batch or limit[1:] != want[1:]:
+        raise BackendError(
+            f"engine input {inp.name!r} accepts at most {list(limit)}; the batcher sends "
+            f"{list(want)} (rebuild with --batch 1:{max_batch}:{max_batch} "
+            f"--imgsz {input_hw[0]})"
+        )
+    return inp, want
+
+
+def buffer_specs(
+    tensors: Sequence[TensorSpec],
+    input_shape: tuple[int, ...],
+    output_shapes: Mapping[str, Sequence[int]],
+) -> list[BufferSpec]:
+    """Size every I/O buffer: the input at ``input_shape`` (from ``image_input``), each output
+    at the shape the execution context computed for that input (``output_shapes``)."""
     specs = []
     for tensor in tensors:
-        if not tensor.shape or tensor.shape[0] not in (-1, max_batch):
+        shape = (
+            input_shape if tensor.is_input else tuple(int(d) for d in output_shapes[tensor.name])
+        )
+        if not shape or any(d <= 0 for d in shape):
             raise BackendError(
-                f"engine tensor {tensor.name!r} {list(tensor.shape)} has no dynamic batch axis"
-            )
-        if any(d < 0 for d in tensor.shape[1:]):
-            raise BackendError(
-                f"engine tensor {tensor.name!r} {list(tensor.shape)} is dynamic beyond the batch"
+                f"engine tensor {tensor.name!r} has no concrete shape {list(shape)} for the "
+                f"input {list(input_shape)}"
             )
         specs.append(
-            BufferSpec(
-                tensor.name,
-                tensor.is_input,
-                (max_batch, *tensor.shape[1:]),
-                numpy_dtype(tensor.dtype_name),
-            )
+            BufferSpec(tensor.name, tensor.is_input, shape, numpy_dtype(tensor.dtype_name))
         )
     outputs = [s for s in specs if not s.is_input]
     if len(outputs) != 1 or len(outputs[0].max_shape) != 3:
@@ -204,19 +226,24 @@ def choose_engine(model: ModelConfig, platform: Platform) -> EngineChoice:
 class _Slot:
     context: trt.IExecutionContext
     stream: cuda.Stream
+    # Recorded after a batch's last copy; waiting on it sleeps instead of spinning.
+    done: cuda.Event
     host: dict[str, npt.NDArray[Any]]
-    device: dict[str, cuda.DeviceAllocation]
+    # None where the pinned host buffer itself is mapped into the device (zero-copy).
+    device: dict[str, cuda.DeviceAllocation | None]
 
 
 class TensorRTBackend:
     """A deserialized engine with ``slots`` pipelined execution slots (see module docstring).
 
-    ``names`` is the source ONNX's raw ``names`` metadata: engines carry none of their own.
+    ``trt_api`` is the runtime's module (``tensorrt`` or ``tensorrt_rtx``); ``names`` is the
+    source ONNX's raw ``names`` metadata: engines carry none of their own.
     """
 
     def __init__(
         self,
         engine_path: Path,
+        trt_api: ModuleType,
         *,
         names: str | None,
         input_hw: tuple[int, int],
@@ -224,30 +251,26 @@ class TensorRTBackend:
         slots: int = DEFAULT_SLOTS,
         device: int = 0,
     ) -> None:
-        import tensorrt as trt
+        from engines.gpu import context_current, retain_context, shares_host_memory
 
-        from engines.gpu import context_current, retain_context
-
+        self._trt = trt_api
         self._input_hw = input_hw
         self._max_batch = max_batch
         with _gpu_required():
             self._ctx = retain_context(device)
+            self._zero_copy = shares_host_memory(device)
         self._closed = False
         try:
             with _cuda_failures(f"loading {engine_path}"), context_current(self._ctx):
-                self._logger = trt.Logger(trt.Logger.WARNING)
-                self._runtime = trt.Runtime(self._logger)
+                self._logger: trt.ILogger = trt_api.Logger(trt_api.Logger.WARNING)
+                self._runtime: trt.Runtime = trt_api.Runtime(self._logger)
                 engine: trt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(
                     engine_path.read_bytes()
                 )
                 if engine is None:
                     raise BackendError(f"TensorRT could not deserialize {engine_path}")
                 self._engine = engine
-                tensors = [
-                    self._tensor_spec(engine, engine.get_tensor_name(i))
-                    for i in range(engine.num_io_tensors)
-                ]
-                self._specs = buffer_specs(tensors, max_batch, input_hw)
+                self._specs = self._size_buffers()
                 self._input = next(s for s in self._specs if s.is_input)
                 self._output = next(s for s in self._specs if not s.is_input)
                 channels = self._output.max_shape[1]
@@ -266,21 +289,43 @@ class TensorRTBackend:
             "tensorrt backend loaded",
             extra={
                 "engine": str(engine_path),
-                "trt": trt.__version__,
+                "runtime": trt_api.__name__,
+                "trt": trt_api.__version__,
                 "slots": self._pool.size,
                 "max_batch": max_batch,
+                "zero_copy": self._zero_copy,
                 "output": list(self._output.max_shape),
             },
         )
 
-    @staticmethod
-    def _tensor_spec(engine: trt.ICudaEngine, name: str) -> TensorSpec:
-        import tensorrt as trt
+    def _size_buffers(self) -> list[BufferSpec]:
+        """Buffer specs from the profile's input limit and the shapes a context computes."""
+        engine = self._engine
+        tensors = [
+            self._tensor_spec(engine, engine.get_tensor_name(i))
+            for i in range(engine.num_io_tensors)
+        ]
+        inputs = [t for t in tensors if t.is_input]
+        profile_max = (
+            engine.get_tensor_profile_shape(inputs[0].name, 0)[_MAX_PROFILE_SHAPE]
+            if len(inputs) == 1
+            else ()
+        )
+        inp, shape = image_input(tensors, dims_tuple(profile_max), self._max_batch, self._input_hw)
+        probe = engine.create_execution_context()
+        if probe is None:
+            raise BackendError("TensorRT could not create an execution context (GPU memory?)")
+        if not probe.set_input_shape(inp.name, shape):
+            raise BackendError(f"TensorRT refused input shape {list(shape)}")
+        outputs = {t.name: dims_tuple(probe.get_tensor_shape(t.name)) for t in tensors}
+        del probe
+        return buffer_specs(tensors, shape, outputs)
 
+    def _tensor_spec(self, engine: trt.ICudaEngine, name: str) -> TensorSpec:
         return TensorSpec(
             name=name,
-            is_input=engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-            shape=_dims_tuple(engine.get_tensor_shape(name)),
+            is_input=engine.get_tensor_mode(name) == self._trt.TensorIOMode.INPUT,
+            shape=dims_tuple(engine.get_tensor_shape(name)),
             dtype_name=engine.get_tensor_dtype(name).name,
         )
 
@@ -291,14 +336,24 @@ class TensorRTBackend:
         if context is None:
             raise BackendError("TensorRT could not create an execution context (GPU memory?)")
         host: dict[str, npt.NDArray[Any]] = {}
-        device: dict[str, cuda.DeviceAllocation] = {}
+        device: dict[str, cuda.DeviceAllocation | None] = {}
         for spec in self._specs:
-            host[spec.name] = cuda.pagelocked_empty(spec.max_shape, spec.dtype)
-            device[spec.name] = cuda.mem_alloc(spec.nbytes)
+            if self._zero_copy:
+                host[spec.name] = cuda.pagelocked_empty(
+                    spec.max_shape, spec.dtype, mem_flags=cuda.host_alloc_flags.DEVICEMAP
+                )
+                device[spec.name] = None
+                address = _host_allocation(host[spec.name]).get_device_pointer()
+            else:
+                host[spec.name] = cuda.pagelocked_empty(spec.max_shape, spec.dtype)
+                allocation = cuda.mem_alloc(spec.nbytes)
+                device[spec.name] = allocation
+                address = int(allocation)
             # Addresses never change, so they are bound once per context.
-            if not context.set_tensor_address(spec.name, int(device[spec.name])):
+            if not context.set_tensor_address(spec.name, address):
                 raise BackendError(f"TensorRT refused the address of tensor {spec.name!r}")
-        return _Slot(context, cuda.Stream(), host, device)
+        flags = cuda.event_flags.BLOCKING_SYNC | cuda.event_flags.DISABLE_TIMING
+        return _Slot(context, cuda.Stream(), cuda.Event(flags), host, device)
 
     @property
     def name(self) -> str:
@@ -310,7 +365,7 @@ class TensorRTBackend:
 
     @property
     def dynamic_hw(self) -> bool:
-        # The engine's optimisation profile fixes H and W; only the batch dimension varies.
+        # The engine's graph fixes H and W; only the batch dimension varies.
         return False
 
     @property
@@ -333,7 +388,7 @@ class TensorRTBackend:
         if self._closed:
             raise BackendError("tensorrt backend used after close()")
         slot = self._pool.slot_for_current_thread()
-        with context_current(self._ctx):
+        with _cuda_failures("running a batch"), context_current(self._ctx):
             out = self._run(slot, batch)
         return out if out.dtype == np.float32 else out.astype(np.float32)
 
@@ -342,53 +397,74 @@ class TensorRTBackend:
 
         n = batch.shape[0]
         host_in = slot.host[self._input.name][:n]
-        # The one host-side copy: into pinned memory, so the H2D copy is a true async DMA.
+        # The one host-side copy: into pinned memory, so the H2D copy is a true async DMA
+        # (or, mapped, the GPU reads it in place).
         np.copyto(host_in, batch)
         if not slot.context.set_input_shape(self._input.name, self._input.shape_for(n)):
             raise BackendError(f"TensorRT refused input shape {self._input.shape_for(n)}")
-        cuda.memcpy_htod_async(slot.device[self._input.name], host_in, slot.stream)
+        device_in = slot.device[self._input.name]
+        if device_in is not None:
+            cuda.memcpy_htod_async(device_in, host_in, slot.stream)
         if not slot.context.execute_async_v3(slot.stream.handle):
             raise BackendError("TensorRT execute_async_v3 failed")
         host_out = slot.host[self._output.name][:n]
-        cuda.memcpy_dtoh_async(host_out, slot.device[self._output.name], slot.stream)
-        # Blocks this executor thread only (PyCUDA releases the GIL while waiting).
-        slot.stream.synchronize()
+        device_out = slot.device[self._output.name]
+        if device_out is not None:
+            cuda.memcpy_dtoh_async(host_out, device_out, slot.stream)
+        slot.done.record(slot.stream)
+        # Sleeps this executor thread only (PyCUDA releases the GIL while waiting).
+        slot.done.synchronize()
         return host_out
 
     def close(self) -> None:
+        """Release the GPU resources in TensorRT's documented order (execution contexts, then
+        their buffers, the engine, the runtime), all with the CUDA context current, then
+        give the context back."""
         from engines.gpu import context_current
 
         if self._closed:
             return
         self._closed = True
         with context_current(self._ctx):
-            for slot in self._pool.release():
+            slots = self._pool.release()
+            for slot in slots:
+                slot.done.synchronize()
                 slot.stream.synchronize()
-                for allocation in slot.device.values():
-                    allocation.free()
+            for slot in slots:
                 del slot.context
-            del self._engine, self._runtime
+                for allocation in slot.device.values():
+                    if allocation is not None:
+                        allocation.free()
+                for array in slot.host.values():
+                    _host_allocation(array).free()
+                slot.host.clear()
+                slot.device.clear()
+            del slots, self._engine, self._runtime
         self._ctx.detach()
 
 
-def load_engine_backend(model: ModelConfig, platform: Platform) -> TensorRTBackend:
+def load_engine_backend(
+    model: ModelConfig, platform: Platform, trt_api: ModuleType
+) -> TensorRTBackend:
     """Resolve (and if allowed build) the engine for ``model``, then load it."""
     choice = choose_engine(model, platform)
     if choice.needs_build:
-        _build_on_start(model, choice)
+        _build_on_start(model, choice, trt_api)
     return TensorRTBackend(
         choice.engine,
+        trt_api,
         names=names_metadata(model.path),
         input_hw=(model.input_size, model.input_size),
         max_batch=model.max_batch,
     )
 
 
-def _dims_tuple(dims: trt.Dims) -> tuple[int, ...]:
-    return tuple(int(dims[i]) for i in range(len(dims)))
+def _host_allocation(array: npt.NDArray[Any]) -> cuda.HostAllocation:
+    """The pinned allocation behind an array from ``pagelocked_empty``."""
+    return cast("cuda.HostAllocation", array.base)
 
 
-def _build_on_start(model: ModelConfig, choice: EngineChoice) -> None:
+def _build_on_start(model: ModelConfig, choice: EngineChoice, trt_api: ModuleType) -> None:
     from engines.builder import BuildRequest, EngineBuildError, build_engine, timing_cache_path
     from engines.gpu import context_current, retain_context
     from engines.onnx_info import read_onnx_info
@@ -416,7 +492,7 @@ def _build_on_start(model: ModelConfig, choice: EngineChoice) -> None:
         ctx = retain_context()
     try:
         with _cuda_failures("building the TensorRT engine"), context_current(ctx):
-            build_engine(request, choice.key.platform, read_onnx_info(model.path))
+            build_engine(request, choice.key.platform, read_onnx_info(model.path), trt_api)
     except (EngineBuildError, UnsupportedBuild, ModelFileError, OSError) as exc:
         raise BackendError(f"building the TensorRT engine failed: {exc}") from exc
     finally:
@@ -426,10 +502,16 @@ def _build_on_start(model: ModelConfig, choice: EngineChoice) -> None:
 def load(model: ModelConfig) -> TensorRTBackend:
     """Factory entry point (``daemon.infer.factory``): ``BackendError`` for every failure."""
     from engines.gpu import detect_platform
+    from engines.runtime import RuntimeMissing, load_runtime
 
+    runtime = model.tensorrt.runtime
+    try:
+        trt_api = load_runtime(runtime)
+    except RuntimeMissing as exc:
+        raise BackendError(f"TensorRT backend unavailable: {exc}") from exc
     with _gpu_required():
-        platform = detect_platform()
-    return load_engine_backend(model, platform)
+        platform = detect_platform(trt_api, runtime)
+    return load_engine_backend(model, platform, trt_api)
 
 
 @contextmanager

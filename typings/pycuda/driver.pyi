@@ -31,8 +31,26 @@ class Context:
     @property
     def handle(self) -> int: ...
 
+class device_attribute:
+    MULTIPROCESSOR_COUNT: int
+    INTEGRATED: int
+    CAN_MAP_HOST_MEMORY: int
+
+class event_flags:
+    DEFAULT: int
+    BLOCKING_SYNC: int
+    DISABLE_TIMING: int
+    INTERPROCESS: int
+
+class host_alloc_flags:
+    PORTABLE: int
+    DEVICEMAP: int
+    WRITECOMBINED: int
+
 class Device:
     def __init__(self, number: int) -> None: ...
+    def get_attribute(self, attr: int) -> int: ...
+    def get_attributes(self) -> dict[int, int]: ...
     @staticmethod
     def count() -> int: ...
     def name(self) -> str: ...
@@ -47,6 +65,18 @@ class Stream:
     def is_done(self) -> bool: ...
     @property
     def handle(self) -> int: ...
+
+class Event:
+    def __init__(self, flags: int = 0) -> None: ...
+    def record(self, stream: Stream | None = None) -> Event: ...
+    def synchronize(self) -> Event: ...
+    def query(self) -> bool: ...
+
+class HostAllocation:
+    """The ``base`` of an array from ``pagelocked_empty``."""
+
+    def free(self) -> None: ...
+    def get_device_pointer(self) -> int: ...
 
 class DeviceAllocation:
     def __int__(self) -> int: ...
@@ -74,13 +104,18 @@ __all__ = [
     "Device",
     "DeviceAllocation",
     "Error",
+    "Event",
+    "HostAllocation",
     "LaunchError",
     "LogicError",
     "MemoryError",
     "RuntimeError",
     "Stream",
+    "device_attribute",
+    "event_flags",
     "get_driver_version",
     "get_version",
+    "host_alloc_flags",
     "init",
     "mem_alloc",
     "mem_get_info",

@@ -1,0 +1,417 @@
+"""A TensorRT runtime and a PyCUDA driver for machines without a GPU, written to behave as
+NVIDIA and PyCUDA document them, not as edgewatch's backend assumes:
+
+- an engine reports ``-1`` for every dynamic axis in ``get_tensor_shape``; inputs' limits come
+  from ``get_tensor_profile_shape``; an execution context reports an output's shape only once
+  every input shape is set (``set_input_shape``, which refuses shapes outside the profile);
+- ``execute_async_v3`` needs every input shape and every tensor address set, and only
+  enqueues: copies and inference run when the stream is synchronized or a recorded event is
+  waited on, reading the source buffers at that moment, as a real DMA does;
+- allocations, copies and frees need a current CUDA context (``CUDA_ERROR_INVALID_CONTEXT``
+  otherwise); execution contexts must be destroyed before their engine, and the engine
+  before the runtime.
+
+The engine's I/O is not invented here: ``write_engine_file`` records what NVIDIA's parser
+and builder declared for the real graph (``BuiltEngine.io`` from a TensorRT-RTX build), and
+"inference" runs that same prepared graph with ONNX Runtime, so outputs are real outputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from engines.tensors import TensorSpec
+
+MAGIC = "edgewatch-test-engine"
+_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "UINT8": np.uint8, "INT32": np.int32}
+
+
+def write_engine_file(
+    path: Path,
+    io: Sequence[TensorSpec],
+    profile: tuple[Sequence[int], Sequence[int], Sequence[int]],
+    graph: Path,
+) -> None:
+    """An engine for the fake runtime: the real build's I/O, the input's profile and the
+    prepared ONNX graph the real engine was built from."""
+    path.write_text(
+        json.dumps(
+            {
+                "magic": MAGIC,
+                "io": [[t.name, t.is_input, list(t.shape), t.dtype_name] for t in io],
+                "profile": [list(s) for s in profile],
+                "graph": str(graph),
+            }
+        )
+    )
+
+
+class CudaError(Exception):
+    """``pycuda.driver.Error``."""
+
+
+@dataclass
+class Driver:
+    """Device state and what the test asserts on: live allocations, ordering violations."""
+
+    integrated: bool = False
+    memory: dict[int, bytearray] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    retained: int = 0
+    executions: int = 0
+    _addresses: itertools.count[int] = field(
+        default_factory=lambda: itertools.count(1 << 40, 1 << 28)
+    )
+    _local: threading.local = field(default_factory=threading.local)
+
+    def stack(self) -> list[object]:
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        stack: list[object] = self._local.stack
+        return stack
+
+    def require_context(self, what: str) -> None:
+        if not self.stack():
+            raise CudaError(f"{what}: CUDA_ERROR_INVALID_CONTEXT (no current context)")
+
+    def allocate(self, buffer: bytearray) -> int:
+        address = next(self._addresses)
+        self.memory[address] = buffer
+        return address
+
+    def view(self, address: int, nbytes: int) -> memoryview:
+        if address not in self.memory:
+            raise CudaError(f"CUDA_ERROR_INVALID_VALUE: {address:#x} is not an allocation")
+        buffer = self.memory[address]
+        if nbytes > len(buffer):
+            raise CudaError(
+                f"CUDA_ERROR_INVALID_VALUE: {nbytes} bytes past a {len(buffer)} B block"
+            )
+        return memoryview(buffer)[:nbytes]
+
+
+def make_pycuda(driver: Driver) -> types.ModuleType:
+    """A ``pycuda.driver`` module over ``driver``."""
+
+    class Context:
+        def push(self) -> None:
+            driver.stack().append(self)
+
+        @staticmethod
+        def pop() -> None:
+            driver.stack().pop()
+
+        def detach(self) -> None:
+            driver.retained -= 1
+
+    class Device:
+        def __init__(self, number: int) -> None:
+            self.number = number
+
+        @staticmethod
+        def count() -> int:
+            return 1
+
+        def name(self) -> str:
+            return "Orin" if driver.integrated else "Tesla T4"
+
+        def compute_capability(self) -> tuple[int, int]:
+            return (8, 7) if driver.integrated else (7, 5)
+
+        def get_attribute(self, attr: int) -> int:
+            return self.get_attributes()[attr]
+
+        def get_attributes(self) -> dict[int, int]:
+            return {1: int(driver.integrated), 2: 1, 3: 8 if driver.integrated else 40}
+
+        def retain_primary_context(self) -> Context:
+            driver.retained += 1
+            return Context()
+
+    class DeviceAllocation:
+        def __init__(self, nbytes: int) -> None:
+            driver.require_context("cuMemAlloc")
+            self.address = driver.allocate(bytearray(nbytes))
+
+        def __int__(self) -> int:
+            return self.address
+
+        def free(self) -> None:
+            driver.require_context("cuMemFree")
+            del driver.memory[self.address]
+
+    class HostAllocation(bytearray):
+        mapped_address: int | None = None
+
+        def get_device_pointer(self) -> int:
+            if self.mapped_address is None:
+                raise CudaError("cuMemHostGetDevicePointer: allocation is not DEVICEMAP")
+            return self.mapped_address
+
+        def free(self) -> None:
+            driver.require_context("cuMemFreeHost")
+            if self.mapped_address is not None:
+                del driver.memory[self.mapped_address]
+
+    def pagelocked_empty(
+        shape: tuple[int, ...], dtype: npt.DTypeLike, order: str = "C", mem_flags: int = 0
+    ) -> npt.NDArray[Any]:
+        driver.require_context("cuMemHostAlloc")
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        allocation = HostAllocation(nbytes)
+        if mem_flags & host_alloc_flags.DEVICEMAP:
+            if not driver.integrated:
+                raise CudaError("the fake maps host memory on an integrated GPU only")
+            allocation.mapped_address = driver.allocate(allocation)
+        return np.ndarray(shape, dtype, buffer=allocation)
+
+    class Stream:
+        _handles = itertools.count(0x1000)
+
+        def __init__(self, flags: int = 0) -> None:
+            self.handle = next(self._handles)
+            self.pending: list[Callable[[], None]] = []
+            streams[self.handle] = self
+
+        def enqueue(self, work: Callable[[], None]) -> None:
+            self.pending.append(work)
+
+        def drain(self, upto: int | None = None) -> None:
+            count = len(self.pending) if upto is None else upto
+            work, self.pending = self.pending[:count], self.pending[count:]
+            for item in work:
+                item()
+
+        def synchronize(self) -> None:
+            driver.require_context("cuStreamSynchronize")
+            self.drain()
+
+    streams: dict[int, Stream] = {}
+
+    class Event:
+        def __init__(self, flags: int = 0) -> None:
+            self.flags = flags
+            self.stream: Stream | None = None
+            self.mark = 0
+
+        def record(self, stream: Stream | None = None) -> Event:
+            assert stream is not None
+            self.stream, self.mark = stream, len(stream.pending)
+            return self
+
+        def synchronize(self) -> Event:
+            driver.require_context("cuEventSynchronize")
+            if self.stream is not None:
+                self.stream.drain(self.mark)
+                self.mark = 0
+            return self
+
+    def _host_to_device(dest: Any, src: npt.NDArray[Any], stream: Stream) -> None:
+        driver.require_context("cuMemcpyHtoDAsync")
+        address, nbytes = int(dest), src.nbytes
+
+        def copy() -> None:
+            driver.view(address, nbytes)[:] = src.tobytes()
+
+        stream.enqueue(copy)
+
+    def _device_to_host(dest: npt.NDArray[Any], src: Any, stream: Stream) -> None:
+        driver.require_context("cuMemcpyDtoHAsync")
+        address, nbytes = int(src), dest.nbytes
+
+        def copy() -> None:
+            dest[...] = np.frombuffer(driver.view(address, nbytes), dest.dtype).reshape(dest.shape)
+
+        stream.enqueue(copy)
+
+    host_alloc_flags = types.SimpleNamespace(PORTABLE=1, DEVICEMAP=2, WRITECOMBINED=4)
+    cuda = types.ModuleType("pycuda.driver")
+    cuda.__dict__.update(
+        Error=CudaError,
+        Context=Context,
+        Device=Device,
+        Stream=Stream,
+        Event=Event,
+        DeviceAllocation=DeviceAllocation,
+        init=lambda flags=0: None,
+        mem_alloc=DeviceAllocation,
+        pagelocked_empty=pagelocked_empty,
+        memcpy_htod_async=_host_to_device,
+        memcpy_dtoh_async=_device_to_host,
+        event_flags=types.SimpleNamespace(DEFAULT=0, BLOCKING_SYNC=1, DISABLE_TIMING=2),
+        host_alloc_flags=host_alloc_flags,
+        device_attribute=types.SimpleNamespace(
+            INTEGRATED=1, CAN_MAP_HOST_MEMORY=2, MULTIPROCESSOR_COUNT=3
+        ),
+        streams=streams,
+    )
+    return cuda
+
+
+class DataType(Enum):
+    FLOAT = 0
+    HALF = 1
+    INT32 = 3
+    UINT8 = 5
+
+
+class TensorIOMode(Enum):
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
+
+
+def make_tensorrt(driver: Driver, cuda: types.ModuleType) -> types.ModuleType:
+    """A ``tensorrt`` module (runtime side only) whose engines run on ``driver``."""
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity: int = 2) -> None:
+            self.severity = severity
+
+    class ExecutionContext:
+        def __init__(self, engine: Engine) -> None:
+            self.engine = engine
+            self.shapes: dict[str, tuple[int, ...]] = {}
+            self.addresses: dict[str, int] = {}
+            engine.live_contexts += 1
+
+        def __del__(self) -> None:
+            self.engine.live_contexts -= 1
+
+        def set_input_shape(self, name: str, shape: Sequence[int]) -> bool:
+            spec = self.engine.specs[name]
+            low, _, high = self.engine.profile
+            dims = tuple(int(d) for d in shape)
+            fits = (
+                spec.is_input
+                and len(dims) == len(spec.shape)
+                and all(d == s for d, s in zip(dims, spec.shape, strict=True) if s != -1)
+                and all(lo <= d <= hi for d, lo, hi in zip(dims, low, high, strict=True))
+            )
+            if fits:
+                self.shapes[name] = dims
+            return fits
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            spec = self.engine.specs[name]
+            if spec.is_input:
+                return self.shapes.get(name, spec.shape)
+            if not self.all_inputs_set():
+                return spec.shape
+            return self.engine.output_shapes(self.shapes)[name]
+
+        def all_inputs_set(self) -> bool:
+            return all(n in self.shapes for n, s in self.engine.specs.items() if s.is_input)
+
+        def set_tensor_address(self, name: str, address: int) -> bool:
+            if name not in self.engine.specs:
+                return False
+            self.addresses[name] = int(address)
+            return True
+
+        def execute_async_v3(self, stream_handle: int) -> bool:
+            if not self.all_inputs_set() or set(self.addresses) != set(self.engine.specs):
+                return False
+            shapes, addresses = dict(self.shapes), dict(self.addresses)
+            cuda.streams[stream_handle].enqueue(lambda: self.engine.run(shapes, addresses))
+            return True
+
+    class Engine:
+        def __init__(self, data: dict[str, Any], runtime: Runtime) -> None:
+            self.runtime = runtime
+            runtime.live_engines += 1
+            self.specs: dict[str, TensorSpec] = {
+                name: TensorSpec(name, is_input, tuple(shape), dtype)
+                for name, is_input, shape, dtype in data["io"]
+            }
+            self.profile = tuple(tuple(s) for s in data["profile"])
+            self.session = ort.InferenceSession(data["graph"], providers=["CPUExecutionProvider"])
+            self.live_contexts = 0
+
+        def __del__(self) -> None:
+            if self.live_contexts:
+                driver.violations.append("engine destroyed before its execution contexts")
+            self.runtime.live_engines -= 1
+
+        @property
+        def num_io_tensors(self) -> int:
+            return len(self.specs)
+
+        def get_tensor_name(self, index: int) -> str:
+            return list(self.specs)[index]
+
+        def get_tensor_mode(self, name: str) -> TensorIOMode:
+            return TensorIOMode.INPUT if self.specs[name].is_input else TensorIOMode.OUTPUT
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            return self.specs[name].shape
+
+        def get_tensor_dtype(self, name: str) -> DataType:
+            return DataType[self.specs[name].dtype_name]
+
+        def get_tensor_profile_shape(self, name: str, profile: int) -> list[tuple[int, ...]]:
+            if profile != 0 or not self.specs[name].is_input:
+                raise RuntimeError(f"{name!r} has no shape in optimization profile {profile}")
+            return list(self.profile)
+
+        def create_execution_context(self) -> ExecutionContext:
+            return ExecutionContext(self)
+
+        def output_shapes(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+            feeds = {n: np.zeros(s, _DTYPES[self.specs[n].dtype_name]) for n, s in shapes.items()}
+            names = [o.name for o in self.session.get_outputs()]
+            return {n: o.shape for n, o in zip(names, self.session.run(names, feeds), strict=True)}
+
+        def run(self, shapes: dict[str, tuple[int, ...]], addresses: dict[str, int]) -> None:
+            feeds = {}
+            for name, shape in shapes.items():
+                dtype = np.dtype(_DTYPES[self.specs[name].dtype_name])
+                raw = driver.view(addresses[name], int(np.prod(shape)) * dtype.itemsize)
+                feeds[name] = np.frombuffer(raw, dtype).reshape(shape).copy()
+            names = [o.name for o in self.session.get_outputs()]
+            for name, value in zip(names, self.session.run(names, feeds), strict=True):
+                out = np.ascontiguousarray(value, _DTYPES[self.specs[name].dtype_name])
+                driver.view(addresses[name], out.nbytes)[:] = out.tobytes()
+            driver.executions += 1
+
+    class Runtime:
+        def __init__(self, logger: Logger) -> None:
+            self.live_engines = 0
+
+        def __del__(self) -> None:
+            if self.live_engines:
+                driver.violations.append("runtime destroyed before its engines")
+
+        def deserialize_cuda_engine(self, blob: bytes) -> Engine | None:
+            try:
+                data = json.loads(blob)
+            except ValueError:
+                return None
+            if not isinstance(data, dict) or data.get("magic") != MAGIC:
+                return None
+            return Engine(data, self)
+
+    trt = types.ModuleType("tensorrt")
+    trt.__dict__.update(
+        __version__="10.3.0.30",
+        __file__="tensorrt/__init__.py",
+        Logger=Logger,
+        Runtime=Runtime,
+        DataType=DataType,
+        TensorIOMode=TensorIOMode,
+    )
+    return trt
