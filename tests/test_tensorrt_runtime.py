@@ -33,7 +33,13 @@ from engines.cache import EngineCache, EngineKey, Platform, write_engine
 from engines.export import add_uint8_input
 from engines.onnx_info import read_onnx_info
 from engines.plan import BatchProfile, BuildPlan, Int8Source
-from tests.fakes.tensorrt_runtime import Driver, make_pycuda, make_tensorrt, write_engine_file
+from tests.fakes.tensorrt_runtime import (
+    Driver,
+    FakeDeviceMemory,
+    make_pycuda,
+    make_tensorrt,
+    write_engine_file,
+)
 
 HW = (320, 320)
 MAX_BATCH = 2
@@ -51,7 +57,7 @@ class Fake:
 def fake(monkeypatch: pytest.MonkeyPatch) -> Fake:
     driver = Driver()
     cuda = make_pycuda(driver)
-    trt = make_tensorrt(driver, cuda)
+    trt = make_tensorrt(driver, FakeDeviceMemory(driver, cuda))
     pycuda = type(sys)("pycuda")
     pycuda.driver = cuda  # type: ignore[attr-defined]
     for name, module in (("pycuda", pycuda), ("pycuda.driver", cuda), ("tensorrt", trt)):

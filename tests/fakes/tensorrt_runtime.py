@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -273,8 +273,36 @@ class TensorIOMode(Enum):
     OUTPUT = 2
 
 
-def make_tensorrt(driver: Driver, cuda: types.ModuleType) -> types.ModuleType:
-    """A ``tensorrt`` module (runtime side only) whose engines run on ``driver``."""
+class DeviceMemory(Protocol):
+    """How an engine reaches GPU memory and streams: the fake driver's, or real PyCUDA's."""
+
+    def read(self, address: int, nbytes: int) -> bytes: ...
+
+    def write(self, address: int, data: bytes) -> None: ...
+
+    def enqueue(self, stream_handle: int, work: Callable[[], None]) -> None: ...
+
+
+@dataclass
+class FakeDeviceMemory:
+    """The fake driver's memory; work runs when its stream is synchronized."""
+
+    driver: Driver
+    cuda: types.ModuleType
+
+    def read(self, address: int, nbytes: int) -> bytes:
+        return bytes(self.driver.view(address, nbytes))
+
+    def write(self, address: int, data: bytes) -> None:
+        self.driver.view(address, len(data))[:] = data
+
+    def enqueue(self, stream_handle: int, work: Callable[[], None]) -> None:
+        self.cuda.streams[stream_handle].enqueue(work)
+
+
+def make_tensorrt(driver: Driver, memory: DeviceMemory) -> types.ModuleType:
+    """A ``tensorrt`` module (runtime side only) whose engines run on ``memory``; ``driver``
+    records executions and ordering violations."""
 
     class Logger:
         WARNING = 2
@@ -327,7 +355,7 @@ def make_tensorrt(driver: Driver, cuda: types.ModuleType) -> types.ModuleType:
             if not self.all_inputs_set() or set(self.addresses) != set(self.engine.specs):
                 return False
             shapes, addresses = dict(self.shapes), dict(self.addresses)
-            cuda.streams[stream_handle].enqueue(lambda: self.engine.run(shapes, addresses))
+            memory.enqueue(stream_handle, lambda: self.engine.run(shapes, addresses))
             return True
 
     class Engine:
@@ -380,12 +408,12 @@ def make_tensorrt(driver: Driver, cuda: types.ModuleType) -> types.ModuleType:
             feeds = {}
             for name, shape in shapes.items():
                 dtype = np.dtype(_DTYPES[self.specs[name].dtype_name])
-                raw = driver.view(addresses[name], int(np.prod(shape)) * dtype.itemsize)
+                raw = memory.read(addresses[name], int(np.prod(shape)) * dtype.itemsize)
                 feeds[name] = np.frombuffer(raw, dtype).reshape(shape).copy()
             names = [o.name for o in self.session.get_outputs()]
             for name, value in zip(names, self.session.run(names, feeds), strict=True):
                 out = np.ascontiguousarray(value, _DTYPES[self.specs[name].dtype_name])
-                driver.view(addresses[name], out.nbytes)[:] = out.tobytes()
+                memory.write(addresses[name], out.tobytes())
             driver.executions += 1
 
     class Runtime:
