@@ -287,7 +287,7 @@ def _build_serialized(
         },
     )
     serialized: trt.IHostMemory | None = builder.build_serialized_network(network, config)
-    del calibrator  # TensorRT holds no reference; keep it alive until here, then release buffers
+    del calibrator  # the build has read every batch: release its device buffer now
     if serialized is None:
         raise EngineBuildError(
             f"TensorRT failed to build {request.onnx_path} ({request.precision.value}); "
@@ -322,7 +322,8 @@ def _target_compute_capability(
     # TensorRT-RTX's own builder-config API; TensorRT's stubs (the type-checked API) lack it.
     rtx_config: Any = config
     rtx_config.num_compute_capabilities = 1
-    rtx_config.set_compute_capability(target, 0)
+    if not rtx_config.set_compute_capability(target, 0):
+        raise EngineBuildError(f"TensorRT-RTX refused compute capability {platform.sm}")
 
 
 def _apply_plan(

@@ -83,11 +83,10 @@ def shares_host_memory(device: int = 0) -> bool:
 
     gpu = _open_device(device)
     with _cuda_usable():
-        attrs = gpu.get_attributes()
-    return bool(
-        attrs.get(cuda.device_attribute.INTEGRATED)
-        and attrs.get(cuda.device_attribute.CAN_MAP_HOST_MEMORY)
-    )
+        return bool(
+            gpu.get_attribute(cuda.device_attribute.INTEGRATED)
+            and gpu.get_attribute(cuda.device_attribute.CAN_MAP_HOST_MEMORY)
+        )
 
 
 def jetson_board(model_file: Path) -> str:

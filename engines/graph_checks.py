@@ -62,7 +62,8 @@ def fixed_hw_problems(model: onnx.ModelProto) -> list[str]:
     return []
 
 
-# TensorRT 10.0-10.5 document ONNX opsets 9 to 20 (10.6 raised it to 22); JetPack 6 ships 10.3.
+# onnx-tensorrt documents ONNX opsets 9 to 20 for TensorRT 10.0, and no release up to 10.5
+# raises it; JetPack 6 ships 10.3.
 MAX_OPSET = 20
 _RESIZE_MODES = frozenset({b"nearest", b"linear"})
 _RESIZE_COORDINATES = frozenset(

@@ -133,6 +133,6 @@ def test_backend_on_real_cuda(
     for i, result in enumerate(results):
         assert isinstance(result, np.ndarray), result
         np.testing.assert_allclose(result[0], reference[i], rtol=1e-3, atol=1e-2)
-    assert driver.violations == []
+    assert driver.leaks == []
     # Every device allocation and pinned buffer of the two slots was given back.
     assert free_after >= free_before - (4 << 20), (free_before, free_after)

@@ -127,7 +127,7 @@ def test_outputs_match_onnxruntime_and_everything_is_released(
     assert fake.driver.executions == warmups + 2
     backend.close()
     assert fake.driver.memory == {}
-    assert fake.driver.violations == []
+    assert fake.driver.leaks == []
     assert fake.driver.retained == 0
 
 

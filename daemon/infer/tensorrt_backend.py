@@ -276,11 +276,13 @@ class TensorRTBackend:
                 channels = self._output.max_shape[1]
                 self._class_names = parse_class_names(names, channels - _BOX_COORDS)
                 self._pool = SlotPool([self._make_slot() for _ in range(max(slots, 1))])
-                # Warm-up: first launches pay for lazy module loading and kernel selection.
+                # Warm-up, every batch size on every slot: first launches pay for lazy
+                # module loading and kernel selection (TensorRT-RTX compiles kernels for the
+                # shapes it meets), which must not stall the first batches served.
                 warm = np.zeros(self._input.max_shape, np.uint8)
                 for slot in self._pool.all_slots():
-                    self._run(slot, warm)
-                    self._run(slot, warm[:1])
+                    for n in range(max_batch, 0, -1):
+                        self._run(slot, warm[:n])
         except BaseException:
             # Nothing else will release the primary context this constructor retained.
             self._ctx.detach()
@@ -417,30 +419,34 @@ class TensorRTBackend:
         return host_out
 
     def close(self) -> None:
-        """Release the GPU resources in TensorRT's documented order (execution contexts, then
-        their buffers, the engine, the runtime), all with the CUDA context current, then
-        give the context back."""
+        """Wait for the slots' work, then free every slot's execution context, stream, event
+        and buffers while the CUDA context is current, then the engine and the runtime, and
+        only then give the context back: PyCUDA skips destroying what outlives its context
+        (a leak), so nothing of a slot may stay referenced past ``detach``. Arrays returned by
+        ``infer`` are invalid afterwards."""
         from engines.gpu import context_current
 
         if self._closed:
             return
         self._closed = True
         with context_current(self._ctx):
-            slots = self._pool.release()
-            for slot in slots:
-                slot.done.synchronize()
-                slot.stream.synchronize()
-            for slot in slots:
-                del slot.context
-                for allocation in slot.device.values():
-                    if allocation is not None:
-                        allocation.free()
-                for array in slot.host.values():
-                    _host_allocation(array).free()
-                slot.host.clear()
-                slot.device.clear()
-            del slots, self._engine, self._runtime
+            _release_slots(self._pool.release())
+            del self._engine, self._runtime
         self._ctx.detach()
+
+
+def _release_slots(slots: list[_Slot]) -> None:
+    """Synchronize and free ``slots`` (the caller holds the CUDA context current)."""
+    for slot in slots:
+        slot.done.synchronize()
+        slot.stream.synchronize()
+    for slot in slots:
+        for allocation in slot.device.values():
+            if allocation is not None:
+                allocation.free()
+        for array in slot.host.values():
+            _host_allocation(array).free()
+    slots.clear()
 
 
 def load_engine_backend(
