@@ -99,8 +99,9 @@ def _build(args: argparse.Namespace) -> int:
         platform = detect_platform()
         context = retain_context()
     except GpuUnavailable as exc:
+        # A missing runtime or GPU is the operator's to fix, as `run` reports it: exit 2.
         log.error("cannot build a TensorRT engine here: %s", exc)
-        return EXIT_FAILURE
+        return EXIT_USAGE
     key = EngineKey(info.sha256, precision, args.batch, (args.imgsz, args.imgsz), platform)
     engine_path = args.out or EngineCache(args.cache_dir).engine_path(key)
     request = BuildRequest(

@@ -99,7 +99,7 @@ def test_readable_secrets_warn_without_failing(tmp_path: Path, shared_dir: Path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("OK: 1 camera (1 enabled)")
     assert "level=warning" in result.stderr
-    assert f"chmod 600 {path}" in result.stderr
+    assert f"chmod 640 {path}" in result.stderr
     assert "cameras[0].url, mqtt.password" in result.stderr
     assert CAMERA_PASSWORD not in result.stderr + result.stdout
     assert MQTT_PASSWORD not in result.stderr + result.stdout

@@ -459,13 +459,13 @@ def test_world_readable_secret_file_warns(
     assert warning.file == str(path)
     assert "mqtt.password" in warning.message
     assert "0644" in warning.message
-    assert f"chmod 600 {path}" in warning.hint
+    assert f"chmod 640 {path}" in warning.hint
     assert MQTT_PASSWORD not in warning.render()
     with caplog.at_level(logging.WARNING, logger="daemon.config.load"):
         load_config(path)
     (record,) = caplog.records
     assert record.__dict__["file"] == str(path)
-    assert "chmod 600" in record.__dict__["hint"]
+    assert "chmod 640" in record.__dict__["hint"]
     # No secret in the file, nothing to warn about whatever the mode.
     plain = write_config(tmp_path, _BASE, "plain.yaml")
     plain.chmod(0o644)
@@ -477,7 +477,7 @@ def test_readable_password_file_and_camera_credentials_warn(
 ) -> None:
     secret = tmp_path / "mqtt.pw"
     secret.write_text(MQTT_PASSWORD, encoding="utf-8")
-    secret.chmod(0o640)
+    secret.chmod(0o644)
     text = (
         f"cameras:\n  - id: cam1\n    url: rtsp://admin:{CAMERA_PASSWORD}@10.0.0.5/live\n"
         + _MODEL

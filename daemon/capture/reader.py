@@ -37,7 +37,7 @@ from daemon.capture.protocol import (
     Streaming,
 )
 from daemon.capture.ring import Frame, FrameRing, attach
-from daemon.config.secrets import mask_text
+from daemon.config.secrets import mask_text, url_secrets
 
 # A file whose container reports no usable frame rate is paced at this.
 _DEFAULT_FILE_FPS: Final = 25.0
@@ -127,7 +127,7 @@ class _Reader:
         self.ring = ring
         self.conn = conn
         self.kind = SourceKind.of(spec.url.reveal())
-        self.secrets = _secrets_of(spec.url.reveal())
+        self.secrets = url_secrets(spec.url.reveal())
         self.live = _Liveness(ring, parent_pid)
         self.seq = ring.latest_seq()
         self.backoff = spec.reconnect_initial_s
@@ -275,14 +275,6 @@ class _Reader:
         return height, width
 
 
-def _secrets_of(url: str) -> tuple[str, ...]:
-    """The password (and user) in a URL, for masking free text that contains them bare."""
-    if "://" not in url or "@" not in url.split("://", 1)[1].split("/", 1)[0]:
-        return ()
-    userinfo = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[0]
-    return tuple(part for part in userinfo.split(":", 1) if len(part) >= 3)
-
-
 def run_reader(spec: ReaderSpec, lock: Lock, conn: Connection, parent_pid: int) -> None:
     """Entry point of the reader process (the target of the spawned Process)."""
     url = spec.url.reveal()
@@ -291,7 +283,7 @@ def run_reader(spec: ReaderSpec, lock: Lock, conn: Connection, parent_pid: int) 
         # ``timeout`` (µs) bounds every socket operation; ``stimeout`` is silently ignored.
         micros = int(spec.read_timeout_s * 1_000_000)
         os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;tcp|timeout;{micros}"
-    _filter_stderr(_secrets_of(url))
+    _filter_stderr(url_secrets(url))
     # One camera per process: OpenCV's own thread pool would only compete with the others.
     cv2.setNumThreads(1)
     ring = attach(spec.shm_name, spec.capacity, lock)

@@ -47,10 +47,9 @@ from daemon.config.model import (
 from daemon.config.permissions import secret_permission_warnings
 from daemon.config.reload import CameraDiff, diff_cameras
 from daemon.config.rules import RULES, Rule, class_problems
-from daemon.config.secrets import Secret, mask_url
+from daemon.config.secrets import Secret, has_credentials, mask_url
 from daemon.config.sources import (
     check_camera_url,
-    has_credentials,
     read_password_env,
     read_password_file,
     require_file,
@@ -332,7 +331,7 @@ class _Loader:
         if (cls, name) in _MUST_EXIST:
             return require_file(value)
         if cls is CameraConfig and name == "url":
-            checked = check_camera_url(value.reveal(), self.base_dir)
+            checked = check_camera_url(value.reveal(), self.base_dir, self.env)
             if has_credentials(checked):
                 self.secret_keys.append(key)
             return Secret(checked)
@@ -351,7 +350,10 @@ class _Loader:
         if not isinstance(value, _Invalid):
             options = get_args(tp) if _is_union(tp) else (tp,)
             for option in options:
-                converted = self._typed(value, option)
+                try:
+                    converted = self._typed(value, option)
+                except BadValue as exc:
+                    return self.problem(node, key, str(exc))
                 if not isinstance(converted, _Invalid):
                     return converted
         got = self._describe(node, secret=secret)
@@ -377,7 +379,7 @@ class _Loader:
         if _is_enum(tp):
             return tp(value) if value in {m.value for m in tp} else _INVALID
         if tp is Path:
-            return resolve_path(value, self.base_dir)
+            return resolve_path(value, self.base_dir, self.env)
         return Secret(value) if tp is Secret else _INVALID
 
     def _tuple(self, node: Node, tp: Any, key: str, expected: str) -> Any:
