@@ -103,3 +103,14 @@ def test_readable_secrets_warn_without_failing(tmp_path: Path, shared_dir: Path)
     assert "cameras[0].url, mqtt.password" in result.stderr
     assert CAMERA_PASSWORD not in result.stderr + result.stdout
     assert MQTT_PASSWORD not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_non_regular_file_is_one_line(tmp_path: Path, kind: str) -> None:
+    """/dev/zero is not read to exhaustion and a FIFO without a writer does not hang."""
+    path = Path("/dev/zero") if kind == "device" else tmp_path / "cameras.yaml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    result = check_config(path)
+    assert result.returncode == 2
+    assert result.stderr == f"{path}: not a regular file\n"
