@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -323,6 +324,17 @@ def write_config(directory: Path, text: str, name: str = "edgewatch.yaml") -> Pa
     return path
 
 
+def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    """A real self-signed certificate and its unencrypted key, made by openssl."""
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
 def expected_line(case: BadCase, path: Path) -> tuple[str, str]:
     """(prefix the problem line must start with, text it must contain)."""
     if not case.line:
@@ -446,7 +458,7 @@ def test_relative_paths_resolve_against_config_folder(
     (folder / "secrets").mkdir(parents=True)
     (folder / "secrets" / "mqtt.pw").write_text(f"{MQTT_PASSWORD}\n", encoding="utf-8")
     (folder / "secrets" / "mqtt.pw").chmod(0o600)
-    (folder / "ca.crt").write_text("not parsed by the loader\n", encoding="utf-8")
+    self_signed(folder, "ca")
     model = os.path.relpath(MODEL_ONNX, folder)
     video = os.path.relpath(VIDEO, folder)
     text = (
@@ -656,3 +668,27 @@ def test_camera_count_is_bounded(tmp_path: Path, shared_dir: Path) -> None:
     assert len(load_config(write_config(tmp_path, "cameras:\n" + at_limit + _MODEL)).cameras) == (
         MAX_CAMERAS
     )
+
+
+def test_tls_files_the_broker_connection_could_not_load(tmp_path: Path, shared_dir: Path) -> None:
+    """What ``run`` failed on with an ssl.SSLError traceback is a config problem with its line."""
+    cert, key = self_signed(tmp_path, "box")
+    other_cert, _ = self_signed(tmp_path, "other")
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("this is not a certificate\n", encoding="utf-8")
+    good = _BASE + f"mqtt:\n  tls:\n    ca_file: {other_cert}\n    cert_file: {cert}\n"
+    good += f"    key_file: {key}\n"
+    assert load_config(write_config(tmp_path, good)).mqtt.tls == TlsConfig(other_cert, cert, key)
+
+    bad_ca = write_config(tmp_path, _BASE + f"mqtt:\n  tls:\n    ca_file: {text_file}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad_ca)
+    (line,) = info.value.lines()
+    assert line.startswith(f"{bad_ca}:8: mqtt.tls.ca_file: not a CA certificate file (PEM): ")
+
+    mismatch = good.replace(f"cert_file: {cert}", f"cert_file: {other_cert}")
+    path = write_config(tmp_path, mismatch)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (line,) = info.value.lines()
+    assert line.startswith(f"{path}:9: mqtt.tls.cert_file: cannot load the client certificate")

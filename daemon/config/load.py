@@ -55,6 +55,7 @@ from daemon.config.sources import (
     read_password_file,
     require_file,
     resolve_path,
+    tls_problems,
 )
 from daemon.config.yamltree import ScalarReader, compose, describe, is_null, line_of
 
@@ -270,6 +271,8 @@ class _Loader:
             return _INVALID
         obj = cls(**kwargs)
         cross = class_problems(obj)
+        if isinstance(obj, TlsConfig) and not cross:
+            cross = tls_problems(obj.ca_file, obj.cert_file, obj.key_file)
         for name, message in cross:
             at = pairs[name][1] if name in pairs else self._key_nodes.get(id(node), node)
             self.problem(at, _join(prefix, name), message)

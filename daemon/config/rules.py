@@ -33,6 +33,8 @@ CAMERA_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NODE_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TOPIC_PREFIX: Final = re.compile(r"(?=.{1,128}$)[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 _HOST: Final = re.compile(r"[^\s/]{1,253}")
+# The metrics endpoint is an IPv4 socket server: no IPv6 literal.
+_IPV4_HOST: Final = re.compile(r"[^\s/:\[\]]{1,253}")
 # Each camera is a reader process (a decoder, a shared frame buffer): far beyond what one
 # box can run, and a bound on the work a config file can cause.
 MAX_CAMERAS: Final = 256
@@ -169,7 +171,9 @@ RULES: Final[dict[tuple[type, str], Rule]] = {
     (MonitoringConfig, "metrics_port"): _int_between(
         1, 65535, "a port number in 1..65535 (or null to disable)"
     ),
-    (MonitoringConfig, "metrics_host"): _matches(_HOST, "a host name or address"),
+    (MonitoringConfig, "metrics_host"): _matches(
+        _IPV4_HOST, "a host name or IPv4 address (the metrics endpoint listens on IPv4)"
+    ),
     (CaptureConfig, "open_timeout_s"): _SECONDS,
     (CaptureConfig, "read_timeout_s"): _SECONDS,
     (CaptureConfig, "reconnect_initial_s"): _SECONDS,

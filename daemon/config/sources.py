@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
@@ -122,3 +123,38 @@ def read_password_env(name: str, env: Mapping[str, str]) -> str:
     if not value:
         raise BadValue(f"environment variable {name} is empty")
     return value
+
+
+def tls_problems(
+    ca_file: Path | None, cert_file: Path | None, key_file: Path | None
+) -> list[tuple[str, str]]:
+    """(key, message) for TLS files the broker connection could not load: what a
+    ``check-config`` can find without connecting."""
+    problems = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(ca_file))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            problems.append(("ca_file", f"not a CA certificate file (PEM): {_ssl_reason(exc)}"))
+    if cert_file is not None and key_file is not None:
+        try:
+            context.load_cert_chain(str(cert_file), str(key_file), password=_no_passphrase)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            message = (
+                "cannot load the client certificate and key (PEM, key not encrypted, "
+                f"matching each other): {_ssl_reason(exc)}"
+            )
+            problems.append(("cert_file", message))
+    return problems
+
+
+def _no_passphrase() -> bytes:
+    # The daemon runs unattended: an encrypted key could only prompt on a terminal.
+    raise ValueError("the key file is encrypted")
+
+
+def _ssl_reason(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    return getattr(exc, "strerror", None) or str(exc)
