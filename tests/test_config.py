@@ -243,6 +243,24 @@ BAD_CASES = [
         "cameras[0].url",
         "unsupported URL scheme 'udp'",
     ),
+    # Credentials that no parser reads the same way: refused, so they never reach a log.
+    BadCase(
+        "password_with_space",
+        f"cameras:\n  - id: cam1\n    url: rtsp://admin:{CAMERA_PASSWORD} x@10.0.0.5/live\n"
+        + _MODEL,
+        3,
+        "cameras[0].url",
+        "the user name or password has characters that cannot be read unambiguously (' '); "
+        "percent-encode them (space -> %20, / -> %2F",
+    ),
+    BadCase(
+        "password_with_slash",
+        f"cameras:\n  - id: cam1\n    url: rtsp://admin:{CAMERA_PASSWORD}/x@10.0.0.5/live\n"
+        + _MODEL,
+        3,
+        "cameras[0].url",
+        "cannot be read unambiguously ('/')",
+    ),
     BadCase(
         "bad_url_port",
         f"cameras:\n  - id: cam1\n    url: rtsp://admin:{CAMERA_PASSWORD}@10.0.0.5:99999/x\n"
