@@ -18,8 +18,9 @@ import pytest
 from bench.local.daemon import edgewatch_executable
 from daemon.cli import EXIT_USAGE
 from daemon.config.errors import ConfigError
-from daemon.config.load import load_config, load_config_with_warnings
+from daemon.config.load import MAX_CONFIG_BYTES, load_config, load_config_with_warnings
 from daemon.config.permissions import SECRETS_READABLE_BY_OTHERS, WRITABLE_BY_OTHERS
+from daemon.config.rules import MAX_CAMERAS
 from daemon.publish.topics import Topics
 from tests.fixtures.data import REPO
 from tests.test_config import MQTT_PASSWORD, write_config
@@ -138,3 +139,10 @@ def test_build_engine_without_tensorrt_exits_like_run(tmp_path: Path, model_onnx
     assert result.returncode == EXIT_USAGE, result.stderr
     assert "cannot build a TensorRT engine here" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_documented_config_limits_are_the_code_limits() -> None:
+    doc = (REPO / "configs" / "cameras.yaml").read_text(encoding="utf-8")
+    assert MAX_CONFIG_BYTES % (1 << 20) == 0
+    limits = f"at most {MAX_CONFIG_BYTES >> 20} MiB with at most {MAX_CAMERAS} cameras"
+    assert limits in doc

@@ -7,7 +7,11 @@ model.py is therefore accepted, type-checked and named in errors without touchin
 
 Rules that are not obvious from the types:
 - bool is not an int, an int is a valid float, a string is never a number;
-- relative paths resolve against the folder of the config file (``~`` expands);
+- the file is a regular file of at most ``MAX_CONFIG_BYTES`` (a device or a FIFO is refused
+  before it is read) with at most ``rules.MAX_CAMERAS`` cameras;
+- relative paths resolve against the folder of the config file (``~`` expands, as do
+  ``${NAME}`` and ``${NAME:-default}`` from the environment);
+- mqtt.tls files must load as the broker connection will load them (PEM, matching pair);
 - files that must exist: model.path, model.drift.reference_model, mqtt.tls files,
   mqtt.password_file and video-file camera URLs (``/dev/videoN`` devices are not checked);
 - at least one camera must be enabled;

@@ -318,6 +318,8 @@ def _open_session(
     # are let through. Provider fall-backs are reported by _usable_providers and a failed
     # run comes back as an exception, which the pipeline logs (rate-limited).
     options.log_severity_level = 4
+    # Process-wide: the same goes for what ORT logs outside any session (provider set-up).
+    ort.set_default_logger_severity(4)
     try:
         return ort.InferenceSession(source, sess_options=options, providers=list(usable))
     except Exception as exc:  # InvalidProtobuf, Fail, NoSuchFile... are not importable types
