@@ -23,8 +23,9 @@ _BOX_COORDS: Final = 4
 def class_names_of(path: Path) -> tuple[str, ...]:
     """The class names of the ONNX model at ``path``; ``BackendError`` says why it cannot run."""
     try:
+        # The path, not the loaded proto: the checker then also finds external data files.
+        onnx.checker.check_model(str(path))
         model = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(model)
     except Exception as exc:  # DecodeError, ValidationError, OSError: all mean "not a model"
         text = str(exc).strip()
         reason = text.splitlines()[0] if text else type(exc).__name__
