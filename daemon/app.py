@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from daemon.cli import EXIT_USAGE
@@ -42,8 +43,12 @@ class Service:
         backend: Backend,
         print_table: Callable[[str], None] | None = None,
         drift: DriftMonitor | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``env``: the environment reloads read ``mqtt.password_env`` from (default: the
+        process's)."""
         self._config = config
+        self._env = env
         self._backend = backend
         self._print_table = print_table
         self._stop = asyncio.Event()
@@ -54,7 +59,7 @@ class Service:
         self._pipeline = Pipeline(
             config, backend, self._publisher, StatsCollector(), self._metrics_registry, drift=drift
         )
-        self._metrics: MetricsServer | None = None
+        self._metrics = _bind_metrics(config, self._metrics_registry, self._pipeline)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -69,14 +74,7 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
         self._publisher.start()
-        monitoring = self._config.monitoring
-        if monitoring.metrics_port is not None:
-            self._metrics = MetricsServer(
-                monitoring.metrics_host,
-                monitoring.metrics_port,
-                self._metrics_registry.registry,
-                health=self._pipeline.health,
-            )
+        if self._metrics is not None:
             self._metrics.start()
         for camera in self._config.enabled_cameras:
             self._pipeline.add_camera(camera)
@@ -153,7 +151,7 @@ class Service:
             return
         loop = asyncio.get_running_loop()
         try:
-            new = await loop.run_in_executor(None, load_config, path)
+            new = await loop.run_in_executor(None, load_config, path, self._env)
         except ConfigError as err:
             for problem in err.problems:
                 log.error(
@@ -186,6 +184,45 @@ class Service:
         )
 
 
+def withhold_secret_variables(config: AppConfig) -> dict[str, str]:
+    """Remove the variable holding the MQTT password (``mqtt.password_env``) from this
+    process's environment, so no child process (a camera reader decoding untrusted streams)
+    inherits it. Returns the environment as it was, for reloads. Call it before any thread
+    starts: the C environment is not thread-safe."""
+    env = dict(os.environ)
+    if config.mqtt.password is not None:
+        password = config.mqtt.password.reveal()
+        for name in [n for n, value in env.items() if value == password]:
+            del os.environ[name]
+    return env
+
+
+class StartupError(Exception):
+    """The daemon cannot start for a reason the operator must fix; the message says which."""
+
+
+def _bind_metrics(
+    config: AppConfig, registry: DaemonMetrics, pipeline: Pipeline
+) -> MetricsServer | None:
+    """The metrics endpoint, bound (not serving yet) before anything else starts."""
+    monitoring = config.monitoring
+    if monitoring.metrics_port is None:
+        return None
+    try:
+        return MetricsServer(
+            monitoring.metrics_host,
+            monitoring.metrics_port,
+            registry.registry,
+            health=pipeline.health,
+        )
+    except OSError as exc:
+        address = f"{monitoring.metrics_host}:{monitoring.metrics_port}"
+        raise StartupError(
+            f"monitoring: cannot listen on {address}: {exc.strerror or exc} "
+            "(is another edgewatch or program using the port? set monitoring.metrics_port)"
+        ) from None
+
+
 def _mtime(path: Path | None) -> float | None:
     if path is None:
         return None
@@ -197,6 +234,7 @@ def _mtime(path: Path | None) -> float | None:
 
 def serve(config: AppConfig, duration_s: float | None, table: bool) -> int:
     """Load the model, then run the service until a signal or ``duration_s``."""
+    env = withhold_secret_variables(config)
     backend = load_backend(config.model)
     problems = filter_problems(config.enabled_cameras, backend.class_names)
     if problems:
@@ -211,6 +249,11 @@ def serve(config: AppConfig, duration_s: float | None, table: bool) -> int:
         sys.stdout.flush()
 
     async def main() -> int:
-        return await Service(config, backend, print_table if table else None, drift).run(duration_s)
+        service = Service(config, backend, print_table if table else None, drift, env)
+        return await service.run(duration_s)
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except StartupError:
+        backend.close()
+        raise

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TextIO
 
 from daemon.config.secrets import mask_url
 
+# How the parent process logs, for its children (``--log-level``, ``--log-format``).
+_LEVEL_ENV: Final = "EDGEWATCH_LOG_LEVEL"
+_FORMAT_ENV: Final = "EDGEWATCH_LOG_FORMAT"
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
@@ -56,9 +61,47 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
-    """Route the root logger to stderr (journald picks it up under systemd)."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Route the root logger to stderr (journald picks it up under systemd).
+
+    The choice is also left in the environment, so that spawned child processes (camera
+    readers) log in the same format: ``setup_child_logging``.
+    """
+    _configure(level, fmt, sys.stderr)
+    os.environ[_LEVEL_ENV] = level
+    os.environ[_FORMAT_ENV] = fmt
+
+
+def setup_child_logging(stream: TextIO) -> None:
+    """In a child process: log to ``stream`` in the level and format of the parent."""
+    _configure(os.environ.get(_LEVEL_ENV, "info"), os.environ.get(_FORMAT_ENV, "logfmt"), stream)
+
+
+def _configure(level: str, fmt: str, stream: TextIO) -> None:
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class RepeatLimiter:
+    """Lets the first of a run of repeated events be logged, then one per ``window_s`` with
+    the count held back in between: a fault that repeats on every batch cannot flood the log
+    (or hide everything else in it)."""
+
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._window_s = window_s
+        self._clock = clock
+        self._next = float("-inf")
+        self._held = 0
+
+    def admit(self) -> int | None:
+        """None: do not log this one. Otherwise log it, with the returned count of events
+        held back since the last logged one."""
+        now = self._clock()
+        if now < self._next:
+            self._held += 1
+            return None
+        held, self._held = self._held, 0
+        self._next = now + self._window_s
+        return held

@@ -23,10 +23,12 @@ from daemon.batch.batcher import Batch, BatchBuffer, BatchSelector
 from daemon.capture.frame import CameraState, StateChange
 from daemon.capture.source import CameraSource
 from daemon.config.model import AppConfig, CameraConfig
+from daemon.config.secrets import mask_url
 from daemon.infer.backend import Backend
+from daemon.logs import RepeatLimiter
 from daemon.monitor.drift import DriftMonitor
 from daemon.monitor.metrics import DaemonMetrics, Health
-from daemon.monitor.stats import CameraStats, StatsCollector, render_fps_table
+from daemon.monitor.stats import CameraStats, StatsCollector
 from daemon.postprocess.yolo import Detections, decode_batch
 from daemon.publish.mqtt import MqttPublisher
 
@@ -41,6 +43,10 @@ _FILL_POLL_S = 0.002
 _IDLE_POLL_S = 0.005
 # No batch completed for this long while frames are waiting means inference is wedged.
 _WEDGED_AFTER_S = 60.0
+# This many failed batches in a row is a broken model or runtime, not one bad frame.
+_FAILING_AFTER_BATCHES = 10
+# A failing batch is logged at most once per this many seconds, with the count in between.
+_BATCH_ERROR_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +93,34 @@ def filter_problems(cameras: Iterable[CameraConfig], names: tuple[str, ...]) -> 
     return problems
 
 
+def _log_stats(snapshot: dict[str, CameraStats]) -> None:
+    """One structured summary line per interval (the table is ``--fps-table``'s, on stdout)
+    and one debug line per camera."""
+    log.info(
+        "stats",
+        extra={
+            "cameras": len(snapshot),
+            "streaming": sum(1 for s in snapshot.values() if s.state is CameraState.STREAMING),
+            "input_fps": round(sum(s.input_fps for s in snapshot.values()), 1),
+            "processed_fps": round(sum(s.processed_fps for s in snapshot.values()), 1),
+            "dropped": sum(s.dropped for s in snapshot.values()),
+        },
+    )
+    for camera_id, stats in snapshot.items():
+        log.debug(
+            "camera stats",
+            extra={
+                "camera": camera_id,
+                "state": stats.state.value,
+                "input_fps": round(stats.input_fps, 1),
+                "processed_fps": round(stats.processed_fps, 1),
+                "dropped": stats.dropped,
+                "latency_p50_s": stats.latency_p50_s,
+                "latency_p95_s": stats.latency_p95_s,
+            },
+        )
+
+
 class Pipeline:
     """Owns the camera readers and drives batches through the backend to the publisher."""
 
@@ -124,6 +158,9 @@ class Pipeline:
         self._decode_conf = config.model.confidence
         self._last_batch_done = time.monotonic()
         self._batches = 0
+        self._failed_in_row = 0
+        self._last_failure: str | None = None
+        self._batch_errors = RepeatLimiter(_BATCH_ERROR_WINDOW_S)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- cameras -------------------------------------------------------------------------
@@ -163,7 +200,10 @@ class Pipeline:
     # -- health --------------------------------------------------------------------------
 
     def healthy(self) -> bool:
-        """False when frames are waiting but no batch has completed for a long time."""
+        """False when frames are waiting but no batch has completed for a long time, or
+        when every recent batch failed."""
+        if self._failed_in_row >= _FAILING_AFTER_BATCHES:
+            return False
         # A copy first, as in states(): the HTTP thread calls this during reloads too.
         waiting = any(s.pending_since() is not None for s in list(self._sources.values()))
         return not waiting or time.monotonic() - self._last_batch_done < _WEDGED_AFTER_S
@@ -175,6 +215,8 @@ class Pipeline:
             {
                 "batches": self._batches,
                 "seconds_since_last_batch": round(time.monotonic() - self._last_batch_done, 1),
+                "failed_batches_in_row": self._failed_in_row,
+                "last_batch_error": self._last_failure,
                 "cameras": {cid: state.value for cid, state in self.states().items()},
                 # Reader process ids: a hot reload must leave unchanged cameras' readers alone.
                 "readers": {cid: s.pid for cid, s in list(self._sources.items())},
@@ -236,16 +278,31 @@ class Pipeline:
             batch, detections, infer_s = await loop.run_in_executor(
                 self._executor, self._infer, buffer, picked
             )
-        except Exception:
+        except Exception as exc:
             # One bad batch (e.g. a corrupt frame the decoder let through) must not stop the
             # daemon; the readers keep going and the next batch is tried.
-            log.exception("batch failed", extra={"cameras": [s.camera_id for s in picked]})
+            self._on_batch_failed(exc, picked)
             return
         finally:
             self._free_buffers.put_nowait(buffer)
         if len(batch):
             self._metrics.observe_batch(infer_s, len(batch))
             self._publish(batch, detections)
+
+    def _on_batch_failed(self, exc: Exception, picked: list[CameraSource]) -> None:
+        self._failed_in_row += 1
+        self._last_failure = mask_url(f"{type(exc).__name__}: {exc}".splitlines()[0])
+        held = self._batch_errors.admit()
+        if held is not None:
+            log.error(
+                "batch failed",
+                exc_info=exc,
+                extra={
+                    "cameras": [s.camera_id for s in picked],
+                    "failed_in_row": self._failed_in_row,
+                    "suppressed": held,
+                },
+            )
 
     def _infer(
         self, buffer: BatchBuffer, picked: list[CameraSource]
@@ -282,6 +339,7 @@ class Pipeline:
             self._stats.record_processed(meta.camera_id, now - meta.capture_ts)
         self._last_batch_done = time.monotonic()
         self._batches += 1
+        self._failed_in_row = 0
 
     async def _supervise(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -317,5 +375,5 @@ class Pipeline:
             self._publisher.publish_stats(camera_id, camera_stats)
         self._metrics.update_cameras(snapshot)
         self.latest_stats = snapshot
-        log.info("stats", extra={"table": render_fps_table(snapshot)})
+        _log_stats(snapshot)
         return snapshot

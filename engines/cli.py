@@ -101,12 +101,10 @@ def _build(args: argparse.Namespace) -> int:
     except (ModelFileError, UnsupportedBuild) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
-    except RuntimeMissing as exc:
+    except (RuntimeMissing, GpuUnavailable) as exc:
+        # A missing runtime or GPU is the operator's to fix, as `run` reports it: exit 2.
         log.error("cannot build a TensorRT engine here: %s", exc)
         return EXIT_USAGE
-    except GpuUnavailable as exc:
-        log.error("cannot build a TensorRT engine here: %s", exc)
-        return EXIT_FAILURE
     except (EngineBuildError, OSError) as exc:
         log.error("%s", exc)
         return EXIT_FAILURE

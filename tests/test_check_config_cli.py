@@ -7,11 +7,13 @@ exit status 2, exactly the one expected problem line on stderr, no traceback, no
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 
 from tests.fixtures.data import MODEL_ONNX, REPO
@@ -99,7 +101,58 @@ def test_readable_secrets_warn_without_failing(tmp_path: Path, shared_dir: Path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("OK: 1 camera (1 enabled)")
     assert "level=warning" in result.stderr
-    assert f"chmod 600 {path}" in result.stderr
+    assert f"chmod 640 {path}" in result.stderr
     assert "cameras[0].url, mqtt.password" in result.stderr
     assert CAMERA_PASSWORD not in result.stderr + result.stdout
     assert MQTT_PASSWORD not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_non_regular_file_is_one_line(tmp_path: Path, kind: str) -> None:
+    """/dev/zero is not read to exhaustion and a FIFO without a writer does not hang."""
+    path = Path("/dev/zero") if kind == "device" else tmp_path / "cameras.yaml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    result = check_config(path)
+    assert result.returncode == 2
+    assert result.stderr == f"{path}: not a regular file\n"
+
+
+def model_with_names(source: Path, target: Path, names: str) -> Path:
+    """A copy of the real model whose ``names`` metadata is ``names``."""
+    model = onnx.load(str(source))
+    for prop in model.metadata_props:
+        if prop.key == "names":
+            prop.value = names
+    onnx.save(model, str(target))
+    return target
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "random", "non_integer_names", "lacks_class"])
+def test_what_only_the_model_tells_is_checked(
+    tmp_path: Path, shared_dir: Path, model_onnx: Path, kind: str
+) -> None:
+    """What ``run`` found only after starting (or with a traceback), check-config finds."""
+    model = tmp_path / "model.onnx"
+    classes = "[person]"
+    if kind == "text":
+        model.write_text("this is not a model\n", encoding="utf-8")
+    elif kind == "empty":
+        model.write_bytes(b"")
+    elif kind == "random":
+        model.write_bytes(random.Random(10).randbytes(1 << 16))
+    elif kind == "non_integer_names":
+        model_with_names(model_onnx, model, "{'a': 'person', 'b': 'car'}")
+    else:
+        model, classes = model_onnx, "[person, unicorn]"
+    text = f"cameras:\n  - id: cam1\n    url: {{video}}\n    classes: {classes}\nmodel:\n"
+    path = write_config(tmp_path, text + f"  path: {model}\n")
+    result = check_config(path)
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    expected = {
+        "non_integer_names": f"{path}: model.path: model metadata 'names' maps 'a' to 'person'",
+        "lacks_class": f"{path}: cameras[cam1].classes: the model has no class 'unicorn'",
+    }.get(kind, f"{path}: model.path: {model} is not a loadable ONNX model: ")
+    assert line.startswith(expected), line

@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from daemon.config.errors import ConfigError
-from daemon.config.load import load_config, load_config_with_warnings
+from daemon.config.load import MAX_CONFIG_BYTES, load_config, load_config_with_warnings
 from daemon.config.model import (
     AppConfig,
     BackendKind,
@@ -26,6 +27,7 @@ from daemon.config.model import (
     TlsConfig,
 )
 from daemon.config.reload import diff_cameras
+from daemon.config.rules import MAX_CAMERAS
 from daemon.config.secrets import Secret
 from tests.fixtures.data import MODEL_ONNX, REPO, VIDEOS
 
@@ -74,7 +76,7 @@ BAD_CASES = [
         _CAM + "    max_fps: fast\n" + _MODEL,
         4,
         "cameras[0].max_fps",
-        "expected a positive number, got 'fast'",
+        "expected a number in (0, 240] (no camera sends faster), got 'fast'",
     ),
     BadCase(
         "bool_is_not_int",
@@ -101,7 +103,73 @@ BAD_CASES = [
         "(0, 1], got 1.5",
     ),
     BadCase("iou_zero", _BASE + "  iou: 0\n", 6, "model.iou", "(0, 1], got 0"),
-    BadCase("max_batch_zero", _BASE + "  max_batch: 0\n", 6, "model.max_batch", ">= 1, got 0"),
+    BadCase(
+        "max_batch_zero",
+        _BASE + "  max_batch: 0\n",
+        6,
+        "model.max_batch",
+        "1..64 (one",
+    ),
+    # Values that passed validation but broke the daemon: each has a range with its reason.
+    BadCase(
+        "max_batch_huge",
+        _BASE + "  max_batch: 100000\n",
+        6,
+        "model.max_batch",
+        "expected an integer in 1..64 (one frame per camera; larger batches only add memory "
+        "and latency), got 100000",
+    ),
+    BadCase(
+        "input_size_huge",
+        _BASE + "  input_size: 32000\n",
+        6,
+        "model.input_size",
+        "expected a multiple of 32 in 32..2048 (YOLOv8 strides; 2048 is ten times the work of "
+        "640), got 32000",
+    ),
+    BadCase(
+        "intra_op_threads_huge",
+        _BASE + "  intra_op_threads: 1000\n",
+        6,
+        "model.intra_op_threads",
+        "in 0..64 (0 lets the runtime decide; more threads than cores only contend), got 1000",
+    ),
+    BadCase(
+        "stats_interval_tiny",
+        _BASE + "monitoring:\n  stats_interval_s: 1.0e-9\n",
+        7,
+        "monitoring.stats_interval_s",
+        "expected a number in [0.5, 86400] (each interval publishes one message per camera), "
+        "got 1.0e-9",
+    ),
+    BadCase(
+        "read_timeout_overflows_opencv",
+        _BASE + "capture:\n  read_timeout_s: 2200000\n",
+        7,
+        "capture.read_timeout_s",
+        "expected a number in [0.1, 3600] (at most an hour; 0 would mean no timeout), got 2200000",
+    ),
+    BadCase(
+        "open_timeout_zero_ms",
+        _BASE + "capture:\n  open_timeout_s: 0.0001\n",
+        7,
+        "capture.open_timeout_s",
+        "[0.1, 3600]",
+    ),
+    BadCase(
+        "camera_id_too_long_for_a_topic",
+        "cameras:\n  - id: " + "c" * 70_000 + "\n    url: {video}\n" + _MODEL,
+        2,
+        "cameras[0].id",
+        "expected a camera id of up to 64 letters",
+    ),
+    BadCase(
+        "batch_profile_huge",
+        _BASE + "  tensorrt:\n    batch_profile: [1, 8, 100000]\n",
+        7,
+        "model.tensorrt.batch_profile",
+        "max <= 64",
+    ),
     BadCase(
         "input_size_multiple",
         _BASE + "  input_size: 630\n",
@@ -174,6 +242,24 @@ BAD_CASES = [
         3,
         "cameras[0].url",
         "unsupported URL scheme 'udp'",
+    ),
+    # Credentials that no parser reads the same way: refused, so they never reach a log.
+    BadCase(
+        "password_with_space",
+        f"cameras:\n  - id: cam1\n    url: rtsp://admin:{CAMERA_PASSWORD} x@10.0.0.5/live\n"
+        + _MODEL,
+        3,
+        "cameras[0].url",
+        "the user name or password has characters that cannot be read unambiguously (' '); "
+        "percent-encode them (space -> %20, / -> %2F",
+    ),
+    BadCase(
+        "password_with_slash",
+        f"cameras:\n  - id: cam1\n    url: rtsp://admin:{CAMERA_PASSWORD}/x@10.0.0.5/live\n"
+        + _MODEL,
+        3,
+        "cameras[0].url",
+        "cannot be read unambiguously ('/')",
     ),
     BadCase(
         "bad_url_port",
@@ -254,6 +340,17 @@ def write_config(directory: Path, text: str, name: str = "edgewatch.yaml") -> Pa
     path.write_text(text.format(model=MODEL_ONNX, video=VIDEO), encoding="utf-8")
     path.chmod(0o600)
     return path
+
+
+def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    """A real self-signed certificate and its unencrypted key, made by openssl."""
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return cert, key
 
 
 def expected_line(case: BadCase, path: Path) -> tuple[str, str]:
@@ -379,7 +476,7 @@ def test_relative_paths_resolve_against_config_folder(
     (folder / "secrets").mkdir(parents=True)
     (folder / "secrets" / "mqtt.pw").write_text(f"{MQTT_PASSWORD}\n", encoding="utf-8")
     (folder / "secrets" / "mqtt.pw").chmod(0o600)
-    (folder / "ca.crt").write_text("not parsed by the loader\n", encoding="utf-8")
+    self_signed(folder, "ca")
     model = os.path.relpath(MODEL_ONNX, folder)
     video = os.path.relpath(VIDEO, folder)
     text = (
@@ -459,13 +556,13 @@ def test_world_readable_secret_file_warns(
     assert warning.file == str(path)
     assert "mqtt.password" in warning.message
     assert "0644" in warning.message
-    assert f"chmod 600 {path}" in warning.hint
+    assert f"chmod 640 {path}" in warning.hint
     assert MQTT_PASSWORD not in warning.render()
     with caplog.at_level(logging.WARNING, logger="daemon.config.load"):
         load_config(path)
     (record,) = caplog.records
     assert record.__dict__["file"] == str(path)
-    assert "chmod 600" in record.__dict__["hint"]
+    assert "chmod 640" in record.__dict__["hint"]
     # No secret in the file, nothing to warn about whatever the mode.
     plain = write_config(tmp_path, _BASE, "plain.yaml")
     plain.chmod(0o644)
@@ -477,7 +574,7 @@ def test_readable_password_file_and_camera_credentials_warn(
 ) -> None:
     secret = tmp_path / "mqtt.pw"
     secret.write_text(MQTT_PASSWORD, encoding="utf-8")
-    secret.chmod(0o640)
+    secret.chmod(0o644)
     text = (
         f"cameras:\n  - id: cam1\n    url: rtsp://admin:{CAMERA_PASSWORD}@10.0.0.5/live\n"
         + _MODEL
@@ -556,3 +653,60 @@ def test_diff_names_sections_needing_restart() -> None:
     diff = diff_cameras(old, moved)
     assert diff.restart_required == ("model", "node")
     assert diff.empty
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "oversized"])
+def test_config_reads_are_bounded(tmp_path: Path, kind: str) -> None:
+    """A device, a FIFO (no writer) or a huge file is refused before it is read in full."""
+    if kind == "device":
+        path, cause = Path("/dev/zero"), "/dev/zero: not a regular file"
+    elif kind == "fifo":
+        path, cause = tmp_path / "cameras.yaml", f"{tmp_path}/cameras.yaml: not a regular file"
+        os.mkfifo(path)
+    else:
+        path = tmp_path / "cameras.yaml"
+        path.write_text("# padding\n" * (MAX_CONFIG_BYTES // 10 + 1), encoding="utf-8")
+        cause = f"{path}: larger than {MAX_CONFIG_BYTES} bytes"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (line,) = info.value.lines()
+    assert line.startswith(cause), line
+
+
+def test_camera_count_is_bounded(tmp_path: Path, shared_dir: Path) -> None:
+    cameras = "".join(f"  - id: c{i}\n    url: {{video}}\n" for i in range(MAX_CAMERAS + 1))
+    path = write_config(tmp_path, "cameras:\n" + cameras + _MODEL)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.lines() == [
+        f"{path}:1: cameras: {MAX_CAMERAS + 1} cameras; at most {MAX_CAMERAS} per daemon "
+        "(each camera is its own reader process)"
+    ]
+    at_limit = "".join(f"  - id: c{i}\n    url: {{video}}\n" for i in range(MAX_CAMERAS))
+    assert len(load_config(write_config(tmp_path, "cameras:\n" + at_limit + _MODEL)).cameras) == (
+        MAX_CAMERAS
+    )
+
+
+def test_tls_files_the_broker_connection_could_not_load(tmp_path: Path, shared_dir: Path) -> None:
+    """What ``run`` failed on with an ssl.SSLError traceback is a config problem with its line."""
+    cert, key = self_signed(tmp_path, "box")
+    other_cert, _ = self_signed(tmp_path, "other")
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("this is not a certificate\n", encoding="utf-8")
+    good = _BASE + f"mqtt:\n  tls:\n    ca_file: {other_cert}\n    cert_file: {cert}\n"
+    good += f"    key_file: {key}\n"
+    assert load_config(write_config(tmp_path, good)).mqtt.tls == TlsConfig(other_cert, cert, key)
+
+    bad_ca = write_config(tmp_path, _BASE + f"mqtt:\n  tls:\n    ca_file: {text_file}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad_ca)
+    (line,) = info.value.lines()
+    assert line.startswith(f"{bad_ca}:8: mqtt.tls.ca_file: not a CA certificate file (PEM): ")
+
+    mismatch = good.replace(f"cert_file: {cert}", f"cert_file: {other_cert}")
+    path = write_config(tmp_path, mismatch)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (line,) = info.value.lines()
+    assert line.startswith(f"{path}:9: mqtt.tls.cert_file: cannot load the client certificate")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import random
+import socket
 import subprocess
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from bench.local.broker import free_port
 from bench.local.daemon import daemon_config, edgewatch_executable, write_config
 from bench.local.rtsp import RtspServer
 from tests.fixtures.observe import ObservedDaemon, cheap_cameras, payloads
+from tests.test_check_config_cli import model_with_names
 
 PREFIX = "badinput"
 SECRET = "Cam3raPw-leak-check"
@@ -233,3 +235,34 @@ def test_bad_cameras_never_stop_the_good_ones(
     assert SECRET not in log
     assert "Traceback" not in log
     assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize(
+    "mistake", ["non_integer_names", "bad_ca_file", "ipv6_metrics", "port_in_use"]
+)
+def test_start_mistakes_are_one_line(
+    tmp_path: Path, videos: list[Path], model_onnx: Path, mistake: str
+) -> None:
+    """What ``run`` used to report with a traceback (and exit 1) is one line and exit 2."""
+    config = _config(tmp_path, model_onnx, videos[0])
+    document = yaml.safe_load(config.read_text())
+    with socket.socket() as busy:
+        if mistake == "non_integer_names":
+            model = model_with_names(model_onnx, tmp_path / "m.onnx", "{'a': 'person'}")
+            document["model"]["path"] = str(model)
+            expected: tuple[str, ...] = ("model", "'names' maps 'a' to 'person'")
+        elif mistake == "bad_ca_file":
+            ca_file = tmp_path / "ca.crt"
+            ca_file.write_text("not a certificate\n", encoding="utf-8")
+            document["mqtt"]["tls"] = {"ca_file": str(ca_file)}
+            expected = ("mqtt.tls.ca_file:", "not a CA certificate file")
+        elif mistake == "ipv6_metrics":
+            document["monitoring"]["metrics_host"] = "::1"
+            expected = ("monitoring.metrics_host:", "IPv4")
+        else:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            document["monitoring"]["metrics_port"] = busy.getsockname()[1]
+            expected = ("cannot listen on 127.0.0.1:", "Address already in use")
+        write_config(config, document)
+        _assert_clear_refusal(_run(config), *expected)

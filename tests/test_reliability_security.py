@@ -170,3 +170,55 @@ def test_systemd_unit_is_hardened() -> None:
     print(f"systemd-analyze security: exposure {exposure} {verdict}")
     assert exposure <= MAX_EXPOSURE
     assert verdict in ("OK", "SAFE", "PERFECT")
+
+
+QUERY_SECRET = "Qry-S3cret-pw"
+
+
+@pytest.mark.mqtt
+def test_query_credentials_masked_and_password_variable_withheld_from_readers(
+    tmp_path: Path, *, run_daemon: Callable[..., DaemonProcess], model_onnx: Path
+) -> None:
+    """An HTTP camera with ``?user=...&pwd=...`` (a common CGI form) that cannot be opened:
+    neither the log nor the retained state reason shows the password, and the reader
+    process does not inherit the environment variable holding the MQTT password."""
+    broker = Mosquitto(username=MQTT_USER, password=MQTT_SECRET, workdir=tmp_path / "mosquitto")
+    broker.start()
+    checker = Subscriber(broker, (f"{PREFIX}/#",), username=MQTT_USER, password=MQTT_SECRET)
+    url = f"http://127.0.0.1:{free_port()}/videostream.cgi?user=admin&pwd={QUERY_SECRET}"
+    try:
+        daemon = run_daemon(
+            daemon_config(
+                {"cgi": url},
+                model_onnx,
+                mqtt_port=broker.port,
+                metrics_port=free_port(),
+                prefix=PREFIX,
+                mqtt={"username": MQTT_USER, "password_env": PASSWORD_ENV},
+            ),
+            log_level="debug",
+            env={PASSWORD_ENV: MQTT_SECRET},
+        )
+        daemon.wait_until(
+            lambda: daemon.healthz()["cameras"]["cgi"] in ("reconnecting", "down"),
+            30,
+            "unreachable camera reported",
+        )
+        checker.wait_for(lambda _: bool(payloads(checker, "state", "cgi")), 10)
+        reader = daemon.healthz()["readers"]["cgi"]
+        environment = Path(f"/proc/{reader}/environ").read_bytes().split(b"\0")
+        assert daemon.stop() == 0
+    finally:
+        checker.close()
+        broker.close()
+
+    names = {entry.split(b"=", 1)[0].decode() for entry in environment if entry}
+    assert PASSWORD_ENV not in names
+    assert "PATH" in names  # the rest of the environment is still there
+    reasons = [s["reason"] for s in payloads(checker, "state", "cgi") if s["reason"]]
+    assert reasons
+    assert all("pwd=***" in r and QUERY_SECRET not in r for r in reasons), reasons
+    log = daemon.log_text()
+    assert "pwd=***" in log
+    assert QUERY_SECRET not in log
+    assert MQTT_SECRET not in log

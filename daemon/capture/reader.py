@@ -3,7 +3,7 @@
 It runs in its own spawned process because OpenCV serialises ``VideoCapture.open`` across a
 process and a stalled read cannot be interrupted in a thread; the daemon can always kill
 and respawn a process. Imports: OpenCV, numpy, the standard library and the stdlib-only
-``ring``/``protocol``/``secrets`` modules, so a spawn costs little more than importing cv2.
+``ring``/``protocol``/``secrets``/``logs`` modules, so a spawn costs little more than importing cv2.
 FFmpeg options are set in this process's environment, which OpenCV reads at each open.
 
 Every frame is grabbed (decoded), but only frames the daemon may take are converted to BGR
@@ -15,6 +15,7 @@ daemon goes away or a frame does not fit the ring (the daemon then enlarges the 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -37,7 +38,10 @@ from daemon.capture.protocol import (
     Streaming,
 )
 from daemon.capture.ring import Frame, FrameRing, attach
-from daemon.config.secrets import mask_text
+from daemon.config.secrets import mask_text, url_secrets
+from daemon.logs import setup_child_logging
+
+log = logging.getLogger("daemon.capture.decoder")
 
 # A file whose container reports no usable frame rate is paced at this.
 _DEFAULT_FILE_FPS: Final = 25.0
@@ -93,28 +97,38 @@ class _Liveness:
             time.sleep(_HEARTBEAT_PERIOD_S)
 
 
-def _filter_stderr(secrets: tuple[str, ...]) -> None:
-    """Route fd 2 (FFmpeg and OpenCV write there directly) through masking and rate limiting."""
+def _route_stderr(camera_id: str, secrets: tuple[str, ...]) -> None:
+    """Turn what FFmpeg and OpenCV write to fd 2 into log records in the daemon's format,
+    masked and rate limited."""
     read_fd, write_fd = os.pipe()
     real_stderr = os.dup(2)
     os.dup2(write_fd, 2)
     os.close(write_fd)
+    # Open for the life of the process: the log handler writes to it until exit.
+    stream = open(real_stderr, "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+    setup_child_logging(stream)
 
     def pump() -> None:
         window_start, shown, suppressed = time.monotonic(), 0, 0
+        context = {"camera": camera_id}
         # Buffered: iterating an unbuffered pipe reads it one byte per system call.
-        with open(read_fd, "rb") as pipe, open(real_stderr, "wb", 0) as out:
+        with open(read_fd, "rb") as pipe:
             for raw in pipe:
                 now = time.monotonic()
                 if now - window_start >= _STDERR_WINDOW_S:
                     if suppressed:
-                        out.write(f"({suppressed} similar lines suppressed)\n".encode())
+                        log.warning(
+                            "decoder messages suppressed",
+                            extra={**context, "suppressed": suppressed},
+                        )
                     window_start, shown, suppressed = now, 0, 0
                 if shown >= _STDERR_LINES_PER_WINDOW:
                     suppressed += 1
                     continue
                 shown += 1
-                out.write(mask_text(raw.decode(errors="replace"), secrets).encode())
+                line = mask_text(raw.decode(errors="replace").strip(), secrets)
+                if line:
+                    log.warning("decoder message", extra={**context, "line": line})
 
     threading.Thread(target=pump, name="stderr", daemon=True).start()
 
@@ -127,7 +141,7 @@ class _Reader:
         self.ring = ring
         self.conn = conn
         self.kind = SourceKind.of(spec.url.reveal())
-        self.secrets = _secrets_of(spec.url.reveal())
+        self.secrets = url_secrets(spec.url.reveal())
         self.live = _Liveness(ring, parent_pid)
         self.seq = ring.latest_seq()
         self.backoff = spec.reconnect_initial_s
@@ -275,14 +289,6 @@ class _Reader:
         return height, width
 
 
-def _secrets_of(url: str) -> tuple[str, ...]:
-    """The password (and user) in a URL, for masking free text that contains them bare."""
-    if "://" not in url or "@" not in url.split("://", 1)[1].split("/", 1)[0]:
-        return ()
-    userinfo = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[0]
-    return tuple(part for part in userinfo.split(":", 1) if len(part) >= 3)
-
-
 def run_reader(spec: ReaderSpec, lock: Lock, conn: Connection, parent_pid: int) -> None:
     """Entry point of the reader process (the target of the spawned Process)."""
     url = spec.url.reveal()
@@ -291,7 +297,10 @@ def run_reader(spec: ReaderSpec, lock: Lock, conn: Connection, parent_pid: int) 
         # ``timeout`` (µs) bounds every socket operation; ``stimeout`` is silently ignored.
         micros = int(spec.read_timeout_s * 1_000_000)
         os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;tcp|timeout;{micros}"
-    _filter_stderr(_secrets_of(url))
+    _route_stderr(spec.camera_id, url_secrets(url))
+    # OpenCV's own warnings repeat on every retry ("can't be used to capture by name") and
+    # say less than the reason the reader reports; FFmpeg's errors still come through.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     # One camera per process: OpenCV's own thread pool would only compete with the others.
     cv2.setNumThreads(1)
     ring = attach(spec.shm_name, spec.capacity, lock)

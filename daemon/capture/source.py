@@ -402,7 +402,8 @@ class CameraSource:
         if force or state is not self._state:
             self._state = state
             self._changes.append(StateChange(self.camera_id, state, reason))
-            level = logging.INFO if state is CameraState.STREAMING else logging.WARNING
+            # A failure is a warning; starting, streaming and a requested stop are normal.
+            level = logging.WARNING if reason is not None and not self._stopped else logging.INFO
             log.log(
                 level,
                 "camera state",

@@ -1,15 +1,19 @@
 """``edgewatch check-config FILE``: validate a config file without starting anything.
 
-Exit status 0 with a one-line summary on stdout, or 2 with one line per problem on stderr.
+Besides the file itself it checks what ``run`` would otherwise find only after starting:
+the model file (a well-formed ONNX model with a YOLOv8 head and usable class names) and the
+cameras' class filters against those names. Exit status 0 with a one-line summary on
+stdout, or 2 with one line per problem on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import EXIT_OK
+from daemon.cli import EXIT_OK, EXIT_USAGE
 from daemon.config.load import load_config_or_exit
 from daemon.config.model import AppConfig
 
@@ -19,8 +23,8 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "check-config",
         help="validate a config file and print a summary",
-        description="Validate a config file: exit 0 and print a summary, or exit 2 and print "
-        "one line per problem (file:line: key: cause).",
+        description="Validate a config file and the model it names: exit 0 and print a "
+        "summary, or exit 2 and print one line per problem (file:line: key: cause).",
     )
     parser.add_argument("file", type=Path, metavar="FILE", help="YAML config file")
     parser.set_defaults(handler=run)
@@ -29,8 +33,28 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handler: load ``args.file`` (exits with status 2 on problems) and print the summary."""
     config = load_config_or_exit(args.file)
+    problems = model_problems(config)
+    if problems:
+        for problem in problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     print(summary(config))
     return EXIT_OK
+
+
+def model_problems(config: AppConfig) -> list[str]:
+    """What the model file says about the config: an unusable model, or class filters naming
+    classes it lacks."""
+    # Imported here: onnx and the pipeline are heavy and only this check needs them.
+    from daemon.infer.backend import BackendError
+    from daemon.infer.model_file import class_names_of
+    from daemon.pipeline import filter_problems
+
+    try:
+        names = class_names_of(config.model.path)
+    except BackendError as err:
+        return [f"model.path: {err}"]
+    return filter_problems(config.enabled_cameras, names)
 
 
 def summary(config: AppConfig) -> str:

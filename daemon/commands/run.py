@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from daemon.app import serve
+    from daemon.app import StartupError, serve
     from daemon.config.load import load_config_or_exit
     from daemon.infer.backend import BackendError
 
@@ -33,3 +33,5 @@ def _run(args: argparse.Namespace) -> int:
         return serve(config, args.duration, args.fps_table)
     except BackendError as err:
         return usage_error(f"edgewatch: model: {err}")
+    except StartupError as err:
+        return usage_error(f"edgewatch: {err}")

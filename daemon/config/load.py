@@ -7,7 +7,11 @@ model.py is therefore accepted, type-checked and named in errors without touchin
 
 Rules that are not obvious from the types:
 - bool is not an int, an int is a valid float, a string is never a number;
-- relative paths resolve against the folder of the config file (``~`` expands);
+- the file is a regular file of at most ``MAX_CONFIG_BYTES`` (a device or a FIFO is refused
+  before it is read) with at most ``rules.MAX_CAMERAS`` cameras;
+- relative paths resolve against the folder of the config file (``~`` expands, as do
+  ``${NAME}`` and ``${NAME:-default}`` from the environment);
+- mqtt.tls files must load as the broker connection will load them (PEM, matching pair);
 - files that must exist: model.path, model.drift.reference_model, mqtt.tls files,
   mqtt.password_file and video-file camera URLs (``/dev/videoN`` devices are not checked);
 - at least one camera must be enabled;
@@ -24,6 +28,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import stat
 import sys
 import types
 from collections.abc import Callable, Mapping
@@ -46,15 +51,15 @@ from daemon.config.model import (
 )
 from daemon.config.permissions import secret_permission_warnings
 from daemon.config.reload import CameraDiff, diff_cameras
-from daemon.config.rules import RULES, Rule, class_problems
-from daemon.config.secrets import Secret, mask_url
+from daemon.config.rules import MAX_CAMERAS, RULES, Rule, class_problems
+from daemon.config.secrets import Secret, has_credentials, mask_url
 from daemon.config.sources import (
     check_camera_url,
-    has_credentials,
     read_password_env,
     read_password_file,
     require_file,
     resolve_path,
+    tls_problems,
 )
 from daemon.config.yamltree import ScalarReader, compose, describe, is_null, line_of
 
@@ -73,6 +78,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# A full config of MAX_CAMERAS cameras is well below 200 kB; reading is bounded so that a
+# device such as /dev/zero or a runaway generated file cannot exhaust memory.
+MAX_CONFIG_BYTES: Final = 1 << 20
 # Fields filled by the loader, not by the operator.
 _NOT_FROM_YAML: Final = frozenset({(AppConfig, "source")})
 # Path fields whose files must exist when the config is loaded.
@@ -134,14 +142,7 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> AppConfig:
 def load_config_with_warnings(path: Path, env: Mapping[str, str] | None = None) -> LoadResult:
     """Like ``load_config`` but returns the warnings instead of logging them."""
     file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        message = f"not UTF-8 text (byte offset {exc.start})"
-        raise ConfigError([ConfigProblem(file, message)]) from None
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError([ConfigProblem(file, f"cannot read config file: {reason}")]) from None
+    text = _read_config_text(path, file)
     root = compose(text, file)
     if root is None:
         message = "the file is empty; expected a mapping with 'cameras' and 'model'"
@@ -153,6 +154,30 @@ def load_config_with_warnings(path: Path, env: Mapping[str, str] | None = None) 
     config = dataclasses.replace(config, source=path.absolute())
     warnings = secret_permission_warnings(path, loader.secret_keys, loader.secret_files)
     return LoadResult(config, tuple(warnings))
+
+
+def _read_config_text(path: Path, file: str) -> str:
+    """The file's text: a regular file of at most ``MAX_CONFIG_BYTES`` in UTF-8."""
+    try:
+        # Non-blocking: opening a FIFO would otherwise wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as stream:
+            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                raise ConfigError([ConfigProblem(file, "not a regular file")])
+            data = stream.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError([ConfigProblem(file, f"cannot read config file: {reason}")]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        message = (
+            f"larger than {MAX_CONFIG_BYTES} bytes; a config of {MAX_CAMERAS} cameras is far less"
+        )
+        raise ConfigError([ConfigProblem(file, message)])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"not UTF-8 text (byte offset {exc.start})"
+        raise ConfigError([ConfigProblem(file, message)]) from None
 
 
 def load_config_or_exit(path: Path) -> AppConfig:
@@ -242,7 +267,7 @@ class _Loader:
             if name not in fields and name not in extra:
                 self._unknown_key(key_node, _join(prefix, name), name, [*fields, *extra])
         kwargs, valid = self._field_values(cls, fields, pairs, node, prefix)
-        if cls is AppConfig and "cameras" in pairs:
+        if cls is AppConfig and "cameras" in pairs and not _too_many_cameras(pairs):
             key_node, value_node = pairs["cameras"]
             cameras = self._check_cameras(key_node, value_node, kwargs.get("cameras"))
             valid = valid and cameras is not _INVALID
@@ -250,6 +275,8 @@ class _Loader:
             return _INVALID
         obj = cls(**kwargs)
         cross = class_problems(obj)
+        if isinstance(obj, TlsConfig) and not cross:
+            cross = tls_problems(obj.ca_file, obj.cert_file, obj.key_file)
         for name, message in cross:
             at = pairs[name][1] if name in pairs else self._key_nodes.get(id(node), node)
             self.problem(at, _join(prefix, name), message)
@@ -271,6 +298,13 @@ class _Loader:
             key = _join(prefix, name)
             if cls is MqttConfig and name == "password":
                 value = self._mqtt_password(pairs, prefix)
+            elif cls is AppConfig and name == "cameras" and _too_many_cameras(pairs):
+                count = len(pairs[name][1].value)
+                message = (
+                    f"{count} cameras; at most {MAX_CAMERAS} per daemon "
+                    "(each camera is its own reader process)"
+                )
+                value = self.problem(pairs[name][0], key, message)
             elif name in pairs:
                 value = self._field(cls, name, hints[name], pairs[name][1], key)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -332,7 +366,7 @@ class _Loader:
         if (cls, name) in _MUST_EXIST:
             return require_file(value)
         if cls is CameraConfig and name == "url":
-            checked = check_camera_url(value.reveal(), self.base_dir)
+            checked = check_camera_url(value.reveal(), self.base_dir, self.env)
             if has_credentials(checked):
                 self.secret_keys.append(key)
             return Secret(checked)
@@ -351,7 +385,10 @@ class _Loader:
         if not isinstance(value, _Invalid):
             options = get_args(tp) if _is_union(tp) else (tp,)
             for option in options:
-                converted = self._typed(value, option)
+                try:
+                    converted = self._typed(value, option)
+                except BadValue as exc:
+                    return self.problem(node, key, str(exc))
                 if not isinstance(converted, _Invalid):
                     return converted
         got = self._describe(node, secret=secret)
@@ -377,7 +414,7 @@ class _Loader:
         if _is_enum(tp):
             return tp(value) if value in {m.value for m in tp} else _INVALID
         if tp is Path:
-            return resolve_path(value, self.base_dir)
+            return resolve_path(value, self.base_dir, self.env)
         return Secret(value) if tp is Secret else _INVALID
 
     def _tuple(self, node: Node, tp: Any, key: str, expected: str) -> Any:
@@ -455,6 +492,11 @@ class _Loader:
             return Secret(read_password_env(value, self.env))
         except BadValue as exc:
             return self.problem(node, key, str(exc))
+
+
+def _too_many_cameras(pairs: dict[str, tuple[Node, Node]]) -> bool:
+    node = pairs.get("cameras", (None, None))[1]
+    return isinstance(node, SequenceNode) and len(node.value) > MAX_CAMERAS
 
 
 def _passes(rule: Rule, value: Any) -> bool:

@@ -61,7 +61,7 @@ def parse_class_names(raw: str | None, num_classes: int | None) -> tuple[str, ..
             log.warning("model metadata 'names' is not a Python literal; using class_<i>")
         else:
             if isinstance(value, dict):
-                parsed = {int(k): str(v) for k, v in value.items()}
+                parsed = _names_by_id(value)
             elif isinstance(value, (list, tuple)):
                 parsed = {i: str(v) for i, v in enumerate(value)}
     count = num_classes if num_classes is not None else (max(parsed) + 1 if parsed else 0)
@@ -76,6 +76,22 @@ def parse_class_names(raw: str | None, num_classes: int | None) -> tuple[str, ..
             extra={"names": len(parsed), "output_classes": num_classes},
         )
     return tuple(parsed.get(i, f"class_{i}") for i in range(count))
+
+
+def _names_by_id(names: dict[object, object]) -> dict[int, str]:
+    """``{0: 'person', ...}``; a key that is not a class id would misname every class."""
+    parsed = {}
+    for key, name in names.items():
+        try:
+            class_id = int(str(key))
+        except ValueError:
+            raise BackendError(
+                f"model metadata 'names' maps {key!r} to {name!r}; keys must be class ids 0, 1, ..."
+            ) from None
+        if class_id < 0:
+            raise BackendError(f"model metadata 'names' has a negative class id {class_id}")
+        parsed[class_id] = str(name)
+    return parsed
 
 
 @runtime_checkable

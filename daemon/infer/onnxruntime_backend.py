@@ -314,8 +314,12 @@ def _open_session(
         options.intra_op_num_threads = intra_op_threads
     if optimized_out is not None:
         options.optimized_model_filepath = str(optimized_out)
-    # Provider fall-backs are reported by _usable_providers, not as ORT's multi-line warnings.
-    options.log_severity_level = 3
+    # ORT writes its own lines straight to stderr, outside the log format: only fatal ones
+    # are let through. Provider fall-backs are reported by _usable_providers and a failed
+    # run comes back as an exception, which the pipeline logs (rate-limited).
+    options.log_severity_level = 4
+    # Process-wide: the same goes for what ORT logs outside any session (provider set-up).
+    ort.set_default_logger_severity(4)
     try:
         return ort.InferenceSession(source, sess_options=options, providers=list(usable))
     except Exception as exc:  # InvalidProtobuf, Fail, NoSuchFile... are not importable types

@@ -176,7 +176,7 @@ class StatsCollector:
 
 
 def render_fps_table(stats: Mapping[str, CameraStats]) -> str:
-    """A compact fixed-width table (one line per camera) for the log and the demo console."""
+    """A compact fixed-width table (one line per camera) for `run --fps-table` and the demo."""
     header = (
         f"{'camera':<16} {'state':<12} {'in fps':>7} {'out fps':>7} {'dropped':>8}"
         f" {'p50 ms':>7} {'p95 ms':>7}"
