@@ -157,13 +157,13 @@ class Outbox:
         if upto == self._released_upto:
             return
         try:
-            spool.release(upto)
+            deleted = spool.release(upto)
         except SpoolWriteError as exc:
             self._lose_spool("release", exc)
             return
         self._released_upto = upto
-        if self._writable or spool.size_bytes:
-            self._mirror_spool()
+        self._mirror_spool()
+        if self._writable or not deleted or spool.size_bytes:
             return
         # Everything the spool held is sent and deleted: the disk may have room again.
         self._writable = True

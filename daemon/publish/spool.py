@@ -272,13 +272,14 @@ class DiskSpool:
             },
         )
 
-    def release(self, upto_id: int) -> None:
-        """Delete the rows up to ``upto_id`` (acknowledged by the broker)."""
+    def release(self, upto_id: int) -> int:
+        """Delete the rows up to ``upto_id`` (acknowledged by the broker); returns how many."""
         with self._transaction() as db:
             freed = db.execute(
                 f"DELETE FROM messages WHERE id <= ? RETURNING {_ROW_BYTES}", (upto_id,)
             ).fetchall()
         self.size_bytes -= sum(n for (n,) in freed)
+        return len(freed)
 
     @property
     def cursor(self) -> int:
