@@ -246,9 +246,9 @@ def _craft_spool(folder: Path, rows: dict[str, bytes]) -> None:
                 (t, payload, zlib.crc32(payload, zlib.crc32(t))),
             )
     db.close()
-    topic, payload = b"factory/doors/unlock", b"open"
-    header = struct.pack("<IIH", len(payload), zlib.crc32(payload, zlib.crc32(topic)), len(topic))
-    (folder / "seg-000000000000.spool").write_bytes(header + topic + payload)
+    foreign, body = b"factory/doors/unlock", b"open"
+    header = struct.pack("<IIH", len(body), zlib.crc32(body, zlib.crc32(foreign)), len(foreign))
+    (folder / "seg-000000000000.spool").write_bytes(header + foreign + body)
 
 
 def test_retained_state_follows_the_node(
