@@ -182,6 +182,12 @@ def test_unreachable_broker_says_why_once(
             broker.close()
     causes = [str(getattr(r, "cause", "")) for r in caplog.records if hasattr(r, "cause")]
     assert len(causes) == 1, f"once per state change, not per retry: {causes}"
+    paho = [r.getMessage() for r in caplog.records if r.name.startswith("daemon.publish.mqtt.paho")]
+    assert not [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith("daemon.publish.mqtt.paho")
+    ], paho
     assert causes[0].startswith(expected)
     assert counters.broker.value in ("unreachable", "refused")
     assert (counters.broker_cause or "").startswith(expected)

@@ -152,7 +152,10 @@ class MqttPublisher:
             # Our outbox holds the backlog; a broker-side session adds nothing for a publisher.
             clean_session=True,
         )
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        # One logger per client id, so the filter below sees this publisher's state only.
+        paho_log = logging.getLogger(f"{__name__}.paho.{self._client_id}")
+        paho_log.addFilter(self._quiet_while_down)
+        client.enable_logger(paho_log)
         client.will_set(self.topics.status, STATUS_OFFLINE, qos=1, retain=True)
         if self._cfg.username:
             password = self._cfg.password.reveal() if self._cfg.password else None
@@ -233,6 +236,9 @@ class MqttPublisher:
         client.disable_logger()
         client.disconnect()
         client.loop_stop()
+        logging.getLogger(f"{__name__}.paho.{self._client_id}").removeFilter(
+            self._quiet_while_down
+        )
         with self._cond:
             unacknowledged = [sent[0] for sent in self._unacked.values() if sent is not None]
         lost = self._outbox.close(unacknowledged)
@@ -332,6 +338,15 @@ class MqttPublisher:
             self._retained[topic] = payload
             self._retained_dirty.add(topic)
             self._cond.notify()
+
+    def _quiet_while_down(self, record: logging.LogRecord) -> bool:
+        """paho repeats ``Client is not connected`` (ERROR) on every retry while the broker is
+        away; the connection tracker already said why, once. Those lines go to DEBUG."""
+        # A plain read, no lock: paho may log while holding its own locks.
+        if record.levelno > logging.INFO and not self._connected:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
 
     # -- paho callbacks (paho's thread) ------------------------------------------------------
     def _on_connect(
