@@ -23,6 +23,7 @@ from daemon.capture.frame import CameraState, FrameMeta
 from daemon.config.model import MqttConfig, QueueConfig, TlsConfig
 from daemon.config.secrets import Secret
 from daemon.postprocess.yolo import Detections
+from daemon.publish.message import OutMessage
 from daemon.publish.mqtt import MqttPublisher
 from daemon.publish.spool import DB_NAME
 from tests.fixtures.broker import Received, Subscriber
@@ -307,3 +308,24 @@ def test_two_nodes_with_one_name_are_reported(
     warnings = [r for r in caplog.records if "same client id" in r.getMessage()]
     assert warnings
     assert getattr(warnings[0], "client_id", None) == f"edgewatch-{NODE}"
+
+
+def test_pump_failure_is_logged_and_the_pump_restarts(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    pub = MqttPublisher(MqttConfig(port=mosquitto.port), NODE)
+    with Subscriber(mosquitto, (TOPIC,)) as sub:
+        pub.start()
+        try:
+            _wait(lambda: pub.connected)
+            # A message paho cannot take (a payload that is not bytes): the pump's round fails.
+            pub._outbox.put(OutMessage(TOPIC, 12.5j))  # type: ignore[arg-type]
+            _wait(lambda: any("pump failed" in r.getMessage() for r in caplog.records))
+            _publish(pub, 1)
+            sub.wait_for(lambda ms: _seqs(ms) == [1])
+            _wait(lambda: pub.pump_ok)
+        finally:
+            pub.stop(timeout=2)
+    failures = [r for r in caplog.records if "pump failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None, "with its traceback, through logging"
