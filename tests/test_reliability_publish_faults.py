@@ -116,6 +116,8 @@ def test_outage_on_a_full_spool_disk_is_reported_and_survived(
         )
         status, body = daemon.http_get("/healthz")
         during = json.loads(body)
+        connected_gauge = daemon.metric("edgewatch_mqtt_broker_state", 'state="connected"')
+        pump_gauge = daemon.metric("edgewatch_mqtt_pump_ok")
         broker.start()
         checker = Subscriber(broker, (f"{prefix}/#",))
         published = daemon.metric("edgewatch_mqtt_published_total") or 0.0
@@ -130,6 +132,7 @@ def test_outage_on_a_full_spool_disk_is_reported_and_survived(
     assert (during["status"], during["mqtt"]["can_publish"]) == ("unhealthy", False)
     assert during["mqtt"]["broker"] in ("disconnected", "unreachable")
     assert during["mqtt"]["cause"].startswith(("connection lost", "connection refused"))
+    assert (connected_gauge, pump_gauge) == (0.0, 1.0)
     assert after > published, "publishing resumed"
     assert all(isinstance(p["seq"], int) for p in payloads(checker, "detections"))
     records = daemon.log_records()

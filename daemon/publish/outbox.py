@@ -159,7 +159,9 @@ class Outbox:
         try:
             deleted = spool.release(upto)
         except SpoolWriteError as exc:
-            self._lose_spool("release", exc)
+            # A DELETE needs room in the WAL too: on a full disk it fails like an append.
+            # The rows stay (sent again after a restart: at-least-once); retried next round.
+            self._write_failed(exc)
             return
         self._released_upto = upto
         self._mirror_spool()
