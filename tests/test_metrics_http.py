@@ -15,7 +15,7 @@ import pytest
 
 from daemon.monitor.metrics import MAX_CONNECTIONS, DaemonMetrics, Health, MetricsServer
 
-IDLE_CLIENTS = 40
+IDLE_CLIENTS = 40  # fewer than the accept queue holds: accepted in order
 
 
 @pytest.fixture

@@ -235,6 +235,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # Re-binding the same port right after a restart must work.
     allow_reuse_address = True
+    # A burst of connections waits in the kernel's accept queue (and is then served or
+    # answered busy, in order) instead of having its handshakes dropped and retried.
+    request_queue_size = 64
 
     def __init__(
         self,

@@ -236,9 +236,7 @@ class MqttPublisher:
         client.disable_logger()
         client.disconnect()
         client.loop_stop()
-        logging.getLogger(f"{__name__}.paho.{self._client_id}").removeFilter(
-            self._quiet_while_down
-        )
+        logging.getLogger(f"{__name__}.paho.{self._client_id}").removeFilter(self._quiet_while_down)
         with self._cond:
             unacknowledged = [sent[0] for sent in self._unacked.values() if sent is not None]
         lost = self._outbox.close(unacknowledged)
