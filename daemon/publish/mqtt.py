@@ -239,12 +239,13 @@ class MqttPublisher:
         logging.getLogger(f"{__name__}.paho.{self._client_id}").removeFilter(self._quiet_while_down)
         with self._cond:
             unacknowledged = [sent[0] for sent in self._unacked.values() if sent is not None]
+        queued = self._outbox.depth
         lost = self._outbox.close(unacknowledged)
-        counters = self.counters()
         extra = {
             "unacknowledged": len(unacknowledged),
-            "queued": counters.queued,
-            "spool": counters.spool.value,
+            "queued": queued,
+            "persisted_to_spool": len(unacknowledged) + queued - lost,
+            "spool": self._outbox.state.value,
             "lost": lost,
         }
         if lost:
@@ -384,15 +385,20 @@ class MqttPublisher:
         reason: ReasonCode,
         _properties: Any,
     ) -> None:
+        gone: list[tuple[OutMessage, int | None] | None] = []
         with self._cond:
             self._connected = False
             closing = self._closing
             if self._cfg.qos == 0:
                 # QoS 0 messages not yet written are gone; paho will not report them.
                 self._inflight = 0
+                gone = list(self._unacked.values())
                 self._unacked.clear()
                 self._acked_early.clear()
             self._cond.notify_all()
+        for sent in gone:
+            if sent is not None:
+                self._outbox.acknowledged(sent[1])  # their spool rows may go
         self._link.disconnected(str(reason), expected=closing)
 
     def _on_publish(
