@@ -493,9 +493,10 @@ class MqttPublisher:
                 self._inflight = max(0, self._inflight - (budget - used))
                 self._published += used
             for topic, payload in retained:
-                self._hand_to_paho(client, OutMessage(topic, payload, self._cfg.qos, True), None)
+                message = OutMessage(topic, payload, self._cfg.qos, retain=True)
+                self._hand_to_paho(client, message, queued=False)
             for message, row in taken:
-                self._hand_to_paho(client, message, row)
+                self._hand_to_paho(client, message, row=row)
             self._outbox.release()
             now = time.monotonic()
             if now - last_sync >= SYNC_INTERVAL_S:
@@ -504,17 +505,21 @@ class MqttPublisher:
             with self._cond:
                 self._pump_failing = False
 
-    def _hand_to_paho(self, client: mqtt.Client, message: OutMessage, row: int | None) -> None:
+    def _hand_to_paho(
+        self, client: mqtt.Client, message: OutMessage, row: int | None = None, queued: bool = True
+    ) -> None:
+        """Publish one message; a queued one (not "latest wins" state) is kept until its
+        acknowledgement, so a stop can persist it."""
         try:
             info = client.publish(
                 message.topic, message.payload, qos=message.qos, retain=message.retain
             )
         except ValueError as exc:
-            # Only an oversized payload gets here (topics are validated): drop it, keep going.
+            # paho refuses the message itself (oversized payload, bad QoS): drop it, go on.
             log.error("mqtt message rejected", extra={"topic": message.topic, "error": str(exc)})
             with self._cond:
                 self._inflight = max(0, self._inflight - 1)
             self._outbox.count_dropped(1)
             self._outbox.acknowledged(row)
             return
-        self._track(info, None if message.retain else (message, row))
+        self._track(info, (message, row) if queued else None)
