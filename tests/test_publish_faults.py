@@ -263,7 +263,7 @@ def test_retained_state_follows_the_node(
 ) -> None:
     first = MqttPublisher(MqttConfig(port=mosquitto.port), NODE)
     first.start()
-    first.start_camera("cam1")
+    first_epoch = first.start_camera("cam1")
     first.start_camera("gone")
     first.publish_state("cam1", CameraState.STREAMING, None)
     first.publish_state("gone", CameraState.STREAMING, None)
@@ -277,9 +277,10 @@ def test_retained_state_follows_the_node(
     for cam in ("cam1", "gone"):
         state = json.loads(retained[f"{BASE}/{cam}/state"])
         assert (state["state"], state["reason"]) == ("down", "node stopped")
+    assert json.loads(retained[f"{BASE}/cam1/state"])["epoch"] == first_epoch
     # The next start runs only cam1: the retained state of the removed camera is cleared.
     second = MqttPublisher(MqttConfig(port=mosquitto.port), NODE)
-    second.start_camera("cam1")
+    assert second.start_camera("cam1") != first_epoch, "a restart starts a new epoch"
     second.start()
     try:
         second.publish_state("cam1", CameraState.STREAMING, None)
