@@ -111,6 +111,7 @@ def test_full_spool_disk_degrades_to_memory_once_and_keeps_publishing(
         broker.close()
     assert all(json.loads(m.payload)["camera"] == "cam1" for m in received), "no torn payload"
     assert after.pump_ok
+    assert after.spool.value == "ok", "the replayed spool made room: the disk is used again"
     delivered = set(_seqs(received))
     assert len(delivered) == total + 1 - after.dropped_overflow, "all that was not counted dropped"
     assert full.spooled > 0

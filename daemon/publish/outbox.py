@@ -160,17 +160,31 @@ class Outbox:
             deleted = spool.release(upto)
         except SpoolWriteError as exc:
             # A DELETE needs room in the WAL too: on a full disk it fails like an append.
-            # The rows stay (sent again after a restart: at-least-once); retried next round.
-            self._write_failed(exc)
+            if upto == spool.cursor and not spool.pending:
+                self._reset_spool(spool)  # nothing left to keep: drop the files, free the room
+            else:
+                # The rows stay (sent again after a restart: at-least-once); retried next round.
+                self._write_failed(exc)
             return
         self._released_upto = upto
         self._mirror_spool()
         if self._writable or not deleted or spool.size_bytes:
             return
         # Everything the spool held is sent and deleted: the disk may have room again.
-        self._writable = True
-        self.state = SpoolState.OK
-        log.info("mqtt spool writable again", extra={"spool_dir": str(self._spool_dir)})
+        self._reset_spool(spool)
+
+    def _reset_spool(self, spool: DiskSpool) -> None:
+        try:
+            spool.reset()
+        except SpoolWriteError as exc:
+            self._lose_spool("reset", exc)
+            return
+        self._released_upto = None
+        self._mirror_spool()
+        if not self._writable:
+            self._writable = True
+            self.state = SpoolState.OK
+            log.info("mqtt spool writable again", extra={"spool_dir": str(self._spool_dir)})
 
     def count_dropped(self, n: int) -> None:
         with self._lock:
@@ -194,12 +208,14 @@ class Outbox:
         lost = len(memory) + len(unacknowledged)
         if spool is not None:
             try:
-                spool.requeue(unacknowledged)
+                if unacknowledged:
+                    spool.requeue(unacknowledged)
                 lost -= len(unacknowledged)
                 spool.append(memory)
                 lost -= len(memory)
             except SpoolWriteError as exc:
-                log.error("mqtt spool write failed at stop", extra={"error": str(exc)})
+                if self._writable:  # else already reported; the stop line counts the loss
+                    log.error("mqtt spool write failed at stop", extra={"error": str(exc)})
             spool.close()
             self._spool = None
         with self._lock:

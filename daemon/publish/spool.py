@@ -281,6 +281,23 @@ class DiskSpool:
         self.size_bytes -= sum(n for (n,) in freed)
         return len(freed)
 
+    def reset(self) -> None:
+        """Start an empty database in place of this one, whose rows are all acknowledged.
+
+        Deleting rows writes to the WAL, which a full disk refuses; removing the files needs
+        no room, and frees it.
+        """
+        self._db.close()
+        for suffix in ("", "-wal", "-shm"):
+            self._path.with_name(DB_NAME + suffix).unlink(missing_ok=True)
+        try:
+            self._db = self._open_checked()
+        except sqlite3.Error as exc:
+            raise SpoolWriteError(str(exc)) from exc
+        self.pending = 0
+        self.size_bytes = 0
+        self._cursor = 0
+
     @property
     def cursor(self) -> int:
         """The id of the last row handed out."""
