@@ -27,7 +27,7 @@ from daemon.config.secrets import mask_url
 from daemon.infer.backend import Backend
 from daemon.logs import RepeatLimiter
 from daemon.monitor.drift import DriftMonitor
-from daemon.monitor.metrics import DaemonMetrics, Health
+from daemon.monitor.metrics import DaemonMetrics, Health, publisher_health
 from daemon.monitor.stats import CameraStats, StatsCollector
 from daemon.postprocess.yolo import Detections, decode_batch
 from daemon.publish.mqtt import MqttPublisher
@@ -146,6 +146,8 @@ class Pipeline:
         self._make_source = source_factory or (lambda cam: CameraSource(cam, config.capture))
         self._sources: dict[str, CameraSource] = {}
         self._filters: dict[str, CameraFilter] = {}
+        # Each camera's epoch (see daemon/publish/epochs.py): new whenever its reader starts.
+        self._epochs: dict[str, int] = {}
         self._selector = BatchSelector(backend.max_batch, config.model.batch_timeout_ms / 1000)
         self._inflight = backend.max_inflight
         self._free_buffers: asyncio.Queue[BatchBuffer] = asyncio.Queue()
@@ -173,6 +175,7 @@ class Pipeline:
         self._decode_conf = min(f.confidence for f in self._filters.values())
         source = self._make_source(camera)
         self._sources[camera.id] = source
+        self._epochs[camera.id] = self._publisher.start_camera(camera.id)
         self._stats.add_camera(camera.id, time.monotonic())
         source.start()
         log.info("camera started", extra={"camera": camera.id, "url": camera.display_url})
@@ -184,8 +187,9 @@ class Pipeline:
             return
         source.stop()
         self._filters.pop(camera_id, None)
+        self._epochs.pop(camera_id, None)
         self._selector.forget(camera_id)
-        self._stats.remove_camera(camera_id)
+        self._stats.remove_camera(camera_id, source.counters())
         if self._drift is not None:
             self._drift.forget(camera_id)
         self._publisher.remove_camera(camera_id)
@@ -201,18 +205,23 @@ class Pipeline:
 
     def healthy(self) -> bool:
         """False when frames are waiting but no batch has completed for a long time, or
-        when every recent batch failed."""
+        when every recent batch failed, or when the publisher's pump stopped working (each
+        gates the systemd watchdog)."""
         if self._failed_in_row >= _FAILING_AFTER_BATCHES:
             return False
         # A copy first, as in states(): the HTTP thread calls this during reloads too.
         waiting = any(s.pending_since() is not None for s in list(self._sources.values()))
-        return not waiting or time.monotonic() - self._last_batch_done < _WEDGED_AFTER_S
+        wedged = waiting and time.monotonic() - self._last_batch_done >= _WEDGED_AFTER_S
+        return not wedged and self._publisher.pump_ok
 
     def health(self) -> Health:
-        """What ``/healthz`` reports: the wedge check plus each camera's state."""
+        """What ``/healthz`` reports: the wedge check, whether messages can leave (broker
+        reachable, pump working) and each camera's state."""
+        mqtt = self._publisher.counters()
         return Health(
-            self.healthy(),
+            self.healthy() and mqtt.can_publish,
             {
+                "mqtt": publisher_health(mqtt),
                 "batches": self._batches,
                 "seconds_since_last_batch": round(time.monotonic() - self._last_batch_done, 1),
                 "failed_batches_in_row": self._failed_in_row,
@@ -274,6 +283,8 @@ class Pipeline:
 
     async def _process(self, buffer: BatchBuffer, picked: list[CameraSource]) -> None:
         loop = asyncio.get_running_loop()
+        # Taken now: a reload may replace a camera (new epoch) while this batch is inferred.
+        epochs = {s.camera_id: self._epochs[s.camera_id] for s in picked}
         try:
             batch, detections, infer_s = await loop.run_in_executor(
                 self._executor, self._infer, buffer, picked
@@ -287,7 +298,7 @@ class Pipeline:
             self._free_buffers.put_nowait(buffer)
         if len(batch):
             self._metrics.observe_batch(infer_s, len(batch))
-            self._publish(batch, detections)
+            self._publish(batch, detections, epochs)
 
     def _on_batch_failed(self, exc: Exception, picked: list[CameraSource]) -> None:
         self._failed_in_row += 1
@@ -328,14 +339,16 @@ class Pipeline:
             self._drift.observe(batch, detections, conf)
         return batch, detections, infer_s
 
-    def _publish(self, batch: Batch, detections: list[Detections]) -> None:
+    def _publish(self, batch: Batch, detections: list[Detections], epochs: dict[str, int]) -> None:
         names = self._backend.class_names
         now = time.time()
         for meta, dets in zip(batch.metas, detections, strict=True):
             camera_filter = self._filters.get(meta.camera_id)
             if camera_filter is None:  # removed by a reload while its frame was in flight
                 continue
-            self._publisher.publish_detections(meta, camera_filter.apply(dets), names, now)
+            self._publisher.publish_detections(
+                meta, camera_filter.apply(dets), names, now, epochs[meta.camera_id]
+            )
             self._stats.record_processed(meta.camera_id, now - meta.capture_ts)
         self._last_batch_done = time.monotonic()
         self._batches += 1

@@ -127,6 +127,11 @@ class Mosquitto:
         return cert, key
 
     @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (to SIGSTOP it: a hung broker)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -8,14 +8,16 @@ camera id only, never a URL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -23,7 +25,9 @@ from prometheus_client.registry import Collector
 
 from daemon.capture.frame import CameraState
 from daemon.monitor.stats import CameraStats
+from daemon.publish.connection import BrokerState
 from daemon.publish.mqtt import PublisherCounters
+from daemon.publish.outbox import SpoolState
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +50,14 @@ _BATCH_BUCKETS: Final = (
     2.0,
     5.0,
 )
-# Bounds on the HTTP side: concurrent requests served, and how long a client may dawdle.
-_MAX_CONCURRENT_REQUESTS: Final = 4
+# Bounds on the HTTP side: connections served at once (one thread each; more are answered
+# 503 at once, without a thread), and how long a client may take to send its request.
+MAX_CONNECTIONS: Final = 8
 _REQUEST_TIMEOUT_S: Final = 5.0
+_BUSY: Final = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
+)
 
 
 @dataclass(frozen=True)
@@ -148,9 +157,54 @@ def _camera_metrics(cameras: list[CameraStats]) -> Iterator[Metric]:
     yield counter("edgewatch_camera_reconnects", "Source reconnects.", lambda s: s.reconnects_total)
 
 
+def publisher_health(c: PublisherCounters) -> dict[str, object]:
+    """The publisher's part of ``/healthz``: can messages leave, and if not, why."""
+    return {
+        "can_publish": c.can_publish,
+        "broker": c.broker.value,
+        "cause": c.broker_cause,
+        "pump_ok": c.pump_ok,
+        "spool": c.spool.value,
+        "queued": c.queued,
+        "client_id_conflict": c.takeover_suspected,
+    }
+
+
 def _publisher_metrics(c: PublisherCounters) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "edgewatch_mqtt_connected", "1 while connected to the broker.", value=float(c.connected)
+    )
+    state = GaugeMetricFamily(
+        "edgewatch_mqtt_broker_state",
+        "1 for the broker connection's current state.",
+        labels=["state"],
+    )
+    for candidate in BrokerState:
+        state.add_metric([candidate.value], float(candidate is c.broker))
+    yield state
+    yield GaugeMetricFamily(
+        "edgewatch_mqtt_pump_ok", "1 while the publishing thread works.", value=float(c.pump_ok)
+    )
+    spool = GaugeMetricFamily(
+        "edgewatch_mqtt_spool_state", "1 for the disk spool's current state.", labels=["state"]
+    )
+    for candidate_spool in SpoolState:
+        spool.add_metric([candidate_spool.value], float(candidate_spool is c.spool))
+    yield spool
+    yield GaugeMetricFamily(
+        "edgewatch_mqtt_client_id_conflict",
+        "1 while another client seems to keep taking over our client id.",
+        value=float(c.takeover_suspected),
+    )
+    yield CounterMetricFamily(
+        "edgewatch_mqtt_connect_failures",
+        "Failed connection attempts (DNS, TCP, TLS, refused by the broker).",
+        value=c.connect_failures,
+    )
+    yield CounterMetricFamily(
+        "edgewatch_mqtt_spool_rejected",
+        "Spool rows discarded: damaged, or for a topic outside the node's own.",
+        value=c.spool_rejected,
     )
     yield GaugeMetricFamily(
         "edgewatch_mqtt_queue_depth", "Messages waiting (memory + spool).", value=c.queued
@@ -176,9 +230,55 @@ def _publisher_metrics(c: PublisherCounters) -> Iterator[Metric]:
 
 
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at once; errors are logged."""
+
     daemon_threads = True
     # Re-binding the same port right after a restart must work.
     allow_reuse_address = True
+    # A burst of connections waits in the kernel's accept queue (and is then served or
+    # answered busy, in order) instead of having its handshakes dropped and retried.
+    request_queue_size = 64
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        max_connections: int,
+    ) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            # Answered from the accepting thread: non-blocking, so a client that does not
+            # read cannot stall it.
+            request.setblocking(False)
+            with contextlib.suppress(OSError):
+                request.send(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-response is routine; never a raw traceback on stderr.
+        exc = sys.exc_info()[1]
+        level = logging.DEBUG if isinstance(exc, ConnectionError) else logging.WARNING
+        log.log(
+            level,
+            "metrics http request failed",
+            extra={"client": str(client_address[0]), "error": f"{type(exc).__name__}: {exc}"},
+            exc_info=level == logging.WARNING,
+        )
 
 
 class MetricsServer:
@@ -187,9 +287,7 @@ class MetricsServer:
     def __init__(
         self, host: str, port: int, registry: CollectorRegistry, health: Callable[[], Health]
     ) -> None:
-        self._slots = threading.BoundedSemaphore(_MAX_CONCURRENT_REQUESTS)
-        handler = _make_handler(registry, health, self._slots)
-        self._server = _Server((host, port), handler)
+        self._server = _Server((host, port), _make_handler(registry, health), MAX_CONNECTIONS)
         self._thread: threading.Thread | None = None
 
     @property
@@ -219,21 +317,12 @@ class MetricsServer:
 
 
 def _make_handler(
-    registry: CollectorRegistry, health: Callable[[], Health], slots: threading.BoundedSemaphore
+    registry: CollectorRegistry, health: Callable[[], Health]
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         timeout = _REQUEST_TIMEOUT_S
 
         def do_GET(self) -> None:
-            if not slots.acquire(blocking=False):
-                self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"busy\n", "text/plain")
-                return
-            try:
-                self._route()
-            finally:
-                slots.release()
-
-        def _route(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(HTTPStatus.OK, generate_latest(registry), CONTENT_TYPE_LATEST)

@@ -6,9 +6,10 @@ preallocated ring of latencies and recording is a lock, a store and two incremen
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -57,16 +58,40 @@ class CameraStats:
     drift: DriftStats | None = None
 
 
-class _CameraWindow:
-    __slots__ = ("count", "last_counters", "last_ts", "latencies", "next", "processed_total")
+def _plus(a: CaptureCounters, b: CaptureCounters) -> CaptureCounters:
+    return CaptureCounters(
+        **{f.name: getattr(a, f.name) + getattr(b, f.name) for f in dataclasses.fields(a)}
+    )
 
-    def __init__(self, window: int, now: float) -> None:
+
+@dataclass(frozen=True, slots=True)
+class _Totals:
+    """What a camera has counted so far, kept when its reader is replaced."""
+
+    processed: int = 0
+    # Capture counters of the camera's earlier readers (a new reader counts from zero).
+    capture: CaptureCounters = field(default_factory=CaptureCounters)
+
+
+class _CameraWindow:
+    __slots__ = (
+        "base",
+        "count",
+        "last_counters",
+        "last_ts",
+        "latencies",
+        "next",
+        "processed_total",
+    )
+
+    def __init__(self, window: int, now: float, totals: _Totals) -> None:
         self.latencies: npt.NDArray[np.float64] = np.zeros(window, np.float64)
         self.next = 0
         self.count = 0  # samples since the last snapshot (may exceed the window)
-        self.processed_total = 0
+        self.processed_total = totals.processed
+        self.base = totals.capture
         self.last_ts = now
-        self.last_counters: CaptureCounters | None = None
+        self.last_counters = totals.capture
 
     def recent(self) -> npt.NDArray[np.float64]:
         n = min(self.count, self.latencies.shape[0])
@@ -90,15 +115,24 @@ class StatsCollector:
         self._window = window
         self._lock = threading.Lock()
         self._cameras: dict[str, _CameraWindow] = {}
+        # Totals of cameras no longer tracked: a camera added again (a hot reload replaces
+        # its reader) continues from them, so its totals count since the daemon started.
+        self._retired: dict[str, _Totals] = {}
 
     def add_camera(self, camera_id: str, now: float) -> None:
         """Start tracking a camera (no-op if tracked); its first interval starts at ``now``."""
         with self._lock:
-            self._cameras.setdefault(camera_id, _CameraWindow(self._window, now))
+            if camera_id not in self._cameras:
+                totals = self._retired.pop(camera_id, _Totals())
+                self._cameras[camera_id] = _CameraWindow(self._window, now, totals)
 
-    def remove_camera(self, camera_id: str) -> None:
+    def remove_camera(self, camera_id: str, final: CaptureCounters | None = None) -> None:
+        """Stop tracking a camera; ``final``: its reader's last counters, kept in the totals."""
         with self._lock:
-            self._cameras.pop(camera_id, None)
+            cam = self._cameras.pop(camera_id, None)
+            if cam is not None:
+                capture = _plus(cam.base, final) if final is not None else cam.base
+                self._retired[camera_id] = _Totals(cam.processed_total, capture)
 
     @property
     def cameras(self) -> tuple[str, ...]:
@@ -141,8 +175,8 @@ class StatsCollector:
         counters: Mapping[str, CaptureCounters],
         states: Mapping[str, CameraState],
     ) -> CameraStats:
-        current = counters.get(camera_id, CaptureCounters())
-        previous = cam.last_counters or CaptureCounters()
+        current = _plus(cam.base, counters.get(camera_id, CaptureCounters()))
+        previous = cam.last_counters
         # The first interval counts from zero: the collector is added when the camera starts.
         read = max(0, current.frames_read - previous.frames_read)
         dropped = max(0, current.frames_dropped - previous.frames_dropped)

@@ -2,6 +2,8 @@
 
 Every JSON payload carries ``schema_version`` so consumers can reject a layout they do not
 know instead of misreading it. Bump it on any incompatible change (and the schema files).
+Every per-camera payload carries the camera's ``epoch`` (``daemon.publish.epochs``): with
+``seq`` it is the de-duplication key ``(camera, epoch, seq)``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from daemon.capture.frame import CameraState, FrameMeta
 from daemon.monitor.stats import CameraStats, DriftStats
 from daemon.postprocess.yolo import Detections
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 # Node availability is plain text (not JSON) so Home Assistant-style availability topics work.
 STATUS_ONLINE: Final = b"online"
 STATUS_OFFLINE: Final = b"offline"
@@ -30,13 +32,14 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def detections_payload(
-    meta: FrameMeta, detections: Detections, names: Sequence[str], publish_ts: float
+    meta: FrameMeta, epoch: int, detections: Detections, names: Sequence[str], publish_ts: float
 ) -> bytes:
     """``<camera>/detections``: one frame's detections, boxes in source-frame pixels."""
     return _dumps(
         {
             "schema_version": SCHEMA_VERSION,
             "camera": meta.camera_id,
+            "epoch": epoch,
             "seq": meta.seq,
             "capture_ts": round(meta.capture_ts, 6),
             "publish_ts": round(publish_ts, 6),
@@ -47,12 +50,15 @@ def detections_payload(
     )
 
 
-def state_payload(camera_id: str, state: CameraState, reason: str | None, ts: float) -> bytes:
+def state_payload(
+    camera_id: str, epoch: int, state: CameraState, reason: str | None, ts: float
+) -> bytes:
     """``<camera>/state`` (retained). ``reason`` must already have credentials masked."""
     return _dumps(
         {
             "schema_version": SCHEMA_VERSION,
             "camera": camera_id,
+            "epoch": epoch,
             "state": state.value,
             "reason": reason,
             "ts": round(ts, 6),
@@ -60,12 +66,13 @@ def state_payload(camera_id: str, state: CameraState, reason: str | None, ts: fl
     )
 
 
-def stats_payload(stats: CameraStats) -> bytes:
+def stats_payload(stats: CameraStats, epoch: int) -> bytes:
     """``<camera>/stats``: one monitoring interval of one camera."""
     return _dumps(
         {
             "schema_version": SCHEMA_VERSION,
             "camera": stats.camera_id,
+            "epoch": epoch,
             "ts": round(stats.ts, 6),
             "interval_s": round(stats.interval_s, 3),
             "state": stats.state.value,

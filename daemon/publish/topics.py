@@ -45,5 +45,16 @@ class Topics:
         """Retained camera state (``streaming`` / ``reconnecting`` / ``down`` + reason)."""
         return self.camera(camera_id, "state")
 
+    @property
+    def all_states(self) -> str:
+        """Subscription filter matching every camera's state topic of this node."""
+        return f"{self.base}/+/state"
+
+    def camera_of(self, topic: str) -> str | None:
+        """The camera id of one of this node's per-camera topics; None for any other topic."""
+        head, sep, rest = topic.partition(self.base + "/")
+        parts = rest.split("/")
+        return parts[0] if not head and sep and len(parts) == 2 and parts[0] else None
+
     def stats(self, camera_id: str) -> str:
         return self.camera(camera_id, "stats")
