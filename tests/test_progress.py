@@ -105,3 +105,26 @@ def test_detect_on_a_folder_shows_a_bar_on_a_terminal(
     shown = _read_all(controller)
     assert "detecting" in shown
     assert "3/3" in shown
+
+
+def test_bench_backend_shows_a_bar_on_a_terminal(
+    terminal: tuple[int, int], model_onnx: Path, videos: list[Path]
+) -> None:
+    controller, term = terminal
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "daemon", "--log-level", "warning", "bench", "backend"),
+            *("--model", str(model_onnx), "--batch", "1", "--seconds", "0.1"),
+            *("--imgsz", "320", "--videos", str(videos[0].parent)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=term,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO,
+    )
+    assert result.returncode == 0
+    shown = _read_all(controller)
+    assert "measuring" in shown
+    assert "2/2" in shown
