@@ -22,6 +22,7 @@ from daemon.batch.letterbox import letterbox_into
 from daemon.config.model import BackendKind, ModelConfig
 from daemon.infer.backend import Backend
 from daemon.infer.factory import load_backend
+from daemon.progress import Progress
 
 WARMUP_CALLS = 3
 MIN_CALLS = 5
@@ -116,22 +117,25 @@ def run_backend_bench(
         rng = np.random.default_rng(0)
         real = real_frames(videos, max(batches), hw)
         results = []
-        for batch in batches:
-            for kind, images in (
-                ("random", rng.integers(0, 256, (batch, *hw, 3), dtype=np.uint8)),
-                ("real", real[:batch]),
-            ):
-                calls, lat = time_backend(backend, np.ascontiguousarray(images), seconds)
-                results.append(
-                    BackendResult(
-                        batch=batch,
-                        images=kind,
-                        calls=calls,
-                        images_per_s=batch * calls / float(lat.sum()),
-                        latency_ms_p50=float(np.percentile(lat, 50) * 1000),
-                        latency_ms_p95=float(np.percentile(lat, 95) * 1000),
+        # Each point is timed for ``seconds``: the whole run takes many of them.
+        with Progress("measuring", total=2 * len(batches), unit="point") as progress:
+            for batch in batches:
+                for kind, images in (
+                    ("random", rng.integers(0, 256, (batch, *hw, 3), dtype=np.uint8)),
+                    ("real", real[:batch]),
+                ):
+                    calls, lat = time_backend(backend, np.ascontiguousarray(images), seconds)
+                    results.append(
+                        BackendResult(
+                            batch=batch,
+                            images=kind,
+                            calls=calls,
+                            images_per_s=batch * calls / float(lat.sum()),
+                            latency_ms_p50=float(np.percentile(lat, 50) * 1000),
+                            latency_ms_p95=float(np.percentile(lat, 95) * 1000),
+                        )
                     )
-                )
+                    progress.advance()
         return BackendReport(backend.name, str(model), hw, seconds, tuple(results))
     finally:
         backend.close()

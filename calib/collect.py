@@ -24,6 +24,7 @@ from calib.images import MANIFEST_NAME
 from daemon.capture.source import CameraSource
 from daemon.config.model import AppConfig
 from daemon.monitor.brightness import mean_luma
+from daemon.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -80,51 +81,58 @@ def select_spread(candidates: list[_Candidate], frames: int) -> list[_Candidate]
     return chosen
 
 
+def _offer(
+    source: CameraSource, kept: list[npt.NDArray[np.float32]], threshold: float
+) -> tuple[bool, _Candidate | None]:
+    """Look at ``source``'s newest frame: (whether it had one, a candidate if it is new).
+
+    The frame is a view into the reader's shared memory; nothing that views it may outlive
+    this call, or the segment cannot be unmapped when the camera stops."""
+    with source.acquire_latest() as item:
+        if item is None:
+            return False, None
+        meta, frame = item
+        thumb = thumbnail(frame)
+        if is_duplicate(thumb, kept, threshold):
+            return True, None
+        ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
+        brightness = mean_luma(frame)
+    if not ok:
+        return True, None
+    kept.append(thumb)
+    return True, _Candidate(source.camera_id, meta.capture_ts, brightness, jpeg.tobytes())
+
+
 def collect(config: AppConfig, out: Path, options: CollectOptions) -> int:
     """Sample frames of ``config``'s enabled cameras into ``out``; returns frames written."""
     out.mkdir(parents=True, exist_ok=True)
     sources = [CameraSource(cam, config.capture) for cam in config.enabled_cameras]
     pool: list[_Candidate] = []
+    target = _POOL_FACTOR * options.frames
     kept_thumbs: dict[str, list[npt.NDArray[np.float32]]] = {s.camera_id: [] for s in sources}
     next_due = {s.camera_id: 0.0 for s in sources}
     deadline = time.monotonic() + options.max_duration_s
     for source in sources:
         source.start()
     try:
-        while time.monotonic() < deadline and len(pool) < _POOL_FACTOR * options.frames:
-            now = time.monotonic()
-            for source in sources:
-                for change in source.poll():
-                    log.info(
-                        "camera state",
-                        extra={
-                            "camera": change.camera_id,
-                            "state": change.state.value,
-                            "reason": change.reason,
-                        },
-                    )
-                if now < next_due[source.camera_id]:
-                    continue
-                with source.acquire_latest() as item:
-                    if item is None:
+        with Progress("sampling frames", total=target, unit="frame") as progress:
+            while time.monotonic() < deadline and len(pool) < target:
+                now = time.monotonic()
+                for source in sources:
+                    source.poll()  # state changes are logged by the source itself
+                    if now < next_due[source.camera_id]:
                         continue
-                    meta, frame = item
-                    thumb = thumbnail(frame)
-                    next_due[source.camera_id] = now + options.interval_s
-                    if is_duplicate(
-                        thumb, kept_thumbs[source.camera_id], options.duplicate_threshold
-                    ):
-                        continue
-                    ok, jpeg = cv2.imencode(
-                        ".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]
+                    offered, candidate = _offer(
+                        source, kept_thumbs[source.camera_id], options.duplicate_threshold
                     )
-                    brightness = mean_luma(frame)
-                if ok:
-                    kept_thumbs[source.camera_id].append(thumb)
-                    pool.append(
-                        _Candidate(source.camera_id, meta.capture_ts, brightness, jpeg.tobytes())
-                    )
-            time.sleep(_POLL_S)
+                    if offered:
+                        next_due[source.camera_id] = now + options.interval_s
+                    if candidate is not None:
+                        pool.append(candidate)
+                        progress.advance()
+                # Progress lines also while every frame is a duplicate (a static scene).
+                progress.advance(0)
+                time.sleep(_POLL_S)
     finally:
         for source in sources:
             source.stop()

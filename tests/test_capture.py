@@ -238,6 +238,32 @@ def test_watchdog_restarts_a_frozen_reader(cameras: Cameras) -> None:
     _assert_seq_increasing(cam.frames)
 
 
+def test_a_stopped_reader_stops_claiming_streaming_long_before_the_stall_timeout(
+    cameras: Cameras,
+) -> None:
+    patient = replace(FAST, stall_timeout_s=600.0)
+    cam = cameras.add("paused", str(CLIP_25FPS_360P), capture=patient)
+    assert cameras.until(lambda: cam.source.state is CameraState.STREAMING, 10)
+    pid = cam.source.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # Its silent heartbeat gives it away; the 600 s stall timeout would keep it
+        # "streaming" with no frames for ten minutes.
+        assert cameras.until(lambda: cam.source.state is not CameraState.STREAMING, 30)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert cam.changes[-1].state is CameraState.RECONNECTING
+    assert "not responding" in (cam.changes[-1].reason or "")
+    # Resumed, it streams again as the same process: it was never restarted.
+    seen = len(cam.frames)
+    assert cameras.until(
+        lambda: cam.source.state is CameraState.STREAMING and len(cam.frames) > seen + 5, 15
+    )
+    assert cam.source.pid == pid
+    assert cam.source.counters().restarts == 0
+
+
 def test_dead_sources_never_block_a_good_one(cameras: Cameras) -> None:
     password = "hunter2pass"
     dead_rtsp = cameras.add("dead-rtsp", f"rtsp://admin:{password}@127.0.0.1:{_closed_port()}/x")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,7 @@ def test_split_sessions_give_the_same_outputs(
     try:
         assert split.split_sessions == 2
         rect = np.ascontiguousarray(letterboxed[:, 128:512])  # a 384x640 batch
-        # Even batches run as two slices at once, odd ones in the one two-thread session.
+        # Two slices at once (3 images: 1 and 2); one image runs in the two-thread session.
         for images in (letterboxed[:1], letterboxed[:3], letterboxed[:4], letterboxed, rect[:4]):
             expected = yolo.infer(images).copy()
             np.testing.assert_allclose(split.infer(images), expected, atol=2e-3, rtol=1e-4)
@@ -111,6 +112,28 @@ def test_split_sessions_give_the_same_outputs(
         split.close()
     with pytest.raises(BackendError, match="after close"):
         split.infer(letterboxed[:2])
+
+
+def test_a_batch_that_does_not_divide_evenly_runs_on_the_split_sessions(
+    model_onnx: Path, letterboxed: npt.NDArray[np.uint8]
+) -> None:
+    # Three cameras on two cores: in the one two-thread session they ran at half the rate
+    # of four under CPU contention. The split sessions run on the pool's threads, which
+    # exist only once a batch was handed to them.
+    split = OnnxRuntimeBackend(model_onnx, max_batch=4, intra_op_threads=2, split_sessions=2)
+    before = set(threading.enumerate())
+
+    def pool_threads() -> list[threading.Thread]:
+        new = set(threading.enumerate()) - before
+        return [t for t in new if t.name.startswith("ort-split")]
+
+    try:
+        split.infer(letterboxed[:1])
+        assert not pool_threads()
+        split.infer(letterboxed[:3])
+        assert pool_threads()
+    finally:
+        split.close()
 
 
 def test_split_sessions_default_to_the_cores_and_max_batch(model_onnx: Path) -> None:

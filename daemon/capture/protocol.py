@@ -14,6 +14,11 @@ from daemon.config.sources import is_stream_url
 
 # Exit status of a reader that met a frame larger than its ring (the daemon enlarges it).
 EXIT_FRAME_TOO_LARGE: Final = 3
+# A reader beats its heartbeat this often while it is inside a bounded operation.
+HEARTBEAT_PERIOD_S: Final = 0.5
+# A heartbeat older than this means the reader is not running (stopped, starved, hung): its
+# camera no longer counts as streaming. Six missed beats: a busy box delays a beat, not six.
+HEARTBEAT_TIMEOUT_S: Final = 6 * HEARTBEAT_PERIOD_S
 
 
 class SourceKind(str, Enum):

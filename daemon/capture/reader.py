@@ -29,6 +29,7 @@ import numpy as np
 
 from daemon.capture.protocol import (
     EXIT_FRAME_TOO_LARGE,
+    HEARTBEAT_PERIOD_S,
     FrameTooLarge,
     Notice,
     ReaderEvent,
@@ -48,7 +49,6 @@ _DEFAULT_FILE_FPS: Final = 25.0
 # Slack on top of OpenCV's own timeouts before the heartbeat stops (then the daemon's
 # stall watchdog kills us): OpenCV honours its timeouts only approximately.
 _TIMEOUT_SLACK_S: Final = 5.0
-_HEARTBEAT_PERIOD_S: Final = 0.5
 # OpenCV's FFmpeg backend retries a timed-out read this many times before grab() fails, so
 # its per-attempt timeout is our read timeout divided by this (measured with OpenCV 5.0).
 _OPENCV_READ_ATTEMPTS: Final = 3
@@ -94,7 +94,7 @@ class _Liveness:
             now = time.time()
             if now <= self._deadline:
                 self._ring.beat(now)
-            time.sleep(_HEARTBEAT_PERIOD_S)
+            time.sleep(HEARTBEAT_PERIOD_S)
 
 
 def _route_stderr(camera_id: str, secrets: tuple[str, ...]) -> None:

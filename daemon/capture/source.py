@@ -5,10 +5,11 @@ Threading contract: ``start``, ``poll``, ``pending_since``, ``counters``, ``want
 the same time. ``poll`` never blocks (a pipe poll, a waitpid and a few header reads).
 
 State rule: STARTING until the first frame, STREAMING while frames arrive, RECONNECTING
-while the reader retries, DOWN when the camera is stopped or disabled, or has kept failing
-for ``2 * reconnect_max_s`` since its first failure without a frame in between (the whole
-backoff ladder failed; 10 s by default). A DOWN camera keeps retrying and returns to
-STREAMING by itself.
+while the reader retries or its heartbeat is silent for ``HEARTBEAT_TIMEOUT_S`` (a stopped
+or hung process; it is killed after ``stall_timeout_s``), DOWN when the camera is stopped
+or disabled, or has kept failing for ``2 * reconnect_max_s`` since its first failure
+without a frame in between (the whole backoff ladder failed; 10 s by default). A DOWN
+camera keeps retrying and returns to STREAMING by itself.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from daemon.capture.demand import NOW, DemandForecast
 from daemon.capture.frame import CameraState, CaptureCounters, FrameMeta, StateChange
 from daemon.capture.protocol import (
     EXIT_FRAME_TOO_LARGE,
+    HEARTBEAT_TIMEOUT_S,
     FrameTooLarge,
     Notice,
     ReaderEvent,
@@ -90,6 +92,8 @@ class CameraSource:
         self._respawn_at: float | None = None
         self._respawn_delay = capture.reconnect_initial_s
         self._failing_since: float | None = None
+        # frames_read when a silent heartbeat ended STREAMING (None: it did not).
+        self._silent_since_frames: int | None = None
         self._stopped = False
 
     # -- status ---------------------------------------------------------------------------
@@ -267,6 +271,7 @@ class CameraSource:
         process.start()
         child_conn.close()
         self._reader = _Reader(process=process, conn=parent_conn, started=time.time())
+        self._silent_since_frames = None
         log.debug("reader started", extra={"camera": self.camera_id, "pid": process.pid})
 
     def _new_ring(self) -> None:
@@ -319,6 +324,8 @@ class CameraSource:
 
     def _on_event(self, event: ReaderEvent) -> None:
         extra = {"camera": self.camera_id}
+        if isinstance(event, (Streaming, Reconnecting)):
+            self._silent_since_frames = None
         if isinstance(event, Streaming):
             self._failing_since = None
             self._respawn_delay = self._capture.reconnect_initial_s
@@ -345,6 +352,7 @@ class CameraSource:
             heartbeat = owned.ring.heartbeat() if owned is not None else now
             silent = now - max(heartbeat, reader.started)
             if silent <= self._capture.stall_timeout_s:
+                self._check_responsive(silent, now)
                 return
             reason = f"reader stalled for {silent:.0f} s; restarted"
             self._kill_reader(1.0)
@@ -366,6 +374,22 @@ class CameraSource:
         # Back off respawns too, so a reader that dies at once cannot spin.
         self._respawn_at = now + self._respawn_delay
         self._respawn_delay = min(self._respawn_delay * 2, self._capture.reconnect_max_s)
+
+    def _check_responsive(self, silent: float, now: float) -> None:
+        """Stop claiming STREAMING while the heartbeat is silent, and claim it again once the
+        same reader beats and reads frames again (a paused process resumes where it was)."""
+        frames_read = self._owned.ring.counts().frames_read if self._owned is not None else 0
+        if silent > HEARTBEAT_TIMEOUT_S:
+            if self._state is CameraState.STREAMING:
+                self._silent_since_frames = frames_read
+                self._failing_since = self._failing_since or now
+                self._set_state(
+                    CameraState.RECONNECTING, f"reader not responding for {silent:.0f} s"
+                )
+        elif self._silent_since_frames is not None and frames_read > self._silent_since_frames:
+            self._silent_since_frames = None
+            self._failing_since = None
+            self._set_state(CameraState.STREAMING, None)
 
     def _kill_reader(self, timeout: float) -> None:
         reader, self._reader = self._reader, None

@@ -57,6 +57,7 @@ def _detect(args: argparse.Namespace) -> int:
     from daemon.config.model import ModelConfig
     from daemon.infer.backend import BackendError
     from daemon.infer.factory import load_backend
+    from daemon.progress import Progress
     from daemon.stills import ImageError, detect_images, list_images
 
     config = ModelConfig(
@@ -74,12 +75,14 @@ def _detect(args: argparse.Namespace) -> int:
     records: list[dict[str, object]] = []
     counts: Counter[str] = Counter()
     try:
-        for path, dets in detect_images(
-            backend, paths, args.conf, args.iou, args.max_det, rect=not args.square
-        ):
-            found = dets.to_records(backend.class_names)
-            counts.update(str(d["name"]) for d in found)
-            records.append({"image": path.name, "detections": found})
+        with Progress("detecting", total=len(paths), unit="img") as progress:
+            for path, dets in detect_images(
+                backend, paths, args.conf, args.iou, args.max_det, rect=not args.square
+            ):
+                found = dets.to_records(backend.class_names)
+                counts.update(str(d["name"]) for d in found)
+                records.append({"image": path.name, "detections": found})
+                progress.advance()
     except ImageError as err:
         return usage_error(f"edgewatch detect: {err}")
     except BackendError as err:
