@@ -56,6 +56,7 @@ from daemon.config.sources import (
     require_file,
     resolve_path,
 )
+from daemon.config.tracking import tracking_problems
 from daemon.config.yamltree import ScalarReader, compose, describe, is_null, line_of
 
 # The config entry points in one import for the daemon and the commands.
@@ -249,7 +250,7 @@ class _Loader:
         if not valid:
             return _INVALID
         obj = cls(**kwargs)
-        cross = class_problems(obj)
+        cross = class_problems(obj) + tracking_problems(obj)
         for name, message in cross:
             at = pairs[name][1] if name in pairs else self._key_nodes.get(id(node), node)
             self.problem(at, _join(prefix, name), message)

@@ -26,6 +26,7 @@ from daemon.config.model import (
     TensorRTConfig,
     TlsConfig,
 )
+from daemon.config.tracking import RULES as TRACKING_RULES
 
 # A camera id and the node name become MQTT topic levels and Prometheus label values.
 CAMERA_ID: Final = re.compile(r"[A-Za-z0-9_-]+")
@@ -143,6 +144,7 @@ RULES: Final[dict[tuple[type, str], Rule]] = {
     (CaptureConfig, "stall_timeout_s"): _POSITIVE,
     (CaptureConfig, "max_width"): _int_at_least(1),
     (CaptureConfig, "max_height"): _int_at_least(1),
+    **{key: Rule(*spec) for key, spec in TRACKING_RULES.items()},
 }
 
 

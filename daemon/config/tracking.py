@@ -94,10 +94,8 @@ class TrackingConfig:
     snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
 
 
-@dataclass(frozen=True)
-class _Rule:
-    expected: str
-    ok: Callable[[Any], bool]
+# The phrase completing "expected ..." and the test of a typed value (``rules.Rule``'s fields).
+_Rule = tuple[str, Callable[[Any], bool]]
 
 
 def _fraction(v: float) -> bool:
@@ -134,9 +132,9 @@ def _classes_ok(classes: tuple[str | int, ...]) -> bool:
     )
 
 
-_FRACTION: Final = _Rule("a number in (0, 1]", _fraction)
-_CLASSES: Final = _Rule("a non-empty list of class names or class ids (>= 0)", _classes_ok)
-_NAME: Final = _Rule("a non-empty name without '/', '+' or '#'", _name_ok)
+_FRACTION: Final = ("a number in (0, 1]", _fraction)
+_CLASSES: Final = ("a non-empty list of class names or class ids (>= 0)", _classes_ok)
+_NAME: Final = ("a non-empty name without '/', '+' or '#'", _name_ok)
 
 RULES: Final[dict[tuple[type, str], _Rule]] = {
     (TrackingConfig, "classes"): _CLASSES,
@@ -144,27 +142,23 @@ RULES: Final[dict[tuple[type, str], _Rule]] = {
     (TrackingConfig, "low_threshold"): _FRACTION,
     (TrackingConfig, "new_track_threshold"): _FRACTION,
     (TrackingConfig, "match_threshold"): _FRACTION,
-    (TrackingConfig, "min_hits"): _Rule("an integer in 1..1000", lambda v: 1 <= v <= 1000),
-    (TrackingConfig, "lost_after_s"): _Rule(
-        "a number of seconds in (0, 3600]", lambda v: 0 < v <= 3600
-    ),
-    (TrackingConfig, "update_interval_s"): _Rule("a number >= 0", _non_negative),
+    (TrackingConfig, "min_hits"): ("an integer in 1..1000", lambda v: 1 <= v <= 1000),
+    (TrackingConfig, "lost_after_s"): ("a number of seconds in (0, 3600]", lambda v: 0 < v <= 3600),
+    (TrackingConfig, "update_interval_s"): ("a number >= 0", _non_negative),
     (TrackingConfig, "update_score_margin"): _FRACTION,
-    (TrackingConfig, "update_move_fraction"): _Rule("a positive number", _positive),
-    (SnapshotConfig, "directory_max_mb"): _Rule(
-        "an integer in 1..100000", lambda v: 1 <= v <= 100_000
-    ),
-    (SnapshotConfig, "max_side"): _Rule("an integer in 16..4096", lambda v: 16 <= v <= 4096),
-    (SnapshotConfig, "quality"): _Rule("an integer in 1..100", lambda v: 1 <= v <= 100),
-    (SnapshotConfig, "max_per_s"): _Rule("a number in (0, 100]", lambda v: 0 < v <= 100),
+    (TrackingConfig, "update_move_fraction"): ("a positive number", _positive),
+    (SnapshotConfig, "directory_max_mb"): ("an integer in 1..100000", lambda v: 1 <= v <= 100_000),
+    (SnapshotConfig, "max_side"): ("an integer in 16..4096", lambda v: 16 <= v <= 4096),
+    (SnapshotConfig, "quality"): ("an integer in 1..100", lambda v: 1 <= v <= 100),
+    (SnapshotConfig, "max_per_s"): ("a number in (0, 100]", lambda v: 0 < v <= 100),
     (ZoneConfig, "name"): _NAME,
-    (ZoneConfig, "points"): _Rule("a list of at least 3 [x, y] points", _polygon_ok),
+    (ZoneConfig, "points"): ("a list of at least 3 [x, y] points", _polygon_ok),
     (ZoneConfig, "classes"): _CLASSES,
-    (ZoneConfig, "min_score"): _Rule("a number in [0, 1]", lambda v: 0 <= v <= 1),
-    (ZoneConfig, "min_area"): _Rule("a number >= 0", _non_negative),
-    (ZoneConfig, "loiter_s"): _Rule("a positive number of seconds", _positive),
+    (ZoneConfig, "min_score"): ("a number in [0, 1]", lambda v: 0 <= v <= 1),
+    (ZoneConfig, "min_area"): ("a number >= 0", _non_negative),
+    (ZoneConfig, "loiter_s"): ("a positive number of seconds", _positive),
     (LineConfig, "name"): _NAME,
-    (LineConfig, "points"): _Rule("two different [x, y] points [A, B]", _line_ok),
+    (LineConfig, "points"): ("two different [x, y] points [A, B]", _line_ok),
     (LineConfig, "classes"): _CLASSES,
 }
 
@@ -176,21 +170,23 @@ def _normalized_problem(points: tuple[Point, ...]) -> list[tuple[str, str]]:
 
 
 def tracking_problems(obj: object) -> list[tuple[str, str]]:
-    """Cross-field problems of a tracking config object, as (field name, message) pairs."""
+    """Cross-field problems of a built config object, as (field name, message) pairs.
+
+    Besides the classes here, any object with ``zones`` and ``lines`` (a camera) is checked
+    for a name used twice: names key the events and counters.
+    """
     if isinstance(obj, TrackingConfig):
         if obj.low_threshold > obj.high_threshold:
             return [("low_threshold", f"must be <= high_threshold ({obj.high_threshold:g})")]
-    elif isinstance(obj, ZoneConfig | LineConfig) and obj.coordinates is Coordinates.NORMALIZED:
-        return _normalized_problem(obj.points)
+    elif isinstance(obj, ZoneConfig | LineConfig):
+        if obj.coordinates is Coordinates.NORMALIZED:
+            return _normalized_problem(obj.points)
+    else:
+        zones: tuple[ZoneConfig, ...] = getattr(obj, "zones", ())
+        lines: tuple[LineConfig, ...] = getattr(obj, "lines", ())
+        seen: set[str] = set()
+        for key, name in [("zones", z.name) for z in zones] + [("lines", ln.name) for ln in lines]:
+            if name in seen:
+                return [(key, f"zone and line names must be unique: '{name}' is used twice")]
+            seen.add(name)
     return []
-
-
-def duplicate_names(zones: tuple[ZoneConfig, ...], lines: tuple[LineConfig, ...]) -> list[str]:
-    """Zone and line names used twice in one camera (they key events and counters)."""
-    seen: set[str] = set()
-    twice: list[str] = []
-    for name in [z.name for z in zones] + [ln.name for ln in lines]:
-        if name in seen and name not in twice:
-            twice.append(name)
-        seen.add(name)
-    return twice
