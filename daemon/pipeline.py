@@ -27,8 +27,12 @@ from daemon.infer.backend import Backend
 from daemon.monitor.drift import DriftMonitor
 from daemon.monitor.metrics import DaemonMetrics, Health
 from daemon.monitor.stats import CameraStats, StatsCollector, render_fps_table
+from daemon.postprocess.classes import resolve_classes
 from daemon.postprocess.yolo import Detections, decode_batch
 from daemon.publish.mqtt import MqttPublisher
+from daemon.track.events import TrackEvent
+from daemon.track.payload import event_payload
+from daemon.track.stage import CameraTracking
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +65,7 @@ def resolve_filter(
     camera: CameraConfig, default_conf: float, names: tuple[str, ...]
 ) -> CameraFilter:
     """Turn a camera's class filter (names or ids) into ids; unknown classes are a config error."""
-    class_ids: npt.NDArray[np.int64] | None = None
-    if camera.classes is not None:
-        ids: list[int] = []
-        for item in camera.classes:
-            if isinstance(item, int) and 0 <= item < len(names):
-                ids.append(item)
-            elif isinstance(item, str) and item in names:
-                ids.append(names.index(item))
-            else:
-                raise ValueError(f"cameras[{camera.id}].classes: the model has no class {item!r}")
-        class_ids = np.asarray(sorted(set(ids)), dtype=np.int64)
+    class_ids = resolve_classes(camera.classes, names, f"cameras[{camera.id}].classes")
     conf = camera.confidence if camera.confidence is not None else default_conf
     return CameraFilter(conf, class_ids)
 
@@ -112,6 +106,8 @@ class Pipeline:
         self._make_source = source_factory or (lambda cam: CameraSource(cam, config.capture))
         self._sources: dict[str, CameraSource] = {}
         self._filters: dict[str, CameraFilter] = {}
+        # Cameras with tracking on; the batch worker feeds them after NMS.
+        self._tracking: dict[str, CameraTracking] = {}
         self._selector = BatchSelector(backend.max_batch, config.model.batch_timeout_ms / 1000)
         self._inflight = backend.max_inflight
         self._free_buffers: asyncio.Queue[BatchBuffer] = asyncio.Queue()
@@ -133,7 +129,10 @@ class Pipeline:
         self._filters[camera.id] = resolve_filter(
             camera, self._config.model.confidence, self._backend.class_names
         )
-        self._decode_conf = min(f.confidence for f in self._filters.values())
+        tracking = self._config.tracking_of(camera)
+        if tracking.enabled:
+            self._tracking[camera.id] = CameraTracking(camera, tracking, self._backend.class_names)
+        self._decode_conf = self._lowest_conf()
         source = self._make_source(camera)
         self._sources[camera.id] = source
         self._stats.add_camera(camera.id, time.monotonic())
@@ -147,14 +146,26 @@ class Pipeline:
             return
         source.stop()
         self._filters.pop(camera_id, None)
+        self._close_tracking(camera_id)
         self._selector.forget(camera_id)
         self._stats.remove_camera(camera_id)
         if self._drift is not None:
             self._drift.forget(camera_id)
         self._publisher.remove_camera(camera_id)
         if self._filters:
-            self._decode_conf = min(f.confidence for f in self._filters.values())
+            self._decode_conf = self._lowest_conf()
         log.info("camera removed", extra={"camera": camera_id})
+
+    def _lowest_conf(self) -> float:
+        """Decode at the lowest score any camera publishes or any tracker looks at."""
+        lows = [t.config.low_threshold for t in self._tracking.values()]
+        return min([f.confidence for f in self._filters.values()] + lows)
+
+    def _close_tracking(self, camera_id: str) -> None:
+        """End the camera's tracks (their ``end`` events are published)."""
+        stage = self._tracking.pop(camera_id, None)
+        if stage is not None:
+            self._publish_events(stage.close())
 
     def states(self) -> dict[str, CameraState]:
         # A copy first: /healthz calls this from the HTTP thread while a reload edits the dict.
@@ -200,6 +211,8 @@ class Pipeline:
             self.report_stats_once()
             for camera_id in list(self._sources):
                 self._sources.pop(camera_id).stop()
+            for camera_id in list(self._tracking):
+                self._close_tracking(camera_id)
             self._executor.shutdown(wait=True)
             if self._drift is not None:
                 self._drift.close()
@@ -233,7 +246,7 @@ class Pipeline:
     async def _process(self, buffer: BatchBuffer, picked: list[CameraSource]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            batch, detections, infer_s = await loop.run_in_executor(
+            batch, detections, events, infer_s = await loop.run_in_executor(
                 self._executor, self._infer, buffer, picked
             )
         except Exception:
@@ -246,16 +259,18 @@ class Pipeline:
         if len(batch):
             self._metrics.observe_batch(infer_s, len(batch))
             self._publish(batch, detections)
+            self._publish_events(events)
 
     def _infer(
         self, buffer: BatchBuffer, picked: list[CameraSource]
-    ) -> tuple[Batch, list[Detections], float]:
-        """Assemble, infer and decode one batch (worker thread); returns the inference time."""
+    ) -> tuple[Batch, list[Detections], list[TrackEvent], float]:
+        """Assemble, infer, decode and track one batch (worker thread); returns the events
+        and the inference time."""
         # One read: a reload may change it, and drift must compare at the decoded threshold.
         conf = self._decode_conf
         batch = buffer.assemble(picked)
         if not len(batch):
-            return batch, [], 0.0
+            return batch, [], [], 0.0
         started = time.perf_counter()
         raw = self._backend.infer(batch.images)
         infer_s = time.perf_counter() - started
@@ -269,7 +284,12 @@ class Pipeline:
         if self._drift is not None:
             # Before the buffer is reused: sampled frames are copied out for the shadow check.
             self._drift.observe(batch, detections, conf)
-        return batch, detections, infer_s
+        events: list[TrackEvent] = []
+        for meta, dets in zip(batch.metas, detections, strict=True):
+            stage = self._tracking.get(meta.camera_id)
+            if stage is not None:
+                events += stage.process(meta.capture_ts, (meta.width, meta.height), dets)
+        return batch, detections, events, infer_s
 
     def _publish(self, batch: Batch, detections: list[Detections]) -> None:
         names = self._backend.class_names
@@ -278,10 +298,20 @@ class Pipeline:
             camera_filter = self._filters.get(meta.camera_id)
             if camera_filter is None:  # removed by a reload while its frame was in flight
                 continue
-            self._publisher.publish_detections(meta, camera_filter.apply(dets), names, now)
+            stage = self._tracking.get(meta.camera_id)
+            if stage is None or stage.config.publish_detections:
+                self._publisher.publish_detections(meta, camera_filter.apply(dets), names, now)
             self._stats.record_processed(meta.camera_id, now - meta.capture_ts)
         self._last_batch_done = time.monotonic()
         self._batches += 1
+
+    def _publish_events(self, events: list[TrackEvent]) -> None:
+        names = self._backend.class_names
+        now = time.time()
+        topics = self._publisher.topics
+        for event in events:
+            topic = topics.camera(event.camera, "events")
+            self._publisher.publish(topic, event_payload(event, names, now))
 
     async def _supervise(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

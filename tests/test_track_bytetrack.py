@@ -7,7 +7,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.config.tracking import TrackingConfig
-from daemon.track.bytetrack import ByteTracker, assign, iou_matrix
+from daemon.track.bytetrack import ByteTracker, assign
 
 F64 = npt.NDArray[np.float64]
 FPS = 30.0
@@ -145,5 +145,3 @@ def test_assignment_leaves_pairs_above_the_limit_unmatched() -> None:
     cost = np.array([[0.1, 0.9], [0.2, 0.95]])
     rows, cols = assign(cost, 0.8)
     assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 0)]
-    iou = iou_matrix(np.array([[0.0, 0, 10, 10]]), np.array([[5.0, 0, 15, 10], [20, 20, 30, 30]]))
-    np.testing.assert_allclose(iou, [[1 / 3, 0.0]], atol=1e-6)

@@ -213,6 +213,10 @@ class MqttPublisher:
             )
         )
 
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Queue any message (at-least-once, through the same outbox and spool)."""
+        self._enqueue(OutMessage(topic, payload))
+
     def publish_stats(self, camera_id: str, stats: CameraStats) -> None:
         """Queue one camera's interval stats."""
         self._enqueue(OutMessage(self.topics.stats(camera_id), stats_payload(stats)))

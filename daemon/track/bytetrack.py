@@ -18,16 +18,18 @@ number of vectorised operations however many objects are in view.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from daemon.config.tracking import TrackingConfig
+from daemon.postprocess.match import box_iou
 from daemon.track import kalman
 
 F64 = npt.NDArray[np.float64]
+FloatArray = npt.NDArray[np.floating[Any]]
 I64 = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
@@ -64,18 +66,6 @@ class _Step:
     promoted: I64  # unconfirmed tracks matched again: confirmed now
     dropped: I64  # unconfirmed tracks not matched again
     fresh: I64  # detections that start tracks
-
-
-def iou_matrix(a: F64, b: F64) -> F64:
-    """Pairwise IoU of ``[x1, y1, x2, y2]`` rows: ``a`` N x 4, ``b`` M x 4 -> N x M."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    iou: F64 = inter / (area_a[:, None] + area_b[None, :] - inter + 1e-7)
-    return iou
 
 
 def assign(cost: F64, limit: float) -> tuple[I64, I64]:
@@ -116,7 +106,7 @@ class ByteTracker:
         """Tracks alive (confirmed, unconfirmed and lost)."""
         return len(self._ids)
 
-    def update(self, ts: float, boxes: F64, scores: F64) -> TrackFrame:
+    def update(self, ts: float, boxes: FloatArray, scores: FloatArray) -> TrackFrame:
         """Advance to capture time ``ts`` with this frame's ``boxes`` (xyxy) and ``scores``."""
         first = self._last_ts is None
         elapsed = 0.0 if self._last_ts is None else ts - self._last_ts
@@ -158,24 +148,26 @@ class ByteTracker:
     def _associate(self, boxes: F64, scores: F64) -> _Step:
         """ByteTrack's three matching stages on the predicted tracks (indices into arrays)."""
         cfg = self._cfg
-        high = np.flatnonzero(scores >= cfg.high_threshold)
-        low = np.flatnonzero((scores > cfg.low_threshold) & (scores < cfg.high_threshold))
+        # A box without area has no aspect ratio for the Kalman state.
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        high = np.flatnonzero(valid & (scores >= cfg.high_threshold))
+        low = np.flatnonzero(valid & (scores > cfg.low_threshold) & (scores < cfg.high_threshold))
         pool = np.flatnonzero(self._ids > 0)
         unconfirmed = np.flatnonzero(self._ids == 0)
         track_boxes = kalman.xyah_to_xyxy(self._mean)
 
         # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
-        cost = 1.0 - iou_matrix(track_boxes[pool], boxes[high]) * scores[high]
+        cost = 1.0 - box_iou(track_boxes[pool], boxes[high]) * scores[high]
         t1, d1 = assign(cost, cfg.match_threshold)
         rest = np.setdiff1d(pool, pool[t1], assume_unique=True)
         high_left = np.setdiff1d(high, high[d1], assume_unique=True)
 
         # 2: tracks still unmatched that were tracked last frame <-> low-score boxes.
         rest = rest[~self._lost[rest]]
-        t2, d2 = assign(1.0 - iou_matrix(track_boxes[rest], boxes[low]), _SECOND_MATCH)
+        t2, d2 = assign(1.0 - box_iou(track_boxes[rest], boxes[low]), _SECOND_MATCH)
 
         # 3: last frame's new tracks <-> the high-score boxes nobody took.
-        cost = 1.0 - iou_matrix(track_boxes[unconfirmed], boxes[high_left]) * scores[high_left]
+        cost = 1.0 - box_iou(track_boxes[unconfirmed], boxes[high_left]) * scores[high_left]
         t3, d3 = assign(cost, _UNCONFIRMED_MATCH)
         fresh = np.setdiff1d(high_left, high_left[d3], assume_unique=True)
         return _Step(
@@ -220,7 +212,7 @@ class ByteTracker:
         if not len(tracked) or not len(lost):
             return drop
         boxes = kalman.xyah_to_xyxy(self._mean)
-        close = 1.0 - iou_matrix(boxes[tracked], boxes[lost]) < _DUPLICATE_DISTANCE
+        close = 1.0 - box_iou(boxes[tracked], boxes[lost]) < _DUPLICATE_DISTANCE
         p, q = np.nonzero(close)
         age = self._seen_ts - self._start_ts
         older_tracked = age[tracked[p]] > age[lost[q]]
