@@ -1,4 +1,4 @@
-"""``edgewatch bench backend|e2e``: the benchmark harness (see bench/README.md)."""
+"""``edgewatch bench backend|e2e|track``: the benchmark harness (see bench/README.md)."""
 
 from __future__ import annotations
 
@@ -81,6 +81,25 @@ def register(sub: Any) -> None:
     e.add_argument("--plot", type=Path, default=None, help="PNG of a --sweep")
     e.add_argument("--workdir", type=Path, default=None, help="keep configs and logs here")
     e.set_defaults(handler=_e2e)
+
+    t = kinds.add_parser("track", help="object tracker cost per camera-frame")
+    t.add_argument("--boxes", type=int, default=50, help="objects in view")
+    t.add_argument("--frames", type=int, default=2000)
+    t.add_argument("--json", type=Path, default=None)
+    t.set_defaults(handler=_track)
+
+
+def _track(args: argparse.Namespace) -> int:
+    from bench.e2e import write_json
+    from bench.track import render_track_table, run_track_bench, track_report_json
+
+    if args.boxes < 1 or args.frames < 10:
+        return usage_error("edgewatch bench track: need --boxes >= 1 and --frames >= 10")
+    rows = run_track_bench(args.boxes, args.frames)
+    print(render_track_table(rows))
+    if args.json:
+        write_json(args.json, track_report_json(rows))
+    return EXIT_OK
 
 
 def _backend_kinds() -> list[Any]:

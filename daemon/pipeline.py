@@ -26,8 +26,14 @@ from daemon.config.model import AppConfig, CameraConfig
 from daemon.infer.backend import Backend
 from daemon.monitor.drift import DriftMonitor
 from daemon.monitor.metrics import DaemonMetrics, Health
-from daemon.monitor.stats import CameraStats, StatsCollector, render_fps_table
-from daemon.postprocess.classes import resolve_classes
+from daemon.monitor.stats import (
+    CameraStats,
+    LineCount,
+    StatsCollector,
+    TrackingStats,
+    render_fps_table,
+)
+from daemon.postprocess.classes import class_name, resolve_classes
 from daemon.postprocess.yolo import Detections, decode_batch
 from daemon.publish.mqtt import MqttPublisher
 from daemon.track.events import TrackEvent
@@ -305,6 +311,25 @@ class Pipeline:
         self._last_batch_done = time.monotonic()
         self._batches += 1
 
+    def _with_tracking(self, camera_id: str, stats: CameraStats) -> CameraStats:
+        stage = self._tracking.get(camera_id)
+        if stage is None:
+            return stats
+        counts = stage.counts()
+        names = self._backend.class_names
+        lines = tuple(
+            LineCount(line, direction, class_name(names, cls), total)
+            for (line, direction, cls), total in sorted(counts.crossings_total.items())
+        )
+        tracking = TrackingStats(
+            counts.active_tracks,
+            counts.tracks_total,
+            counts.events_total,
+            lines,
+            counts.zone_occupancy,
+        )
+        return dataclasses.replace(stats, tracking=tracking)
+
     def _publish_events(self, events: list[TrackEvent]) -> None:
         names = self._backend.class_names
         now = time.time()
@@ -343,6 +368,7 @@ class Pipeline:
         }
         if self._drift is not None:
             snapshot = self._drift.attach(snapshot)
+        snapshot = {cid: self._with_tracking(cid, stats) for cid, stats in snapshot.items()}
         for camera_id, camera_stats in snapshot.items():
             self._publisher.publish_stats(camera_id, camera_stats)
         self._metrics.update_cameras(snapshot)

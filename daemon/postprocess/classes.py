@@ -24,3 +24,8 @@ def resolve_classes(
         else:
             raise ValueError(f"{where}: the model has no class {item!r}")
     return np.asarray(sorted(ids), dtype=np.int64)
+
+
+def class_name(names: Sequence[str], class_id: int) -> str:
+    """The model's name of ``class_id``, or the id as text for one the model does not name."""
+    return names[class_id] if 0 <= class_id < len(names) else str(class_id)

@@ -6,13 +6,10 @@ import json
 from collections.abc import Sequence
 from typing import Final
 
+from daemon.postprocess.classes import class_name
 from daemon.track.events import TrackEvent
 
 EVENTS_SCHEMA_VERSION: Final = 1
-
-
-def _name(names: Sequence[str], class_id: int) -> str:
-    return names[class_id] if 0 <= class_id < len(names) else str(class_id)
 
 
 def event_payload(event: TrackEvent, names: Sequence[str], publish_ts: float) -> bytes:
@@ -25,7 +22,7 @@ def event_payload(event: TrackEvent, names: Sequence[str], publish_ts: float) ->
             "camera": event.camera,
             "track_id": event.track_id,
             "class_id": event.class_id,
-            "name": _name(names, event.class_id),
+            "name": class_name(names, event.class_id),
             "first_seen_ts": round(event.first_seen_ts, 6),
             "last_seen_ts": round(event.last_seen_ts, 6),
             "publish_ts": round(publish_ts, 6),
@@ -39,7 +36,7 @@ def event_payload(event: TrackEvent, names: Sequence[str], publish_ts: float) ->
                     "line": c.line,
                     "direction": c.direction,
                     "class_id": c.class_id,
-                    "name": _name(names, c.class_id),
+                    "name": class_name(names, c.class_id),
                     "ts": round(c.ts, 6),
                 }
                 for c in event.crossings
