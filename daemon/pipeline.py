@@ -38,7 +38,8 @@ from daemon.postprocess.yolo import Detections, decode_batch
 from daemon.publish.mqtt import MqttPublisher
 from daemon.track.events import TrackEvent
 from daemon.track.payload import event_payload
-from daemon.track.stage import CameraTracking
+from daemon.track.snapshots import Snapshotter
+from daemon.track.stage import CameraTracking, FramePixels
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ class Pipeline:
         self._filters: dict[str, CameraFilter] = {}
         # Cameras with tracking on; the batch worker feeds them after NMS.
         self._tracking: dict[str, CameraTracking] = {}
+        # The snapshot encoder thread, started with the first camera that wants snapshots.
+        self._snapshots: Snapshotter | None = None
         self._selector = BatchSelector(backend.max_batch, config.model.batch_timeout_ms / 1000)
         self._inflight = backend.max_inflight
         self._free_buffers: asyncio.Queue[BatchBuffer] = asyncio.Queue()
@@ -137,7 +140,11 @@ class Pipeline:
         )
         tracking = self._config.tracking_of(camera)
         if tracking.enabled:
-            self._tracking[camera.id] = CameraTracking(camera, tracking, self._backend.class_names)
+            if tracking.snapshots.enabled and self._snapshots is None:
+                self._snapshots = Snapshotter(self._publish_snapshot)
+            self._tracking[camera.id] = CameraTracking(
+                camera, tracking, self._backend.class_names, self._snapshots
+            )
         self._decode_conf = self._lowest_conf()
         source = self._make_source(camera)
         self._sources[camera.id] = source
@@ -219,6 +226,8 @@ class Pipeline:
                 self._sources.pop(camera_id).stop()
             for camera_id in list(self._tracking):
                 self._close_tracking(camera_id)
+            if self._snapshots is not None:
+                self._snapshots.close()
             self._executor.shutdown(wait=True)
             if self._drift is not None:
                 self._drift.close()
@@ -291,10 +300,11 @@ class Pipeline:
             # Before the buffer is reused: sampled frames are copied out for the shadow check.
             self._drift.observe(batch, detections, conf)
         events: list[TrackEvent] = []
-        for meta, dets in zip(batch.metas, detections, strict=True):
+        for i, (meta, dets) in enumerate(zip(batch.metas, detections, strict=True)):
             stage = self._tracking.get(meta.camera_id)
             if stage is not None:
-                events += stage.process(meta.capture_ts, (meta.width, meta.height), dets)
+                pixels = FramePixels(batch.images[i], batch.geometries[i])
+                events += stage.process(meta.capture_ts, (meta.width, meta.height), dets, pixels)
         return batch, detections, events, infer_s
 
     def _publish(self, batch: Batch, detections: list[Detections]) -> None:
@@ -321,14 +331,15 @@ class Pipeline:
             LineCount(line, direction, class_name(names, cls), total)
             for (line, direction, cls), total in sorted(counts.crossings_total.items())
         )
+        sent, dropped = (0, 0) if self._snapshots is None else self._snapshots.counts(camera_id)
         tracking = TrackingStats(
-            counts.active_tracks,
-            counts.tracks_total,
-            counts.events_total,
-            lines,
-            counts.zone_occupancy,
-        )
+            counts.active_tracks, counts.tracks_total, counts.events_total, lines,
+            counts.zone_occupancy, sent, dropped,
+        )  # fmt: skip
         return dataclasses.replace(stats, tracking=tracking)
+
+    def _publish_snapshot(self, camera_id: str, payload: bytes) -> None:
+        self._publisher.publish(self._publisher.topics.camera(camera_id, "snapshot"), payload)
 
     def _publish_events(self, events: list[TrackEvent]) -> None:
         names = self._backend.class_names

@@ -108,3 +108,12 @@ def test_bad_tracking_values_name_file_line_and_key(
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"{path}:{line}:"), lines
     assert message in lines[0]
+
+
+def test_example_config_documents_the_defaults(shared_dir: Path) -> None:
+    """configs/cameras.yaml writes every tracking key at its default value."""
+    config = load_config(Path(__file__).parents[1] / "configs" / "cameras.yaml")
+    assert config.tracking == TrackingConfig()
+    gate = config.cameras[0]
+    assert [z.name for z in gate.zones] == ["driveway"]
+    assert [ln.name for ln in gate.lines] == ["gate"]

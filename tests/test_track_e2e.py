@@ -32,7 +32,13 @@ pytestmark = [pytest.mark.rtsp, pytest.mark.mqtt]
 PREFIX = "trackout"
 OUTAGE_S = 8.0
 MEMORY_MESSAGES = 20
-TRACKING = {"enabled": True, "min_hits": 2, "lost_after_s": 1.0, "update_interval_s": 1.0}
+TRACKING = {
+    "enabled": True,
+    "min_hits": 2,
+    "lost_after_s": 1.0,
+    "update_interval_s": 1.0,
+    "snapshots": {"enabled": True, "max_side": 96, "max_per_s": 2},
+}
 # A counting line down the middle of every view, in normalised coordinates.
 LINE = {"name": "middle", "points": [[0.5, 0.0], [0.5, 1.0]], "coordinates": "normalized"}
 
@@ -107,6 +113,9 @@ def test_events_survive_a_broker_outage(
             "backlog delivered",
         )
         dropped = _metric(daemon, "edgewatch_mqtt_dropped_total")
+        new_total = daemon.metric(
+            "edgewatch_track_events_total", f'camera="{cameras[0]}",type="new"'
+        )
         assert daemon.stop() == 0
         status = f"{PREFIX}/{NODE}/status"
         checker.wait_for(
@@ -135,6 +144,14 @@ def test_events_survive_a_broker_outage(
     assert spooled > 0
     assert dropped == 0
     assert during, "no event was built while the broker was down"
+    assert new_total is not None
+    assert new_total > 0
+    snapshots = payloads(checker, "snapshot")
+    snapshot_validator = jsonschema.Draft202012Validator(load_schema("snapshot"))
+    for snap in snapshots:
+        snapshot_validator.validate(snap)
+        assert snap["event_id"] in unique
+    assert {s["camera"] for s in snapshots} == set(cameras)
     for types in tracks.values():
         assert types[0] == "new"
         assert types[-1] == "end"

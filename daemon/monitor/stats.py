@@ -53,6 +53,9 @@ class TrackingStats:
     line_crossings: tuple[LineCount, ...]
     # Reported objects in each zone now.
     zone_objects: Mapping[str, int]
+    # Snapshots encoded and handed on / dropped (over the rate, or the encoder behind).
+    snapshots_sent: int = 0
+    snapshots_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)

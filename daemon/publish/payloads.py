@@ -93,6 +93,7 @@ def _tracking(tracking: TrackingStats) -> dict[str, object]:
             for c in tracking.line_crossings
         ],
         "zones": dict(tracking.zone_objects),
+        "snapshots": {"sent": tracking.snapshots_sent, "dropped": tracking.snapshots_dropped},
     }
 
 

@@ -6,7 +6,7 @@ import json
 from importlib import resources
 from typing import Any, Final
 
-SCHEMA_NAMES: Final = ("detections", "events", "state", "stats", "status")
+SCHEMA_NAMES: Final = ("detections", "events", "snapshot", "state", "stats", "status")
 
 
 def load_schema(name: str) -> dict[str, Any]:

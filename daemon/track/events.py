@@ -154,12 +154,15 @@ class CameraEvents:
         self._tracks_total = 0
         self._events_total: Counter[str] = Counter()
         self._crossings_total: Counter[tuple[str, str, int]] = Counter()
+        # Tracks whose best score rose in the last observed frame: (id, box, score).
+        self.improved: list[tuple[int, tuple[float, float, float, float], float]] = []
 
     def observe(
         self, ts: float, frame_size: tuple[int, int], detections: Detections, tracked: TrackFrame
     ) -> list[TrackEvent]:
         """Fold one frame (detections and the tracker's answer for them) into events."""
         events: list[TrackEvent] = []
+        self.improved = []
         matched = np.flatnonzero(tracked.track_ids >= 0)
         ids = tracked.track_ids[matched].tolist()
         boxes = detections.boxes[matched].astype(np.float64)
@@ -220,6 +223,7 @@ class CameraEvents:
             self._tracks[track_id] = _Track(
                 track_id, ts, ts, box, score, cls, score, frame_size, anchor=_anchor(box)
             )
+            self.improved.append((track_id, box, score))
             return
         track.hits += 1
         track.last_ts = ts
@@ -229,6 +233,7 @@ class CameraEvents:
         if score > track.best_score:
             track.best_score = score
             track.class_id = cls
+            self.improved.append((track_id, box, score))
 
     def _place(
         self, ts: float, frame_size: tuple[int, int], ids: list[int], boxes: F64, scores: F64
