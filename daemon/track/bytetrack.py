@@ -56,36 +56,39 @@ class TrackFrame:
     ended: I64
 
 
-@dataclass(frozen=True, slots=True)
-class _Step:
-    """One frame's association, as indices into the track arrays and the detections."""
-
-    tracks: I64  # matched tracks ...
-    dets: I64  # ... and their detections
-    newly_lost: I64
-    promoted: I64  # unconfirmed tracks matched again: confirmed now
-    dropped: I64  # unconfirmed tracks not matched again
-    fresh: I64  # detections that start tracks
-
-
 def assign(cost: F64, limit: float) -> tuple[I64, I64]:
     """Minimum-cost matching where a pair costing more than ``limit`` stays unmatched.
 
     Solved exactly as an assignment in which leaving a row or a column unmatched costs
     ``limit / 2`` (so a pair is matched only if it is cheaper than leaving both out), the
-    formulation of ``lap.lapjv(..., cost_limit=limit)`` that ByteTrack uses.
+    formulation of ``lap.lapjv(..., cost_limit=limit)`` that ByteTrack uses. A row and a
+    column that are each other's only candidate form a problem of their own and are
+    matched directly; only the rest (objects close together) goes to the solver.
     """
-    rows = np.flatnonzero((cost <= limit).any(axis=1))
-    cols = np.flatnonzero((cost <= limit).any(axis=0))
-    if not len(rows) or not len(cols):
+    if not cost.size:
         return _EMPTY, _EMPTY
-    n, m = len(rows), len(cols)
+    ok = cost <= limit
+    per_row = ok.sum(axis=1)
+    per_col = ok.sum(axis=0)
+    r, c = np.nonzero(ok)
+    alone = (per_row[r] == 1) & (per_col[c] == 1)
+    if alone.all():
+        return r, c
+    row_open = per_row > 0
+    row_open[r[alone]] = False
+    col_open = per_col > 0
+    col_open[c[alone]] = False
+    rest_r, rest_c = np.flatnonzero(row_open), np.flatnonzero(col_open)
+    n, m = len(rest_r), len(rest_c)
     extended = np.full((n + m, m + n), limit / 2)
-    extended[:n, :m] = cost[np.ix_(rows, cols)]
+    extended[:n, :m] = cost[rest_r[:, None], rest_c]
     extended[n:, m:] = 0.0
-    r, c = linear_sum_assignment(extended)
-    keep = (r < n) & (c < m)
-    return rows[r[keep]], cols[c[keep]]
+    er, ec = linear_sum_assignment(extended)
+    keep = (er < n) & (ec < m)
+    return (
+        np.concatenate([r[alone], rest_r[er[keep]]]),
+        np.concatenate([c[alone], rest_c[ec[keep]]]),
+    )
 
 
 class ByteTracker:
@@ -108,76 +111,100 @@ class ByteTracker:
 
     def update(self, ts: float, boxes: FloatArray, scores: FloatArray) -> TrackFrame:
         """Advance to capture time ``ts`` with this frame's ``boxes`` (xyxy) and ``scores``."""
+        cfg = self._cfg
         first = self._last_ts is None
         elapsed = 0.0 if self._last_ts is None else ts - self._last_ts
         self._last_ts = ts
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        pool = np.flatnonzero(self._ids > 0)
+        confirmed = self._ids > 0
+        pool = np.flatnonzero(confirmed)
         if len(pool):
-            mean = self._mean[pool]
             # A lost track's height is not extrapolated (ByteTrack).
-            mean[self._lost[pool], 7] = 0.0
-            self._mean[pool], self._cov[pool] = kalman.predict(mean, self._cov[pool], elapsed)
-        step = self._associate(boxes, scores)
-
-        self._mean[step.tracks], self._cov[step.tracks] = kalman.update(
-            self._mean[step.tracks], self._cov[step.tracks], kalman.xyxy_to_xyah(boxes[step.dets])
-        )
-        self._lost[step.tracks] = False
-        self._seen_ts[step.tracks] = ts
-        self._lost[step.newly_lost] = True
-        self._ids[step.promoted] = self._take_ids(len(step.promoted))
+            self._mean[self._lost, 7] = 0.0
+            self._mean[pool], self._cov[pool] = kalman.predict(
+                self._mean[pool], self._cov[pool], elapsed
+            )
+        # A box without area has no aspect ratio for the Kalman state.
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        high = valid & (scores >= cfg.high_threshold)
+        low = valid & (scores > cfg.low_threshold) & ~high
+        # One IoU matrix (every track x every box) serves all three stages.
+        iou = box_iou(kalman.xyah_to_xyxy(self._mean), boxes)
+        fused = iou * scores
+        track_used = np.zeros(len(self._ids), dtype=bool)
         det_of = np.full(len(self._ids), -1, dtype=np.int64)
-        det_of[step.tracks] = step.dets
-        drop = self._lost & (ts - self._seen_ts > self._cfg.lost_after_s + _TIME_EPS)
-        drop[step.dropped] = True
 
-        self._append(ts, boxes[step.fresh], confirmed=first)
-        det_of = np.concatenate([det_of, step.fresh])
-        drop = np.concatenate([drop, np.zeros(len(step.fresh), dtype=bool)])
+        # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
+        self._stage(fused, pool, high, cfg.match_threshold, track_used=track_used, det_of=det_of)
+        # 2: tracks still unmatched that were tracked last frame <-> low-score boxes, IoU only.
+        rest = np.flatnonzero(confirmed & ~track_used & ~self._lost)
+        self._stage(iou, rest, low, _SECOND_MATCH, track_used=track_used, det_of=det_of)
+        newly_lost = rest[~track_used[rest]]
+        # 3: last frame's new tracks <-> the high-score boxes nobody took.
+        unconfirmed = np.flatnonzero(~confirmed)
+        taken = np.zeros(len(scores), dtype=bool)
+        taken[det_of[track_used]] = True
+        self._stage(
+            fused,
+            unconfirmed,
+            high & ~taken,
+            _UNCONFIRMED_MATCH,
+            track_used=track_used,
+            det_of=det_of,
+        )
+        taken[det_of[track_used]] = True
+        fresh = np.flatnonzero(high & ~taken & (scores >= cfg.new_track_threshold))
+
+        self._correct(ts, boxes, np.flatnonzero(track_used), det_of)
+        self._lost[newly_lost] = True
+        promoted = unconfirmed[track_used[unconfirmed]]
+        if len(promoted):
+            self._ids[promoted] = self._take_ids(len(promoted))
+        drop = self._lost & (ts - self._seen_ts > cfg.lost_after_s + _TIME_EPS)
+        drop[unconfirmed[~track_used[unconfirmed]]] = True
+        if len(fresh):
+            self._append(ts, boxes[fresh], confirmed=first)
+            det_of = np.concatenate([det_of, fresh])
+            drop = np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])
         drop |= self._duplicates(drop)
         ended = self._ids[drop & (self._ids > 0)]
-        self._keep(~drop)
-        det_of = det_of[~drop]
-        track_ids = np.full(len(boxes), -1, dtype=np.int64)
+        if drop.any():
+            self._keep(~drop)
+            det_of = det_of[~drop]
+        track_ids = np.full(len(scores), -1, dtype=np.int64)
         reported = (det_of >= 0) & (self._ids > 0)
         track_ids[det_of[reported]] = self._ids[reported]
         return TrackFrame(track_ids, ended)
 
-    def _associate(self, boxes: F64, scores: F64) -> _Step:
-        """ByteTrack's three matching stages on the predicted tracks (indices into arrays)."""
-        cfg = self._cfg
-        # A box without area has no aspect ratio for the Kalman state.
-        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        high = np.flatnonzero(valid & (scores >= cfg.high_threshold))
-        low = np.flatnonzero(valid & (scores > cfg.low_threshold) & (scores < cfg.high_threshold))
-        pool = np.flatnonzero(self._ids > 0)
-        unconfirmed = np.flatnonzero(self._ids == 0)
-        track_boxes = kalman.xyah_to_xyxy(self._mean)
+    @staticmethod
+    def _stage(
+        similarity: F64,
+        tracks: I64,
+        dets: BoolArray,
+        limit: float,
+        *,
+        track_used: BoolArray,
+        det_of: I64,
+    ) -> None:
+        """Match ``tracks`` to the boxes in ``dets`` on cost ``1 - similarity``; record the
+        pairs in ``track_used`` / ``det_of``."""
+        cols = np.flatnonzero(dets)
+        if not len(tracks) or not len(cols):
+            return
+        t, d = assign(1.0 - similarity[tracks[:, None], cols], limit)
+        track_used[tracks[t]] = True
+        det_of[tracks[t]] = cols[d]
 
-        # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
-        cost = 1.0 - box_iou(track_boxes[pool], boxes[high]) * scores[high]
-        t1, d1 = assign(cost, cfg.match_threshold)
-        rest = np.setdiff1d(pool, pool[t1], assume_unique=True)
-        high_left = np.setdiff1d(high, high[d1], assume_unique=True)
-
-        # 2: tracks still unmatched that were tracked last frame <-> low-score boxes.
-        rest = rest[~self._lost[rest]]
-        t2, d2 = assign(1.0 - box_iou(track_boxes[rest], boxes[low]), _SECOND_MATCH)
-
-        # 3: last frame's new tracks <-> the high-score boxes nobody took.
-        cost = 1.0 - box_iou(track_boxes[unconfirmed], boxes[high_left]) * scores[high_left]
-        t3, d3 = assign(cost, _UNCONFIRMED_MATCH)
-        fresh = np.setdiff1d(high_left, high_left[d3], assume_unique=True)
-        return _Step(
-            tracks=np.concatenate([pool[t1], rest[t2], unconfirmed[t3]]),
-            dets=np.concatenate([high[d1], low[d2], high_left[d3]]),
-            newly_lost=np.setdiff1d(rest, rest[t2], assume_unique=True),
-            promoted=unconfirmed[t3],
-            dropped=np.setdiff1d(unconfirmed, unconfirmed[t3], assume_unique=True),
-            fresh=fresh[scores[fresh] >= cfg.new_track_threshold],
+    def _correct(self, ts: float, boxes: F64, matched: I64, det_of: I64) -> None:
+        """Kalman-correct the ``matched`` tracks with their boxes; they are seen at ``ts``."""
+        if not len(matched):
+            return
+        self._mean[matched], self._cov[matched] = kalman.update(
+            self._mean[matched], self._cov[matched], kalman.xyxy_to_xyah(boxes[det_of[matched]])
         )
+        self._lost[matched] = False
+        self._seen_ts[matched] = ts
 
     def _take_ids(self, count: int) -> I64:
         ids = np.arange(self._next_id, self._next_id + count, dtype=np.int64)
@@ -206,11 +233,11 @@ class ByteTracker:
 
     def _duplicates(self, dropped: BoolArray) -> BoolArray:
         """A tracked and a lost track on the same spot: drop the one followed for less time."""
-        tracked = np.flatnonzero(~self._lost & ~dropped)
-        lost = np.flatnonzero(self._lost & ~dropped)
         drop = np.zeros(len(self._ids), dtype=bool)
-        if not len(tracked) or not len(lost):
+        lost = np.flatnonzero(self._lost & ~dropped)
+        if not len(lost):
             return drop
+        tracked = np.flatnonzero(~self._lost & ~dropped)
         boxes = kalman.xyah_to_xyxy(self._mean)
         close = 1.0 - box_iou(boxes[tracked], boxes[lost]) < _DUPLICATE_DISTANCE
         p, q = np.nonzero(close)

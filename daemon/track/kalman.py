@@ -22,6 +22,21 @@ TIME_UNIT_S: Final = 1.0 / 30.0
 _STD_POSITION: Final = 1.0 / 20
 _STD_VELOCITY: Final = 1.0 / 160
 _EYE4: Final = np.eye(4)
+_DIAG8: Final = np.arange(8)
+_DIAG4: Final = np.arange(4)
+# Standard deviations per state component: ``height * _X_WEIGHT + _X_FLOOR``.
+_INIT_WEIGHT: Final = (
+    np.array([2, 2, 0, 2, 0, 0, 0, 0]) * _STD_POSITION
+    + np.array([0, 0, 0, 0, 10, 10, 0, 10]) * _STD_VELOCITY
+)
+_INIT_FLOOR: Final = np.array([0, 0, 1e-2, 0, 0, 0, 1e-5, 0])
+_MOTION_WEIGHT: Final = (
+    np.array([1, 1, 0, 1, 0, 0, 0, 0]) * _STD_POSITION
+    + np.array([0, 0, 0, 0, 1, 1, 0, 1]) * _STD_VELOCITY
+)
+_MOTION_FLOOR: Final = _INIT_FLOOR
+_MEASURE_WEIGHT: Final = np.array([1, 1, 0, 1]) * _STD_POSITION
+_MEASURE_FLOOR: Final = np.array([0, 0, 1e-1, 0])
 
 
 def xyxy_to_xyah(boxes: F64) -> F64:
@@ -51,38 +66,29 @@ def initiate(measurements: F64) -> tuple[F64, F64]:
     n = measurements.shape[0]
     mean = np.zeros((n, 8))
     mean[:, :4] = measurements
-    h = measurements[:, 3]
-    pos, vel = 2 * _STD_POSITION * h, 10 * _STD_VELOCITY * h
-    std = np.stack([pos, pos, np.full(n, 1e-2), pos, vel, vel, np.full(n, 1e-5), vel], axis=1)
+    std = measurements[:, 3:4] * _INIT_WEIGHT + _INIT_FLOOR
     cov = np.zeros((n, 8, 8))
-    diag = np.arange(8)
-    cov[:, diag, diag] = std**2
+    cov[:, _DIAG8, _DIAG8] = std * std
     return mean, cov
 
 
 def predict(mean: F64, cov: F64, elapsed_s: float) -> tuple[F64, F64]:
     """States ``elapsed_s`` later: constant velocity, process noise proportional to time."""
     k = max(elapsed_s, 0.0) / TIME_UNIT_S
-    h = mean[:, 3]
-    pos, vel = _STD_POSITION * h, _STD_VELOCITY * h
-    n = mean.shape[0]
-    var = np.stack([pos, pos, np.full(n, 1e-2), pos, vel, vel, np.full(n, 1e-5), vel], axis=1)
+    std = mean[:, 3:4] * _MOTION_WEIGHT + _MOTION_FLOOR
     motion = np.eye(8)
     motion[:4, 4:] = k * _EYE4
     new_mean = mean @ motion.T
     new_cov = motion @ cov @ motion.T
-    diag = np.arange(8)
-    new_cov[:, diag, diag] += var**2 * k
+    new_cov[:, _DIAG8, _DIAG8] += std * std * k
     return new_mean, new_cov
 
 
 def update(mean: F64, cov: F64, measurements: F64) -> tuple[F64, F64]:
     """Correct each state with its measured box (rows match)."""
-    h = mean[:, 3]
-    pos = (_STD_POSITION * h) ** 2
+    std = mean[:, 3:4] * _MEASURE_WEIGHT + _MEASURE_FLOOR
     innovation_cov = cov[:, :4, :4].copy()
-    diag = np.arange(4)
-    innovation_cov[:, diag, diag] += np.stack([pos, pos, np.full_like(pos, 1e-2), pos], axis=1)
+    innovation_cov[:, _DIAG4, _DIAG4] += std * std
     # Kalman gain, transposed: S^-1 H P (P is symmetric, so H P is its first four rows).
     gain_t = np.linalg.solve(innovation_cov, cov[:, :4, :])
     innovation = measurements - mean[:, :4]
