@@ -77,6 +77,7 @@ def register(sub: Any) -> None:
     e.add_argument("--baseline-device", default="cpu", help="Ultralytics device: cpu, 0, ...")
     e.add_argument("--baseline-half", action="store_true", help="Ultralytics FP16 (GPU)")
     e.add_argument("--backend-seconds", type=float, default=5.0, help="0 skips the ceiling")
+    e.add_argument("--tracking", action="store_true", help="our daemon with tracking on")
     e.add_argument("--json", type=Path, default=None)
     e.add_argument("--plot", type=Path, default=None, help="PNG of a --sweep")
     e.add_argument("--workdir", type=Path, default=None, help="keep configs and logs here")
@@ -155,7 +156,7 @@ def _e2e(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, source=args.source, baseline=args.baseline,
         ultralytics_python=args.ultralytics_python, baseline_device=args.baseline_device,
         baseline_half=args.baseline_half, backend_seconds=args.backend_seconds,
-        intra_op_threads=args.threads,
+        intra_op_threads=args.threads, tracking=args.tracking,
     )  # fmt: skip
     reports = []
     try:

@@ -23,6 +23,7 @@ from daemon.batch.batcher import Batch, BatchBuffer, BatchSelector
 from daemon.capture.frame import CameraState, StateChange
 from daemon.capture.source import CameraSource
 from daemon.config.model import AppConfig, CameraConfig
+from daemon.config.tracking import TrackingConfig
 from daemon.infer.backend import Backend
 from daemon.monitor.drift import DriftMonitor
 from daemon.monitor.metrics import DaemonMetrics, Health
@@ -77,12 +78,22 @@ def resolve_filter(
     return CameraFilter(conf, class_ids)
 
 
-def filter_problems(cameras: Iterable[CameraConfig], names: tuple[str, ...]) -> list[str]:
-    """Class filters naming classes the model lacks: config mistakes only the model reveals."""
+def filter_problems(
+    cameras: Iterable[CameraConfig],
+    names: tuple[str, ...],
+    tracking: TrackingConfig | None = None,
+) -> list[str]:
+    """Class filters naming classes the model lacks: config mistakes only the model reveals.
+
+    ``tracking`` is the top-level tracking block: with it, the class filters of each
+    tracking camera's tracker, zones and lines are checked too."""
     problems = []
     for camera in cameras:
         try:
             resolve_filter(camera, 0.0, names)
+            settings = camera.tracking or tracking
+            if settings is not None and settings.enabled:
+                CameraTracking(camera, settings, names)
         except ValueError as exc:
             problems.append(str(exc))
     return problems

@@ -9,6 +9,7 @@ import pytest
 from daemon.config.errors import ConfigError
 from daemon.config.load import load_config
 from daemon.config.tracking import Coordinates, LineConfig, TrackingConfig, ZoneConfig
+from daemon.pipeline import filter_problems
 from tests.fixtures.data import MODEL_ONNX, VIDEOS
 
 VIDEO = VIDEOS / "traffic_cctv_road_360p.mp4"
@@ -117,3 +118,22 @@ def test_example_config_documents_the_defaults(shared_dir: Path) -> None:
     gate = config.cameras[0]
     assert [z.name for z in gate.zones] == ["driveway"]
     assert [ln.name for ln in gate.lines] == ["gate"]
+
+
+def test_tracking_classes_the_model_lacks_are_config_problems(tmp_path: Path) -> None:
+    """Class names are only known once the model is loaded: ``filter_problems`` (what
+    ``run`` and a reload check before starting cameras) names each bad one."""
+    text = GOOD.replace("classes: [person]", "classes: [unicorn]").replace(
+        "  lost_after_s: 0.5", "  lost_after_s: 0.5\n  classes: [car, 99]"
+    )
+    config = load_config(_write(tmp_path, text))
+    names = ("person", "bicycle", "car")
+    assert filter_problems(config.cameras, names) == []  # without the tracking block
+    assert filter_problems(config.cameras, names, config.tracking) == [
+        "cameras[door].tracking.classes: the model has no class 99",
+    ]
+    fixed = text.replace("classes: [car, 99]", "classes: [car]")
+    config = load_config(_write(tmp_path, fixed))
+    assert filter_problems(config.cameras, names, config.tracking) == [
+        "cameras[door].zones[entrance].classes: the model has no class 'unicorn'",
+    ]
