@@ -99,7 +99,7 @@ class ByteTracker:
         self._next_id = 1
         self._last_ts: float | None = None
         self._mean = np.zeros((0, 8))
-        self._cov = np.zeros((0, 8, 8))
+        self._cov = np.zeros((0, 3, 4))
         self._ids = np.zeros(0, dtype=np.int64)  # 0 until confirmed
         self._lost = np.zeros(0, dtype=bool)
         self._start_ts = np.zeros(0)

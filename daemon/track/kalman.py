@@ -1,10 +1,17 @@
 """ByteTrack's constant-velocity Kalman filter over ``(cx, cy, aspect, height)``, batched.
 
-The state is ``[cx, cy, a, h, vcx, vcy, va, vh]`` for N tracks at once (``mean`` N x 8,
-``cov`` N x 8 x 8). ByteTrack tunes its noise per frame at 30 fps; here time is measured in
-units of ``TIME_UNIT_S`` (1/30 s) and the process noise grows with the elapsed time, so a
-camera running at 30 fps behaves exactly like ByteTrack and one that drops to 15 fps (or
-skips frames under backpressure) predicts twice as far with twice the uncertainty instead of
+The state is ``[cx, cy, a, h, vcx, vcy, va, vh]`` for N tracks at once (``mean`` N x 8).
+ByteTrack's filter never mixes the four coordinates: its initial covariance, process noise
+and measurement noise are diagonal, and the motion couples each coordinate only with its own
+velocity. Its 8 x 8 covariance is therefore four independent 2 x 2 blocks, stored here as
+their distinct entries, ``cov`` N x 3 x 4: variance of each coordinate, its covariance with
+its velocity, variance of the velocity. The same filter in a handful of element-wise
+operations instead of batched 8 x 8 products and solves.
+
+ByteTrack tunes its noise per frame at 30 fps; here time is measured in units of
+``TIME_UNIT_S`` (1/30 s) and the process noise grows with the elapsed time, so a camera
+running at 30 fps behaves exactly like ByteTrack and one that drops to 15 fps (or skips
+frames under backpressure) predicts twice as far with twice the uncertainty instead of
 being treated as if no time had passed.
 """
 
@@ -21,9 +28,6 @@ TIME_UNIT_S: Final = 1.0 / 30.0
 # ByteTrack's noise weights, relative to the box height.
 _STD_POSITION: Final = 1.0 / 20
 _STD_VELOCITY: Final = 1.0 / 160
-_EYE4: Final = np.eye(4)
-_DIAG8: Final = np.arange(8)
-_DIAG4: Final = np.arange(4)
 # Standard deviations per state component: ``height * _X_WEIGHT + _X_FLOOR``.
 _INIT_WEIGHT: Final = (
     np.array([2, 2, 0, 2, 0, 0, 0, 0]) * _STD_POSITION
@@ -66,32 +70,42 @@ def initiate(measurements: F64) -> tuple[F64, F64]:
     n = measurements.shape[0]
     mean = np.zeros((n, 8))
     mean[:, :4] = measurements
-    std = measurements[:, 3:4] * _INIT_WEIGHT + _INIT_FLOOR
-    cov = np.zeros((n, 8, 8))
-    cov[:, _DIAG8, _DIAG8] = std * std
+    var = measurements[:, 3:4] * _INIT_WEIGHT + _INIT_FLOOR
+    var *= var
+    cov = np.zeros((n, 3, 4))
+    cov[:, 0] = var[:, :4]
+    cov[:, 2] = var[:, 4:]
     return mean, cov
 
 
 def predict(mean: F64, cov: F64, elapsed_s: float) -> tuple[F64, F64]:
     """States ``elapsed_s`` later: constant velocity, process noise proportional to time."""
     k = max(elapsed_s, 0.0) / TIME_UNIT_S
-    std = mean[:, 3:4] * _MOTION_WEIGHT + _MOTION_FLOOR
-    motion = np.eye(8)
-    motion[:4, 4:] = k * _EYE4
-    new_mean = mean @ motion.T
-    new_cov = motion @ cov @ motion.T
-    new_cov[:, _DIAG8, _DIAG8] += std * std * k
+    noise = mean[:, 3:4] * _MOTION_WEIGHT + _MOTION_FLOOR
+    noise *= noise * k
+    new_mean = mean.copy()
+    new_mean[:, :4] += k * mean[:, 4:]
+    pos, both, vel = cov[:, 0], cov[:, 1], cov[:, 2]
+    new_cov = np.empty_like(cov)
+    new_cov[:, 0] = pos + k * (2 * both + k * vel) + noise[:, :4]
+    new_cov[:, 1] = both + k * vel
+    new_cov[:, 2] = vel + noise[:, 4:]
     return new_mean, new_cov
 
 
 def update(mean: F64, cov: F64, measurements: F64) -> tuple[F64, F64]:
     """Correct each state with its measured box (rows match)."""
-    std = mean[:, 3:4] * _MEASURE_WEIGHT + _MEASURE_FLOOR
-    innovation_cov = cov[:, :4, :4].copy()
-    innovation_cov[:, _DIAG4, _DIAG4] += std * std
-    # Kalman gain, transposed: S^-1 H P (P is symmetric, so H P is its first four rows).
-    gain_t = np.linalg.solve(innovation_cov, cov[:, :4, :])
+    noise = mean[:, 3:4] * _MEASURE_WEIGHT + _MEASURE_FLOOR
+    pos, both, vel = cov[:, 0], cov[:, 1], cov[:, 2]
+    innovation_var = pos + noise * noise
+    gain_pos = pos / innovation_var
+    gain_vel = both / innovation_var
     innovation = measurements - mean[:, :4]
-    new_mean = mean + np.einsum("ni,nij->nj", innovation, gain_t)
-    new_cov = cov - cov[:, :, :4] @ gain_t
+    new_mean = mean.copy()
+    new_mean[:, :4] += gain_pos * innovation
+    new_mean[:, 4:] += gain_vel * innovation
+    new_cov = np.empty_like(cov)
+    new_cov[:, 0] = pos - gain_pos * pos
+    new_cov[:, 1] = both - gain_pos * both
+    new_cov[:, 2] = vel - gain_vel * both
     return new_mean, new_cov
