@@ -297,13 +297,13 @@ class CameraEvents:
             for crossing in track.crossings:
                 self._count(crossing)
             return self._emit(track, EventType.NEW)
+        if ts - track.last_sent_ts < cfg.update_interval_s:
+            return None  # score and motion are compared with the last event, so they can wait
         if track.best_score >= track.sent_score + cfg.update_score_margin:
             track.pending.add(Change.SCORE)
         if _moved(track.box, track.sent_box, cfg.update_move_fraction):
             track.pending.add(Change.MOVED)
-        if not track.pending or ts - track.last_sent_ts < cfg.update_interval_s:
-            return None
-        return self._emit(track, EventType.UPDATE)
+        return self._emit(track, EventType.UPDATE) if track.pending else None
 
     def _count(self, crossing: Crossing) -> None:
         self._crossings_total[(crossing.line, crossing.direction, crossing.class_id)] += 1
