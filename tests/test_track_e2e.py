@@ -7,6 +7,7 @@ events from 1, so a track received as ``new`` (n = 1), contiguous updates and ``
 tracks it reported (``tracking.tracks_total``), so a track lost whole would show too. The
 checker holds a persistent session that the broker (persistence on) keeps across its
 restart, and the memory queue is tiny, so the outage's events go through the disk spool.
+The second camera's own tracking block turns its per-frame detections off (events only).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from bench.local.daemon import DaemonProcess, daemon_config
 from bench.local.rtsp import RtspServer
 from daemon.publish.schemas import load_schema
 from tests.fixtures.broker import Subscriber
-from tests.fixtures.observe import NODE, cheap_cameras, payloads
+from tests.fixtures.observe import NODE, camera_of, cheap_cameras, payloads
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.mqtt]
 
@@ -72,12 +73,18 @@ def test_events_survive_a_broker_outage(
     model_onnx: Path,
 ) -> None:
     cameras = cheap_cameras(rtsp_server, videos, 2)
+    events_only = cameras[1]
     broker = Mosquitto(persistence=True, workdir=tmp_path / "mosquitto")
     broker.start()
     checker = Subscriber(broker, (f"{PREFIX}/#",), client_id="track-checker", persistent=True)
     try:
+        specs: dict[str, dict[str, Any]] = {
+            c: {"url": rtsp_server.url(c), "lines": [LINE]} for c in cameras
+        }
+        # The second camera publishes events only: its own tracking block turns detections off.
+        specs[events_only]["tracking"] = {**TRACKING, "publish_detections": False}
         document = daemon_config(
-            {c: {"url": rtsp_server.url(c), "lines": [LINE]} for c in cameras},
+            specs,
             model_onnx,
             mqtt_port=broker.port,
             metrics_port=free_port(),
@@ -126,6 +133,7 @@ def test_events_survive_a_broker_outage(
         checker.close()
         broker.close()
 
+    checker_messages = checker.messages()
     received = payloads(checker, "events")
     validator = jsonschema.Draft202012Validator(load_schema("events"))
     for event in received:
@@ -171,4 +179,6 @@ def test_events_survive_a_broker_outage(
             (c["line"], c["direction"], c["name"]): c["total"] for c in final["line_crossings"]
         }
         assert dict(crossed) == counted, (cid, crossed, counted)
+    detections = {camera_of(m) for m in checker_messages if m.topic.endswith("/detections")}
+    assert detections == {cameras[0]}, "per-frame detections of the events-only camera"
     assert "Traceback" not in daemon.log_text()

@@ -109,3 +109,29 @@ def test_offers_beyond_the_rate_or_a_busy_encoder_are_dropped_and_counted() -> N
     snapshotter.close()
     assert handed.count("a") == accepted
     assert snapshotter.counts("a") == (accepted, dropped)
+
+
+def test_snapshot_directory_keeps_the_newest_within_its_bound(tmp_path: Path) -> None:
+    noise = np.random.default_rng(0).integers(0, 255, size=(320, 320, 3), dtype=np.uint8)
+    config = SnapshotConfig(
+        enabled=True,
+        publish=False,
+        directory=tmp_path,
+        directory_max_mb=1,
+        quality=100,
+        max_per_s=100,
+    )
+    snapshotter = Snapshotter(_Collect())
+    for i in range(30):
+        job = SnapshotJob("cam", f"s-{i}-1", i, 0.0, 0.9, (0, 0, 320, 320), noise, config)
+        assert snapshotter.offer(job)
+        while snapshotter.counts("cam")[0] < i + 1:  # one at a time: the queue never fills
+            threading.Event().wait(0.01)
+    snapshotter.close()
+    files = sorted((tmp_path / "cam").glob("*.jpg"), key=lambda p: int(p.stem.split("-")[1]))
+    sizes = [p.stat().st_size for p in files]
+    assert snapshotter.counts("cam") == (30, 0)
+    assert 1 < len(files) < 30
+    assert sum(sizes) <= 1024 * 1024
+    assert files[-1].name == "s-29-1.jpg"
+    assert int(files[0].stem.split("-")[1]) == 30 - len(files)  # the oldest went first
