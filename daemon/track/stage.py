@@ -104,6 +104,7 @@ class CameraTracking:
             return events
 
     def counts(self) -> EventCounts:
+        """The camera's event totals (for the stats topic and the metrics)."""
         with self._lock:
             return self._events.counts()
 
