@@ -26,6 +26,8 @@ ULTRA_TORCH_aarch64 := torch==2.9.1 torchvision==0.24.1
 venv-ultra: .venv-ultra/.installed
 
 .venv-ultra/.installed:
+	@test -n "$(ULTRA_TORCH_$(shell uname -m))" || \
+	 { echo "venv-ultra: no torch/torchvision pair known for $$(uname -m)" >&2; exit 1; }
 	python3 -m venv .venv-ultra
 	.venv-ultra/bin/python -m pip install -q --disable-pip-version-check $(ULTRA_TORCH_$(shell uname -m))
 	.venv-ultra/bin/python -m pip install -q --disable-pip-version-check ultralytics lap paho-mqtt psutil
