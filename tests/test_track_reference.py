@@ -90,3 +90,16 @@ def test_same_tracks_as_ultralytics_bytetrack(name: str) -> None:
     assert tracked > 500, f"{name}: the fixture tracks too little to compare"
     score = idf1(reference, ours)
     assert score >= MIN_IDF1, f"{name}: IDF1 {score:.4f} < {MIN_IDF1}"
+
+
+@pytest.mark.ultralytics
+def test_fixture_ids_are_what_ultralytics_gives_today() -> None:
+    """Where Ultralytics is installed: its tracker still gives the committed reference ids
+    (regenerate with tests/reference/generate_tracks.py if a release changes them)."""
+    pytest.importorskip("ultralytics")
+    from tests.reference.generate_tracks import ultralytics_ids
+
+    fixture = _fixture()
+    for name, video in fixture["videos"].items():
+        ids, _ = ultralytics_ids(video)
+        assert ids == [frame[2] for frame in video["frames"]], name

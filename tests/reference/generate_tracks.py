@@ -91,28 +91,38 @@ def _detect(args: argparse.Namespace) -> None:
     _write({"meta": meta, "videos": videos})
 
 
-def _track(_: argparse.Namespace) -> None:
+def ultralytics_ids(video: dict[str, Any]) -> tuple[list[list[int]], argparse.Namespace]:
+    """Per frame, the id Ultralytics' BYTETracker (``bytetrack.yaml``) gives each detection
+    of ``video`` (a fixture entry), -1 for none; and the tracker settings used."""
     import numpy as np
-    import torch
-    import ultralytics
     from ultralytics.engine.results import Boxes
     from ultralytics.trackers.byte_tracker import BYTETracker
     from ultralytics.utils import ROOT, YAML
 
+    tracker_args = _namespace(YAML.load(ROOT / "cfg" / "trackers" / "bytetrack.yaml"))
+    tracker = BYTETracker(tracker_args)
+    shape = (video["height"], video["width"])
+    out: list[list[int]] = []
+    for frame in video["frames"]:
+        rows = np.asarray(frame[1], dtype=np.float32).reshape(-1, 6)
+        ids = [-1] * len(rows)
+        # Output rows: x1, y1, x2, y2, track_id, score, class, detection index.
+        for row in tracker.update(Boxes(rows, shape)):
+            ids[int(row[-1])] = int(row[4])
+        out.append(ids)
+    return out, tracker_args
+
+
+def _track(_: argparse.Namespace) -> None:
+    import torch
+    import ultralytics
+
     data = json.loads(FIXTURE.read_text())
-    cfg_path = ROOT / "cfg" / "trackers" / "bytetrack.yaml"
-    tracker_args = _namespace(YAML.load(cfg_path))
     for video in data["videos"].values():
-        tracker = BYTETracker(tracker_args)
-        shape = (video["height"], video["width"])
-        for frame in video["frames"]:
-            rows = np.asarray(frame[1], dtype=np.float32).reshape(-1, 6)
-            out = tracker.update(Boxes(rows, shape))
-            ids = [-1] * len(rows)
-            # Output rows: x1, y1, x2, y2, track_id, score, class, detection index.
-            for row in out:
-                ids[int(row[-1])] = int(row[4])
-            frame.append(ids)
+        ids, tracker_args = ultralytics_ids(video)
+        for frame, frame_ids in zip(video["frames"], ids, strict=True):
+            del frame[2:]
+            frame.append(frame_ids)
     data["meta"]["tracker"] = {
         "ultralytics": ultralytics.__version__,
         "torch": torch.__version__,
