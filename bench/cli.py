@@ -1,4 +1,4 @@
-"""``edgewatch bench backend|e2e``: the benchmark harness (see bench/README.md)."""
+"""``edgewatch bench backend|e2e|track``: the benchmark harness (see bench/README.md)."""
 
 from __future__ import annotations
 
@@ -77,10 +77,30 @@ def register(sub: Any) -> None:
     e.add_argument("--baseline-device", default="cpu", help="Ultralytics device: cpu, 0, ...")
     e.add_argument("--baseline-half", action="store_true", help="Ultralytics FP16 (GPU)")
     e.add_argument("--backend-seconds", type=float, default=5.0, help="0 skips the ceiling")
+    e.add_argument("--tracking", action="store_true", help="our daemon with tracking on")
     e.add_argument("--json", type=Path, default=None)
     e.add_argument("--plot", type=Path, default=None, help="PNG of a --sweep")
     e.add_argument("--workdir", type=Path, default=None, help="keep configs and logs here")
     e.set_defaults(handler=_e2e)
+
+    t = kinds.add_parser("track", help="object tracker cost per camera-frame")
+    t.add_argument("--boxes", type=int, default=50, help="objects in view")
+    t.add_argument("--frames", type=int, default=2000)
+    t.add_argument("--json", type=Path, default=None)
+    t.set_defaults(handler=_track)
+
+
+def _track(args: argparse.Namespace) -> int:
+    from bench.e2e import write_json
+    from bench.track import render_track_table, run_track_bench, track_report_json
+
+    if args.boxes < 1 or args.frames < 10:
+        return usage_error("edgewatch bench track: need --boxes >= 1 and --frames >= 10")
+    rows = run_track_bench(args.boxes, args.frames)
+    print(render_track_table(rows))
+    if args.json:
+        write_json(args.json, track_report_json(rows))
+    return EXIT_OK
 
 
 def _backend_kinds() -> list[Any]:
@@ -136,7 +156,7 @@ def _e2e(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, source=args.source, baseline=args.baseline,
         ultralytics_python=args.ultralytics_python, baseline_device=args.baseline_device,
         baseline_half=args.baseline_half, backend_seconds=args.backend_seconds,
-        intra_op_threads=args.threads,
+        intra_op_threads=args.threads, tracking=args.tracking,
     )  # fmt: skip
     reports = []
     try:

@@ -70,6 +70,8 @@ class E2EOptions:
     baseline_half: bool = False
     backend_seconds: float = 5.0
     intra_op_threads: int = 0
+    # Our daemon with object tracking and events on every camera.
+    tracking: bool = False
 
 
 @dataclass(frozen=True)
@@ -318,6 +320,8 @@ def run_ours(
         mqtt={"qos": 1}, test_timing=False,
         model_extra={"backend": opts.backend.value, "intra_op_threads": opts.intra_op_threads},
     )  # fmt: skip
+    if opts.tracking:
+        document["tracking"] = {"enabled": True}
     write_config(config, document)
     daemon = DaemonProcess(
         config, workdir / "ours.log", metrics_port=metrics_port, log_level="warning",

@@ -159,7 +159,9 @@ class Service:
                 )
             return
         diff = diff_cameras(self._config, new)
-        unknown = filter_problems((*diff.added, *diff.changed), self._backend.class_names)
+        unknown = filter_problems(
+            (*diff.added, *diff.changed), self._backend.class_names, self._config.tracking
+        )
         for text in unknown:
             log.error("config rejected, keeping the running one", extra={"problem": text})
         if unknown:
@@ -236,7 +238,7 @@ def serve(config: AppConfig, duration_s: float | None, table: bool) -> int:
     """Load the model, then run the service until a signal or ``duration_s``."""
     env = withhold_secret_variables(config)
     backend = load_backend(config.model)
-    problems = filter_problems(config.enabled_cameras, backend.class_names)
+    problems = filter_problems(config.enabled_cameras, backend.class_names, config.tracking)
     if problems:
         for problem in problems:
             print(f"edgewatch: config: {problem}", file=sys.stderr)

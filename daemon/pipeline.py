@@ -24,13 +24,19 @@ from daemon.capture.frame import CameraState, StateChange
 from daemon.capture.source import CameraSource
 from daemon.config.model import AppConfig, CameraConfig
 from daemon.config.secrets import mask_url
+from daemon.config.tracking import TrackingConfig
 from daemon.infer.backend import Backend
 from daemon.logs import RepeatLimiter
 from daemon.monitor.drift import DriftMonitor
 from daemon.monitor.metrics import DaemonMetrics, Health, publisher_health
-from daemon.monitor.stats import CameraStats, StatsCollector
+from daemon.monitor.stats import CameraStats, LineCount, StatsCollector, TrackingStats
+from daemon.postprocess.classes import class_name, resolve_classes
 from daemon.postprocess.yolo import Detections, decode_batch
 from daemon.publish.mqtt import MqttPublisher
+from daemon.track.events import TrackEvent
+from daemon.track.payload import event_payload
+from daemon.track.snapshots import Snapshotter
+from daemon.track.stage import CameraTracking, FramePixels
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +73,27 @@ def resolve_filter(
     camera: CameraConfig, default_conf: float, names: tuple[str, ...]
 ) -> CameraFilter:
     """Turn a camera's class filter (names or ids) into ids; unknown classes are a config error."""
-    class_ids: npt.NDArray[np.int64] | None = None
-    if camera.classes is not None:
-        ids: list[int] = []
-        for item in camera.classes:
-            if isinstance(item, int) and 0 <= item < len(names):
-                ids.append(item)
-            elif isinstance(item, str) and item in names:
-                ids.append(names.index(item))
-            else:
-                raise ValueError(f"cameras[{camera.id}].classes: the model has no class {item!r}")
-        class_ids = np.asarray(sorted(set(ids)), dtype=np.int64)
+    class_ids = resolve_classes(camera.classes, names, f"cameras[{camera.id}].classes")
     conf = camera.confidence if camera.confidence is not None else default_conf
     return CameraFilter(conf, class_ids)
 
 
-def filter_problems(cameras: Iterable[CameraConfig], names: tuple[str, ...]) -> list[str]:
-    """Class filters naming classes the model lacks: config mistakes only the model reveals."""
+def filter_problems(
+    cameras: Iterable[CameraConfig],
+    names: tuple[str, ...],
+    tracking: TrackingConfig | None = None,
+) -> list[str]:
+    """Class filters naming classes the model lacks: config mistakes only the model reveals.
+
+    ``tracking`` is the top-level tracking block: with it, the class filters of each
+    tracking camera's tracker, zones and lines are checked too."""
     problems = []
     for camera in cameras:
         try:
             resolve_filter(camera, 0.0, names)
+            settings = camera.tracking or tracking
+            if settings is not None and settings.enabled:
+                CameraTracking(camera, settings, names)
         except ValueError as exc:
             problems.append(str(exc))
     return problems
@@ -148,6 +154,10 @@ class Pipeline:
         self._filters: dict[str, CameraFilter] = {}
         # Each camera's epoch (see daemon/publish/epochs.py): new whenever its reader starts.
         self._epochs: dict[str, int] = {}
+        # Cameras with tracking on; the batch worker feeds them after NMS.
+        self._tracking: dict[str, CameraTracking] = {}
+        # The snapshot encoder thread, started with the first camera that wants snapshots.
+        self._snapshots: Snapshotter | None = None
         self._selector = BatchSelector(backend.max_batch, config.model.batch_timeout_ms / 1000)
         self._inflight = backend.max_inflight
         self._free_buffers: asyncio.Queue[BatchBuffer] = asyncio.Queue()
@@ -172,7 +182,14 @@ class Pipeline:
         self._filters[camera.id] = resolve_filter(
             camera, self._config.model.confidence, self._backend.class_names
         )
-        self._decode_conf = min(f.confidence for f in self._filters.values())
+        tracking = self._config.tracking_of(camera)
+        if tracking.enabled:
+            if tracking.snapshots.enabled and self._snapshots is None:
+                self._snapshots = Snapshotter(self._publish_snapshot)
+            self._tracking[camera.id] = CameraTracking(
+                camera, tracking, self._backend.class_names, self._snapshots
+            )
+        self._decode_conf = self._lowest_conf()
         source = self._make_source(camera)
         self._sources[camera.id] = source
         self._epochs[camera.id] = self._publisher.start_camera(camera.id)
@@ -188,14 +205,26 @@ class Pipeline:
         source.stop()
         self._filters.pop(camera_id, None)
         self._epochs.pop(camera_id, None)
+        self._close_tracking(camera_id)
         self._selector.forget(camera_id)
         self._stats.remove_camera(camera_id, source.counters())
         if self._drift is not None:
             self._drift.forget(camera_id)
         self._publisher.remove_camera(camera_id)
         if self._filters:
-            self._decode_conf = min(f.confidence for f in self._filters.values())
+            self._decode_conf = self._lowest_conf()
         log.info("camera removed", extra={"camera": camera_id})
+
+    def _lowest_conf(self) -> float:
+        """Decode at the lowest score any camera publishes or any tracker looks at."""
+        lows = [t.config.low_threshold for t in self._tracking.values()]
+        return min([f.confidence for f in self._filters.values()] + lows)
+
+    def _close_tracking(self, camera_id: str) -> None:
+        """End the camera's tracks (their ``end`` events are published)."""
+        stage = self._tracking.pop(camera_id, None)
+        if stage is not None:
+            self._publish_events(stage.close())
 
     def states(self) -> dict[str, CameraState]:
         # A copy first: /healthz calls this from the HTTP thread while a reload edits the dict.
@@ -251,6 +280,10 @@ class Pipeline:
             self.report_stats_once()
             for camera_id in list(self._sources):
                 self._sources.pop(camera_id).stop()
+            for camera_id in list(self._tracking):
+                self._close_tracking(camera_id)
+            if self._snapshots is not None:
+                self._snapshots.close()
             self._executor.shutdown(wait=True)
             if self._drift is not None:
                 self._drift.close()
@@ -286,7 +319,7 @@ class Pipeline:
         # Taken now: a reload may replace a camera (new epoch) while this batch is inferred.
         epochs = {s.camera_id: self._epochs[s.camera_id] for s in picked}
         try:
-            batch, detections, infer_s = await loop.run_in_executor(
+            batch, detections, events, infer_s = await loop.run_in_executor(
                 self._executor, self._infer, buffer, picked
             )
         except Exception as exc:
@@ -299,6 +332,7 @@ class Pipeline:
         if len(batch):
             self._metrics.observe_batch(infer_s, len(batch))
             self._publish(batch, detections, epochs)
+            self._publish_events(events)
 
     def _on_batch_failed(self, exc: Exception, picked: list[CameraSource]) -> None:
         self._failed_in_row += 1
@@ -317,13 +351,14 @@ class Pipeline:
 
     def _infer(
         self, buffer: BatchBuffer, picked: list[CameraSource]
-    ) -> tuple[Batch, list[Detections], float]:
-        """Assemble, infer and decode one batch (worker thread); returns the inference time."""
+    ) -> tuple[Batch, list[Detections], list[TrackEvent], float]:
+        """Assemble, infer, decode and track one batch (worker thread); returns the events
+        and the inference time."""
         # One read: a reload may change it, and drift must compare at the decoded threshold.
         conf = self._decode_conf
         batch = buffer.assemble(picked)
         if not len(batch):
-            return batch, [], 0.0
+            return batch, [], [], 0.0
         started = time.perf_counter()
         raw = self._backend.infer(batch.images)
         infer_s = time.perf_counter() - started
@@ -337,7 +372,13 @@ class Pipeline:
         if self._drift is not None:
             # Before the buffer is reused: sampled frames are copied out for the shadow check.
             self._drift.observe(batch, detections, conf)
-        return batch, detections, infer_s
+        events: list[TrackEvent] = []
+        for i, (meta, dets) in enumerate(zip(batch.metas, detections, strict=True)):
+            stage = self._tracking.get(meta.camera_id)
+            if stage is not None:
+                pixels = FramePixels(batch.images[i], batch.geometries[i])
+                events += stage.process(meta.capture_ts, (meta.width, meta.height), dets, pixels)
+        return batch, detections, events, infer_s
 
     def _publish(self, batch: Batch, detections: list[Detections], epochs: dict[str, int]) -> None:
         names = self._backend.class_names
@@ -346,13 +387,43 @@ class Pipeline:
             camera_filter = self._filters.get(meta.camera_id)
             if camera_filter is None:  # removed by a reload while its frame was in flight
                 continue
-            self._publisher.publish_detections(
-                meta, camera_filter.apply(dets), names, now, epochs[meta.camera_id]
-            )
+            stage = self._tracking.get(meta.camera_id)
+            if stage is None or stage.config.publish_detections:
+                self._publisher.publish_detections(
+                    meta, camera_filter.apply(dets), names, now, epochs[meta.camera_id]
+                )
             self._stats.record_processed(meta.camera_id, now - meta.capture_ts)
         self._last_batch_done = time.monotonic()
         self._batches += 1
         self._failed_in_row = 0
+
+    def _with_tracking(self, camera_id: str, stats: CameraStats) -> CameraStats:
+        stage = self._tracking.get(camera_id)
+        if stage is None:
+            return stats
+        counts = stage.counts()
+        names = self._backend.class_names
+        lines = tuple(
+            LineCount(line, direction, class_name(names, cls), total)
+            for (line, direction, cls), total in sorted(counts.crossings_total.items())
+        )
+        sent, dropped = (0, 0) if self._snapshots is None else self._snapshots.counts(camera_id)
+        tracking = TrackingStats(
+            counts.active_tracks, counts.tracks_total, counts.events_total, lines,
+            counts.zone_occupancy, sent, dropped,
+        )  # fmt: skip
+        return dataclasses.replace(stats, tracking=tracking)
+
+    def _publish_snapshot(self, camera_id: str, payload: bytes) -> None:
+        self._publisher.publish(self._publisher.topics.camera(camera_id, "snapshot"), payload)
+
+    def _publish_events(self, events: list[TrackEvent]) -> None:
+        names = self._backend.class_names
+        now = time.time()
+        topics = self._publisher.topics
+        for event in events:
+            topic = topics.camera(event.camera, "events")
+            self._publisher.publish(topic, event_payload(event, names, now))
 
     async def _supervise(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -384,6 +455,7 @@ class Pipeline:
         }
         if self._drift is not None:
             snapshot = self._drift.attach(snapshot)
+        snapshot = {cid: self._with_tracking(cid, stats) for cid, stats in snapshot.items()}
         for camera_id, camera_stats in snapshot.items():
             self._publisher.publish_stats(camera_id, camera_stats)
         self._metrics.update_cameras(snapshot)

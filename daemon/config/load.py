@@ -61,6 +61,7 @@ from daemon.config.sources import (
     resolve_path,
     tls_problems,
 )
+from daemon.config.tracking import tracking_problems
 from daemon.config.yamltree import ScalarReader, compose, describe, is_null, line_of
 
 # The config entry points in one import for the daemon and the commands.
@@ -274,7 +275,7 @@ class _Loader:
         if not valid:
             return _INVALID
         obj = cls(**kwargs)
-        cross = class_problems(obj)
+        cross = class_problems(obj) + tracking_problems(obj)
         if isinstance(obj, TlsConfig) and not cross:
             cross = tls_problems(obj.ca_file, obj.cert_file, obj.key_file)
         for name, message in cross:

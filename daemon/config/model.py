@@ -13,6 +13,7 @@ from enum import Enum
 from pathlib import Path
 
 from daemon.config.secrets import Secret, mask_url
+from daemon.config.tracking import LineConfig, TrackingConfig, ZoneConfig
 
 
 class BackendKind(str, Enum):
@@ -48,6 +49,10 @@ class CameraConfig:
     confidence: float | None = None
     # Class filter by name or by id; None means every class.
     classes: tuple[str | int, ...] | None = None
+    # Replaces the top-level ``tracking`` for this camera; None inherits it.
+    tracking: TrackingConfig | None = None
+    zones: tuple[ZoneConfig, ...] = ()
+    lines: tuple[LineConfig, ...] = ()
 
     @property
     def display_url(self) -> str:
@@ -166,9 +171,14 @@ class AppConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     node: str = field(default_factory=socket.gethostname)
     source: Path | None = None
 
     @property
     def enabled_cameras(self) -> tuple[CameraConfig, ...]:
         return tuple(c for c in self.cameras if c.enabled)
+
+    def tracking_of(self, camera: CameraConfig) -> TrackingConfig:
+        """The tracking settings in force for ``camera``."""
+        return camera.tracking if camera.tracking is not None else self.tracking

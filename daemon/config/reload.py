@@ -20,7 +20,7 @@ from typing import Final
 
 from daemon.config.model import AppConfig, CameraConfig
 
-_RESTART_SECTIONS: Final = ("model", "mqtt", "monitoring", "capture", "node")
+_RESTART_SECTIONS: Final = ("model", "mqtt", "monitoring", "capture", "tracking", "node")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from daemon.config.model import (
     TensorRTConfig,
     TlsConfig,
 )
+from daemon.config.tracking import RULES as TRACKING_RULES
 
 # A camera id and the node name become MQTT topic levels and Prometheus label values; the
 # length caps keep a topic far below MQTT's 65,535-byte limit and labels readable.
@@ -185,6 +186,7 @@ RULES: Final[dict[tuple[type, str], Rule]] = {
     (CaptureConfig, "max_height"): _int_between(
         16, 4320, "an integer in 16..4320 (8K; the shared buffer holds frames of this size)"
     ),
+    **{key: Rule(*spec) for key, spec in TRACKING_RULES.items()},
 }
 
 

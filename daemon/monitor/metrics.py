@@ -155,6 +155,34 @@ def _camera_metrics(cameras: list[CameraStats]) -> Iterator[Metric]:
         "edgewatch_camera_frames_processed", "Frames published.", lambda s: s.processed_total
     )
     yield counter("edgewatch_camera_reconnects", "Source reconnects.", lambda s: s.reconnects_total)
+    yield from _tracking_metrics(cameras)
+
+
+def _tracking_metrics(cameras: list[CameraStats]) -> Iterator[Metric]:
+    tracked = [(s.camera_id, s.tracking) for s in cameras if s.tracking is not None]
+    active = GaugeMetricFamily(
+        "edgewatch_tracks_active", "Tracked objects reported and not ended.", labels=["camera"]
+    )
+    events = CounterMetricFamily(
+        "edgewatch_track_events", "Object events published.", labels=["camera", "type"]
+    )
+    crossings = CounterMetricFamily(
+        "edgewatch_line_crossings",
+        "Line crossings, once per track, line and direction.",
+        labels=["camera", "line", "direction", "class"],
+    )
+    zones = GaugeMetricFamily(
+        "edgewatch_zone_objects", "Tracked objects in a zone now.", labels=["camera", "zone"]
+    )
+    for cid, t in tracked:
+        active.add_metric([cid], t.active_tracks)
+        for kind, total in t.events_total.items():
+            events.add_metric([cid, kind], total)
+        for c in t.line_crossings:
+            crossings.add_metric([cid, c.line, c.direction, c.class_name], c.total)
+        for zone, count in t.zone_objects.items():
+            zones.add_metric([cid, zone], count)
+    yield from (active, events, crossings, zones)
 
 
 def publisher_health(c: PublisherCounters) -> dict[str, object]:

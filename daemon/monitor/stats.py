@@ -34,6 +34,32 @@ class DriftStats:
 
 
 @dataclass(frozen=True, slots=True)
+class LineCount:
+    """Crossings of one line in one direction by one class, since the tracker started."""
+
+    line: str
+    direction: str
+    class_name: str
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingStats:
+    """One camera's object tracking (``daemon.track``): totals since start, and now."""
+
+    active_tracks: int
+    tracks_total: int
+    # Events published by type (new / update / end).
+    events_total: Mapping[str, int]
+    line_crossings: tuple[LineCount, ...]
+    # Reported objects in each zone now.
+    zone_objects: Mapping[str, int]
+    # Snapshots encoded and handed on / dropped (over the rate, or the encoder behind).
+    snapshots_sent: int = 0
+    snapshots_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class CameraStats:
     """One camera over one interval (``ts - interval_s`` .. ``ts``)."""
 
@@ -56,6 +82,8 @@ class CameraStats:
     latency_p95_s: float | None
     # None when the drift check is off.
     drift: DriftStats | None = None
+    # None when tracking is off for the camera.
+    tracking: TrackingStats | None = None
 
 
 def _plus(a: CaptureCounters, b: CaptureCounters) -> CaptureCounters:

@@ -59,12 +59,18 @@ def box_iou(
     ``val`` does; degenerate boxes have zero area and IoU 0."""
     a64 = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b64 = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a64[:, None, :2], b64[None, :, :2])
-    rb = np.minimum(a64[:, None, 2:], b64[None, :, 2:])
-    inter = np.prod((rb - lt).clip(0), axis=2)
-    area_a = np.prod((a64[:, 2:] - a64[:, :2]).clip(0), axis=1)
-    area_b = np.prod((b64[:, 2:] - b64[:, :2]).clip(0), axis=1)
-    iou: npt.NDArray[np.float64] = inter / (area_a[:, None] + area_b[None, :] - inter + 1e-7)
+    # One column per coordinate and plain ufuncs: the tracker calls this on every camera-frame,
+    # and broadcasting over (x, y) pairs or prod/clip's Python wrappers cost more than the
+    # arithmetic at these sizes.
+    ax1, ay1, ax2, ay2 = (a64[:, i, None] for i in range(4))
+    bx1, by1, bx2, by2 = b64.T
+    iw = np.minimum(ax2, bx2) - np.maximum(ax1, bx1)
+    ih = np.minimum(ay2, by2) - np.maximum(ay1, by1)
+    inter = np.maximum(iw, 0.0, out=iw) * np.maximum(ih, 0.0, out=ih)
+    area_a = np.maximum(ax2 - ax1, 0.0) * np.maximum(ay2 - ay1, 0.0)
+    area_b = np.maximum(bx2 - bx1, 0.0) * np.maximum(by2 - by1, 0.0)
+    union = area_a + area_b - inter + 1e-7
+    iou: npt.NDArray[np.float64] = inter / union
     return iou
 
 

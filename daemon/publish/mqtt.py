@@ -275,6 +275,10 @@ class MqttPublisher:
         payload = detections_payload(meta, epoch, detections, names, publish_ts)
         self._enqueue(self.topics.detections(meta.camera_id), payload)
 
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Queue any message (at-least-once, through the same outbox and spool)."""
+        self._enqueue(topic, payload)
+
     def publish_stats(self, camera_id: str, stats: CameraStats) -> None:
         """Queue one camera's interval stats."""
         payload = stats_payload(stats, self._epochs.current(camera_id))

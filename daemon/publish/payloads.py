@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from daemon.capture.frame import CameraState, FrameMeta
-from daemon.monitor.stats import CameraStats, DriftStats
+from daemon.monitor.stats import CameraStats, DriftStats, TrackingStats
 from daemon.postprocess.yolo import Detections
 
 SCHEMA_VERSION: Final = 2
@@ -85,8 +85,23 @@ def stats_payload(stats: CameraStats, epoch: int) -> bytes:
             "reconnects_total": stats.reconnects_total,
             "latency_ms": {"p50": _ms(stats.latency_p50_s), "p95": _ms(stats.latency_p95_s)},
             "drift": None if stats.drift is None else _drift(stats.drift),
+            "tracking": None if stats.tracking is None else _tracking(stats.tracking),
         }
     )
+
+
+def _tracking(tracking: TrackingStats) -> dict[str, object]:
+    return {
+        "active_tracks": tracking.active_tracks,
+        "tracks_total": tracking.tracks_total,
+        "events_total": dict(tracking.events_total),
+        "line_crossings": [
+            {"line": c.line, "direction": c.direction, "name": c.class_name, "total": c.total}
+            for c in tracking.line_crossings
+        ],
+        "zones": dict(tracking.zone_objects),
+        "snapshots": {"sent": tracking.snapshots_sent, "dropped": tracking.snapshots_dropped},
+    }
 
 
 def _drift(drift: DriftStats) -> dict[str, object]:

@@ -6,11 +6,11 @@ import json
 from importlib import resources
 from typing import Any, Final
 
-SCHEMA_NAMES: Final = ("detections", "state", "stats", "status")
+SCHEMA_NAMES: Final = ("detections", "events", "snapshot", "state", "stats", "status")
 
 
 def load_schema(name: str) -> dict[str, Any]:
-    """JSON Schema (2020-12) of ``detections``, ``state``, ``stats`` or ``status``."""
+    """JSON Schema (2020-12) of one of ``SCHEMA_NAMES``."""
     if name not in SCHEMA_NAMES:
         raise ValueError(f"unknown payload schema {name!r}; known: {', '.join(SCHEMA_NAMES)}")
     text = resources.files("daemon").joinpath("schemas", f"{name}.schema.json").read_text("utf-8")
