@@ -19,8 +19,10 @@ class Int8Record:
     """How the model was quantized (also written as the JSON report beside the model)."""
 
     method: str
+    recipe: str
     activations: str
     weights: str
+    bias: str
     op_types: tuple[str, ...]
     float_blocks: tuple[str, ...]
     float_nodes: int

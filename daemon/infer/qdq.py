@@ -9,7 +9,8 @@ dequantizes to exactly the same real values, so the rewrite changes speed, not a
 (weights, biases and scales are untouched). The ORT backend applies it in memory when it
 loads such a model on the CPU provider. ``summarize`` says what a model quantizes and whether
 TensorRT's explicit INT8 accepts it (the engine build refuses it otherwise); ``has_qdq`` is
-what the engine build plans by.
+what the engine build plans by; ``non_8bit_dequantize_inputs`` finds what TensorRT's ONNX
+parser rejects outright (e.g. the int32 bias DequantizeLinear of ORT's default recipe).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from onnx import TensorProto, numpy_helper
 _Q = "QuantizeLinear"
 _DQ = "DequantizeLinear"
 _ZP_INPUT = 2
+_8BIT = frozenset({TensorProto.INT8, TensorProto.UINT8})
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,27 @@ def _initializers(model: onnx.ModelProto) -> dict[str, TensorProto]:
 def has_qdq(model: onnx.ModelProto) -> bool:
     """Whether ``model`` is explicitly quantized: it has any QuantizeLinear/DequantizeLinear."""
     return any(node.op_type in (_Q, _DQ) for node in model.graph.node)
+
+
+def non_8bit_dequantize_inputs(model: onnx.ModelProto) -> list[str]:
+    """Names of the DequantizeLinear nodes whose quantized input is not int8/uint8 (or whose
+    type cannot be determined): TensorRT's parser accepts only 8-bit (and FP8/FP4/INT4, which
+    edgewatch never writes) there, so such a model fails to parse, e.g. with int32 biases."""
+    types = _tensor_types(onnx.shape_inference.infer_shapes(model))
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == _DQ and types.get(node.input[0]) not in _8BIT
+    ]
+
+
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor the graph declares, holds or infers."""
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types.setdefault(vi.name, vi.type.tensor_type.elem_type)
+    return types
 
 
 def summarize(model: onnx.ModelProto) -> QdqSummary:
