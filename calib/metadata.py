@@ -29,6 +29,10 @@ class Int8Record:
     calibration_images: int
     calibration_source: str
     brightness: BrightnessRange
+    # Versions of the libraries that computed the ranges and wrote the graph: their
+    # calibrators and quantizers change between releases, so a model that differs from a
+    # documented one is first checked against these.
+    libraries: dict[str, str]
 
 
 def write_metadata(model: onnx.ModelProto, record: Int8Record) -> None:

@@ -152,6 +152,18 @@ class _Reader:
         return None
 
 
+def _library_versions() -> dict[str, str]:
+    """Versions of the packages whose arithmetic the INT8 model depends on (module
+    attributes: the distribution may be onnxruntime-gpu or another build)."""
+    import onnxruntime
+
+    return {
+        "onnxruntime": str(onnxruntime.__version__),
+        "onnx": str(onnx.__version__),
+        "numpy": str(np.__version__),
+    }
+
+
 def quantize(
     model_path: Path,
     images: Sequence[CalibrationImage],
@@ -240,6 +252,7 @@ def quantize(
             calibration_images=len(reader.brightness),
             calibration_source=source_label,
             brightness=BrightnessRange.from_values(reader.brightness),
+            libraries=_library_versions(),
         )
         write_metadata(result, record)
         onnx.save(result, str(out_path))

@@ -81,7 +81,9 @@ def test_passing_run_writes_tensorrt_compatible_model(
     brightness = json.loads(meta["edgewatch.calibration_brightness"])
     assert brightness["frames"] == 8
     assert 0 < brightness["p0"] <= brightness["p100"] < 255
-    assert json.loads(meta["edgewatch.int8"])["float_blocks"] == ["decode"]
+    record = json.loads(meta["edgewatch.int8"])
+    assert record["float_blocks"] == ["decode"]
+    assert set(record["libraries"]) == {"onnxruntime", "onnx", "numpy"}
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["int8"]["float_nodes"] > 50
     assert report["int8"]["bias"] == "float"

@@ -99,13 +99,17 @@ def summarize(model: onnx.ModelProto) -> QdqSummary:
 
 
 def int8_activations_to_uint8(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of ``model`` with every int8 activation Q/DQ pair moved to uint8 (+128).
+    """Copy of ``model`` with every int8 activation Q/DQ pair moved to uint8 (+128), and
+    the float bias of each quantized Conv in the int32 form ORT's integer kernels take.
 
     Activations are the tensors a QuantizeLinear node produces; weights are stored already
-    quantized (DequantizeLinear only) and keep their int8 type.
+    quantized (DequantizeLinear only) and keep their int8 type. The file keeps float biases
+    because TensorRT rejects int32 ones; ORT, given a float bias, scores 0.6 mAP50-95 points
+    lower than with the int32 bias it fuses natively (docs/int8.md).
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    _int32_conv_biases(out)
     inits = _initializers(out)
     activation_zps = {
         n.input[_ZP_INPUT]
@@ -133,9 +137,60 @@ def int8_activations_to_uint8(model: onnx.ModelProto) -> onnx.ModelProto:
     stale = [vi for vi in out.graph.value_info if vi.name in retyped]
     for vi in stale:
         out.graph.value_info.remove(vi)
-    # Initializers no node uses any more would only bloat the file.
+    # Initializers no node uses any more would only bloat the model.
     used = {i for n in out.graph.node for i in n.input}
-    kept = [t for t in out.graph.initializer if t.name in used or t.name not in renamed]
+    kept = [t for t in out.graph.initializer if t.name in used]
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
     return out
+
+
+def _int32_conv_biases(model: onnx.ModelProto) -> None:
+    """Replace, in place, the float bias of every Conv that ORT can fuse into an integer
+    kernel (input and weight from DequantizeLinear, output into QuantizeLinear) by int32
+    values behind a DequantizeLinear (scale = input scale x weight scale, zero point 0),
+    computed as ORT's quantizer computes them. Other Convs run in float on dequantized
+    values and keep their float bias, as does a bias outside the int32 range."""
+    inits = _initializers(model)
+    requantized = {n.input[0] for n in model.graph.node if n.op_type == _Q}
+    dq_scale = {
+        n.output[0]: numpy_helper.to_array(inits[n.input[1]])
+        for n in model.graph.node
+        if n.op_type == _DQ and n.input[1] in inits
+    }
+    added: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < _ZP_INPUT + 1:
+            continue
+        x, w, b = node.input[0], node.input[1], node.input[2]
+        fusable = x in dq_scale and w in dq_scale and node.output[0] in requantized
+        if not fusable or b not in inits:
+            continue
+        bias = numpy_helper.to_array(inits[b])
+        scale = (dq_scale[x].astype(np.float32) * dq_scale[w].astype(np.float32)).reshape(-1)
+        values = np.round(bias.astype(np.float64) / scale.astype(np.float64))
+        limit = np.iinfo(np.int32)
+        if bias.dtype != np.float32 or np.any(values < limit.min) or np.any(values > limit.max):
+            continue
+        name = f"{b}_int32"
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(values.astype(np.int32), name),
+                numpy_helper.from_array(scale, f"{name}_scale"),
+                numpy_helper.from_array(np.zeros(scale.shape, np.int32), f"{name}_zero_point"),
+            ]
+        )
+        added.append(
+            onnx.helper.make_node(
+                _DQ,
+                [name, f"{name}_scale", f"{name}_zero_point"],
+                [f"{name}_dequantized"],
+                f"{name}_DequantizeLinear",
+                axis=0,
+            )
+        )
+        node.input[2] = f"{name}_dequantized"
+    # Initializer-only nodes first keeps the graph topologically sorted.
+    nodes = [*added, *model.graph.node]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)

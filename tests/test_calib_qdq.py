@@ -1,5 +1,6 @@
-"""``non_8bit_dequantize_inputs``: the static form of TensorRT's parser rule that a
-DequantizeLinear input must be 8-bit (int32 biases, int16 activations are rejected)."""
+"""``daemon.infer.qdq`` on small real Q/DQ graphs: ``non_8bit_dequantize_inputs`` (the
+static form of TensorRT's parser rule that a DequantizeLinear input must be 8-bit) and the
+ORT CPU form's int32 Conv biases."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from daemon.infer.qdq import non_8bit_dequantize_inputs
+from daemon.infer.qdq import int8_activations_to_uint8, non_8bit_dequantize_inputs
+
+BIAS = np.array([0.01, -0.01], np.float32)
 
 
-def _conv_model(bias: str, activation: int) -> onnx.ModelProto:
-    """x -> Q/DQ (``activation`` type) -> Conv(DQ int8 weight, ``bias``) -> y, opset 21.
+def _conv_model(bias: str, activation: int, *, requantized_output: bool = False) -> onnx.ModelProto:
+    """x -> Q/DQ (``activation`` type) -> Conv(DQ int8 weight, ``bias``) -> y, opset 21;
+    with ``requantized_output`` the Conv output goes through Q/DQ too (ORT fuses that).
 
     ``bias`` is "float" (an initializer) or "int32" (an int32 initializer behind a
     DequantizeLinear, what ORT's default QuantizeBias writes)."""
@@ -40,8 +44,14 @@ def _conv_model(bias: str, activation: int) -> onnx.ModelProto:
             helper.make_node("DequantizeLinear", ["b_q", "b_scale", "b_zero"], ["b"], "b_DQ")
         )
     else:
-        inits.append(numpy_helper.from_array(np.array([0.01, -0.01], np.float32), "b"))
-    nodes.append(helper.make_node("Conv", ["x_dq", "w", "b"], ["y"], "conv"))
+        inits.append(numpy_helper.from_array(BIAS, "b"))
+    conv_out = "conv_out" if requantized_output else "y"
+    nodes.append(helper.make_node("Conv", ["x_dq", "w", "b"], [conv_out], "conv"))
+    if requantized_output:
+        nodes += [
+            helper.make_node("QuantizeLinear", [conv_out, "x_scale", "x_zero"], ["y_q"], "y_Q"),
+            helper.make_node("DequantizeLinear", ["y_q", "x_scale", "x_zero"], ["y"], "y_DQ"),
+        ]
     graph = helper.make_graph(
         nodes,
         "g",
@@ -70,3 +80,31 @@ def test_16bit_activation_dequantize_is_reported() -> None:
 
 def test_model_without_qdq_has_nothing_to_report(model_onnx: Path) -> None:
     assert non_8bit_dequantize_inputs(onnx.load(str(model_onnx))) == []
+
+
+def _bias_input(model: onnx.ModelProto) -> tuple[str, int]:
+    """The Conv's bias tensor name and the element type of the tensor behind it."""
+    (conv,) = [n for n in model.graph.node if n.op_type == "Conv"]
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    source = producers[conv.input[2]].input[0] if conv.input[2] in producers else conv.input[2]
+    return source, inits[source].data_type
+
+
+def test_ort_form_gives_fused_convs_the_int32_bias_ort_quantizes() -> None:
+    """ORT's QuantizeBias: round(bias / (input scale x weight scale)) as int32, zero point 0."""
+    ort_form = int8_activations_to_uint8(
+        _conv_model("float", TensorProto.INT8, requantized_output=True)
+    )
+    onnx.checker.check_model(ort_form, full_check=True)
+    name, dtype = _bias_input(ort_form)
+    assert dtype == TensorProto.INT32
+    values = {t.name: numpy_helper.to_array(t) for t in ort_form.graph.initializer}
+    np.testing.assert_array_equal(values[name], np.round(BIAS / (0.02 * 0.1)).astype(np.int32))
+    assert "b" not in values  # the float original is gone
+
+
+def test_ort_form_keeps_float_bias_of_a_conv_ort_cannot_fuse() -> None:
+    """Without a quantized output ORT runs the Conv in float: the bias stays exact."""
+    ort_form = int8_activations_to_uint8(_conv_model("float", TensorProto.INT8))
+    assert _bias_input(ort_form) == ("b", TensorProto.FLOAT)
