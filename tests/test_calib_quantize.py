@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +103,29 @@ def test_ort_cpu_recipe_quantizes_silu_with_7bit_weights(
     # reduce_range: weights within 7 bits, so u8 x s8 pairs cannot saturate ORT's
     # 16-bit intermediate sums on x86 without VNNI.
     assert max(int(np.abs(w.astype(np.int16)).max()) for w in _weights(model)) <= 64
+
+
+def _calibrate_in_child(model: Path, images: Path, out: Path, cpus: set[int]) -> None:
+    """``edgewatch calibrate`` (entropy, the default) in a process bound to ``cpus``."""
+    subprocess.run(
+        [sys.executable, "-m", "daemon", "calibrate", "--model", str(model),
+         "--images", str(images), "--out", str(out)],
+        check=True, capture_output=True, cwd=Path(__file__).parents[1],
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+    )  # fmt: skip
+
+
+def test_calibration_is_deterministic_across_runs_and_cores(
+    model_onnx: Path, shared_dir: Path, tmp_path: Path
+) -> None:
+    """The documented numbers depend on this: same images, same bytes, however many cores
+    ORT's calibration session gets (16 images: two batches, so histograms are merged)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((shared_dir / "datasets" / "coco_calib" / "images").glob("*.jpg"))[:16]:
+        shutil.copy(p, images / p.name)
+    cpus = os.sched_getaffinity(0)
+    outs = [tmp_path / "all.onnx", tmp_path / "one.onnx"]
+    _calibrate_in_child(model_onnx, images, outs[0], cpus)
+    _calibrate_in_child(model_onnx, images, outs[1], {min(cpus)})
+    assert outs[0].read_bytes() == outs[1].read_bytes()

@@ -1,16 +1,19 @@
 """Graph-level facts and rewrites of Q/DQ (explicitly quantized INT8) ONNX models.
 
 The deployed INT8 model uses signed, symmetric (zero point 0) activations because that is
-what TensorRT's explicit quantization accepts. ONNX Runtime 1.31's x86 CPU provider fuses
-Q/DQ into integer kernels (QLinearConv, ...) only for uint8 activations; the int8 model runs
-as float fake-quantization at ~0.6x FP32 (U8S8 kernels: ~1.5-2x). ``int8_activations_to_uint8``
-gives ORT the same quantization grid in uint8: q_u8 = q_s8 + 128 with zero point 128
-dequantizes to exactly the same real values, so the rewrite changes speed, not arithmetic
-(weights, biases and scales are untouched). The ORT backend applies it in memory when it
-loads such a model on the CPU provider. ``summarize`` says what a model quantizes and whether
-TensorRT's explicit INT8 accepts it (the engine build refuses it otherwise); ``has_qdq`` is
-what the engine build plans by; ``non_8bit_dequantize_inputs`` finds what TensorRT's ONNX
-parser rejects outright (e.g. the int32 bias DequantizeLinear of ORT's default recipe).
+what TensorRT's explicit quantization accepts, and float biases because TensorRT's parser
+rejects int32 ones. ONNX Runtime's x86 CPU provider fuses Q/DQ into integer kernels
+(QLinearConv, ...) only for uint8 activations; the int8 model runs as float
+fake-quantization. ``int8_activations_to_uint8`` gives ORT the same quantization grid in
+uint8: q_u8 = q_s8 + 128 with zero point 128 dequantizes to exactly the same real values
+(weights and scales are untouched), and gives each fusable Conv the int32 bias ORT's own
+quantizer computes (QLinearConv adds its bias in int32 anyway). The ORT backend applies it
+in memory when it loads such a model on the CPU provider.
+
+``summarize`` says what a model quantizes and whether TensorRT's explicit INT8 accepts it
+(the engine build refuses it otherwise); ``has_qdq`` is what the engine build plans by;
+``non_8bit_dequantize_inputs`` finds what TensorRT's ONNX parser rejects outright (e.g. the
+int32 bias DequantizeLinear of ORT's default recipe).
 """
 
 from __future__ import annotations
@@ -104,8 +107,8 @@ def int8_activations_to_uint8(model: onnx.ModelProto) -> onnx.ModelProto:
 
     Activations are the tensors a QuantizeLinear node produces; weights are stored already
     quantized (DequantizeLinear only) and keep their int8 type. The file keeps float biases
-    because TensorRT rejects int32 ones; ORT, given a float bias, scores 0.6 mAP50-95 points
-    lower than with the int32 bias it fuses natively (docs/int8.md).
+    because TensorRT rejects int32 ones; ORT's integer kernels given a float bias score
+    lower than with the int32 bias ORT's own quantizer would have written (docs/int8.md).
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
