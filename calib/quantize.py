@@ -153,14 +153,17 @@ class _Reader:
 
 
 def _library_versions() -> dict[str, str]:
-    """Versions of the packages whose arithmetic the INT8 model depends on (module
-    attributes: the distribution may be onnxruntime-gpu or another build)."""
+    """Versions of the packages whose arithmetic the INT8 model depends on: the calibrator
+    and quantizer, the histograms, the JPEG decoding and resizing of the calibration frames
+    (module attributes: the distribution may be onnxruntime-gpu or another build)."""
+    import cv2
     import onnxruntime
 
     return {
         "onnxruntime": str(onnxruntime.__version__),
         "onnx": str(onnx.__version__),
         "numpy": str(np.__version__),
+        "opencv": str(cv2.__version__),
     }
 
 

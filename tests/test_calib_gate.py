@@ -83,7 +83,7 @@ def test_passing_run_writes_tensorrt_compatible_model(
     assert 0 < brightness["p0"] <= brightness["p100"] < 255
     record = json.loads(meta["edgewatch.int8"])
     assert record["float_blocks"] == ["decode"]
-    assert set(record["libraries"]) == {"onnxruntime", "onnx", "numpy"}
+    assert set(record["libraries"]) == {"onnxruntime", "onnx", "numpy", "opencv"}
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["int8"]["float_nodes"] > 50
     assert report["int8"]["bias"] == "float"
