@@ -57,10 +57,10 @@ def _detect(
     return decode_images(backend, paths, decode, batch_size=settings.batch_size)
 
 
-def check_labels(images: Sequence[Path], labels_dir: Path) -> int:
-    """Ground-truth boxes ``labels_dir`` holds for ``images``; ``EvaluationError`` when no
-    label file matches an image or none holds a box (a score of 0 would then be meaningless:
-    a wrong folder is not a model that detects nothing)."""
+def check_labels(images: Sequence[Path], labels_dir: Path) -> None:
+    """Raise ``EvaluationError`` when no label file in ``labels_dir`` matches one of
+    ``images`` or none holds a box (a score of 0 would then be meaningless: a wrong folder is
+    not a model that detects nothing)."""
     files = [labels_dir / f"{path.stem}.txt" for path in images]
     matched = [f for f in files if f.is_file()]
     if not matched:
@@ -69,13 +69,11 @@ def check_labels(images: Sequence[Path], labels_dir: Path) -> int:
             "(expected <image name>.txt): wrong label folder?"
         )
     # Box counts only: the pixel scale does not matter here.
-    instances = sum(len(read_yolo_labels(f, 1, 1).class_ids) for f in matched)
-    if instances == 0:
+    if not any(len(read_yolo_labels(f, 1, 1).class_ids) for f in matched):
         raise EvaluationError(
             f"the {len(matched)} label files in {labels_dir} for these images hold no boxes: "
             "nothing to measure against"
         )
-    return instances
 
 
 def evaluate_map(
