@@ -10,9 +10,13 @@ import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.cli import EXIT_FAILURE, EXIT_OK, usage_error
+
+if TYPE_CHECKING:
+    from calib.evaluate import MapReport
+    from calib.gate import GateResult
 
 log = logging.getLogger(__name__)
 _BENCH_BATCH = 8
@@ -51,7 +55,8 @@ def register(sub: Any) -> None:
 
 
 def _register_calibrate(sub: Any) -> None:
-    from calib.quantize import METHODS
+    from calib.gate import MIN_REFERENCE_MAP
+    from calib.quantize import DEFAULT_RECIPE, METHODS, RECIPES
 
     p: argparse.ArgumentParser = sub.add_parser(
         "calibrate",
@@ -69,6 +74,14 @@ def _register_calibrate(sub: Any) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="INT8 model to write")
     p.add_argument("--method", choices=METHODS, default="entropy")
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default=DEFAULT_RECIPE,
+        help="Q/DQ placement: 'ort-cpu' (Conv and the ops between convs, 7-bit weights) or "
+        f"'tensorrt' (Conv inputs only, 8-bit weights); default {DEFAULT_RECIPE} "
+        "(see docs/int8.md)",
+    )
     p.add_argument("--labels", type=Path, help="YOLO labels of --eval-images (enables the gate)")
     p.add_argument("--eval-images", type=Path, help="evaluation images (with --labels)")
     p.add_argument(
@@ -76,6 +89,13 @@ def _register_calibrate(sub: Any) -> None:
         type=float,
         default=1.0,
         help="largest acceptable mAP50-95 drop in points (default 1.0)",
+    )
+    p.add_argument(
+        "--min-fp32-map",
+        type=float,
+        default=MIN_REFERENCE_MAP,
+        help="refuse to gate when the FP32 model scores below this mAP50-95 on the labels "
+        f"(default {MIN_REFERENCE_MAP:g}: labels that do not match the images)",
     )
     p.add_argument(
         "--float-block",
@@ -127,8 +147,13 @@ def _positive_int(text: str) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from calib.evaluate import EvaluationError
+    from calib.gate import GateError
     from calib.images import CalibrationDataError, list_calibration_images
+    from calib.labels import LabelError
     from calib.quantize import DEFAULT_FLOAT_BLOCKS, QuantizeError, QuantizeOptions, quantize
+    from daemon.infer.backend import BackendError
+    from daemon.stills import ImageError
 
     problem = _calibrate_arg_problem(args)
     if problem:
@@ -140,8 +165,17 @@ def _calibrate(args: argparse.Namespace) -> int:
         return usage_error(f"error: {exc}")
     if args.max_images:
         images = images[: args.max_images]
+    # The reference is measured before calibrating: labels that measure nothing are an
+    # operator error found in seconds, not a PASS (0.0 - 0.0) after minutes of calibration.
+    fp32_map = None
+    if eval_images is not None:
+        try:
+            fp32_map = _reference_map(args, eval_images)
+        except (EvaluationError, GateError, LabelError, ImageError, BackendError) as exc:
+            return usage_error(f"error: {exc}; {args.out} not written")
     options = QuantizeOptions(
         method=args.method,
+        recipe=args.recipe,
         float_blocks=tuple(args.float_block) if args.float_block else DEFAULT_FLOAT_BLOCKS,
     )
     # Written beside --out and renamed only when the gate passes: a failed run never
@@ -155,8 +189,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         except QuantizeError as exc:
             return usage_error(f"error: {exc}")
         report: dict[str, Any] = {"model": str(args.model), "int8": asdict(record)}
-        if eval_images is not None:
-            gate = _run_gate(args, candidate, eval_images)
+        if eval_images is not None and fp32_map is not None:
+            gate = _run_gate(args, candidate, eval_images, fp32_map)
             report["gate"] = {
                 "fp32": asdict(gate.fp32),
                 "int8": asdict(gate.int8),
@@ -208,7 +242,24 @@ def _eval_images(folder: Path) -> list[Path]:
     return list_images([folder])
 
 
-def _run_gate(args: argparse.Namespace, candidate: Path, eval_images: list[Path]) -> Any:
+def _reference_map(args: argparse.Namespace, eval_images: list[Path]) -> MapReport:
+    """FP32 mAP on the gate's images, refused (``GateError``) when it is implausibly low."""
+    from calib.evaluate import evaluate_map
+    from calib.gate import check_reference
+    from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
+
+    fp32 = OnnxRuntimeBackend(args.model, intra_op_threads=args.threads, max_batch=_BENCH_BATCH)
+    try:
+        report = evaluate_map(fp32, eval_images, args.labels)
+    finally:
+        fp32.close()
+    check_reference(report, args.min_fp32_map)
+    return report
+
+
+def _run_gate(
+    args: argparse.Namespace, candidate: Path, eval_images: list[Path], fp32_map: MapReport
+) -> GateResult:
     import numpy as np
 
     from calib.evaluate import evaluate_map
@@ -220,7 +271,6 @@ def _run_gate(args: argparse.Namespace, candidate: Path, eval_images: list[Path]
     fp32 = OnnxRuntimeBackend(args.model, intra_op_threads=args.threads, max_batch=_BENCH_BATCH)
     int8 = OnnxRuntimeBackend(candidate, intra_op_threads=args.threads, max_batch=_BENCH_BATCH)
     try:
-        fp32_map = evaluate_map(fp32, eval_images, args.labels)
         int8_map = evaluate_map(int8, eval_images, args.labels)
         first = next(iter_letterboxed(eval_images[:_BENCH_BATCH], fp32.input_hw, _BENCH_BATCH))
         batch = np.ascontiguousarray(first.images)
@@ -235,7 +285,7 @@ def _run_gate(args: argparse.Namespace, candidate: Path, eval_images: list[Path]
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from calib.evaluate import EvalSettings, evaluate_agreement, evaluate_map
+    from calib.evaluate import EvalSettings, EvaluationError, evaluate_agreement, evaluate_map
     from calib.labels import LabelError
     from daemon.infer.backend import BackendError
     from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
@@ -273,7 +323,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 f"agreement F1={counts.f1:.4f} precision={counts.precision:.4f} "
                 f"recall={counts.recall:.4f}"
             )
-    except (ImageError, LabelError, BackendError) as exc:
+    except (ImageError, LabelError, EvaluationError, BackendError) as exc:
         return usage_error(f"error: {exc}")
     print(line)
     if args.json is not None:

@@ -17,6 +17,10 @@ from daemon.postprocess.yolo import decode_one
 from daemon.stills import StillDetections, decode_images
 
 
+class EvaluationError(ValueError):
+    """The labels give nothing to measure against; the message says what to fix."""
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """Ultralytics ``val`` defaults; ``multi_label`` as val's NMS (see calib/decode.py)."""
@@ -53,13 +57,35 @@ def _detect(
     return decode_images(backend, paths, decode, batch_size=settings.batch_size)
 
 
+def check_labels(images: Sequence[Path], labels_dir: Path) -> None:
+    """Raise ``EvaluationError`` when no label file in ``labels_dir`` matches one of
+    ``images`` or none holds a box (a score of 0 would then be meaningless: a wrong folder is
+    not a model that detects nothing)."""
+    files = [labels_dir / f"{path.stem}.txt" for path in images]
+    matched = [f for f in files if f.is_file()]
+    if not matched:
+        raise EvaluationError(
+            f"no label file in {labels_dir} matches any of the {len(images)} images "
+            "(expected <image name>.txt): wrong label folder?"
+        )
+    # Box counts only: the pixel scale does not matter here.
+    if not any(len(read_yolo_labels(f, 1, 1).class_ids) for f in matched):
+        raise EvaluationError(
+            f"the {len(matched)} label files in {labels_dir} for these images hold no boxes: "
+            "nothing to measure against"
+        )
+
+
 def evaluate_map(
     backend: Backend,
     images: Sequence[Path],
     labels_dir: Path,
     settings: EvalSettings = EvalSettings(),
 ) -> MapReport:
-    """COCO mAP50-95 / mAP50 of ``backend`` on ``images`` against ``labels_dir/<stem>.txt``."""
+    """COCO mAP50-95 / mAP50 of ``backend`` on ``images`` against ``labels_dir/<stem>.txt``
+    (``EvaluationError`` before any inference when those labels hold nothing, see
+    ``check_labels``)."""
+    check_labels(images, labels_dir)
     stats = DetectionStats()
     instances = 0
     for path, geometry, det in _detect(backend, images, settings):

@@ -8,6 +8,27 @@ from pathlib import Path
 
 from calib.evaluate import MapReport
 
+# Ultralytics documents 0.373 (YOLOv8n) to 0.539 (YOLOv8x) mAP50-95 on COCO val2017 (this
+# repository's yolov8n: 0.408 on coco_eval). An FP32 score under 0.15, 40 % of the smallest,
+# means the labels do not describe the images (another data set, other class ids), so the
+# drop the gate would compute is meaningless.
+MIN_REFERENCE_MAP = 0.15
+
+
+class GateError(ValueError):
+    """The FP32 reference score makes the gate meaningless; the message says why."""
+
+
+def check_reference(fp32: MapReport, minimum: float) -> None:
+    """Raise ``GateError`` when the FP32 mAP50-95 is below ``minimum``."""
+    if fp32.map50_95 < minimum:
+        raise GateError(
+            f"FP32 mAP50-95 {fp32.map50_95:.4f} on {fp32.images} images ({fp32.instances} "
+            f"labelled boxes) is below {minimum:g}: the labels do not match these images or "
+            "this model's classes (wrong --labels folder?); a model documented lower needs "
+            "--min-fp32-map"
+        )
+
 
 @dataclass(frozen=True)
 class GateResult:

@@ -19,14 +19,20 @@ class Int8Record:
     """How the model was quantized (also written as the JSON report beside the model)."""
 
     method: str
+    recipe: str
     activations: str
     weights: str
+    bias: str
     op_types: tuple[str, ...]
     float_blocks: tuple[str, ...]
     float_nodes: int
     calibration_images: int
     calibration_source: str
     brightness: BrightnessRange
+    # Versions of the libraries that computed the ranges and wrote the graph: their
+    # calibrators and quantizers change between releases, so a model that differs from a
+    # documented one is first checked against these.
+    libraries: dict[str, str]
 
 
 def write_metadata(model: onnx.ModelProto, record: Int8Record) -> None:

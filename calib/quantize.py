@@ -1,16 +1,21 @@
 """Static Q/DQ INT8 quantization of a YOLOv8 ONNX model with ONNX Runtime's tools.
 
-The choices below were measured on coco_calib -> coco_eval (numbers in docs/int8.md):
+Two recipes (numbers for both in docs/int8.md, measured on coco_calib -> coco_eval):
 
-* activations int8 *symmetric* (zero point 0) and weights int8 per-channel symmetric: the
-  only form TensorRT's explicit quantization accepts, so one file serves every backend
-  (ORT CPU runs it through ``daemon.infer.qdq.int8_activations_to_uint8``, an exact re-encoding);
-* 7-bit weight range (``reduce_range``): x86 CPUs without VNNI multiply u8 x s8 pairs with
-  a saturating 16-bit add; full-range weights cost 4-5 mAP points there;
-* Conv plus the element-wise/shape ops between convs (SiLU's Sigmoid and Mul, Add, Concat,
-  MaxPool, Resize, Split) are quantized so ORT keeps the whole backbone in integer kernels;
-* the Detect head's decode (DFL softmax/conv, anchor arithmetic, the final concat of boxes
-  in pixels with scores in 0..1) stays float: quantizing it drops mAP to 0.
+* ``ort-cpu``: Conv plus the element-wise/shape ops between convs (SiLU's Sigmoid and Mul,
+  Add, Concat, MaxPool, Resize, Split) with 7-bit weights (``reduce_range``), so ORT's x86
+  kernels keep the whole backbone in integer ops: x86 CPUs without VNNI multiply u8 x s8
+  pairs with a saturating 16-bit add, and full-range weights lose points there;
+* ``tensorrt``: NVIDIA's documented placement, Q/DQ on Conv inputs only (not its output)
+  with full 8-bit weights, leaving TensorRT free to fuse Conv + SiLU in higher precision.
+
+Common to both, because TensorRT's explicit quantization demands it and one file serves
+every backend (ORT CPU runs it through ``daemon.infer.qdq.int8_activations_to_uint8``, an
+in-memory re-encoding into ORT's integer form): activations int8 *symmetric* (zero point
+0), weights int8 per-channel symmetric, biases kept float (TensorRT's parser rejects an
+int32 DequantizeLinear; ORT's default would write one per Conv). The Detect head's decode
+(DFL softmax/conv, anchor arithmetic, the final concat of boxes in pixels with scores in
+0..1) stays float: one quantization grid cannot serve pixels and probabilities.
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ import onnx
 
 from calib.images import CalibrationImage, iter_letterboxed, to_network_input
 from calib.metadata import Int8Record, write_metadata
+from daemon.infer.qdq import non_8bit_dequantize_inputs
 from daemon.monitor.brightness import BrightnessRange
 
 log = logging.getLogger(__name__)
 
 METHODS = ("entropy", "percentile", "minmax")
-DEFAULT_OP_TYPES = ("Conv", "Mul", "Sigmoid", "Add", "Concat", "MaxPool", "Resize", "Split")
 DECODE = "decode"
 # Float blocks: "decode" (the Detect head outside its conv branches) plus node-name prefixes.
 DEFAULT_FLOAT_BLOCKS: tuple[str, ...] = (DECODE,)
@@ -42,11 +47,34 @@ class QuantizeError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """Which operators get Q/DQ, whether their outputs do too (ORT's kernels fuse an op
+    into an integer kernel only when its output is quantized) and whether weights use the
+    7-bit range."""
+
+    op_types: tuple[str, ...]
+    quantize_outputs: bool
+    reduce_range: bool
+
+
+RECIPES: dict[str, Recipe] = {
+    "ort-cpu": Recipe(
+        ("Conv", "Mul", "Sigmoid", "Add", "Concat", "MaxPool", "Resize", "Split"),
+        quantize_outputs=True,
+        reduce_range=True,
+    ),
+    "tensorrt": Recipe(("Conv",), quantize_outputs=False, reduce_range=False),
+}
+# Chosen by measurement (docs/int8.md): the smaller mAP50-95 drop on coco_eval, and the one
+# recipe ORT runs in integer kernels.
+DEFAULT_RECIPE = "ort-cpu"
+
+
+@dataclass(frozen=True)
 class QuantizeOptions:
     method: str = "entropy"
-    op_types: tuple[str, ...] = DEFAULT_OP_TYPES
+    recipe: str = DEFAULT_RECIPE
     float_blocks: tuple[str, ...] = DEFAULT_FLOAT_BLOCKS
-    reduce_range: bool = True
     input_size: int = 640
     batch_size: int = 8
 
@@ -126,6 +154,21 @@ class _Reader:
         return None
 
 
+def _library_versions() -> dict[str, str]:
+    """Versions of the packages whose arithmetic the INT8 model depends on: the calibrator
+    and quantizer, the histograms, the JPEG decoding and resizing of the calibration frames
+    (module attributes: the distribution may be onnxruntime-gpu or another build)."""
+    import cv2
+    import onnxruntime
+
+    return {
+        "onnxruntime": str(onnxruntime.__version__),
+        "onnx": str(onnx.__version__),
+        "numpy": str(np.__version__),
+        "opencv": str(cv2.__version__),
+    }
+
+
 def quantize(
     model_path: Path,
     images: Sequence[CalibrationImage],
@@ -145,6 +188,9 @@ def quantize(
 
     if options.method not in METHODS:
         raise QuantizeError(f"unknown calibration method {options.method!r}; one of {METHODS}")
+    if options.recipe not in RECIPES:
+        raise QuantizeError(f"unknown recipe {options.recipe!r}; one of {sorted(RECIPES)}")
+    recipe = RECIPES[options.recipe]
     method = {
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
@@ -174,33 +220,45 @@ def quantize(
             reader,
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            reduce_range=options.reduce_range,
+            reduce_range=recipe.reduce_range,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            op_types_to_quantize=list(options.op_types),
+            op_types_to_quantize=list(recipe.op_types),
             nodes_to_exclude=excluded,
             calibrate_method=method,
             extra_options={
                 "ActivationSymmetric": True,
                 "WeightSymmetric": True,
                 "CalibStridedMinMax": 1,
+                "QuantizeBias": False,
+                "OpTypesToExcludeOutputQuantization": (
+                    [] if recipe.quantize_outputs else list(recipe.op_types)
+                ),
             },
         )
         if not reader.brightness:
             raise QuantizeError("no calibration image could be read")
+        result = onnx.load(str(quantized))
+        rejected = non_8bit_dequantize_inputs(result)
+        if rejected:
+            raise QuantizeError(
+                f"the quantized model has {len(rejected)} DequantizeLinear node(s) on a "
+                f"non-8-bit input, which TensorRT cannot parse (first: {rejected[0]})"
+            )
         record = Int8Record(
             method=options.method,
+            recipe=options.recipe,
             activations="int8 symmetric per-tensor",
-            weights="int8 symmetric per-channel"
-            + (", 7-bit range" if options.reduce_range else ""),
-            op_types=options.op_types,
+            weights="int8 symmetric per-channel" + (", 7-bit range" if recipe.reduce_range else ""),
+            bias="float",
+            op_types=recipe.op_types,
             float_blocks=options.float_blocks,
             float_nodes=len(excluded),
             calibration_images=len(reader.brightness),
             calibration_source=source_label,
             brightness=BrightnessRange.from_values(reader.brightness),
+            libraries=_library_versions(),
         )
-        result = onnx.load(str(quantized))
         write_metadata(result, record)
         onnx.save(result, str(out_path))
     return record

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from daemon.cli import EXIT_FAILURE, EXIT_USAGE, main
-from daemon.infer.qdq import int8_activations_to_uint8, summarize
+from daemon.infer.qdq import int8_activations_to_uint8, non_8bit_dequantize_inputs, summarize
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +74,19 @@ def test_passing_run_writes_tensorrt_compatible_model(
     model = onnx.load(str(out))
     summary = summarize(model)
     assert summary.tensorrt_compatible
+    # TensorRT's parser takes only 8-bit DequantizeLinear inputs: biases stay float.
+    assert non_8bit_dequantize_inputs(model) == []
     assert summary.quantized_op_types.get("Conv", 0) >= 60
     meta = {p.key: p.value for p in model.metadata_props}
     brightness = json.loads(meta["edgewatch.calibration_brightness"])
     assert brightness["frames"] == 8
     assert 0 < brightness["p0"] <= brightness["p100"] < 255
-    assert json.loads(meta["edgewatch.int8"])["float_blocks"] == ["decode"]
+    record = json.loads(meta["edgewatch.int8"])
+    assert record["float_blocks"] == ["decode"]
+    assert set(record["libraries"]) == {"onnxruntime", "onnx", "numpy", "opencv"}
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["int8"]["float_nodes"] > 50
+    assert report["int8"]["bias"] == "float"
     ort_view = summarize(int8_activations_to_uint8(model))
     assert ort_view.int8_activations == 0
     assert ort_view.uint8_activations == summary.int8_activations
@@ -109,3 +114,87 @@ def test_calibration_feeds_the_models_own_input_name(
     out = tmp_path / "renamed.int8.onnx"
     assert _calibrate(renamed, calib, out, "--method", "minmax", "--max-images", "2") == 0
     assert [i.name for i in onnx.load(str(out)).graph.input] == ["frames"]
+
+
+@pytest.fixture(scope="module")
+def wrong_labels(
+    shared_dir: Path, small_sets: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Label folders an operator can pass by mistake for the 8 evaluation images."""
+    _, evald = small_sets
+    root = tmp_path_factory.mktemp("wrong")
+    truth = sorted((evald / "labels").glob("*.txt"))
+    empty = root / "empty"
+    shuffled = root / "shuffled"
+    for folder in (empty, shuffled):
+        folder.mkdir()
+    for n, label in enumerate(truth):
+        (empty / label.name).write_text("")
+        # Another image's boxes under this image's name: files match, content does not.
+        shutil.copy(truth[(n + 1) % len(truth)], shuffled / label.name)
+    return {
+        "other data set": shared_dir / "datasets" / "coco_calib" / "labels",
+        "image folder": evald / "images",
+        "empty files": empty,
+        "other images' labels": shuffled,
+    }
+
+
+def _error_line(stderr: str) -> str:
+    """The one operator-facing error line (log lines go to stderr too)."""
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    return line
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("other data set", "no label file"),
+        ("image folder", "no label file"),
+        ("empty files", "hold no boxes"),
+        ("other images' labels", "FP32 mAP50-95"),
+    ],
+    ids=lambda case: case[0],
+)
+def test_gate_that_measures_nothing_is_an_error(
+    model_onnx: Path,
+    small_sets: tuple[Path, Path],
+    wrong_labels: dict[str, Path],
+    *,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: tuple[str, str],
+) -> None:
+    calib, evald = small_sets
+    which, reason = case
+    out = tmp_path / "yolov8n.int8.onnx"
+    code = _calibrate(
+        model_onnx, calib, out, "--method", "minmax", "--threads", "2",
+        "--labels", str(wrong_labels[which]), "--eval-images", str(evald / "images"),
+    )  # fmt: skip
+    printed = capsys.readouterr()
+    assert code == EXIT_USAGE
+    assert "PASS" not in printed.out
+    line = _error_line(printed.err)
+    assert reason in line
+    assert line.endswith(f"{out} not written")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("which", ["other data set", "empty files"])
+def test_evaluate_without_ground_truth_is_an_error(
+    model_onnx: Path,
+    small_sets: tuple[Path, Path],
+    wrong_labels: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    which: str,
+) -> None:
+    _, evald = small_sets
+    code = main(
+        ["evaluate", "--model", str(model_onnx), "--images", str(evald / "images"),
+         "--labels", str(wrong_labels[which])]
+    )  # fmt: skip
+    printed = capsys.readouterr()
+    assert code == EXIT_USAGE
+    assert "mAP" not in printed.out
+    assert str(wrong_labels[which]) in _error_line(printed.err)

@@ -25,21 +25,32 @@ EVAL_IMAGES = 16
 MIN_F1 = 0.7
 
 
-@pytest.fixture(scope="module")
-def int8_model(
-    model_onnx: Path, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
+def _quantized(model_onnx: Path, shared_dir: Path, root: Path, recipe: str) -> Path:
     """A real calibrated Q/DQ model (int8 symmetric activations), cheaply: 8 images, minmax."""
-    root = tmp_path_factory.mktemp("int8")
     images = sorted((shared_dir / "datasets" / "coco_calib" / "images").glob("*.jpg"))[:8]
     for p in images:
         shutil.copy(p, root / p.name)
     out = root / "yolov8n.int8.onnx"
-    quantize(
-        model_onnx, list_calibration_images(root), out, QuantizeOptions(method="minmax"), "test"
-    )
+    options = QuantizeOptions(method="minmax", recipe=recipe)
+    quantize(model_onnx, list_calibration_images(root), out, options, "test")
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8_model(
+    model_onnx: Path, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The ort-cpu recipe, the one whose Q/DQ placement ORT fuses into integer kernels."""
+    out = _quantized(model_onnx, shared_dir, tmp_path_factory.mktemp("int8"), "ort-cpu")
     assert summarize(onnx.load(str(out))).int8_activations > 100
     return out
+
+
+@pytest.fixture(scope="module")
+def tensorrt_recipe_model(
+    model_onnx: Path, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    return _quantized(model_onnx, shared_dir, tmp_path_factory.mktemp("trt"), "tensorrt")
 
 
 def _op_counts(path: Path) -> Counter[str]:
@@ -66,12 +77,10 @@ def test_fp32_model_is_loaded_unchanged(model_onnx: Path, caplog: pytest.LogCapt
     assert not any("re-encoded" in r.getMessage() for r in caplog.records)
 
 
-def test_int8_detections_agree_with_fp32(
-    int8_model: Path, model_onnx: Path, shared_dir: Path
-) -> None:
-    images = list_images([shared_dir / "datasets" / "coco_eval" / "images"])[:EVAL_IMAGES]
+def _agreement(reference: Path, candidate: Path, images: list[Path]) -> Agreement:
+    """Detections of ``candidate`` against ``reference``, both through the daemon's backend."""
     found = {}
-    for path in (model_onnx, int8_model):
+    for path in (reference, candidate):
         backend = OnnxRuntimeBackend(path, max_batch=4, intra_op_threads=2)
         try:
             found[path] = [
@@ -80,7 +89,20 @@ def test_int8_detections_agree_with_fp32(
         finally:
             backend.close()
     total = Agreement()
-    for ref, cand in zip(found[model_onnx], found[int8_model], strict=True):
+    for ref, cand in zip(found[reference], found[candidate], strict=True):
         total = total + match(ref, cand)
+    return total
+
+
+@pytest.mark.parametrize("recipe", ["ort-cpu", "tensorrt"])
+def test_int8_detections_agree_with_fp32(
+    request: pytest.FixtureRequest, model_onnx: Path, shared_dir: Path, recipe: str
+) -> None:
+    """Both recipes run through the re-encoding (the TensorRT one with float Conv outputs,
+    which ORT leaves unfused) and detect what FP32 does."""
+    fixture = {"ort-cpu": "int8_model", "tensorrt": "tensorrt_recipe_model"}[recipe]
+    int8 = request.getfixturevalue(fixture)
+    images = list_images([shared_dir / "datasets" / "coco_eval" / "images"])[:EVAL_IMAGES]
+    total = _agreement(model_onnx, int8, images)
     assert total.reference > 40  # the images are not trivially empty
     assert total.f1 >= MIN_F1, total

@@ -1,15 +1,19 @@
 """Graph-level facts and rewrites of Q/DQ (explicitly quantized INT8) ONNX models.
 
 The deployed INT8 model uses signed, symmetric (zero point 0) activations because that is
-what TensorRT's explicit quantization accepts. ONNX Runtime 1.31's x86 CPU provider fuses
-Q/DQ into integer kernels (QLinearConv, ...) only for uint8 activations; the int8 model runs
-as float fake-quantization at ~0.6x FP32 (U8S8 kernels: ~1.5-2x). ``int8_activations_to_uint8``
-gives ORT the same quantization grid in uint8: q_u8 = q_s8 + 128 with zero point 128
-dequantizes to exactly the same real values, so the rewrite changes speed, not arithmetic
-(weights, biases and scales are untouched). The ORT backend applies it in memory when it
-loads such a model on the CPU provider. ``summarize`` says what a model quantizes and whether
-TensorRT's explicit INT8 accepts it (the engine build refuses it otherwise); ``has_qdq`` is
-what the engine build plans by.
+what TensorRT's explicit quantization accepts, and float biases because TensorRT's parser
+rejects int32 ones. ONNX Runtime's x86 CPU provider fuses Q/DQ into integer kernels
+(QLinearConv, ...) only for uint8 activations; the int8 model runs as float
+fake-quantization. ``int8_activations_to_uint8`` gives ORT the same quantization grid in
+uint8: q_u8 = q_s8 + 128 with zero point 128 dequantizes to exactly the same real values
+(weights and scales are untouched), and gives each fusable Conv the int32 bias ORT's own
+quantizer computes (QLinearConv adds its bias in int32 anyway). The ORT backend applies it
+in memory when it loads such a model on the CPU provider.
+
+``summarize`` says what a model quantizes and whether TensorRT's explicit INT8 accepts it
+(the engine build refuses it otherwise); ``has_qdq`` is what the engine build plans by;
+``non_8bit_dequantize_inputs`` finds what TensorRT's ONNX parser rejects outright (e.g. the
+int32 bias DequantizeLinear of ORT's default recipe).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from onnx import TensorProto, numpy_helper
 _Q = "QuantizeLinear"
 _DQ = "DequantizeLinear"
 _ZP_INPUT = 2
+_8BIT = frozenset({TensorProto.INT8, TensorProto.UINT8})
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,27 @@ def _initializers(model: onnx.ModelProto) -> dict[str, TensorProto]:
 def has_qdq(model: onnx.ModelProto) -> bool:
     """Whether ``model`` is explicitly quantized: it has any QuantizeLinear/DequantizeLinear."""
     return any(node.op_type in (_Q, _DQ) for node in model.graph.node)
+
+
+def non_8bit_dequantize_inputs(model: onnx.ModelProto) -> list[str]:
+    """Names of the DequantizeLinear nodes whose quantized input is not int8/uint8 (or whose
+    type cannot be determined): TensorRT's parser accepts only 8-bit (and FP8/FP4/INT4, which
+    edgewatch never writes) there, so such a model fails to parse, e.g. with int32 biases."""
+    types = _tensor_types(onnx.shape_inference.infer_shapes(model))
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == _DQ and types.get(node.input[0]) not in _8BIT
+    ]
+
+
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor the graph declares, holds or infers."""
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types.setdefault(vi.name, vi.type.tensor_type.elem_type)
+    return types
 
 
 def summarize(model: onnx.ModelProto) -> QdqSummary:
@@ -76,13 +102,17 @@ def summarize(model: onnx.ModelProto) -> QdqSummary:
 
 
 def int8_activations_to_uint8(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of ``model`` with every int8 activation Q/DQ pair moved to uint8 (+128).
+    """Copy of ``model`` with every int8 activation Q/DQ pair moved to uint8 (+128), and
+    the float bias of each quantized Conv in the int32 form ORT's integer kernels take.
 
     Activations are the tensors a QuantizeLinear node produces; weights are stored already
-    quantized (DequantizeLinear only) and keep their int8 type.
+    quantized (DequantizeLinear only) and keep their int8 type. The file keeps float biases
+    because TensorRT rejects int32 ones; ORT's integer kernels given a float bias score
+    lower than with the int32 bias ORT's own quantizer would have written (docs/int8.md).
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    _int32_conv_biases(out)
     inits = _initializers(out)
     activation_zps = {
         n.input[_ZP_INPUT]
@@ -110,35 +140,60 @@ def int8_activations_to_uint8(model: onnx.ModelProto) -> onnx.ModelProto:
     stale = [vi for vi in out.graph.value_info if vi.name in retyped]
     for vi in stale:
         out.graph.value_info.remove(vi)
-    # Initializers no node uses any more would only bloat the file.
+    # Initializers no node uses any more would only bloat the model.
     used = {i for n in out.graph.node for i in n.input}
-    kept = [t for t in out.graph.initializer if t.name in used or t.name not in renamed]
+    kept = [t for t in out.graph.initializer if t.name in used]
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
     return out
 
 
-_EIGHT_BIT = frozenset({TensorProto.INT8, TensorProto.UINT8})
-
-
-def non_8bit_dequantize_inputs(model: onnx.ModelProto) -> list[str]:
-    """Names of DequantizeLinear nodes whose quantized input is not int8/uint8.
-
-    TensorRT's parser takes DequantizeLinear only on 8-bit (or FP8/INT4) data; ONNX Runtime's
-    default int32 bias quantization writes exactly such nodes. Types are read from
-    initializers, graph inputs and recorded value infos; an input of unknown type is not
-    reported.
-    """
-    types = {t.name: t.data_type for t in model.graph.initializer}
-    for value in (*model.graph.input, *model.graph.value_info):
-        types.setdefault(value.name, value.type.tensor_type.elem_type)
+def _int32_conv_biases(model: onnx.ModelProto) -> None:
+    """Replace, in place, the float bias of every Conv that ORT can fuse into an integer
+    kernel (input and weight from DequantizeLinear, output into QuantizeLinear) by int32
+    values behind a DequantizeLinear (scale = input scale x weight scale, zero point 0),
+    computed as ORT's quantizer computes them. Other Convs run in float on dequantized
+    values and keep their float bias, as does a bias outside the int32 range."""
+    inits = _initializers(model)
+    requantized = {n.input[0] for n in model.graph.node if n.op_type == _Q}
+    dq_scale = {
+        n.output[0]: numpy_helper.to_array(inits[n.input[1]])
+        for n in model.graph.node
+        if n.op_type == _DQ and n.input[1] in inits
+    }
+    added: list[onnx.NodeProto] = []
     for node in model.graph.node:
-        if node.op_type == _Q and len(node.input) > _ZP_INPUT:
-            zp_type = types.get(node.input[_ZP_INPUT])
-            if zp_type is not None:
-                types.setdefault(node.output[0], zp_type)
-    return [
-        node.name or node.output[0]
-        for node in model.graph.node
-        if node.op_type == _DQ and types.get(node.input[0], TensorProto.INT8) not in _EIGHT_BIT
-    ]
+        if node.op_type != "Conv" or len(node.input) < _ZP_INPUT + 1:
+            continue
+        x, w, b = node.input[0], node.input[1], node.input[2]
+        fusable = x in dq_scale and w in dq_scale and node.output[0] in requantized
+        if not fusable or b not in inits:
+            continue
+        bias = numpy_helper.to_array(inits[b])
+        scale = (dq_scale[x].astype(np.float32) * dq_scale[w].astype(np.float32)).reshape(-1)
+        values = np.round(bias.astype(np.float64) / scale.astype(np.float64))
+        limit = np.iinfo(np.int32)
+        if bias.dtype != np.float32 or np.any(values < limit.min) or np.any(values > limit.max):
+            continue
+        name = f"{b}_int32"
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(values.astype(np.int32), name),
+                numpy_helper.from_array(scale, f"{name}_scale"),
+                numpy_helper.from_array(np.zeros(scale.shape, np.int32), f"{name}_zero_point"),
+            ]
+        )
+        added.append(
+            onnx.helper.make_node(
+                _DQ,
+                [name, f"{name}_scale", f"{name}_zero_point"],
+                [f"{name}_dequantized"],
+                f"{name}_DequantizeLinear",
+                axis=0,
+            )
+        )
+        node.input[2] = f"{name}_dequantized"
+    # Initializer-only nodes first keeps the graph topologically sorted.
+    nodes = [*added, *model.graph.node]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
