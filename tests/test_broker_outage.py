@@ -9,6 +9,7 @@ set of received numbers must equal every number produced, outage included.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -159,6 +160,46 @@ def test_broker_outage_loses_nothing(tmp_path: Path) -> None:
         f"received {len(received)} ({len(received) - total} duplicates), spooled {peak.spooled}, "
         f"peak queue {peak.queued}, peak spool {peak.spool_bytes} B"
     )
+
+
+def test_a_second_outage_after_the_spool_was_replayed_loses_nothing(tmp_path: Path) -> None:
+    broker = _down_broker_with_session(tmp_path / "broker")
+    # Each outage queues fewer messages than memory holds (none dropped) but more than half
+    # of it, so the pump spills them to the spool.
+    per_outage, memory = 90, 100
+    config = MqttConfig(
+        port=broker.port,
+        queue=QueueConfig(max_memory_messages=memory, spool_dir=tmp_path / "spool"),
+    )
+    pub = MqttPublisher(config, "node1")
+    pub.start()
+    spooled = 0
+    try:
+        for outage in range(2):
+            if outage:
+                broker.stop()
+                _wait(lambda: not pub.connected, 10)
+            expected = set(range(outage * per_outage, (outage + 1) * per_outage))
+            for seq in sorted(expected):
+                _publish(pub, seq)
+            assert _settled(pub).spooled > spooled, "the backlog went to the spool"
+            spooled = pub.counters().spooled
+            broker.start()
+            sub = _checker(broker)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    sub.wait_for(lambda ms, e=expected: set(_seqs(ms)) >= e, 20)  # type: ignore[misc]
+                missing = expected - set(_seqs(sub.messages()))
+                assert not missing, f"outage {outage + 1}: {len(missing)} messages never arrived"
+                # The spool replayed and emptied before the next outage.
+                _wait(lambda: pub.counters().spool_bytes == 0, 10)
+            finally:
+                sub.close()
+        dropped = pub.counters().dropped_overflow
+    finally:
+        pub.stop(timeout=3)
+        broker.close()
+    assert dropped == 0
 
 
 def test_memory_bound_drops_oldest_first(tmp_path: Path) -> None:

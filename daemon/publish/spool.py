@@ -44,9 +44,12 @@ DB_NAME: Final = "spool.sqlite3"
 # Dropping at the bound frees this share of it at once, so a full spool does not pay one
 # DELETE per appended batch.
 _DROP_FRACTION: Final = 16
+# AUTOINCREMENT: SQLite otherwise gives a new row the largest id still in the table plus
+# one, so once every row is acknowledged and deleted, ids start again at 1, at or below the
+# read cursor, and ``read`` (ids above the cursor) would never hand those rows out.
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic BLOB NOT NULL,
     payload BLOB NOT NULL,
     qos INTEGER NOT NULL,
@@ -135,6 +138,7 @@ class DiskSpool:
             (verdict,) = db.execute("PRAGMA quick_check").fetchone()
             if verdict != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {verdict}")
+            _add_autoincrement(db)
         except BaseException:
             db.close()
             raise
@@ -308,6 +312,24 @@ class DiskSpool:
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
+
+
+def _add_autoincrement(db: sqlite3.Connection) -> None:
+    """Rebuild, rows and ids kept, a spool table created without AUTOINCREMENT (see
+    ``_SCHEMA``), so a spool written by an earlier edgewatch is safe to keep using."""
+    (sql,) = db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
+    ).fetchone()
+    if "AUTOINCREMENT" in sql.upper():
+        return
+    db.executescript(
+        "BEGIN IMMEDIATE;"
+        "ALTER TABLE messages RENAME TO messages_old;"
+        f"{_SCHEMA};"
+        "INSERT INTO messages SELECT * FROM messages_old;"
+        "DROP TABLE messages_old;"
+        "COMMIT;"
+    )
 
 
 def _row(message: OutMessage) -> tuple[bytes, bytes, int, int, int]:
