@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from daemon.publish.message import OutMessage
-from daemon.publish.spool import DB_NAME, DiskSpool, SpoolWriteError
+from daemon.publish.spool import DiskSpool, SpoolWriteError
 
 ROOT = "edgewatch/node1/"
 REPO = Path(__file__).resolve().parents[1]
@@ -53,30 +51,6 @@ def test_rows_appended_after_the_spool_emptied_are_handed_out(tmp_path: Path) ->
     assert spool.release(spool.cursor) == 5  # every row acknowledged: the table is empty
     spool.append(_messages(3, start=5))
     assert [m for _, m in spool.read(10)] == _messages(3, start=5)
-    spool.close()
-
-
-def test_a_spool_table_without_autoincrement_is_rebuilt_with_its_rows(tmp_path: Path) -> None:
-    with sqlite3.connect(tmp_path / DB_NAME) as db:  # the table an earlier edgewatch made
-        db.execute(
-            "CREATE TABLE messages (id INTEGER PRIMARY KEY, topic BLOB NOT NULL,"
-            " payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,"
-            " crc INTEGER NOT NULL)"
-        )
-        db.executemany(
-            "INSERT INTO messages (topic, payload, qos, retain, crc) VALUES (?, ?, 1, 0, ?)",
-            [
-                (t, m.payload, zlib.crc32(m.payload, zlib.crc32(t)))
-                for m in _messages(4)
-                for t in [m.topic.encode()]
-            ],
-        )
-    db.close()
-    spool = DiskSpool(tmp_path, 10_000_000, ROOT)
-    assert [m for _, m in spool.read(10)] == _messages(4)
-    spool.release(spool.cursor)
-    spool.append(_messages(2, start=4))
-    assert [m for _, m in spool.read(10)] == _messages(2, start=4)
     spool.close()
 
 

@@ -138,7 +138,6 @@ class DiskSpool:
             (verdict,) = db.execute("PRAGMA quick_check").fetchone()
             if verdict != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {verdict}")
-            _add_autoincrement(db)
         except BaseException:
             db.close()
             raise
@@ -312,24 +311,6 @@ class DiskSpool:
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
-
-
-def _add_autoincrement(db: sqlite3.Connection) -> None:
-    """Rebuild, rows and ids kept, a spool table created without AUTOINCREMENT (see
-    ``_SCHEMA``), so a spool written by an earlier edgewatch is safe to keep using."""
-    (sql,) = db.execute(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
-    ).fetchone()
-    if "AUTOINCREMENT" in sql.upper():
-        return
-    db.executescript(
-        "BEGIN IMMEDIATE;"
-        "ALTER TABLE messages RENAME TO messages_old;"
-        f"{_SCHEMA};"
-        "INSERT INTO messages SELECT * FROM messages_old;"
-        "DROP TABLE messages_old;"
-        "COMMIT;"
-    )
 
 
 def _row(message: OutMessage) -> tuple[bytes, bytes, int, int, int]:
