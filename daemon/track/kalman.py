@@ -17,7 +17,7 @@ being treated as if no time had passed.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -78,9 +78,16 @@ def initiate(measurements: F64) -> tuple[F64, F64]:
     return mean, cov
 
 
-def predict(mean: F64, cov: F64, elapsed_s: float) -> tuple[F64, F64]:
-    """States ``elapsed_s`` later: constant velocity, process noise proportional to time."""
-    k = max(elapsed_s, 0.0) / TIME_UNIT_S
+def predict(
+    mean: F64, cov: F64, elapsed_s: float | npt.NDArray[np.floating[Any]]
+) -> tuple[F64, F64]:
+    """States ``elapsed_s`` later: constant velocity, process noise proportional to time.
+
+    ``elapsed_s`` is one time for every track or one per track; a track given 0 comes back
+    unchanged, so a caller can predict all rows at once instead of gathering a subset."""
+    k = np.maximum(elapsed_s, 0.0) / TIME_UNIT_S
+    if np.ndim(k):
+        k = k[:, None]
     noise = mean[:, 3:4] * _MOTION_WEIGHT + _MOTION_FLOOR
     noise *= noise * k
     new_mean = mean.copy()
