@@ -94,9 +94,9 @@ def assign(cost: F64, limit: float) -> tuple[I64, I64]:
     per_row = np.add.reduce(ok, axis=1)
     per_col = np.add.reduce(ok, axis=0)
     r, c = ok.nonzero()
-    alone = (per_row[r] == 1) & (per_col[c] == 1)
-    if np.count_nonzero(alone) == len(alone):
+    if np.maximum.reduce(per_row) <= 1 and np.maximum.reduce(per_col) <= 1:
         return r, c
+    alone = (per_row[r] == 1) & (per_col[c] == 1)
     row_open = per_row > 0
     row_open[r[alone]] = False
     col_open = per_col > 0
@@ -149,7 +149,7 @@ class ByteTracker:
             # they are, cheaper than gathering and scattering the confirmed rows.
             self._mean, self._cov = kalman.predict(self._mean, self._cov, elapsed * confirmed)
         # A box without area has no aspect ratio for the Kalman state.
-        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        valid = np.logical_and.reduce(boxes[:, 2:] > boxes[:, :2], axis=1)
         high = valid & (scores >= cfg.high_threshold)
         low = valid & (scores > cfg.low_threshold) & (scores < cfg.high_threshold)
         # One IoU matrix (every track x every box) serves all three stages.
