@@ -59,3 +59,16 @@ def test_compact_filter_matches_the_full_matrices_over_irregular_time_steps() ->
             np.testing.assert_allclose(cov[i], _as_blocks(c), rtol=1e-9, atol=1e-12)
             # Nothing outside the 2 x 2 blocks ever becomes non-zero.
             assert np.count_nonzero(c) == 16
+
+
+def test_predict_with_a_time_per_track_leaves_zero_time_tracks_unchanged() -> None:
+    z = np.array([[320.0, 200.0, 0.45, 120.0], [40.0, 400.0, 1.8, 30.0], [90.0, 50.0, 1.0, 60.0]])
+    mean, cov = kalman.initiate(z)
+    mean, cov = kalman.update(*kalman.predict(mean, cov, 0.1), z + 3.0)  # non-zero velocities
+    per_mean, per_cov = kalman.predict(mean, cov, np.array([0.05, 0.0, 0.2]))
+    for i, elapsed in enumerate([0.05, 0.0, 0.2]):
+        one_mean, one_cov = kalman.predict(mean[i : i + 1], cov[i : i + 1], elapsed)
+        assert np.array_equal(per_mean[i], one_mean[0])
+        assert np.array_equal(per_cov[i], one_cov[0])
+    assert np.array_equal(per_mean[1], mean[1])
+    assert np.array_equal(per_cov[1], cov[1])
