@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.broker",
     "tests.fixtures.rtsp",
     "tests.fixtures.daemon",
+    "tests.fixtures.disk",
 ]
 
 

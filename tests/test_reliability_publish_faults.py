@@ -9,9 +9,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,20 +64,6 @@ def test_reload_keeps_the_dedup_key_unique_and_totals_counting(
     totals = [s["processed_total"] for s in stats]
     assert totals == sorted(totals), f"processed_total went back: {totals}"
     assert daemon.stop() == 0
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs: a spool disk that fills up."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount)], check=True
-    )
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_outage_on_a_full_spool_disk_is_reported_and_survived(

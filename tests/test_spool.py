@@ -9,10 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from daemon.publish.message import OutMessage
 from daemon.publish.spool import DiskSpool, SpoolWriteError
@@ -88,20 +85,6 @@ def test_a_process_killed_mid_write_leaves_whole_batches(tmp_path: Path) -> None
     assert len(rows) % BATCH == 0, "a torn batch is rolled back as a whole"
     assert spool.rejected == 0
     spool.close()
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount)], check=True
-    )
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_a_full_disk_rejects_the_whole_batch_and_keeps_the_rest(tiny_disk: Path) -> None:
