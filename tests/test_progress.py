@@ -80,6 +80,21 @@ def test_on_a_terminal_a_bar_is_drawn(terminal: tuple[int, int]) -> None:
     assert "4/4" in shown
 
 
+def _command_on_terminal(term: int, *args: str) -> int:
+    """Run ``python -m daemon --log-level warning ARGS`` with stderr on the terminal ``term``;
+    its exit status."""
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", "--log-level", "warning", *args],
+        stdout=subprocess.PIPE,
+        stderr=term,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO,
+    )
+    return result.returncode
+
+
 def test_detect_on_a_folder_shows_a_bar_on_a_terminal(
     terminal: tuple[int, int], tmp_path: Path, model_onnx: Path
 ) -> None:
@@ -89,19 +104,11 @@ def test_detect_on_a_folder_shows_a_bar_on_a_terminal(
     folder.mkdir()
     for image in images:
         (folder / image.name).symlink_to(image)
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "daemon", "--log-level", "warning", "detect"),
-            *("--model", str(model_onnx), str(folder), "--json", str(tmp_path / "out.json")),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=term,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=REPO,
-    )
-    assert result.returncode == 0
+    code = _command_on_terminal(
+        term, "detect", "--model", str(model_onnx), str(folder),
+        "--json", str(tmp_path / "out.json"),
+    )  # fmt: skip
+    assert code == 0
     shown = _read_all(controller)
     assert "detecting" in shown
     assert "3/3" in shown
@@ -111,20 +118,11 @@ def test_bench_backend_shows_a_bar_on_a_terminal(
     terminal: tuple[int, int], model_onnx: Path, videos: list[Path]
 ) -> None:
     controller, term = terminal
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "daemon", "--log-level", "warning", "bench", "backend"),
-            *("--model", str(model_onnx), "--batch", "1", "--seconds", "0.1"),
-            *("--imgsz", "320", "--videos", str(videos[0].parent)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=term,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=REPO,
-    )
-    assert result.returncode == 0
+    code = _command_on_terminal(
+        term, "bench", "backend", "--model", str(model_onnx), "--batch", "1",
+        "--seconds", "0.1", "--imgsz", "320", "--videos", str(videos[0].parent),
+    )  # fmt: skip
+    assert code == 0
     shown = _read_all(controller)
     assert "measuring" in shown
     assert "2/2" in shown
