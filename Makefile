@@ -5,7 +5,7 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 demo: bootstrap
-	.venv/bin/python -m bench.demo --duration $${DURATION:-60}
+	.venv/bin/python -m daemon.cli --log-level warning bench demo --duration $${DURATION:-60}
 
 lint: bootstrap
 	.venv/bin/ruff check .

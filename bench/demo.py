@@ -1,5 +1,6 @@
-"""The demo behind ``make demo``: the shared sample videos as cameras, ONNX Runtime on the
-CPU, a real local mosquitto, and a live per-camera fps table, for a bounded time.
+"""The demo behind ``make demo`` (``edgewatch bench demo``): the shared sample videos as
+cameras, ONNX Runtime on the CPU, a real local mosquitto, and a live per-camera fps table,
+for a bounded time.
 
 It runs the same ``Service`` as ``edgewatch run``; the only difference is that the broker is
 started here on a free port and a subscriber counts what arrives, to show the output is real.
@@ -7,10 +8,8 @@ started here on a free port and a subscriber counts what arrives, to show the ou
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -21,8 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.local.broker import Mosquitto
 from daemon.app import serve
-from daemon.config.load import load_config_or_exit
-from daemon.logs import setup_logging
+from daemon.config.model import AppConfig
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -75,14 +73,8 @@ class _Counter:
         self._client.disconnect()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", type=Path, default=DEMO_CONFIG)
-    parser.add_argument("--duration", type=float, default=60.0)
-    args = parser.parse_args(argv)
-    setup_logging("warning")
-
-    config = load_config_or_exit(args.config)
+def run_demo(config: AppConfig, duration_s: float) -> int:
+    """Serve ``config`` for ``duration_s`` against a local broker; print what arrived."""
     with Mosquitto() as broker:
         config = dataclasses.replace(
             config, mqtt=dataclasses.replace(config.mqtt, port=broker.port)
@@ -90,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         counter = _Counter(broker.port, config.mqtt.topic_prefix)
         print(
             f"edgewatch demo: {len(config.enabled_cameras)} cameras, "
-            f"broker 127.0.0.1:{broker.port}, {args.duration:.0f} s (Ctrl-C stops early)",
+            f"broker 127.0.0.1:{broker.port}, {duration_s:.0f} s (Ctrl-C stops early)",
             flush=True,
         )
         try:
-            rc = serve(config, args.duration, table=True)
+            rc = serve(config, duration_s, table=True)
         finally:
             counter.close()
     print("\nMQTT messages received per camera:", dict(sorted(counter.messages.items())))
@@ -102,7 +94,3 @@ def main(argv: list[str] | None = None) -> int:
     print("\ntracked objects and line crossings (from the events topic):")
     print(counter.tracking_table())
     return rc
-
-
-if __name__ == "__main__":
-    sys.exit(main())

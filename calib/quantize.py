@@ -10,7 +10,7 @@ Two recipes (numbers for both in docs/int8.md, measured on coco_calib -> coco_ev
   with full 8-bit weights, leaving TensorRT free to fuse Conv + SiLU in higher precision.
 
 Common to both, because TensorRT's explicit quantization demands it and one file serves
-every backend (ORT CPU runs it through ``daemon.infer.qdq.int8_activations_to_uint8``, an
+every backend (ORT CPU runs it through ``engines.qdq.int8_activations_to_uint8``, an
 in-memory re-encoding into ORT's integer form): activations int8 *symmetric* (zero point
 0), weights int8 per-channel symmetric, biases kept float (TensorRT's parser rejects an
 int32 DequantizeLinear; ORT's default would write one per Conv). The Detect head's decode
@@ -31,8 +31,8 @@ import onnx
 
 from calib.images import CalibrationImage, iter_letterboxed, to_network_input
 from calib.metadata import Int8Record, write_metadata
-from daemon.infer.qdq import non_8bit_dequantize_inputs
 from daemon.monitor.brightness import BrightnessRange
+from engines.qdq import non_8bit_dequantize_inputs
 
 log = logging.getLogger(__name__)
 

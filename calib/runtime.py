@@ -1,7 +1,7 @@
 """Throughput of backends on ONNX Runtime CPU, measured so a shared machine hits them alike.
 
 INT8 models need no special loading: ``OnnxRuntimeBackend`` re-encodes int8-activation Q/DQ
-models for the CPU integer kernels itself (``daemon.infer.qdq``).
+models for the CPU integer kernels itself (``engines.qdq``).
 """
 
 from __future__ import annotations

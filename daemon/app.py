@@ -17,7 +17,6 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from daemon.cli import EXIT_USAGE
 from daemon.config.load import ConfigError, diff_cameras, load_config
 from daemon.config.model import AppConfig
 from daemon.infer.backend import Backend
@@ -200,7 +199,12 @@ def withhold_secret_variables(config: AppConfig) -> dict[str, str]:
 
 
 class StartupError(Exception):
-    """The daemon cannot start for a reason the operator must fix; the message says which."""
+    """The daemon cannot start for reasons the operator must fix; ``problems`` says which,
+    one line each."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def _bind_metrics(
@@ -240,10 +244,8 @@ def serve(config: AppConfig, duration_s: float | None, table: bool) -> int:
     backend = load_backend(config.model)
     problems = filter_problems(config.enabled_cameras, backend.class_names, config.tracking)
     if problems:
-        for problem in problems:
-            print(f"edgewatch: config: {problem}", file=sys.stderr)
         backend.close()
-        return EXIT_USAGE
+        raise StartupError(*(f"config: {problem}" for problem in problems))
     drift = open_drift_monitor(config.model, backend)
 
     def print_table(text: str) -> None:

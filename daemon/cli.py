@@ -1,37 +1,40 @@
 """The ``edgewatch`` console script: one subcommand per job.
 
-Each subcommand lives in its own module exposing ``register(subparsers)``; a module imports
-its heavy dependencies (ultralytics, tensorrt, torch) only inside its handler, so
-``edgewatch --help`` and the daemon itself never load them.
+Each subcommand lives in its own module under ``daemon/commands/`` exposing
+``register(subparsers)``; a module imports its heavy dependencies (ultralytics, tensorrt,
+torch, the benchmarks) only inside its handler, so ``edgewatch --help`` and the daemon itself
+never load them. Only this layer prints usage errors or chooses the exit status.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-# Exit codes shared by every subcommand.
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+from daemon.commands import (
+    bench,
+    build_engine,
+    calib_collect,
+    calibrate,
+    check_config,
+    detect,
+    evaluate,
+    export,
+    run,
+)
 
-
-def usage_error(message: str) -> int:
-    """Report an operator mistake as one line on stderr (never a traceback); ``EXIT_USAGE``."""
-    print(message, file=sys.stderr)
-    return EXIT_USAGE
-
-
-_COMMAND_MODULES = (
-    "calib.cli",
-    "daemon.commands.run",
-    "daemon.commands.check_config",
-    "daemon.commands.detect",
-    "daemon.commands.export",
-    "engines.cli",
-    "bench.cli",
+# In ``edgewatch --help`` order.
+_COMMANDS = (
+    run,
+    check_config,
+    detect,
+    export,
+    calibrate,
+    evaluate,
+    calib_collect,
+    build_engine,
+    bench,
 )
 
 
@@ -44,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-format", default="logfmt", choices=["logfmt", "json"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for command in _COMMANDS:
+        command.register(sub)
     return parser
 
 

@@ -29,6 +29,7 @@ import onnx
 from daemon.config.model import Precision, TensorRTRuntime
 from engines.cache import EngineKey, Platform, atomic_write, write_engine
 from engines.export import ExportError, add_uint8_input, pin_input_hw, to_fp16
+from engines.feed import CalibrationFeed
 from engines.graph_checks import tensorrt_problems
 from engines.onnx_info import InputLayout, OnnxInfo, info_from_model, profile_shapes
 from engines.plan import (
@@ -83,7 +84,8 @@ class BuildRequest:
     engine_path: Path
     # Persistent timing cache file; rebuilds reuse the kernel timings measured before.
     timing_cache: Path | None
-    calibration_images: Path | None = None
+    # Batches for TensorRT 10's implicit INT8 calibrator (a float model built as INT8).
+    calibration: CalibrationFeed | None = None
     calibration_cache: Path | None = None
 
 
@@ -202,7 +204,7 @@ def build_engine(
         version,
         request.precision,
         info.traits,
-        calibration_data=request.calibration_images is not None,
+        calibration_data=request.calibration is not None,
         runtime=platform.runtime,
     )
     if on_plan is not None:
@@ -344,7 +346,7 @@ def _apply_plan(
         config.set_flag(trt_api.BuilderFlag.INT8)
     if plan.int8_source is not Int8Source.CALIBRATOR:
         return None
-    assert request.calibration_images is not None  # plan_build guarantees it
+    assert request.calibration is not None  # plan_build guarantees it
     from engines.calibrator import EntropyCalibrator
 
     calib_shape = (min(8, request.batch.max), *shapes[2][1:])
@@ -353,7 +355,7 @@ def _apply_plan(
     calib_profile.set_shape(prepared.input.name, calib_dims, calib_dims, calib_dims)
     config.set_calibration_profile(calib_profile)
     calibrator = EntropyCalibrator(
-        request.calibration_images,
+        request.calibration,
         prepared.input.layout,
         calib_shape,
         request.calibration_cache,

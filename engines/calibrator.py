@@ -8,22 +8,15 @@ is a Q/DQ model from ``edgewatch calibrate``. Imports TensorRT and PyCUDA: load 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
 import pycuda.driver as cuda
 import tensorrt as trt
 
-from calib.images import (
-    CalibrationImage,
-    iter_letterboxed,
-    list_calibration_images,
-    to_network_input,
-)
 from engines.cache import atomic_write, pack_calibration_cache, unpack_calibration_cache
+from engines.feed import CalibrationFeed
 from engines.onnx_info import InputLayout
 
 if TYPE_CHECKING:
@@ -32,25 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def calibration_batches(
-    images: Sequence[CalibrationImage], layout: InputLayout, shape: tuple[int, ...]
-) -> Iterator[npt.NDArray[np.uint8] | npt.NDArray[np.float32]]:
-    """Full batches of letterboxed images in the network input's layout; the images of a
-    partial last batch are left out (TensorRT calibrates on fixed-shape batches). An unreadable
-    image raises ``ImageError``."""
-    batch = shape[0]
-    hw = (shape[1], shape[2]) if layout is InputLayout.UINT8_NHWC else (shape[2], shape[3])
-    # Skipping an unreadable image would shift the rest and leave a partial batch at the end.
-    full = images[: len(images) - len(images) % batch]
-    for letterboxed in iter_letterboxed(full, hw, batch, skip_unreadable=False):
-        if layout is InputLayout.UINT8_NHWC:
-            yield letterboxed.images
-        else:
-            yield to_network_input(letterboxed.images)
-
-
 class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-    """Feeds letterboxed calibration images; reuses a calibration cache file when it was
+    """Feeds the batches of a ``CalibrationFeed``; reuses a calibration cache file when it was
     written for the same model (``model_sha256``).
 
     TensorRT calls it from the building thread, in which the CUDA context is current.
@@ -58,23 +34,22 @@ class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
 
     def __init__(
         self,
-        folder: Path,
+        feed: CalibrationFeed,
         layout: InputLayout,
         shape: tuple[int, ...],
         cache: Path | None,
         model_sha256: str,
     ) -> None:
         trt.IInt8EntropyCalibrator2.__init__(self)
-        images = list_calibration_images(folder)
-        if len(images) < shape[0]:
-            raise ValueError(f"{folder} holds {len(images)} images, at least {shape[0]} needed")
-        self._batches = calibration_batches(images, layout, shape)
+        if len(feed) < shape[0]:
+            raise ValueError(f"{feed.name} holds {len(feed)} images, at least {shape[0]} needed")
+        self._batches = feed.batches(layout, shape)
         self._batch_size = shape[0]
         self._cache = cache
         self._model_sha256 = model_sha256
         dtype = np.uint8 if layout is InputLayout.UINT8_NHWC else np.float32
         self._device = cuda.mem_alloc(int(np.prod(shape)) * np.dtype(dtype).itemsize)
-        log.info("INT8 calibration", extra={"images": len(images), "batch": shape[0]})
+        log.info("INT8 calibration", extra={"images": len(feed), "batch": shape[0]})
 
     def get_batch_size(self) -> int:
         return self._batch_size

@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto
 
-from daemon.infer.qdq import non_8bit_dequantize_inputs
+from engines.qdq import non_8bit_dequantize_inputs
 
 
 def _image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto | None:

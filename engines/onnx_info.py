@@ -9,8 +9,8 @@ from pathlib import Path
 
 import onnx
 
-from daemon.infer.qdq import has_qdq, summarize
 from engines.plan import BatchProfile, ModelTraits
+from engines.qdq import has_qdq, summarize
 
 _CHUNK = 1 << 20
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from daemon.cli import EXIT_FAILURE, EXIT_USAGE, main
-from daemon.infer.qdq import int8_activations_to_uint8, non_8bit_dequantize_inputs, summarize
+from daemon.cli import main
+from daemon.commands.exit_codes import EXIT_FAILURE, EXIT_USAGE
+from engines.qdq import int8_activations_to_uint8, non_8bit_dequantize_inputs, summarize
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""``daemon.infer.qdq`` on small real Q/DQ graphs: ``non_8bit_dequantize_inputs`` (the
+"""``engines.qdq`` on small real Q/DQ graphs: ``non_8bit_dequantize_inputs`` (the
 static form of TensorRT's parser rule that a DequantizeLinear input must be 8-bit) and the
 ORT CPU form's int32 Conv biases."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from daemon.infer.qdq import int8_activations_to_uint8, non_8bit_dequantize_inputs
+from engines.qdq import int8_activations_to_uint8, non_8bit_dequantize_inputs
 
 BIAS = np.array([0.01, -0.01], np.float32)
 

@@ -15,7 +15,7 @@ from onnx import TensorProto, numpy_helper
 
 from calib.images import list_calibration_images
 from calib.quantize import QuantizeOptions, quantize
-from daemon.infer.qdq import non_8bit_dequantize_inputs, summarize
+from engines.qdq import non_8bit_dequantize_inputs, summarize
 
 # Convs of yolov8n outside the Detect head's decode (its DFL conv stays float).
 QUANTIZED_CONVS = 63

@@ -10,7 +10,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from daemon.infer.qdq import non_8bit_dequantize_inputs
 from engines.builder import EngineBuildError, prepare_model
 from engines.export import add_uint8_input, pin_input_hw
 from engines.graph_checks import (
@@ -24,6 +23,7 @@ from engines.graph_checks import (
 )
 from engines.onnx_info import read_onnx_info
 from engines.plan import BuildPlan, Int8Source
+from engines.qdq import non_8bit_dequantize_inputs
 
 
 def _graph(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], opset: int = 18,

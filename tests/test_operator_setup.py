@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.local.daemon import edgewatch_executable
-from daemon.cli import EXIT_USAGE
+from daemon.commands.exit_codes import EXIT_USAGE
 from daemon.config.errors import ConfigError
 from daemon.config.load import MAX_CONFIG_BYTES, load_config, load_config_with_warnings
 from daemon.config.permissions import SECRETS_READABLE_BY_OTHERS, WRITABLE_BY_OTHERS

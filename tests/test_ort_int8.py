@@ -15,9 +15,9 @@ import pytest
 from calib.images import list_calibration_images
 from calib.quantize import QuantizeOptions, quantize
 from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
-from daemon.infer.qdq import summarize
 from daemon.postprocess.match import Agreement, match
 from daemon.stills import detect_images, list_images
+from engines.qdq import summarize
 
 EVAL_IMAGES = 16
 # Loose on purpose: 8 calibration images with min/max ranges make a coarse INT8 model;

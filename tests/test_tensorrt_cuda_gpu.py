@@ -91,7 +91,7 @@ def test_backend_on_real_cuda(
     import cv2
     import pycuda.driver as cuda
 
-    from engines.gpu import context_current, retain_context
+    from daemon.infer.cuda import context_current, retain_context
 
     images = sorted((shared_dir / "datasets" / "coco_eval" / "images").glob("*.jpg"))[:MAX_BATCH]
     frames = np.asarray(

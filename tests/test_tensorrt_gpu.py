@@ -12,11 +12,11 @@ import pytest
 
 from daemon.config.model import BackendKind, ModelConfig, Precision, TensorRTConfig, TensorRTRuntime
 from daemon.infer.backend import Backend
+from daemon.infer.cuda import GpuUnavailable, detect_platform
 from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 from daemon.postprocess.match import Agreement, match
 from daemon.postprocess.yolo import Detections
 from daemon.stills import detect_images, list_images
-from engines.gpu import GpuUnavailable, detect_platform
 from engines.runtime import load_runtime, runtime_missing
 from tests.fixtures.data import COCO_CALIB, COCO_EVAL, SHARED
 
@@ -98,10 +98,11 @@ def test_int8_engine_matches_onnxruntime(
 ) -> None:
     import tensorrt as trt
 
+    from calib.feed import ImageFolderFeed
+    from daemon.infer.cuda import context_current, retain_context
     from daemon.infer.tensorrt_backend import load
     from engines.builder import BuildRequest, build_engine
     from engines.cache import EngineCache, EngineKey
-    from engines.gpu import context_current, retain_context
     from engines.onnx_info import read_onnx_info
     from engines.plan import BatchProfile, TrtVersion
 
@@ -120,7 +121,7 @@ def test_int8_engine_matches_onnxruntime(
         workspace_mb=2048,
         engine_path=EngineCache(engine_cache).engine_path(key),
         timing_cache=engine_cache / "timing.cache",
-        calibration_images=None if qdq.is_file() else COCO_CALIB / "images",
+        calibration=None if qdq.is_file() else ImageFolderFeed(COCO_CALIB / "images"),
         calibration_cache=engine_cache / "calib.cache",
     )
     ctx = retain_context()

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.cli import EXIT_USAGE, main
+from daemon.cli import main
+from daemon.commands.exit_codes import EXIT_USAGE
 from daemon.config.model import (
     BackendKind,
     ModelConfig,
@@ -23,6 +24,7 @@ from daemon.config.model import (
     TensorRTRuntime,
 )
 from daemon.infer.backend import BackendError, parse_class_names
+from daemon.infer.cuda import GpuUnavailable, detect_platform, retain_context
 from daemon.infer.factory import fallback_model, load_backend
 from daemon.infer.slots import SlotPool
 from daemon.infer.tensorrt_backend import (
@@ -34,7 +36,6 @@ from daemon.infer.tensorrt_backend import (
     numpy_dtype,
 )
 from engines.cache import EngineCache, EngineKey, Platform, write_engine
-from engines.gpu import GpuUnavailable, detect_platform, retain_context
 from engines.onnx_info import file_sha256
 from engines.plan import BatchProfile
 from engines.runtime import runtime_missing
@@ -242,7 +243,7 @@ class FakeDriver:
 
 @pytest.fixture
 def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> FakeDriver:
-    """A fake TensorRT 10.3 and a PyCUDA driver for one Orin, only what engines.gpu calls."""
+    """A fake TensorRT 10.3 and a PyCUDA driver for one Orin, only what daemon.infer.cuda calls."""
     driver = FakeDriver()
 
     class Error(Exception):
@@ -307,7 +308,7 @@ def test_detect_platform_creates_no_context(
 ) -> None:
     tree = tmp_path / "model"
     tree.write_bytes(b"NVIDIA Jetson Orin NX Engineering Reference Developer Kit\0")
-    monkeypatch.setattr("engines.gpu.DEVICE_TREE_MODEL", tree)
+    monkeypatch.setattr("daemon.infer.cuda.DEVICE_TREE_MODEL", tree)
     platform = detect_platform(sys.modules["tensorrt"])
     assert platform == dataclasses.replace(
         ORIN, board="NVIDIA Jetson Orin NX Engineering Reference Developer Kit", multiprocessors=16

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import EXIT_OK, EXIT_USAGE
-from daemon.config.load import load_config_or_exit
+from daemon.commands.config_file import load_or_report
+from daemon.commands.exit_codes import EXIT_OK, EXIT_USAGE
 from daemon.config.model import AppConfig
 
 
@@ -32,7 +32,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: load ``args.file`` (exits with status 2 on problems) and print the summary."""
-    config = load_config_or_exit(args.file)
+    config = load_or_report(args.file)
+    if config is None:
+        return EXIT_USAGE
     problems = model_problems(config)
     if problems:
         for problem in problems:

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import EXIT_FAILURE, EXIT_OK, usage_error
+from daemon.commands.exit_codes import EXIT_FAILURE, EXIT_OK, usage_error
 from daemon.config.model import BackendKind
 
 

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import EXIT_OK, usage_error
+from daemon.commands.exit_codes import EXIT_OK, usage_error
 
 
 def register(sub: Any) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import usage_error
+from daemon.commands.config_file import load_or_report
+from daemon.commands.exit_codes import EXIT_USAGE, usage_error
 
 
 def register(sub: Any) -> None:
@@ -24,14 +26,24 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from daemon.app import StartupError, serve
-    from daemon.config.load import load_config_or_exit
+    from daemon.app import serve
+
+    config = load_or_report(args.config)
+    if config is None:
+        return EXIT_USAGE
+    return serve_reporting(lambda: serve(config, args.duration, args.fps_table))
+
+
+def serve_reporting(serve: Callable[[], int]) -> int:
+    """Run ``serve``; what stops the daemon from starting becomes one line each, exit 2."""
+    from daemon.app import StartupError
     from daemon.infer.backend import BackendError
 
-    config = load_config_or_exit(args.config)
     try:
-        return serve(config, args.duration, args.fps_table)
+        return serve()
     except BackendError as err:
         return usage_error(f"edgewatch: model: {err}")
     except StartupError as err:
-        return usage_error(f"edgewatch: {err}")
+        for problem in err.problems:
+            usage_error(f"edgewatch: {problem}")
+        return EXIT_USAGE

@@ -29,7 +29,6 @@ import difflib
 import logging
 import os
 import stat
-import sys
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,7 +38,6 @@ from typing import Any, Final, Union, get_args, get_origin, get_type_hints
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from daemon.cli import EXIT_USAGE
 from daemon.config.errors import BadValue, ConfigError, ConfigProblem, ConfigWarning
 from daemon.config.model import (
     AppConfig,
@@ -73,7 +71,6 @@ __all__ = [
     "LoadResult",
     "diff_cameras",
     "load_config",
-    "load_config_or_exit",
     "load_config_with_warnings",
 ]
 
@@ -179,16 +176,6 @@ def _read_config_text(path: Path, file: str) -> str:
     except UnicodeDecodeError as exc:
         message = f"not UTF-8 text (byte offset {exc.start})"
         raise ConfigError([ConfigProblem(file, message)]) from None
-
-
-def load_config_or_exit(path: Path) -> AppConfig:
-    """For commands: load ``path``, or print each problem to stderr and exit with status 2."""
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
 
 
 def _join(prefix: str, name: str) -> str:

@@ -23,7 +23,7 @@ half the frame rate of four. Only a batch smaller than the number of sessions (o
 runs in the one session with all threads, for its latency.
 
 An INT8 Q/DQ model with int8 (TensorRT-style) activations is re-encoded in memory to uint8
-activations when it runs on the CPU provider (``daemon.infer.qdq``): ORT's x86 kernels fuse
+activations when it runs on the CPU provider (``engines.qdq``): ORT's x86 kernels fuse
 only that form into integer ops; the int8 form would run unfused at ~0.6x FP32 speed.
 """
 
@@ -51,7 +51,7 @@ from daemon.infer.backend import (
     check_batch,
     parse_class_names,
 )
-from daemon.infer.qdq import int8_activations_to_uint8, summarize
+from engines.qdq import int8_activations_to_uint8, summarize
 
 log = logging.getLogger(__name__)
 

@@ -251,7 +251,7 @@ class TensorRTBackend:
         slots: int = DEFAULT_SLOTS,
         device: int = 0,
     ) -> None:
-        from engines.gpu import context_current, retain_context, shares_host_memory
+        from daemon.infer.cuda import context_current, retain_context, shares_host_memory
 
         self._trt = trt_api
         self._input_hw = input_hw
@@ -384,7 +384,7 @@ class TensorRTBackend:
 
     def infer(self, batch: UInt8Batch) -> FloatArray:
         """Run ``batch`` on this thread's slot; returns a view of its pinned output buffer."""
-        from engines.gpu import context_current
+        from daemon.infer.cuda import context_current
 
         check_batch(batch, self._max_batch, self._input_hw, dynamic_hw=False)
         if self._closed:
@@ -424,7 +424,7 @@ class TensorRTBackend:
         only then give the context back: PyCUDA skips destroying what outlives its context
         (a leak), so nothing of a slot may stay referenced past ``detach``. Arrays returned by
         ``infer`` are invalid afterwards."""
-        from engines.gpu import context_current
+        from daemon.infer.cuda import context_current
 
         if self._closed:
             return
@@ -471,8 +471,8 @@ def _host_allocation(array: npt.NDArray[Any]) -> cuda.HostAllocation:
 
 
 def _build_on_start(model: ModelConfig, choice: EngineChoice, trt_api: ModuleType) -> None:
+    from daemon.infer.cuda import context_current, retain_context
     from engines.builder import BuildRequest, EngineBuildError, build_engine, timing_cache_path
-    from engines.gpu import context_current, retain_context
     from engines.onnx_info import read_onnx_info
     from engines.plan import UnsupportedBuild
 
@@ -507,7 +507,7 @@ def _build_on_start(model: ModelConfig, choice: EngineChoice, trt_api: ModuleTyp
 
 def load(model: ModelConfig) -> TensorRTBackend:
     """Factory entry point (``daemon.infer.factory``): ``BackendError`` for every failure."""
-    from engines.gpu import detect_platform
+    from daemon.infer.cuda import detect_platform
     from engines.runtime import RuntimeMissing, load_runtime
 
     runtime = model.tensorrt.runtime
@@ -524,7 +524,7 @@ def load(model: ModelConfig) -> TensorRTBackend:
 def _gpu_required() -> Iterator[None]:
     """Report a missing or unusable GPU as ``BackendError``, the error the factory falls back
     to ONNX Runtime on and logs for the operator."""
-    from engines.gpu import GpuUnavailable
+    from daemon.infer.cuda import GpuUnavailable
 
     try:
         yield

@@ -1,4 +1,4 @@
-"""``edgewatch calibrate``, ``edgewatch evaluate`` and ``edgewatch calib collect``."""
+"""``edgewatch calibrate``: quantize a model to Q/DQ INT8, gated on accuracy."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon.cli import EXIT_FAILURE, EXIT_OK, usage_error
+from daemon.commands.argtypes import positive_int
+from daemon.commands.exit_codes import EXIT_FAILURE, EXIT_OK, usage_error
 
 if TYPE_CHECKING:
     from calib.evaluate import MapReport
@@ -23,38 +24,7 @@ _BENCH_BATCH = 8
 
 
 def register(sub: Any) -> None:
-    """Add the three subcommands to the ``edgewatch`` parser."""
-    _register_calibrate(sub)
-    _register_evaluate(sub)
-    calib: argparse.ArgumentParser = sub.add_parser(
-        "calib", help="calibration data tools", description="Calibration data tools."
-    )
-    calib_sub = calib.add_subparsers(dest="calib_command", required=True, metavar="COMMAND")
-    collect = calib_sub.add_parser(
-        "collect",
-        help="sample calibration frames from the configured cameras",
-        description="Sample frames from the configured cameras over time, spread across "
-        "cameras and brightness, skipping near-duplicates; write JPEGs and manifest.json.",
-    )
-    collect.add_argument("--config", required=True, type=Path, help="daemon config YAML")
-    collect.add_argument("--out", required=True, type=Path, help="output folder")
-    collect.add_argument("--frames", required=True, type=_positive_int, help="frames to keep")
-    collect.add_argument(
-        "--interval",
-        type=float,
-        default=2.0,
-        help="seconds between samples of one camera (default 2)",
-    )
-    collect.add_argument(
-        "--max-duration",
-        type=float,
-        default=600.0,
-        help="stop sampling after this many seconds (default 600)",
-    )
-    collect.set_defaults(handler=_collect)
-
-
-def _register_calibrate(sub: Any) -> None:
+    """Add the ``calibrate`` subcommand."""
     from calib.gate import MIN_REFERENCE_MAP
     from calib.quantize import DEFAULT_RECIPE, METHODS, RECIPES
 
@@ -105,45 +75,9 @@ def _register_calibrate(sub: Any) -> None:
         help="node-name prefix to keep in float, repeatable ('decode' = the Detect "
         "head's decode; default: decode only)",
     )
-    p.add_argument("--max-images", type=_positive_int, help="use at most this many images")
+    p.add_argument("--max-images", type=positive_int, help="use at most this many images")
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = auto)")
     p.set_defaults(handler=_calibrate)
-
-
-def _register_evaluate(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "evaluate",
-        help="mAP of a model on labelled images, or its agreement with a reference model",
-        description="COCO mAP50-95/mAP50 through the daemon's own pre/post-processing (with "
-        "--labels), or detection agreement F1 against a reference model (with --reference).",
-    )
-    p.add_argument("--model", required=True, type=Path, help="ONNX model")
-    p.add_argument("--images", required=True, type=Path, help="image folder")
-    mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--labels", type=Path, help="YOLO label folder")
-    mode.add_argument("--reference", type=Path, help="reference (FP32) model for agreement")
-    p.add_argument("--json", type=Path, metavar="OUT", help="also write the result as JSON")
-    p.add_argument(
-        "--single-label",
-        action="store_true",
-        help="decode one class per anchor as the daemon does (default: Ultralytics "
-        "val's multi-label NMS)",
-    )
-    p.add_argument(
-        "--conf",
-        type=float,
-        default=None,
-        help="confidence threshold (default 0.001 for mAP, 0.25 for agreement)",
-    )
-    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = auto)")
-    p.set_defaults(handler=_evaluate)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -153,14 +87,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     from calib.labels import LabelError
     from calib.quantize import DEFAULT_FLOAT_BLOCKS, QuantizeError, QuantizeOptions, quantize
     from daemon.infer.backend import BackendError
-    from daemon.stills import ImageError
+    from daemon.stills import ImageError, list_images
 
     problem = _calibrate_arg_problem(args)
     if problem:
         return usage_error(f"error: {problem}")
     try:
         images = list_calibration_images(args.images)
-        eval_images = _eval_images(args.eval_images) if args.eval_images else None
+        eval_images = list_images([args.eval_images]) if args.eval_images else None
     except (CalibrationDataError, ValueError) as exc:
         return usage_error(f"error: {exc}")
     if args.max_images:
@@ -236,12 +170,6 @@ def _calibrate_arg_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _eval_images(folder: Path) -> list[Path]:
-    from daemon.stills import list_images
-
-    return list_images([folder])
-
-
 def _reference_map(args: argparse.Namespace, eval_images: list[Path]) -> MapReport:
     """FP32 mAP on the gate's images, refused (``GateError``) when it is implausibly low."""
     from calib.evaluate import evaluate_map
@@ -282,65 +210,3 @@ def _run_gate(
         f"throughput batch {batch.shape[0]}: fp32 {fp32_ips:.1f} img/s, int8 {int8_ips:.1f} img/s"
     )
     return GateResult(fp32_map, int8_map, args.max_map_drop, int8_ips / fp32_ips)
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from calib.evaluate import EvalSettings, EvaluationError, evaluate_agreement, evaluate_map
-    from calib.labels import LabelError
-    from daemon.infer.backend import BackendError
-    from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
-    from daemon.stills import ImageError
-
-    for path in (args.model, args.reference):
-        if path is not None and not path.is_file():
-            return usage_error(f"error: model not found: {path}")
-    if args.labels is not None and not args.labels.is_dir():
-        return usage_error(f"error: label folder not found: {args.labels}")
-    try:
-        images = _eval_images(args.images)
-        backend = OnnxRuntimeBackend(args.model, intra_op_threads=args.threads, max_batch=8)
-        if args.labels is not None:
-            settings = EvalSettings(
-                conf=0.001 if args.conf is None else args.conf, multi_label=not args.single_label
-            )
-            result: dict[str, Any] = asdict(evaluate_map(backend, images, args.labels, settings))
-            line = f"mAP50-95={result['map50_95']:.4f} mAP50={result['map50']:.4f}"
-        else:
-            reference = OnnxRuntimeBackend(
-                args.reference, intra_op_threads=args.threads, max_batch=8
-            )
-            counts = evaluate_agreement(
-                backend, reference, images, conf=0.25 if args.conf is None else args.conf
-            )
-            result = {
-                **asdict(counts),
-                "f1": counts.f1,
-                "precision": counts.precision,
-                "recall": counts.recall,
-                "images": len(images),
-            }
-            line = (
-                f"agreement F1={counts.f1:.4f} precision={counts.precision:.4f} "
-                f"recall={counts.recall:.4f}"
-            )
-    except (ImageError, LabelError, EvaluationError, BackendError) as exc:
-        return usage_error(f"error: {exc}")
-    print(line)
-    if args.json is not None:
-        args.json.write_text(json.dumps({"model": str(args.model), **result}, indent=1))
-    return EXIT_OK
-
-
-def _collect(args: argparse.Namespace) -> int:
-    from calib.collect import CollectOptions, collect
-    from daemon.config.load import load_config_or_exit
-
-    config = load_config_or_exit(args.config)
-    if not config.enabled_cameras:
-        return usage_error(f"error: {args.config}: no enabled cameras")
-    options = CollectOptions(
-        frames=args.frames, interval_s=args.interval, max_duration_s=args.max_duration
-    )
-    written = collect(config, args.out, options)
-    print(f"wrote {written} frames and manifest.json to {args.out}")
-    return EXIT_OK if written else EXIT_FAILURE

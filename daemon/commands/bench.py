@@ -1,17 +1,26 @@
-"""``edgewatch bench backend|e2e|track``: the benchmark harness (see bench/README.md)."""
+"""``edgewatch bench backend|e2e|track``: the benchmarks (see bench/README.md).
+
+The benchmark code (``bench/``) and the local broker and RTSP server it starts live in the
+source checkout, not in the installed package: each handler imports them when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
+from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, usage_error
+from daemon.commands.config_file import load_or_report
+from daemon.commands.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, usage_error
+from daemon.commands.run import serve_reporting
 
-_REPO = Path(__file__).resolve().parents[1]
+_REPO = Path(__file__).resolve().parents[2]
 # Same override as the tests: the shared data folder beside the checkout unless told otherwise.
 _SHARED = Path(os.environ.get("EDGEWATCH_SHARED", _REPO.parent / "shared"))
 _DEFAULT_ONNX = _SHARED / "models" / "yolov8n.onnx"
@@ -42,6 +51,7 @@ def _hw(text: str) -> tuple[int, int]:
 
 
 def register(sub: Any) -> None:
+    """Add ``bench`` and its kinds."""
     bench: argparse.ArgumentParser = sub.add_parser(
         "bench", help="benchmarks: backend ceiling, end-to-end vs Ultralytics",
         description="Reproducible benchmarks; see bench/README.md.",
@@ -58,7 +68,7 @@ def register(sub: Any) -> None:
     b.add_argument("--videos", type=Path, default=_DEFAULT_VIDEOS, help="real frames from here")
     b.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
     b.add_argument("--json", type=Path, default=None, help="write the results here")
-    b.set_defaults(handler=_backend)
+    b.set_defaults(handler=_from_checkout(_backend))
 
     e = kinds.add_parser("e2e", help="end-to-end multi-camera run, optionally vs Ultralytics")
     e.add_argument("--cameras", type=int, default=4)
@@ -81,13 +91,42 @@ def register(sub: Any) -> None:
     e.add_argument("--json", type=Path, default=None)
     e.add_argument("--plot", type=Path, default=None, help="PNG of a --sweep")
     e.add_argument("--workdir", type=Path, default=None, help="keep configs and logs here")
-    e.set_defaults(handler=_e2e)
+    e.set_defaults(handler=_from_checkout(_e2e))
 
     t = kinds.add_parser("track", help="object tracker cost per camera-frame")
     t.add_argument("--boxes", type=int, default=50, help="objects in view")
     t.add_argument("--frames", type=int, default=2000)
     t.add_argument("--json", type=Path, default=None)
-    t.set_defaults(handler=_track)
+    t.set_defaults(handler=_from_checkout(_track))
+
+    d = kinds.add_parser("demo", help="the sample cameras against a local broker (make demo)")
+    d.add_argument("--config", type=Path, default=_REPO / "configs" / "demo.yaml")
+    d.add_argument("--duration", type=float, default=60.0, help="seconds to run")
+    d.set_defaults(handler=_from_checkout(_demo))
+
+
+def _from_checkout(
+    handler: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """``handler``, refused with a usage error where ``bench/`` is not importable (an
+    installed package without the source checkout)."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        if find_spec("bench") is None:
+            return usage_error("edgewatch bench: the benchmarks run from a source checkout")
+        return handler(args)
+
+    return run
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bench.demo import run_demo
+
+    config = load_or_report(args.config)
+    if config is None:
+        return EXIT_USAGE
+    return serve_reporting(lambda: run_demo(config, args.duration))
 
 
 def _track(args: argparse.Namespace) -> int:

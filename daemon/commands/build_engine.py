@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from daemon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from daemon.commands.argtypes import positive_int
+from daemon.commands.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from daemon.config.model import Precision, TensorRTConfig, TensorRTRuntime
 from engines.plan import BatchProfile, BuildPlan
 
@@ -21,17 +22,8 @@ def _batch(text: str) -> BatchProfile:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def register(sub: Any) -> None:
+    """Add the ``build-engine`` subcommand."""
     defaults = TensorRTConfig()
     parser: argparse.ArgumentParser = sub.add_parser(
         "build-engine",
@@ -56,10 +48,10 @@ def register(sub: Any) -> None:
         metavar="MIN:OPT:MAX",
         help="dynamic batch profile (default 1:8:8)",
     )
-    parser.add_argument("--imgsz", type=_positive, default=640, help="input height and width")
+    parser.add_argument("--imgsz", type=positive_int, default=640, help="input height and width")
     parser.add_argument(
         "--workspace",
-        type=_positive,
+        type=positive_int,
         default=defaults.workspace_mb,
         metavar="MB",
         help="builder workspace memory pool limit",
@@ -85,8 +77,9 @@ def register(sub: Any) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from calib.images import CalibrationDataError
+    from daemon.infer.cuda import GpuUnavailable
     from engines.builder import EngineBuildError
-    from engines.gpu import GpuUnavailable
     from engines.onnx_info import ModelFileError
     from engines.plan import UnsupportedBuild
     from engines.runtime import RuntimeMissing
@@ -98,7 +91,7 @@ def _build(args: argparse.Namespace) -> int:
     # error; a machine or TensorRT that fails is a failure.
     try:
         built = _build_engine(args)
-    except (ModelFileError, UnsupportedBuild) as exc:
+    except (ModelFileError, UnsupportedBuild, CalibrationDataError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     except (RuntimeMissing, GpuUnavailable) as exc:
@@ -114,9 +107,10 @@ def _build(args: argparse.Namespace) -> int:
 
 def _build_engine(args: argparse.Namespace) -> Path:
     """Build as ``args`` ask on this machine's GPU; returns the engine's path."""
+    from calib.feed import ImageFolderFeed
+    from daemon.infer.cuda import context_current, detect_platform, retain_context
     from engines.builder import BuildRequest, build_engine, timing_cache_path
     from engines.cache import EngineCache, EngineKey
-    from engines.gpu import context_current, detect_platform, retain_context
     from engines.onnx_info import read_onnx_info
     from engines.runtime import load_runtime
 
@@ -134,7 +128,7 @@ def _build_engine(args: argparse.Namespace) -> Path:
         workspace_mb=args.workspace,
         engine_path=args.out or EngineCache(args.cache_dir).engine_path(key),
         timing_cache=timing_cache_path(args.cache_dir, platform),
-        calibration_images=args.calib_images,
+        calibration=ImageFolderFeed(args.calib_images) if args.calib_images else None,
         calibration_cache=args.calib_cache,
     )
     context = retain_context()

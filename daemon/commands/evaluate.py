@@ -1,0 +1,89 @@
+"""``edgewatch evaluate``: mAP of a model on labelled images, or its agreement with a
+reference model, through the daemon's own pre- and post-processing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from daemon.commands.exit_codes import EXIT_OK, usage_error
+
+
+def register(sub: Any) -> None:
+    """Add the ``evaluate`` subcommand."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "evaluate",
+        help="mAP of a model on labelled images, or its agreement with a reference model",
+        description="COCO mAP50-95/mAP50 through the daemon's own pre/post-processing (with "
+        "--labels), or detection agreement F1 against a reference model (with --reference).",
+    )
+    p.add_argument("--model", required=True, type=Path, help="ONNX model")
+    p.add_argument("--images", required=True, type=Path, help="image folder")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--labels", type=Path, help="YOLO label folder")
+    mode.add_argument("--reference", type=Path, help="reference (FP32) model for agreement")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write the result as JSON")
+    p.add_argument(
+        "--single-label",
+        action="store_true",
+        help="decode one class per anchor as the daemon does (default: Ultralytics "
+        "val's multi-label NMS)",
+    )
+    p.add_argument(
+        "--conf",
+        type=float,
+        default=None,
+        help="confidence threshold (default 0.001 for mAP, 0.25 for agreement)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = auto)")
+    p.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from calib.evaluate import EvalSettings, EvaluationError, evaluate_agreement, evaluate_map
+    from calib.labels import LabelError
+    from daemon.infer.backend import BackendError
+    from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
+    from daemon.stills import ImageError, list_images
+
+    for path in (args.model, args.reference):
+        if path is not None and not path.is_file():
+            return usage_error(f"error: model not found: {path}")
+    if args.labels is not None and not args.labels.is_dir():
+        return usage_error(f"error: label folder not found: {args.labels}")
+    try:
+        images = list_images([args.images])
+        backend = OnnxRuntimeBackend(args.model, intra_op_threads=args.threads, max_batch=8)
+        if args.labels is not None:
+            settings = EvalSettings(
+                conf=0.001 if args.conf is None else args.conf, multi_label=not args.single_label
+            )
+            result: dict[str, Any] = asdict(evaluate_map(backend, images, args.labels, settings))
+            line = f"mAP50-95={result['map50_95']:.4f} mAP50={result['map50']:.4f}"
+        else:
+            reference = OnnxRuntimeBackend(
+                args.reference, intra_op_threads=args.threads, max_batch=8
+            )
+            counts = evaluate_agreement(
+                backend, reference, images, conf=0.25 if args.conf is None else args.conf
+            )
+            result = {
+                **asdict(counts),
+                "f1": counts.f1,
+                "precision": counts.precision,
+                "recall": counts.recall,
+                "images": len(images),
+            }
+            line = (
+                f"agreement F1={counts.f1:.4f} precision={counts.precision:.4f} "
+                f"recall={counts.recall:.4f}"
+            )
+    except (ImageError, LabelError, EvaluationError, BackendError) as exc:
+        return usage_error(f"error: {exc}")
+    print(line)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"model": str(args.model), **result}, indent=1))
+    return EXIT_OK
