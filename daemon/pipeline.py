@@ -29,9 +29,10 @@ from daemon.infer.backend import Backend
 from daemon.logs import RepeatLimiter
 from daemon.monitor.drift import DriftMonitor
 from daemon.monitor.metrics import DaemonMetrics, Health, publisher_health
-from daemon.monitor.stats import CameraStats, LineCount, StatsCollector, TrackingStats
+from daemon.monitor.stats import StatsCollector
 from daemon.postprocess.classes import class_name, resolve_classes
 from daemon.postprocess.yolo import Detections, decode_batch
+from daemon.publish.camera_stats import CameraStats, LineCount, TrackingStats
 from daemon.publish.mqtt import MqttPublisher
 from daemon.track.events import TrackEvent
 from daemon.track.payload import event_payload

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Final
 
 from daemon.capture.frame import CameraState, FrameMeta
-from daemon.monitor.stats import CameraStats, DriftStats, TrackingStats
 from daemon.postprocess.yolo import Detections
+from daemon.publish.camera_stats import CameraStats, DriftStats, TrackingStats
 
 SCHEMA_VERSION: Final = 2
 # Node availability is plain text (not JSON) so Home Assistant-style availability topics work.
