@@ -34,8 +34,8 @@ from daemon.postprocess.classes import class_name, resolve_classes
 from daemon.postprocess.yolo import Detections, decode_batch
 from daemon.publish.camera_stats import CameraStats, LineCount, TrackingStats
 from daemon.publish.mqtt import MqttPublisher
+from daemon.publish.payloads import event_payload
 from daemon.track.events import TrackEvent
-from daemon.track.payload import event_payload
 from daemon.track.snapshots import Snapshotter
 from daemon.track.stage import CameraTracking, FramePixels
 
