@@ -55,10 +55,12 @@ from daemon.publish.payloads import (
     STATUS_OFFLINE,
     STATUS_ONLINE,
     detections_payload,
+    event_payload,
     state_payload,
     stats_payload,
 )
 from daemon.publish.topics import Topics
+from daemon.track.events import TrackEvent
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,8 @@ _MiB: Final = 1024 * 1024
 
 
 class MqttPublisher:
-    """Publishes detections, stats, retained camera state and node availability."""
+    """Publishes detections, stats, events, snapshots, retained camera state and node
+    availability: the daemon's ``Sink`` (``daemon.publish.sink``) over MQTT."""
 
     def __init__(
         self, config: MqttConfig, node: str, inflight_window: int = DEFAULT_INFLIGHT_WINDOW
@@ -252,6 +255,18 @@ class MqttPublisher:
     def publish(self, topic: str, payload: bytes) -> None:
         """Queue any message (at-least-once, through the same outbox and spool)."""
         self._enqueue(topic, payload)
+
+    def publish_events(
+        self, events: Sequence[TrackEvent], names: Sequence[str], publish_ts: float
+    ) -> None:
+        """Queue object events (at-least-once), each on its camera's events topic."""
+        for event in events:
+            payload = event_payload(event, names, publish_ts)
+            self._enqueue(self.topics.camera(event.camera, "events"), payload)
+
+    def publish_snapshot(self, camera_id: str, payload: bytes) -> None:
+        """Queue one event snapshot (at-least-once)."""
+        self._enqueue(self.topics.camera(camera_id, "snapshot"), payload)
 
     def publish_stats(self, camera_id: str, stats: CameraStats) -> None:
         """Queue one camera's interval stats."""
