@@ -155,11 +155,11 @@ class Pipeline:
     def health(self) -> Health:
         """What ``/healthz`` reports: the wedge check, whether messages can leave (broker
         reachable, pump working) and each camera's state."""
-        mqtt = self._sink.counters()
+        counters = self._sink.counters()
         return Health(
-            self.healthy() and mqtt.can_publish,
+            self.healthy() and counters.can_publish,
             {
-                "mqtt": publisher_health(mqtt),
+                "mqtt": publisher_health(counters),
                 **self._batch_health.detail(),
                 "cameras": {cid: state.value for cid, state in self.states().items()},
                 # Reader process ids: a hot reload must leave unchanged cameras' readers alone.

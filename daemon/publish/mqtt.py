@@ -252,10 +252,6 @@ class MqttPublisher:
         payload = detections_payload(meta, epoch, detections, names, publish_ts)
         self._enqueue(self.topics.detections(meta.camera_id), payload)
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        """Queue any message (at-least-once, through the same outbox and spool)."""
-        self._enqueue(topic, payload)
-
     def publish_events(
         self, events: Sequence[TrackEvent], names: Sequence[str], publish_ts: float
     ) -> None:
