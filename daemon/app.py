@@ -25,8 +25,10 @@ from daemon.monitor.drift import DriftMonitor, open_drift_monitor
 from daemon.monitor.metrics import DaemonMetrics, MetricsServer
 from daemon.monitor.stats import StatsCollector, render_fps_table
 from daemon.monitor.systemd import SystemdNotifier
-from daemon.pipeline import Pipeline, filter_problems
+from daemon.pipeline import Pipeline
 from daemon.publish.mqtt import MqttPublisher
+from daemon.publish.sink import Sink
+from daemon.track.checks import filter_problems
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,14 @@ class Service:
         self,
         config: AppConfig,
         backend: Backend,
+        sink: Sink,
+        *,
         print_table: Callable[[str], None] | None = None,
         drift: DriftMonitor | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        """``env``: the environment reloads read ``mqtt.password_env`` from (default: the
-        process's)."""
+        """``sink``: where results go (started and stopped here). ``env``: the environment
+        reloads read ``mqtt.password_env`` from (default: the process's)."""
         self._config = config
         self._env = env
         self._backend = backend
@@ -53,10 +57,10 @@ class Service:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._notifier = SystemdNotifier()
-        self._publisher = MqttPublisher(config.mqtt, config.node)
-        self._metrics_registry = DaemonMetrics(self._publisher.counters)
+        self._sink = sink
+        self._metrics_registry = DaemonMetrics(sink.counters)
         self._pipeline = Pipeline(
-            config, backend, self._publisher, StatsCollector(), self._metrics_registry, drift=drift
+            config, backend, sink, StatsCollector(), self._metrics_registry, drift=drift
         )
         self._metrics = _bind_metrics(config, self._metrics_registry, self._pipeline)
 
@@ -72,7 +76,7 @@ class Service:
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
-        self._publisher.start()
+        self._sink.start()
         if self._metrics is not None:
             self._metrics.start()
         for camera in self._config.enabled_cameras:
@@ -103,7 +107,7 @@ class Service:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            await loop.run_in_executor(None, self._publisher.stop, 5.0)
+            await loop.run_in_executor(None, self._sink.stop, 5.0)
             if self._metrics is not None:
                 self._metrics.stop()
             self._notifier.close()
@@ -125,8 +129,9 @@ class Service:
         assert self._print_table is not None
         while True:
             await asyncio.sleep(self._config.monitoring.stats_interval_s)
-            if self._pipeline.latest_stats:
-                self._print_table(render_fps_table(self._pipeline.latest_stats))
+            latest = self._pipeline.reporter.latest
+            if latest:
+                self._print_table(render_fps_table(latest))
 
     async def _watch_config(self) -> None:
         path = self._config.source
@@ -253,7 +258,10 @@ def serve(config: AppConfig, duration_s: float | None, table: bool) -> int:
         sys.stdout.flush()
 
     async def main() -> int:
-        service = Service(config, backend, print_table if table else None, drift, env)
+        sink = MqttPublisher(config.mqtt, config.node)
+        service = Service(
+            config, backend, sink, print_table=print_table if table else None, drift=drift, env=env
+        )
         return await service.run(duration_s)
 
     try:

@@ -24,7 +24,8 @@ from bench.local.broker import Mosquitto
 from daemon.capture.frame import FrameMeta
 from daemon.config.model import MqttConfig, QueueConfig
 from daemon.postprocess.yolo import Detections
-from daemon.publish.mqtt import MqttPublisher, PublisherCounters
+from daemon.publish.counters import PublisherCounters
+from daemon.publish.mqtt import MqttPublisher
 from daemon.publish.spool import DB_NAME
 from tests.fixtures.broker import Received, Subscriber
 

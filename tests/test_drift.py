@@ -28,8 +28,8 @@ from daemon.infer.backend import BackendError
 from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 from daemon.monitor.brightness import BRIGHTNESS_KEY, mean_luma
 from daemon.monitor.drift import DriftMonitor, open_drift_monitor
-from daemon.monitor.stats import CameraStats
 from daemon.postprocess.yolo import Detections, decode_batch
+from daemon.publish.camera_stats import CameraStats
 from daemon.publish.schemas import load_schema
 from tests.fixtures.broker import Subscriber
 from tests.fixtures.observe import payloads

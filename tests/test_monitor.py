@@ -18,7 +18,7 @@ from daemon.capture.frame import CameraState, CaptureCounters
 from daemon.monitor.metrics import DaemonMetrics, Health, MetricsServer
 from daemon.monitor.stats import StatsCollector, render_fps_table
 from daemon.monitor.systemd import SystemdNotifier
-from daemon.publish.mqtt import PublisherCounters
+from daemon.publish.counters import PublisherCounters
 
 
 def test_fps_drops_and_percentiles() -> None:

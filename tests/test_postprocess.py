@@ -10,6 +10,7 @@ import pytest
 from daemon.batch.letterbox import LetterboxGeometry
 from daemon.postprocess.match import Agreement, box_iou, match
 from daemon.postprocess.yolo import Detections, decode_batch, decode_one, nms
+from daemon.publish.payloads import detection_records
 
 NC = 3
 IDENTITY = LetterboxGeometry(scale=1.0, pad_left=0, pad_top=0, src_width=1000, src_height=1000)
@@ -67,7 +68,7 @@ def test_empty_inputs() -> None:
     assert dets.boxes.shape == (0, 4)
     assert dets.boxes.dtype == np.float32
     assert dets.class_ids.dtype == np.int64
-    assert dets.to_records(["a", "b", "c"]) == []
+    assert detection_records(dets, ["a", "b", "c"]) == []
     assert nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5).size == 0
 
 
@@ -78,7 +79,7 @@ def test_boxes_map_back_to_frame_pixels_and_clip() -> None:
     (dets,) = decode_batch(pred[None], [geometry], conf=0.25, iou=0.7)
     np.testing.assert_allclose(dets.boxes[0], [200, 0, 600, 200])
     np.testing.assert_allclose(dets.boxes[1], [1200, 0, 1280, 120])  # clipped to the frame
-    records = dets.to_records(["a", "b", "c"])
+    records = detection_records(dets, ["a", "b", "c"])
     assert records[0] == {
         "class_id": 1,
         "name": "b",

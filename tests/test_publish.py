@@ -22,8 +22,9 @@ from bench.local.broker import Mosquitto
 from daemon.capture.frame import CameraState, CaptureCounters, FrameMeta
 from daemon.config.model import MqttConfig, TlsConfig
 from daemon.config.secrets import Secret
-from daemon.monitor.stats import CameraStats, StatsCollector
+from daemon.monitor.stats import StatsCollector
 from daemon.postprocess.yolo import Detections
+from daemon.publish.camera_stats import CameraStats
 from daemon.publish.mqtt import MqttPublisher
 from daemon.publish.payloads import detections_payload, state_payload, stats_payload
 from daemon.publish.schemas import SCHEMA_NAMES, load_schema

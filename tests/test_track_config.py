@@ -9,7 +9,7 @@ import pytest
 from daemon.config.errors import ConfigError
 from daemon.config.load import load_config
 from daemon.config.tracking import Coordinates, LineConfig, TrackingConfig, ZoneConfig
-from daemon.pipeline import filter_problems
+from daemon.track.checks import filter_problems
 from tests.fixtures.data import MODEL_ONNX, VIDEOS
 
 VIDEO = VIDEOS / "traffic_cctv_road_360p.mp4"

@@ -12,9 +12,9 @@ from daemon.config.model import CameraConfig
 from daemon.config.secrets import Secret
 from daemon.config.tracking import Coordinates, LineConfig, TrackingConfig, ZoneConfig
 from daemon.postprocess.yolo import Detections
+from daemon.publish.payloads import event_payload
 from daemon.publish.schemas import load_schema
 from daemon.track.events import Change, EventType, TrackEvent
-from daemon.track.payload import event_payload
 from daemon.track.stage import CameraTracking
 
 NAMES = ("person", "bicycle", "car")

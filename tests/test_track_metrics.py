@@ -10,7 +10,8 @@ from prometheus_client import generate_latest
 
 from daemon.capture.frame import CameraState, CaptureCounters
 from daemon.monitor.metrics import DaemonMetrics
-from daemon.monitor.stats import CameraStats, LineCount, StatsCollector, TrackingStats
+from daemon.monitor.stats import StatsCollector
+from daemon.publish.camera_stats import CameraStats, LineCount, TrackingStats
 from daemon.publish.payloads import stats_payload
 from daemon.publish.schemas import load_schema
 

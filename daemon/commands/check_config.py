@@ -50,7 +50,7 @@ def model_problems(config: AppConfig) -> list[str]:
     # Imported here: onnx and the pipeline are heavy and only this check needs them.
     from daemon.infer.backend import BackendError
     from daemon.infer.model_file import class_names_of
-    from daemon.pipeline import filter_problems
+    from daemon.track.checks import filter_problems
 
     try:
         names = class_names_of(config.model.path)

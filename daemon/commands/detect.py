@@ -58,6 +58,7 @@ def _detect(args: argparse.Namespace) -> int:
     from daemon.infer.backend import BackendError
     from daemon.infer.factory import load_backend
     from daemon.progress import Progress
+    from daemon.publish.payloads import detection_records
     from daemon.stills import ImageError, detect_images, list_images
 
     config = ModelConfig(
@@ -79,7 +80,7 @@ def _detect(args: argparse.Namespace) -> int:
             for path, dets in detect_images(
                 backend, paths, args.conf, args.iou, args.max_det, rect=not args.square
             ):
-                found = dets.to_records(backend.class_names)
+                found = detection_records(dets, backend.class_names)
                 counts.update(str(d["name"]) for d in found)
                 records.append({"image": path.name, "detections": found})
                 progress.advance()

@@ -28,19 +28,20 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from daemon.batch.batcher import Batch
 from daemon.batch.letterbox import LetterboxGeometry
-from daemon.config.model import ModelConfig
+from daemon.config.model import BackendKind, ModelConfig
 from daemon.infer.backend import Backend, BackendError
-from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
+from daemon.infer.factory import load_backend
 from daemon.monitor.brightness import MetadataError, mean_luma, read_calibration_brightness
-from daemon.monitor.stats import CameraStats, DriftStats
 from daemon.postprocess.match import Agreement, match
 from daemon.postprocess.yolo import Detections, decode_one
+from daemon.publish.camera_stats import CameraStats, DriftStats
 
 log = logging.getLogger(__name__)
 
@@ -335,9 +336,7 @@ def open_drift_monitor(model: ModelConfig, main: Backend) -> DriftMonitor | None
         return None
     if drift.reference_model is None:
         raise BackendError("model.drift.reference_model is required when drift is enabled")
-    reference = OnnxRuntimeBackend(
-        drift.reference_model, intra_op_threads=1, input_size=model.input_size, max_batch=1
-    )
+    reference = load_backend(_reference_config(model, drift.reference_model))
     try:
         _check_compatible(reference, main)
     except BackendError:
@@ -354,6 +353,20 @@ def open_drift_monitor(model: ModelConfig, main: Backend) -> DriftMonitor | None
         },
     )
     return DriftMonitor(reference, model, calibrated)
+
+
+def _reference_config(model: ModelConfig, reference: Path) -> ModelConfig:
+    """The reference model on ONNX Runtime CPU, one frame at a time on one thread: a shadow
+    check must never take cores from the deployed model."""
+    return ModelConfig(
+        path=reference,
+        backend=BackendKind.ONNXRUNTIME,
+        input_size=model.input_size,
+        max_batch=1,
+        providers=("CPUExecutionProvider",),
+        intra_op_threads=1,
+        split_sessions=1,
+    )
 
 
 def _check_compatible(reference: Backend, main: Backend) -> None:

@@ -24,9 +24,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from daemon.capture.frame import CameraState
-from daemon.monitor.stats import CameraStats
+from daemon.publish.camera_stats import CameraStats
 from daemon.publish.connection import BrokerState
-from daemon.publish.mqtt import PublisherCounters
+from daemon.publish.counters import PublisherCounters
 from daemon.publish.outbox import SpoolState
 
 log = logging.getLogger(__name__)

@@ -34,18 +34,6 @@ class Detections:
     def select(self, mask: npt.NDArray[np.bool_]) -> Detections:
         return Detections(self.boxes[mask], self.scores[mask], self.class_ids[mask])
 
-    def to_records(self, names: Sequence[str]) -> list[dict[str, object]]:
-        """JSON-ready detections: ``[{class_id, name, confidence, box: [x1, y1, x2, y2]}]``."""
-        return [
-            {
-                "class_id": int(c),
-                "name": names[int(c)] if 0 <= int(c) < len(names) else str(int(c)),
-                "confidence": round(float(s), 4),
-                "box": [round(float(v), 1) for v in b],
-            }
-            for b, s, c in zip(self.boxes, self.scores, self.class_ids, strict=True)
-        ]
-
 
 def nms(
     boxes: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], iou: float

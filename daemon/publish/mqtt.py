@@ -36,7 +36,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
@@ -45,20 +44,23 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from daemon.capture.frame import CameraState, FrameMeta
 from daemon.config.model import MqttConfig
-from daemon.monitor.stats import CameraStats
 from daemon.postprocess.yolo import Detections
-from daemon.publish.connection import BrokerState, ConnectionTracker
+from daemon.publish.camera_stats import CameraStats
+from daemon.publish.connection import ConnectionTracker
+from daemon.publish.counters import PublisherCounters
 from daemon.publish.epochs import CameraEpochs
 from daemon.publish.message import OutMessage
-from daemon.publish.outbox import Outbox, SpoolState
+from daemon.publish.outbox import Outbox
 from daemon.publish.payloads import (
     STATUS_OFFLINE,
     STATUS_ONLINE,
     detections_payload,
+    event_payload,
     state_payload,
     stats_payload,
 )
 from daemon.publish.topics import Topics
+from daemon.track.events import TrackEvent
 
 log = logging.getLogger(__name__)
 
@@ -75,34 +77,9 @@ STOPPED_REASON: Final = "node stopped"
 _MiB: Final = 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class PublisherCounters:
-    """Snapshot of the publisher. Totals count every publish, retained ones included."""
-
-    connected: bool
-    published: int  # handed to paho (resends by paho not counted again)
-    acknowledged: int  # PUBACK received (QoS 1) or written to the socket (QoS 0)
-    inflight: int  # handed to paho, not yet acknowledged
-    queued: int  # waiting in memory + spool
-    dropped_overflow: int  # oldest messages dropped because a bound was hit (or lost at stop)
-    spooled: int  # written to the disk spool (total)
-    spool_bytes: int  # current spool size (topic + payload bytes)
-    broker: BrokerState = BrokerState.CONNECTED
-    broker_cause: str | None = None  # why not connected (DNS, refused, TLS, auth, ...)
-    connect_failures: int = 0
-    takeover_suspected: bool = False  # another client keeps taking over our client id
-    pump_ok: bool = True  # the pump thread runs and its last round did not fail
-    spool: SpoolState = SpoolState.OFF
-    spool_rejected: int = 0  # spool rows discarded: damaged, or topic outside our own
-
-    @property
-    def can_publish(self) -> bool:
-        """Messages leave now: connected to the broker and the pump is working."""
-        return self.connected and self.pump_ok
-
-
 class MqttPublisher:
-    """Publishes detections, stats, retained camera state and node availability."""
+    """Publishes detections, stats, events, snapshots, retained camera state and node
+    availability: the daemon's ``Sink`` (``daemon.publish.sink``) over MQTT."""
 
     def __init__(
         self, config: MqttConfig, node: str, inflight_window: int = DEFAULT_INFLIGHT_WINDOW
@@ -275,9 +252,17 @@ class MqttPublisher:
         payload = detections_payload(meta, epoch, detections, names, publish_ts)
         self._enqueue(self.topics.detections(meta.camera_id), payload)
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        """Queue any message (at-least-once, through the same outbox and spool)."""
-        self._enqueue(topic, payload)
+    def publish_events(
+        self, events: Sequence[TrackEvent], names: Sequence[str], publish_ts: float
+    ) -> None:
+        """Queue object events (at-least-once), each on its camera's events topic."""
+        for event in events:
+            payload = event_payload(event, names, publish_ts)
+            self._enqueue(self.topics.camera(event.camera, "events"), payload)
+
+    def publish_snapshot(self, camera_id: str, payload: bytes) -> None:
+        """Queue one event snapshot (at-least-once)."""
+        self._enqueue(self.topics.camera(camera_id, "snapshot"), payload)
 
     def publish_stats(self, camera_id: str, stats: CameraStats) -> None:
         """Queue one camera's interval stats."""

@@ -1,4 +1,5 @@
-"""JSON payloads published over MQTT; their JSON Schemas live in ``daemon/schemas/``.
+"""JSON payloads published over MQTT; their JSON Schemas live in ``daemon/schemas/``
+(``daemon.publish.schemas`` loads them).
 
 Every JSON payload carries ``schema_version`` so consumers can reject a layout they do not
 know instead of misreading it. Bump it on any incompatible change (and the schema files).
@@ -10,13 +11,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from daemon.capture.frame import CameraState, FrameMeta
-from daemon.monitor.stats import CameraStats, DriftStats, TrackingStats
+from daemon.postprocess.classes import class_name
 from daemon.postprocess.yolo import Detections
+from daemon.publish.camera_stats import CameraStats, DriftStats, TrackingStats
+
+if TYPE_CHECKING:
+    # Types only: the tracker (scipy) stays unloaded for ``edgewatch detect``.
+    from daemon.track.events import TrackEvent
 
 SCHEMA_VERSION: Final = 2
+# The events payload (``events.schema.json``) is versioned on its own.
+EVENTS_SCHEMA_VERSION: Final = 1
 # Node availability is plain text (not JSON) so Home Assistant-style availability topics work.
 STATUS_ONLINE: Final = b"online"
 STATUS_OFFLINE: Final = b"offline"
@@ -45,7 +53,55 @@ def detections_payload(
             "publish_ts": round(publish_ts, 6),
             "latency_ms": _ms(max(0.0, publish_ts - meta.capture_ts)),
             "frame": {"width": meta.width, "height": meta.height},
-            "detections": detections.to_records(names),
+            "detections": detection_records(detections, names),
+        }
+    )
+
+
+def detection_records(detections: Detections, names: Sequence[str]) -> list[dict[str, object]]:
+    """JSON-ready detections: ``[{class_id, name, confidence, box: [x1, y1, x2, y2]}]``."""
+    return [
+        {
+            "class_id": int(c),
+            "name": class_name(names, int(c)),
+            "confidence": round(float(s), 4),
+            "box": [round(float(v), 1) for v in b],
+        }
+        for b, s, c in zip(detections.boxes, detections.scores, detections.class_ids, strict=True)
+    ]
+
+
+def event_payload(event: TrackEvent, names: Sequence[str], publish_ts: float) -> bytes:
+    """One event as compact JSON; times are epoch seconds of the frames' capture."""
+    return _dumps(
+        {
+            "schema_version": EVENTS_SCHEMA_VERSION,
+            "event_id": event.event_id,
+            "type": event.type.value,
+            "camera": event.camera,
+            "track_id": event.track_id,
+            "class_id": event.class_id,
+            "name": class_name(names, event.class_id),
+            "first_seen_ts": round(event.first_seen_ts, 6),
+            "last_seen_ts": round(event.last_seen_ts, 6),
+            "publish_ts": round(publish_ts, 6),
+            "best_score": round(event.best_score, 4),
+            "score": round(event.score, 4),
+            "box": [round(max(v, 0.0), 1) for v in event.box],
+            "frame": {"width": event.frame_size[0], "height": event.frame_size[1]},
+            "zones": [{"name": n, "dwell_s": round(d, 3)} for n, d in event.zones],
+            "crossings": [
+                {
+                    "line": c.line,
+                    "direction": c.direction,
+                    "class_id": c.class_id,
+                    "name": class_name(names, c.class_id),
+                    "ts": round(c.ts, 6),
+                }
+                for c in event.crossings
+            ],
+            "changes": [c.value for c in event.changes],
+            "end_reason": event.end_reason,
         }
     )
 

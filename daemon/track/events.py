@@ -63,7 +63,7 @@ class Crossing:
 
 @dataclass(frozen=True, slots=True)
 class TrackEvent:
-    """One event, ready to serialise (``daemon.track.payload``)."""
+    """One event, ready to serialise (``daemon.publish.payloads``)."""
 
     type: EventType
     event_id: str

@@ -36,7 +36,7 @@ SNAPSHOT_SCHEMA_VERSION: Final = 1
 _QUEUE_SIZE: Final = 16
 _MiB: Final = 1024 * 1024
 # ``sink(camera_id, payload)`` publishes one snapshot message.
-Sink = Callable[[str, bytes], None]
+SnapshotSink = Callable[[str, bytes], None]
 
 
 def crop_from_batch(
@@ -111,7 +111,7 @@ class _Directory:
 class Snapshotter:
     """The encoder thread and the per-camera drop/sent counters."""
 
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: SnapshotSink) -> None:
         self._sink = sink
         self._queue: queue.Queue[SnapshotJob | None] = queue.Queue(_QUEUE_SIZE)
         self._lock = threading.Lock()
