@@ -107,8 +107,7 @@ def read_graph(root: Path) -> Graph:
                     graph.edges[source].add(target)
             if in_layer(module, PRODUCT) and not commands:
                 for line in exits(tree):
-                    where = path.relative_to(root)
-                    graph.violations.append(f"{where}:{line}: ends the process")
+                    graph.violations.append(f"{path.relative_to(root)}:{line}: ends the process")
     return graph
 
 
