@@ -1,7 +1,7 @@
 """When will the consumer next take a frame from a camera? A forecast from its past takes.
 
 The reader must decode every H.264 frame (each one references the previous), but the
-conversion to BGR and the copy into the ring (about 40 % of a 1080p read, measured) are
+conversion to BGR and the copy into the ring (a large share of a 1080p read) are
 only worth doing for frames someone will look at. On a CPU box inference takes a camera's
 frame every 200-300 ms while the camera delivers one every 33-40 ms, so most conversions
 are wasted. The daemon tells each reader when it expects to come back; the reader converts

@@ -14,13 +14,12 @@ works; other fixed batch sizes are rejected with a hint to re-export with a dyna
 On the CPU provider a batch of several cameras is split into slices that run at once,
 each in its own session on its share of the cores (``split_sessions``). One session would
 instead split every operator across the threads and wait for the slowest at each of the
-graph's ~200 operators; when a camera decoder preempts one thread the others spin. Measured on
-2 cores with four cameras decoding meanwhile, batch 4: 20 img/s with one 2-thread session,
-21.4-23.9 with two 1-thread sessions on 2 images each. Under heavier contention one session
-can fall to half the split rate, so a batch that does not divide evenly (three cameras on two
-sessions) is split unevenly rather than run in one session, where three cameras would get
-half the frame rate of four. Only a batch smaller than the number of sessions (one camera)
-runs in the one session with all threads, for its latency.
+graph's ~200 operators; when a camera decoder preempts one thread the others spin, and under
+contention one session falls well below the split sessions' rate. So a batch that does not
+divide evenly (three cameras on two sessions) is split unevenly rather than run in one
+session, where three cameras would get half the frame rate of four. Only a batch smaller
+than the number of sessions (one camera) runs in the one session with all threads, for its
+latency.
 
 An INT8 Q/DQ model with int8 (TensorRT-style) activations is re-encoded in memory to uint8
 activations when it runs on the CPU provider (``engines.qdq``): ORT's x86 kernels fuse

@@ -371,8 +371,8 @@ def _reference_config(model: ModelConfig, reference: Path) -> ModelConfig:
 
 def _check_compatible(reference: Backend, main: Backend) -> None:
     """The reference must see exactly the deployed model's inputs: a sample re-padded to
-    another size changes the detections by itself (measured: F1 0.88 between rect and
-    square inputs of the same FP32 model), which would read as drift."""
+    another size changes the detections by itself (rect and square inputs of the same FP32
+    model disagree on many boxes), which would read as drift."""
     if len(reference.class_names) != len(main.class_names):
         raise BackendError(
             f"model.drift.reference_model has {len(reference.class_names)} classes, the "
