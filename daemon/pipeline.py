@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.batch.batcher import Batch, BatchBuffer, BatchSelector
-from daemon.capture.frame import CameraState, StateChange
 from daemon.capture.source import CameraSource
+from daemon.capture.state import CameraState, StateChange
 from daemon.config.model import AppConfig, CameraConfig
 from daemon.config.secrets import mask_url
 from daemon.config.tracking import TrackingConfig

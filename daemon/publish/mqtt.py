@@ -43,7 +43,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from daemon.capture.frame import CameraState, FrameMeta
+from daemon.capture.frame import FrameMeta
+from daemon.capture.state import CameraState
 from daemon.config.model import MqttConfig
 from daemon.monitor.stats import CameraStats
 from daemon.postprocess.yolo import Detections

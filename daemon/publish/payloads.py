@@ -12,7 +12,8 @@ import json
 from collections.abc import Sequence
 from typing import Final
 
-from daemon.capture.frame import CameraState, FrameMeta
+from daemon.capture.frame import FrameMeta
+from daemon.capture.state import CameraState
 from daemon.monitor.stats import CameraStats, DriftStats, TrackingStats
 from daemon.postprocess.yolo import Detections
 
