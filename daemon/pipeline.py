@@ -14,8 +14,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from daemon.batch.batcher import Batch, BatchBuffer, BatchSelector
-from daemon.capture.frame import CameraState, CaptureCounters, StateChange
 from daemon.capture.source import CameraSource
+from daemon.capture.state import CameraState, CaptureCounters, StateChange
 from daemon.config.model import AppConfig, CameraConfig
 from daemon.infer.backend import Backend
 from daemon.logs import RepeatLimiter

@@ -20,9 +20,10 @@ import psutil
 import pytest
 
 from bench.local.rtsp import RtspServer
-from daemon.capture.frame import CameraState, FrameMeta, StateChange
+from daemon.capture.frame import FrameMeta
 from daemon.capture.protocol import SourceKind
 from daemon.capture.source import CameraSource
+from daemon.capture.state import CameraState, StateChange
 from daemon.config.model import CameraConfig, CaptureConfig
 from daemon.config.secrets import Secret
 from tests.fixtures.data import VIDEOS

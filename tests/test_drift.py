@@ -21,7 +21,8 @@ from bench.local.broker import Mosquitto, free_port
 from bench.local.daemon import DaemonProcess, daemon_config
 from daemon.batch.batcher import Batch
 from daemon.batch.letterbox import letterbox_into
-from daemon.capture.frame import CameraState, FrameMeta
+from daemon.capture.frame import FrameMeta
+from daemon.capture.state import CameraState
 from daemon.config.load import ConfigError, load_config
 from daemon.config.model import DriftConfig, ModelConfig
 from daemon.infer.backend import BackendError

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.capture.frame import CameraState, CaptureCounters
+from daemon.capture.state import CameraState, CaptureCounters
 from daemon.monitor.metrics import DaemonMetrics, Health, MetricsServer
 from daemon.monitor.stats import StatsCollector, render_fps_table
 from daemon.monitor.systemd import SystemdNotifier

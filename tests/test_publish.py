@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from bench.local.broker import Mosquitto
-from daemon.capture.frame import CameraState, CaptureCounters, FrameMeta
+from daemon.capture.frame import FrameMeta
+from daemon.capture.state import CameraState, CaptureCounters
 from daemon.config.model import MqttConfig, TlsConfig
 from daemon.config.secrets import Secret
 from daemon.monitor.stats import StatsCollector

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from bench.local.broker import Mosquitto, free_port
-from daemon.capture.frame import CameraState, FrameMeta
+from daemon.capture.frame import FrameMeta
+from daemon.capture.state import CameraState
 from daemon.config.model import MqttConfig, QueueConfig, TlsConfig
 from daemon.config.secrets import Secret
 from daemon.postprocess.yolo import Detections

@@ -7,9 +7,13 @@
 from __future__ import annotations
 
 import logging
+import string
+from pathlib import Path
 
 import pytest
 
+from daemon.config.errors import BadValue
+from daemon.config.external import check_camera_url
 from daemon.config.secrets import has_credentials, mask_text, mask_url, url_secrets
 from daemon.logs import JsonFormatter, LogfmtFormatter
 
@@ -53,6 +57,20 @@ def test_every_credential_form_is_masked(url: str, masked: str, secrets: set[str
     # In free text, e.g. an FFmpeg error quoting the URL, and twice on one line.
     line = f"cannot open {url} (401 Unauthorized), retry {url}"
     assert mask_url(line) == f"cannot open {masked} (401 Unauthorized), retry {masked}"
+
+
+@pytest.mark.parametrize("char", sorted(set(string.printable) - set(string.ascii_letters)))
+def test_a_password_the_config_accepts_is_masked(char: str) -> None:
+    """The config check and the masker read a URL's user info alike: whatever character a
+    password holds, the config refuses the URL or every display of it hides the password."""
+    password = f"pa{char}ss-word"
+    url = f"rtsp://admin:{password}@10.0.0.5/live"
+    try:
+        check_camera_url(url, Path("/"), {})
+    except BadValue:
+        return
+    assert password not in mask_url(f"cannot open {url}")
+    assert password in url_secrets(url)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from daemon.capture.frame import CameraState, FrameMeta
+from daemon.capture.frame import FrameMeta
+from daemon.capture.state import CameraState
 from daemon.config.model import AppConfig, CameraConfig, ModelConfig, MonitoringConfig
 from daemon.config.secrets import Secret
 from daemon.config.tracking import SnapshotConfig, TrackingConfig

@@ -8,7 +8,7 @@ import json
 import jsonschema
 from prometheus_client import generate_latest
 
-from daemon.capture.frame import CameraState, CaptureCounters
+from daemon.capture.state import CameraState, CaptureCounters
 from daemon.monitor.metrics import DaemonMetrics
 from daemon.monitor.stats import StatsCollector
 from daemon.publish.camera_stats import CameraStats, LineCount, TrackingStats

@@ -1,17 +1,21 @@
 """What the daemon hands a reader process and what the reader reports back.
 
-Imported by the reader process: standard library (and the stdlib-only secrets module) only.
+Imported by the reader process: standard library (and the stdlib-only config modules) only.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
+from daemon.config.external import is_stream_url
 from daemon.config.secrets import Secret
-from daemon.config.sources import is_stream_url
 
+# How reader processes, their pipes and the ring's header lock are made. Never fork: the
+# daemon has threads (and an event loop) that a fork would copy half-way.
+SPAWN: Final = multiprocessing.get_context("spawn")
 # Exit status of a reader that met a frame larger than its ring (the daemon enlarges it).
 EXIT_FRAME_TOO_LARGE: Final = 3
 # A reader beats its heartbeat this often while it is inside a bounded operation.

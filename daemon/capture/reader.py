@@ -15,9 +15,9 @@ daemon goes away or a frame does not fit the ring (the daemon then enlarges the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import sys
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -290,7 +290,8 @@ class _Reader:
 
 
 def run_reader(spec: ReaderSpec, lock: Lock, conn: Connection, parent_pid: int) -> None:
-    """Entry point of the reader process (the target of the spawned Process)."""
+    """Entry point of the reader process (the target of the spawned Process); the process
+    ends, with status 0, when this returns."""
     url = spec.url.reveal()
     if SourceKind.of(url) is SourceKind.STREAM:
         # Read by OpenCV's FFmpeg backend at each open; per process, so per camera.
@@ -304,8 +305,6 @@ def run_reader(spec: ReaderSpec, lock: Lock, conn: Connection, parent_pid: int) 
     # One camera per process: OpenCV's own thread pool would only compete with the others.
     cv2.setNumThreads(1)
     ring = attach(spec.shm_name, spec.capacity, lock)
-    try:
+    # The daemon closing its end of the pipe is how it stops us.
+    with contextlib.suppress(BrokenPipeError, EOFError, ConnectionResetError):
         _Reader(spec, ring, conn, parent_pid).run()
-    except (BrokenPipeError, EOFError, ConnectionResetError):
-        # The daemon closed its end: it is stopping us.
-        sys.exit(0)

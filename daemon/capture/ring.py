@@ -7,7 +7,8 @@ overwrites a frame being read: a slow consumer only ever costs dropped frames, n
 latency. Header fields change only under the cross-process lock, held for a few field
 writes and never during a frame copy.
 
-This module is imported by the reader process: numpy and the standard library only.
+This module is imported by the reader process: numpy, the standard library and the
+stdlib-only ``state`` module only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+
+from daemon.capture.state import CaptureCounters
 
 SLOTS: Final = 3
 HEADER_BYTES: Final = 4096
@@ -56,14 +59,6 @@ class SlotInfo:
     capture_ts: float
     width: int
     height: int
-
-
-@dataclass(frozen=True, slots=True)
-class RingCounts:
-    frames_read: int
-    frames_dropped: int
-    reconnects: int
-    frames_corrupt: int
 
 
 def capacity_for(width: int, height: int) -> int:
@@ -109,10 +104,12 @@ class FrameRing:
     def latest_seq(self) -> int:
         return int(self._ints[_LATEST_SEQ])
 
-    def counts(self) -> RingCounts:
-        """Counter snapshot; read without the lock (each field is one aligned word)."""
+    def counts(self) -> CaptureCounters:
+        """Counter snapshot; read without the lock (each field is one aligned word).
+
+        ``restarts`` is 0: the daemon counts reader restarts, the ring does not."""
         ints = self._ints
-        return RingCounts(
+        return CaptureCounters(
             frames_read=int(ints[_FRAMES_READ]),
             frames_dropped=int(ints[_FRAMES_DROPPED]),
             reconnects=int(ints[_RECONNECTS]),
@@ -129,7 +126,7 @@ class FrameRing:
 
     # -- daemon side ------------------------------------------------------------------
 
-    def init_header(self, counts: RingCounts, last_seq: int) -> None:
+    def init_header(self, counts: CaptureCounters, last_seq: int) -> None:
         """Start a fresh ring that continues the counters and seq of a previous one."""
         self._ints[:] = 0
         self._floats[:] = 0.0

@@ -39,6 +39,14 @@ from typing import Any, Final, Union, get_args, get_origin, get_type_hints
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from daemon.config.errors import BadValue, ConfigError, ConfigProblem, ConfigWarning
+from daemon.config.external import (
+    check_camera_url,
+    read_password_env,
+    read_password_file,
+    require_file,
+    resolve_path,
+    tls_problems,
+)
 from daemon.config.model import (
     AppConfig,
     CameraConfig,
@@ -51,14 +59,6 @@ from daemon.config.permissions import secret_permission_warnings
 from daemon.config.reload import CameraDiff, diff_cameras
 from daemon.config.rules import MAX_CAMERAS, RULES, Rule, class_problems
 from daemon.config.secrets import Secret, has_credentials, mask_url
-from daemon.config.sources import (
-    check_camera_url,
-    read_password_env,
-    read_password_file,
-    require_file,
-    resolve_path,
-    tls_problems,
-)
 from daemon.config.tracking import tracking_problems
 from daemon.config.yamltree import ScalarReader, compose, describe, is_null, line_of
 

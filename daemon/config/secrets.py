@@ -13,6 +13,7 @@ masking stays linear in the text length: it runs on every field of every log lin
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Final
 from urllib.parse import unquote
 
@@ -31,8 +32,11 @@ _QUERY_PARAM: Final = re.compile(r"([?&;])([^=&;?#\s\"'<>]*)=([^&;#\s\"'<>]*)")
 # Query parameter names containing any of these hold credentials
 # (``user=``, ``pwd=``, ``passwd=``, ``access_token=``, ``authkey=``, ``api_key=``...).
 _CREDENTIAL_WORDS: Final = ("user", "usr", "login", "pass", "pwd", "token", "auth", "key", "secret")
-# Characters allowed unencoded in RFC 3986 user info, plus '@' (see _AUTHORITY).
-_USERINFO_SAFE: Final = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:%@]*")
+# Characters a user info may hold unencoded: RFC 3986's, plus '@' (see _AUTHORITY), less
+# the quote, which RFC 3986 allows but which ends the authority the masker reads (free text
+# quotes URLs with it). Anything else must be percent-encoded, so that check-config's
+# reading of a URL's user info and the masker's agree.
+_USERINFO_SAFE: Final = re.compile(r"[A-Za-z0-9\-._~!$&()*+,;=:%@]*")
 # Literal secrets shorter than this are not masked in free text: replacing every "ab" in a
 # message would destroy it while hiding next to nothing.
 _MIN_LITERAL: Final = 3
@@ -107,7 +111,10 @@ def has_credentials(url: str) -> bool:
 
 def unsafe_userinfo(url: str) -> str | None:
     """The characters of a URL's user info that must be percent-encoded to be read
-    unambiguously (a space, '/', '?', '#'...), or None when it has none or needs none."""
+    unambiguously (a space, '/', '?', '#', a quote...), or None when it has none or needs none.
+
+    Reads ``url`` as a whole, up to its query or fragment, not as free text like the masker,
+    so it finds every character that would end the masker's reading early."""
     authority = url.split("://", 1)[1] if "://" in url else ""
     end = min((i for i in (authority.find("?"), authority.find("#")) if i >= 0), default=None)
     authority = authority[:end]
@@ -121,12 +128,21 @@ def unsafe_userinfo(url: str) -> str | None:
 
 
 def _userinfo(url: str) -> str | None:
-    match = _AUTHORITY.search(url)
-    if match is None:
-        return None
-    start, end = match.start(1), _authority_end(url, match.end(1))
-    at = url.rfind("@", start, end)
-    return url[start:at] if at >= 0 else None
+    span = next(_userinfo_spans(url), None)
+    return url[span[0] : span[1]] if span is not None else None
+
+
+def _userinfo_spans(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of the user info of every URL in ``text``: the masker's one reading."""
+    done = 0
+    for match in _AUTHORITY.finditer(text):
+        start = match.start(1)
+        if start < done:
+            continue  # inside the user info of the previous URL
+        at = text.rfind("@", start, _authority_end(text, match.end(1)))
+        if at >= 0:
+            yield start, at
+            done = at
 
 
 def _authority_end(text: str, end: int) -> int:
@@ -141,14 +157,9 @@ def _authority_end(text: str, end: int) -> int:
 def _mask_userinfo(text: str) -> str:
     pieces: list[str] = []
     done = 0
-    for match in _AUTHORITY.finditer(text):
-        start = match.start(1)
-        if start < done:
-            continue  # inside a span already masked
-        at = text.rfind("@", start, _authority_end(text, match.end(1)))
-        if at >= 0:
-            pieces += (text[done:start], MASK)
-            done = at
+    for start, at in _userinfo_spans(text):
+        pieces += (text[done:start], MASK)
+        done = at
     pieces.append(text[done:])
     return "".join(pieces)
 

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from daemon.capture.frame import CameraState
+from daemon.capture.state import CameraState
 from daemon.publish.camera_stats import CameraStats
 from daemon.publish.connection import BrokerState
 from daemon.publish.counters import PublisherCounters

@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Protocol
 
-from daemon.capture.frame import CameraState, CaptureCounters
+from daemon.capture.state import CameraState, CaptureCounters
 from daemon.monitor.drift import DriftMonitor
 from daemon.monitor.metrics import DaemonMetrics
 from daemon.monitor.stats import StatsCollector

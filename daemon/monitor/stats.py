@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from daemon.capture.frame import CameraState, CaptureCounters
+from daemon.capture.state import CameraState, CaptureCounters
 from daemon.publish.camera_stats import CameraStats
 
 DEFAULT_LATENCY_WINDOW = 1024

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from daemon.capture.frame import CameraState
+from daemon.capture.state import CameraState
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from daemon.capture.frame import CameraState, FrameMeta
+from daemon.capture.frame import FrameMeta
+from daemon.capture.state import CameraState
 from daemon.config.model import MqttConfig
 from daemon.postprocess.yolo import Detections
 from daemon.publish.camera_stats import CameraStats

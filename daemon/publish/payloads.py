@@ -13,7 +13,8 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from daemon.capture.frame import CameraState, FrameMeta
+from daemon.capture.frame import FrameMeta
+from daemon.capture.state import CameraState
 from daemon.postprocess.classes import class_name
 from daemon.postprocess.yolo import Detections
 from daemon.publish.camera_stats import CameraStats, DriftStats, TrackingStats

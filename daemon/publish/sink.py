@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from daemon.capture.frame import CameraState, FrameMeta
+from daemon.capture.frame import FrameMeta
+from daemon.capture.state import CameraState
 from daemon.postprocess.yolo import Detections
 from daemon.publish.camera_stats import CameraStats
 from daemon.publish.counters import PublisherCounters
