@@ -39,6 +39,7 @@ from bench.local.process import start_logged, tail, terminate
 from bench.subscriber import StreamMeasure, Subscriber
 from daemon.batch.letterbox import rect_shape
 from daemon.config.model import BackendKind
+from daemon.monitor.metrics import STAGES
 
 PREFIX = "edgewatch"
 OURS_NODE = "bench-ours"
@@ -100,6 +101,9 @@ class SystemResult:
     mean_batch: float | None = None
     mean_infer_ms: float | None = None
     backend_busy: float | None = None
+    # Mean ms per batch in each pipeline stage (frame_wait: per frame), from the daemon's
+    # ``edgewatch_stage_seconds`` over the window.
+    stage_ms: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, object]:
         s = self.stream
@@ -119,6 +123,7 @@ class SystemResult:
             "mean_batch": self.mean_batch,
             "mean_infer_ms": self.mean_infer_ms,
             "backend_busy": self.backend_busy,
+            "stage_ms": self.stage_ms,
         }
 
 
@@ -275,6 +280,11 @@ def _measure(
     if not batches:
         return SystemResult(system, stream, resources)
     infer_s = after.infer_s - before.infer_s
+    stage_ms = {
+        stage: round(1000 * (after.stage_s[stage] - before.stage_s.get(stage, 0.0)) / count, 2)
+        for stage in after.stage_s
+        if (count := after.stage_n[stage] - before.stage_n.get(stage, 0.0)) > 0
+    }
     return SystemResult(
         system,
         stream,
@@ -282,6 +292,7 @@ def _measure(
         mean_batch=round((after.images - before.images) / batches, 2),
         mean_infer_ms=round(infer_s / batches * 1000, 1),
         backend_busy=round(infer_s / stream.window_s, 3),
+        stage_ms=stage_ms or None,
     )
 
 
@@ -290,6 +301,9 @@ class _BackendTotals:
     batches: float = 0.0
     images: float = 0.0
     infer_s: float = 0.0
+    # Per stage: seconds and observations so far.
+    stage_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    stage_n: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _backend_histograms(metrics: Callable[[], str] | None) -> _BackendTotals:
@@ -305,7 +319,14 @@ def _backend_histograms(metrics: Callable[[], str] | None) -> _BackendTotals:
     batches, images, infer_s = (metric_value(text, f"edgewatch_backend_{n}") for n in names)
     if batches is None or images is None or infer_s is None:
         return _BackendTotals()
-    return _BackendTotals(batches=batches, images=images, infer_s=infer_s)
+    stage_s, stage_n = {}, {}
+    for stage in STAGES:
+        label = f'stage="{stage}"'
+        seconds = metric_value(text, "edgewatch_stage_seconds_sum", label)
+        count = metric_value(text, "edgewatch_stage_seconds_count", label)
+        if seconds is not None and count is not None:
+            stage_s[stage], stage_n[stage] = seconds, count
+    return _BackendTotals(batches, images, infer_s, stage_s, stage_n)
 
 
 def run_ours(
@@ -508,6 +529,9 @@ def render_e2e_table(report: E2EReport) -> str:
                 f"  backend busy {o.backend_busy:.1%} of the window; a batch took "
                 f"{o.mean_infer_ms:.1f} ms in the pipeline, {point.latency_ms_p50:.1f} ms bare"
             )
+    if o.stage_ms:
+        stages = ", ".join(f"{stage} {ms:.1f}" for stage, ms in o.stage_ms.items())
+        lines.append(f"  mean ms per batch by stage (frame_wait per frame): {stages}")
     return "\n".join(lines)
 
 

@@ -222,7 +222,7 @@ class Pipeline:
         # Taken now: a reload may replace a camera (new epoch) while this batch is inferred.
         epochs = {s.camera_id: self._epochs[s.camera_id] for s in picked}
         try:
-            batch, detections, events, infer_s = await loop.run_in_executor(
+            batch, detections, events, stages = await loop.run_in_executor(
                 self._executor, self._infer, buffer, picked
             )
         except Exception as exc:
@@ -233,9 +233,13 @@ class Pipeline:
         finally:
             self._free_buffers.put_nowait(buffer)
         if len(batch):
-            self._metrics.observe_batch(infer_s, len(batch))
+            started = time.perf_counter()
             self._publish(batch, detections, epochs)
             self._tracking.publish(events)
+            stages["publish"] = time.perf_counter() - started
+            self._metrics.observe_batch(stages["inference"], len(batch))
+            for stage, seconds in stages.items():
+                self._metrics.observe_stage(stage, seconds)
 
     def _on_batch_failed(self, exc: Exception, picked: list[CameraSource]) -> None:
         failed_in_row = self._batch_health.failed(exc)
@@ -253,17 +257,21 @@ class Pipeline:
 
     def _infer(
         self, buffer: BatchBuffer, picked: list[CameraSource]
-    ) -> tuple[Batch, list[Detections], list[TrackEvent], float]:
+    ) -> tuple[Batch, list[Detections], list[TrackEvent], dict[str, float]]:
         """Assemble, infer, decode and track one batch (worker thread); returns the events
-        and the inference time."""
+        and the seconds each stage took."""
         # One read: a reload may change it, and drift must compare at the decoded threshold.
         conf = self._decode_conf
+        started = time.perf_counter()
+        now = time.time()
         batch = buffer.assemble(picked)
         if not len(batch):
-            return batch, [], [], 0.0
-        started = time.perf_counter()
+            return batch, [], [], {}
+        assembled = time.perf_counter()
+        for meta in batch.metas:
+            self._metrics.observe_stage("frame_wait", max(0.0, now - meta.capture_ts))
         raw = self._backend.infer(batch.images)
-        infer_s = time.perf_counter() - started
+        inferred = time.perf_counter()
         detections = decode_batch(
             raw,
             batch.geometries,
@@ -271,16 +279,24 @@ class Pipeline:
             self._config.model.iou,
             self._config.model.max_detections,
         )
+        decoded = time.perf_counter()
         if self._drift is not None:
             # Before the buffer is reused: sampled frames are copied out for the shadow check.
             self._drift.observe(batch, detections, conf)
         events: list[TrackEvent] = []
+        tracked = time.perf_counter()
         for i, (meta, dets) in enumerate(zip(batch.metas, detections, strict=True)):
             stage = self._tracking.get(meta.camera_id)
             if stage is not None:
                 pixels = FramePixels(batch.images[i], batch.geometries[i])
                 events += stage.process(meta.capture_ts, (meta.width, meta.height), dets, pixels)
-        return batch, detections, events, infer_s
+        stages = {
+            "preprocess": assembled - started,
+            "inference": inferred - assembled,
+            "decode_nms": decoded - inferred,
+            "track": time.perf_counter() - tracked,
+        }
+        return batch, detections, events, stages
 
     def _publish(self, batch: Batch, detections: list[Detections], epochs: dict[str, int]) -> None:
         names = self._backend.class_names

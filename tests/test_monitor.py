@@ -123,6 +123,7 @@ def test_metrics_scrape_and_healthz(
     )
     metrics.update_cameras(snap)
     metrics.observe_batch(0.03, 4)
+    metrics.observe_stage("decode_nms", 0.004)
 
     code, body = _get(srv.port, "/metrics")
     assert code == 200
@@ -131,6 +132,10 @@ def test_metrics_scrape_and_healthz(
     assert 'edgewatch_camera_streaming{camera="cam1"} 1.0' in body
     assert 'edgewatch_camera_latency_p95_seconds{camera="cam1"} 0.08' in body
     assert "edgewatch_backend_batch_latency_seconds_count 1.0" in body
+    assert 'edgewatch_stage_seconds_count{stage="decode_nms"} 1.0' in body
+    assert 'edgewatch_stage_seconds_sum{stage="decode_nms"} 0.004' in body
+    # Every stage is exported from the start, so a rate over a window never lacks a series.
+    assert 'edgewatch_stage_seconds_count{stage="frame_wait"} 0.0' in body
     assert "edgewatch_mqtt_queue_depth 4.0" in body
     assert "edgewatch_mqtt_dropped_total 2.0" in body
     # Only the daemon's own registry: no default process/python collectors.

@@ -40,6 +40,20 @@ _BUCKET = re.compile(
 )
 
 
+_STAGE = re.compile(r'^edgewatch_stage_seconds_(count|sum)\{stage="(\w+)"\} (\S+)$', re.M)
+
+
+def _stages(text: str) -> dict[tuple[str, str], float]:
+    """``(count|sum, stage) -> value`` of the per-stage histogram."""
+    return {(kind, stage): float(value) for kind, stage, value in _STAGE.findall(text)}
+
+
+def _value(text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert match, f"{name} not on /metrics"
+    return float(match.group(1))
+
+
 def _buckets(text: str) -> list[tuple[float, float]]:
     """Cumulative ``(upper bound, count)`` pairs of the batch-latency histogram."""
     found = [(float(le), float(count)) for le, count in _BUCKET.findall(text)]
@@ -73,12 +87,14 @@ def test_slow_inference_drops_at_capture_with_bounded_latency(
     time.sleep(5.0)  # warm-up: first batches, allocator and thread pools settle
 
     start = time.time()
-    hist0 = _buckets(daemon.metrics())
+    text0 = daemon.metrics()
+    hist0, stages0 = _buckets(text0), _stages(text0)
     rss = [daemon.sample().rss_mb]
     while time.time() - start < WINDOW_S:
         time.sleep(1.0)
         rss.append(daemon.sample().rss_mb)
-    hist1 = _buckets(daemon.metrics())
+    text1 = daemon.metrics()
+    hist1, stages1 = _buckets(text1), _stages(text1)
     end = time.time()
     time.sleep(1.5)  # the last stats interval of the window arrives
 
@@ -94,6 +110,24 @@ def test_slow_inference_drops_at_capture_with_bounded_latency(
         f"RSS {rss[0]:.1f} -> {rss[-1]:.1f} MB (max {max(rss):.1f})"
     )
     assert p95 < bound_ms
+
+    # Every batch is timed once in each stage, every frame's wait once. A batch in the worker
+    # while a scrape is taken may be counted in the early stages but not yet in the later.
+    delta = {key: stages1[key] - stages0.get(key, 0.0) for key in stages1}
+    images = _value(text1, "edgewatch_backend_batch_size_sum") - _value(
+        text0, "edgewatch_backend_batch_size_sum"
+    )
+    mean_ms = {
+        stage: round(1000 * delta[("sum", stage)] / max(delta[("count", stage)], 1), 2)
+        for kind, stage in delta
+        if kind == "sum"
+    }
+    print(f"mean ms per batch (frame_wait: per frame): {mean_ms}")
+    for stage in ("preprocess", "inference", "decode_nms", "track", "publish"):
+        assert abs(delta[("count", stage)] - batches) <= 1, (stage, delta, batches)
+    assert abs(delta[("count", "frame_wait")] - images) <= 8, (delta, images)
+    assert mean_ms["inference"] > mean_ms["decode_nms"] > 0
+    assert mean_ms["frame_wait"] > 0
 
     for cid in cameras:
         stats = [s for s in payloads(sub, "stats", cid) if start <= s["ts"] <= end + 1.5]

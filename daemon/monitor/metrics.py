@@ -50,6 +50,12 @@ _BATCH_BUCKETS: Final = (
     2.0,
     5.0,
 )
+# The steps a batch goes through, in order; each is a label of ``edgewatch_stage_seconds``.
+STAGES: Final = ("frame_wait", "preprocess", "inference", "decode_nms", "track", "publish")
+# From tens of microseconds (one camera's NMS) to seconds (a stalled frame's wait).
+_STAGE_BUCKETS: Final = (
+    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+)  # fmt: skip
 # Bounds on the HTTP side: connections served at once (one thread each; more are answered
 # 503 at once, without a thread), and how long a client may take to send its request.
 MAX_CONNECTIONS: Final = 8
@@ -88,6 +94,16 @@ class DaemonMetrics(Collector):
             buckets=(1, 2, 4, 8, 16, 32),
             registry=self.registry,
         )
+        self.stage_seconds = Histogram(
+            "edgewatch_stage_seconds",
+            "Time in each step of a batch: frame_wait (capture to the start of the batch, per "
+            "frame), preprocess (letterbox into the batch), inference (the backend's call, "
+            "transfers included), decode_nms, track, publish (payloads queued for the sink).",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self._stages = {stage: self.stage_seconds.labels(stage=stage) for stage in STAGES}
         self.registry.register(self)
 
     def update_cameras(self, stats: Mapping[str, CameraStats]) -> None:
@@ -98,6 +114,10 @@ class DaemonMetrics(Collector):
     def observe_batch(self, latency_s: float, size: int) -> None:
         self.batch_latency.observe(latency_s)
         self.batch_size.observe(size)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """One batch's (or, for ``frame_wait``, one frame's) time in ``stage`` (of STAGES)."""
+        self._stages[stage].observe(seconds)
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
