@@ -1,5 +1,5 @@
 # The two set-up commands: `make demo` and `make test` (both bootstrap a fresh machine).
-.PHONY: demo test lint bootstrap venv-ultra
+.PHONY: demo test unit lint bootstrap venv-ultra
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -13,9 +13,18 @@ lint: bootstrap
 	.venv/bin/hadolint Dockerfile.jetson
 
 # pytest exits 5 when it collected no test: that is a broken suite here, not a pass.
+define pytest
+@.venv/bin/python -m pytest $(1) $${PYTEST_ARGS:-}; rc=$$?; \
+ if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+endef
+
 test: lint
-	@.venv/bin/python -m pytest $${PYTEST_ARGS:-}; rc=$$?; \
-	 if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	$(call pytest,)
+
+# tests/unit/ only: the quick loop while editing. No lint here: ruff plus strict mypy over
+# the whole tree take longer than these tests; `make test` runs both before every test.
+unit: bootstrap
+	$(call pytest,tests/unit)
 
 # The Ultralytics peer for `edgewatch bench e2e --baseline ultralytics` and the tracker
 # reference (tests/reference/generate_tracks.py), in its own interpreter so the daemon's venv

@@ -18,9 +18,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.local.broker import Mosquitto
 from daemon.app import serve
 from daemon.config.model import AppConfig
+from tests.harness.broker import Mosquitto
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 

@@ -33,13 +33,13 @@ from typing import Any
 import psutil
 
 from bench.backend import BackendReport, run_backend_bench
-from bench.local.broker import Mosquitto, free_port
-from bench.local.daemon import DaemonProcess, daemon_config, metric_value, write_config
-from bench.local.process import start_logged, tail, terminate
 from bench.subscriber import StreamMeasure, Subscriber
 from daemon.batch.letterbox import rect_shape
 from daemon.config.model import BackendKind
 from daemon.monitor.metrics import STAGES
+from tests.harness.broker import Mosquitto, free_port
+from tests.harness.daemon import DaemonProcess, daemon_config, metric_value, write_config
+from tests.harness.process import start_logged, tail, terminate
 
 PREFIX = "edgewatch"
 OURS_NODE = "bench-ours"
@@ -438,7 +438,7 @@ def run_e2e(opts: E2EOptions, workdir: Path | None = None) -> E2EReport:
         work.mkdir(parents=True, exist_ok=True)
         broker = stack.enter_context(Mosquitto())
         if opts.source == "rtsp":
-            from bench.local.rtsp import RtspServer
+            from tests.harness.rtsp import RtspServer
 
             server = stack.enter_context(RtspServer(cams))
             urls = {cid: server.url(cid) for cid in cams}

@@ -34,15 +34,15 @@ from typing import Any, Final
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.local.broker import Mosquitto, free_port
-from bench.local.daemon import (
+from tests.harness.broker import Mosquitto, free_port
+from tests.harness.daemon import (
     DaemonProcess,
     ResourceSample,
     daemon_config,
     decode_cost,
     write_config,
 )
-from bench.local.rtsp import RtspServer
+from tests.harness.rtsp import RtspServer
 
 _REPO: Final = Path(__file__).resolve().parents[1]
 _SHARED: Final = Path(os.environ.get("EDGEWATCH_SHARED", _REPO.parent / "shared"))

@@ -1,0 +1,2 @@
+"""Tests that start real processes (daemon, CLI, mosquitto, RTSP server), build engines or
+run the model at length."""

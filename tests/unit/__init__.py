@@ -1,0 +1,1 @@
+"""Fast tests: no daemon, broker or RTSP server processes, no long model runs."""
