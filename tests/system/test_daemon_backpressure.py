@@ -1,4 +1,4 @@
-"""Backpressure through the whole daemon (issue 6, item 5).
+"""Backpressure through the whole daemon.
 
 Four real RTSP cameras at 25-30 fps into YOLOv8n on the CPU: inference is far slower than the
 cameras. The daemon must drop frames at capture (counted per camera: every frame read is

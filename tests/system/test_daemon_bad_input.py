@@ -1,12 +1,13 @@
-"""Bad input through the whole daemon (issue 6, item 3).
+"""Bad input through the whole daemon.
 
 Operator mistakes that stop the start (config, model file, an unavailable backend) give one
-clear line and exit status 2, never a traceback. Bad cameras do not stop anything: next to a
+clear line and exit status 2, never a traceback; ``build-engine`` without TensorRT exits as
+``run`` does. Bad cameras do not stop anything: next to a
 good RTSP camera, a closed port and a host name that does not resolve report
 ``reconnecting``/``down`` with a masked reason, a clip that changes resolution mid-way and a
 clip with corrupt bytes in the middle keep producing detections whose boxes lie inside the
 frame, and the process never crashes. Unit-level cases (39 bad configs, engine cache
-mismatches) live in test_config.py and test_engines_cache.py.
+mismatches) live in tests/unit/test_config.py and tests/unit/test_engines_cache.py.
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ def test_bad_cameras_never_stop_the_good_ones(
 def test_start_mistakes_are_one_line(
     tmp_path: Path, videos: list[Path], model_onnx: Path, mistake: str
 ) -> None:
-    """What ``run`` used to report with a traceback (and exit 1) is one line and exit 2."""
+    """Start mistakes found only while starting up are one line and exit 2, no traceback."""
     config = _config(tmp_path, model_onnx, videos[0])
     document = yaml.safe_load(config.read_text())
     with socket.socket() as busy:

@@ -1,7 +1,7 @@
-"""A broker outage through the whole daemon loses no detection (issue 6, item 2).
+"""A broker outage through the whole daemon loses no detection.
 
 Real cameras, model and daemon; mosquitto (persistence on) is stopped for
-``EDGEWATCH_OUTAGE_S`` seconds (8 by default, the issue's 30 s in the ``soak`` variant) while
+``EDGEWATCH_OUTAGE_S`` seconds (8 by default, 30 s in the ``soak`` variant) while
 detections flow, then started again on the same port.
 
 Proof of no loss: the checker holds a persistent session (fixed client id,

@@ -1,4 +1,4 @@
-"""Camera outages through the whole daemon (issue 6, item 1).
+"""Camera outages through the whole daemon.
 
 Four real RTSP cameras, the real model and broker. Killing one camera's feed turns it
 ``reconnecting`` within 5 s while the other three keep (or, being inference-bound, raise)

@@ -1,4 +1,4 @@
-"""Hot reload through the whole daemon (issue 6, item 4).
+"""Hot reload through the whole daemon.
 
 One daemon, real RTSP cameras: a SIGHUP (with the file's mtime left unchanged, so only the
 signal can trigger it) adds, removes and changes a camera; an edit without a signal is picked

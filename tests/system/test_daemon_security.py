@@ -1,4 +1,4 @@
-"""Security through the whole daemon (issue 6, item 7).
+"""Security through the whole daemon.
 
 The daemon talks MQTT over TLS with a username and a password (read from a file, or from an
 environment variable) to a mosquitto that requires both, and reads an RTSP server that

@@ -1,4 +1,4 @@
-"""The soak benchmark in short form (issue 6, item 6); ``bench/soak.py`` is the full one.
+"""The soak benchmark in short form; ``bench/soak.py`` is the full one.
 
 About 75 s instead of 10 minutes: the warm-up runs each of the four faults once, then one
 fault every 12 s. The bounds are the full run's (RSS within 5% of the post-warm-up baseline,

@@ -1,4 +1,4 @@
-"""What an operator sees in the log (issue 13, item 16), through the real daemon.
+"""What an operator sees in the log, through the real daemon.
 
 A normal start and a clean stop are INFO; every line on stderr is a record in the chosen
 format (FFmpeg, OpenCV and ONNX Runtime included); a model that fails every inference

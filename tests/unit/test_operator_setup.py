@@ -41,7 +41,7 @@ def test_unit_does_not_restart_on_an_operator_mistake() -> None:
 def _documented_config_mode() -> int:
     doc = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
     match = re.search(r"install -m (0[0-7]{3}) .*configs/cameras\.yaml", doc)
-    assert match, "docs/deploy.md no longer installs configs/cameras.yaml with a mode"
+    assert match, "docs/deploy.md does not install configs/cameras.yaml with a mode"
     return int(match.group(1), 8)
 
 
@@ -99,7 +99,7 @@ def test_demo_config_follows_edgewatch_shared(tmp_path: Path, shared_dir: Path) 
     config = load_config(demo, env={"EDGEWATCH_SHARED": str(elsewhere)})
     paths = [config.model.path, *(Path(c.url.reveal()) for c in config.cameras)]
     assert all(p.is_relative_to(elsewhere) for p in paths), paths
-    # Unset: the folder beside the checkout, as before.
+    # Unset: the shared folder beside the checkout.
     default = load_config(demo, env={})
     assert default.model.path == (REPO.parent / "shared" / "models" / "yolov8n.onnx")
 
