@@ -15,12 +15,11 @@ from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 from daemon.stills import list_images, read_image
 from tests.fixtures.data import TEST_DATA
 
-FIXTURES = TEST_DATA
 TOLERANCE = 0.005
 
 
 def _ultralytics_run(rect: bool, batch: int) -> dict[str, float]:
-    runs = json.loads((FIXTURES / "ultralytics_val_coco_eval.json").read_text())["runs"]
+    runs = json.loads((TEST_DATA / "ultralytics_val_coco_eval.json").read_text())["runs"]
     return next(
         r
         for r in runs
@@ -33,7 +32,7 @@ def _ultralytics_run(rect: bool, batch: int) -> dict[str, float]:
 def test_metric_rescores_ultralytics_own_predictions(shared_dir: Path) -> None:
     """Same predictions -> same numbers: isolates our metric code from the model run."""
     coco = shared_dir / "datasets" / "coco_eval"
-    val = json.loads((FIXTURES / "ultralytics_val_predictions_coco_eval.json").read_text())
+    val = json.loads((TEST_DATA / "ultralytics_val_predictions_coco_eval.json").read_text())
     stats = DetectionStats()
     for name, rows in sorted(val["pt_square_b1"]["images"].items()):
         height, width = read_image(coco / "images" / name).shape[:2]
