@@ -21,8 +21,9 @@ endef
 test: lint
 	$(call pytest,)
 
-# tests/unit/ only: the quick loop while editing. No lint here: ruff plus strict mypy over
-# the whole tree take longer than these tests; `make test` runs both before every test.
+# tests/unit/ only: the quick loop while editing. No lint here: strict mypy over the whole
+# tree from a cold cache (a fresh checkout, as in CI) alone takes longer than these tests;
+# `make lint` runs it on its own, and `make test` before the whole suite.
 unit: bootstrap
 	$(call pytest,tests/unit)
 
