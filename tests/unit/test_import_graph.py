@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.fixtures.data import REPO
+
 SCRIPT = REPO / "scripts" / "import_graph.py"
 
 
