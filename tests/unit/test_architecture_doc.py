@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.fixtures.data import REPO
+
 DOC = REPO / "docs" / "ARCHITECTURE.md"
 PRODUCT = ("daemon", "engines", "calib", "bench")
 
