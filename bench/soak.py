@@ -12,7 +12,7 @@ and threads, FDs and children must not have grown. Each count is the minimum of 
 samples a second apart, so a request being served or a reader being respawned at that
 instant is not mistaken for a leak.
 
-Prints a table and writes JSON. ``tests/test_reliability_soak.py`` runs a short version.
+Prints a table and writes JSON. ``tests/system/test_daemon_soak.py`` runs a short version.
 """
 
 from __future__ import annotations
