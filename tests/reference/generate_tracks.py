@@ -10,7 +10,7 @@ Two steps, each in the interpreter that has what it needs::
 Step 1 stores, per video, the first ``--frames`` frames' detections at score > 0.1 (the
 lowest score Ultralytics' ByteTrack looks at) with the capture timestamp ``frame / fps``.
 Step 2 adds, per frame, the id BYTETracker (default ``bytetrack.yaml``) gave each detection
-(-1: not in its output) and the versions used. ``tests/test_track_reference.py`` feeds the
+(-1: not in its output) and the versions used. ``tests/unit/test_track_reference.py`` feeds the
 same detections to ``daemon.track`` and compares the two id assignments (IDF1).
 
 Rows are compact: ``[x1, y1, x2, y2, score, class_id]`` in frame pixels. Step 2 imports

@@ -1,6 +1,6 @@
 """``edgewatch check-config`` through the real console script, in a subprocess.
 
-A subset of tests/test_config.py's bad-input table (each run costs about half a second):
+A subset of tests/unit/test_config.py's bad-input table (each run costs about half a second):
 exit status 2, exactly the one expected problem line on stderr, no traceback, no secret.
 """
 

@@ -1,7 +1,7 @@
 """Config loading and validation, in process, against the real model and videos.
 
 ``BAD_CASES`` is the table of malformed configs, each with the one problem line it must give;
-tests/test_check_config_cli.py runs a subset of it through the real console script.
+tests/system/test_check_config_cli.py runs a subset of it through the real console script.
 """
 
 from __future__ import annotations
