@@ -12,6 +12,7 @@ from calib.decode import decode_multi_label
 from calib.labels import read_yolo_labels
 from calib.metrics import DetectionStats
 from daemon.infer.backend import Backend
+from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 from daemon.postprocess.match import Agreement, match
 from daemon.postprocess.yolo import decode_one
 from daemon.stills import StillDetections, decode_images
@@ -98,6 +99,25 @@ def evaluate_map(
     return MapReport(
         result.map50_95, result.map50, stats.images, instances, int(result.classes.shape[0])
     )
+
+
+def evaluate_file(
+    model: Path,
+    images: Sequence[Path],
+    labels_dir: Path,
+    *,
+    threads: int = 0,
+    fuse_qdq: bool = True,
+) -> MapReport:
+    """``evaluate_map`` (Ultralytics val settings) of the ONNX file ``model`` on the ORT CPU
+    provider; ``fuse_qdq=False`` runs a Q/DQ model in float fake-quantization."""
+    backend = OnnxRuntimeBackend(
+        model, intra_op_threads=threads, max_batch=EvalSettings().batch_size, fuse_qdq=fuse_qdq
+    )
+    try:
+        return evaluate_map(backend, images, labels_dir)
+    finally:
+        backend.close()
 
 
 def evaluate_agreement(

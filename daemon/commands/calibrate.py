@@ -25,7 +25,8 @@ _BENCH_BATCH = 8
 
 def register(sub: Any) -> None:
     """Add the ``calibrate`` subcommand."""
-    from calib.gate import MIN_REFERENCE_MAP
+    from calib.gate import GATE_KERNELS, MIN_REFERENCE_MAP
+    from calib.kernels import QDQ_KERNELS
     from calib.quantize import DEFAULT_RECIPE, METHODS, RECIPES
 
     p: argparse.ArgumentParser = sub.add_parser(
@@ -77,6 +78,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--max-images", type=positive_int, help="use at most this many images")
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = auto)")
+    p.add_argument(
+        "--gate-kernels",
+        choices=QDQ_KERNELS,
+        default=None,
+        help="INT8 score the gate judges: ORT's integer kernels on this CPU or float "
+        "fake-quantization (both are reported); default: what the recipe deploys to, "
+        + ", ".join(f"{r} {k}" for r, k in sorted(GATE_KERNELS.items())),
+    )
     p.set_defaults(handler=_calibrate)
 
 
@@ -125,14 +134,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         report: dict[str, Any] = {"model": str(args.model), "int8": asdict(record)}
         if eval_images is not None and fp32_map is not None:
             gate = _run_gate(args, candidate, eval_images, fp32_map)
-            report["gate"] = {
-                "fp32": asdict(gate.fp32),
-                "int8": asdict(gate.int8),
-                "drop_points": gate.drop_points,
-                "passed": gate.passed,
-                "max_drop_points": gate.max_drop_points,
-                "speed_ratio_batch8": gate.speed_ratio,
-            }
+            report["gate"] = gate.report()
             print(gate.summary())
             if not gate.passed:
                 print(
@@ -172,15 +174,10 @@ def _calibrate_arg_problem(args: argparse.Namespace) -> str | None:
 
 def _reference_map(args: argparse.Namespace, eval_images: list[Path]) -> MapReport:
     """FP32 mAP on the gate's images, refused (``GateError``) when it is implausibly low."""
-    from calib.evaluate import evaluate_map
+    from calib.evaluate import evaluate_file
     from calib.gate import check_reference
-    from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 
-    fp32 = OnnxRuntimeBackend(args.model, intra_op_threads=args.threads, max_batch=_BENCH_BATCH)
-    try:
-        report = evaluate_map(fp32, eval_images, args.labels)
-    finally:
-        fp32.close()
+    report = evaluate_file(args.model, eval_images, args.labels, threads=args.threads)
     check_reference(report, args.min_fp32_map)
     return report
 
@@ -190,9 +187,10 @@ def _run_gate(
 ) -> GateResult:
     import numpy as np
 
-    from calib.evaluate import evaluate_map
-    from calib.gate import GateResult
+    from calib.evaluate import evaluate_file, evaluate_map
+    from calib.gate import GATE_KERNELS, GateResult
     from calib.images import iter_letterboxed
+    from calib.kernels import runtime_record
     from calib.runtime import interleaved_throughput
     from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -209,4 +207,14 @@ def _run_gate(
     print(
         f"throughput batch {batch.shape[0]}: fp32 {fp32_ips:.1f} img/s, int8 {int8_ips:.1f} img/s"
     )
-    return GateResult(fp32_map, int8_map, args.max_map_drop, int8_ips / fp32_ips)
+    fake_quant = evaluate_file(
+        candidate, eval_images, args.labels, threads=args.threads, fuse_qdq=False
+    )
+    return GateResult(
+        fp32_map,
+        {"integer": int8_map, "fake-quant": fake_quant},
+        args.gate_kernels or GATE_KERNELS[args.recipe],
+        args.max_map_drop,
+        runtime_record(),
+        int8_ips / fp32_ips,
+    )

@@ -14,6 +14,8 @@ from daemon.commands.exit_codes import EXIT_OK, usage_error
 
 def register(sub: Any) -> None:
     """Add the ``evaluate`` subcommand."""
+    from calib.kernels import QDQ_KERNELS
+
     p: argparse.ArgumentParser = sub.add_parser(
         "evaluate",
         help="mAP of a model on labelled images, or its agreement with a reference model",
@@ -39,11 +41,19 @@ def register(sub: Any) -> None:
         help="confidence threshold (default 0.001 for mAP, 0.25 for agreement)",
     )
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = auto)")
+    p.add_argument(
+        "--qdq-kernels",
+        choices=QDQ_KERNELS,
+        default="integer",
+        help="run a Q/DQ model in ORT's integer kernels (default; results depend on the "
+        "CPU's instruction set) or in float fake-quantization (see docs/int8.md)",
+    )
     p.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from calib.evaluate import EvalSettings, EvaluationError, evaluate_agreement, evaluate_map
+    from calib.kernels import runtime_record
     from calib.labels import LabelError
     from daemon.infer.backend import BackendError
     from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
@@ -56,7 +66,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         return usage_error(f"error: label folder not found: {args.labels}")
     try:
         images = list_images([args.images])
-        backend = OnnxRuntimeBackend(args.model, intra_op_threads=args.threads, max_batch=8)
+        backend = OnnxRuntimeBackend(
+            args.model,
+            intra_op_threads=args.threads,
+            max_batch=8,
+            fuse_qdq=args.qdq_kernels == "integer",
+        )
         if args.labels is not None:
             settings = EvalSettings(
                 conf=0.001 if args.conf is None else args.conf, multi_label=not args.single_label
@@ -83,7 +98,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             )
     except (ImageError, LabelError, EvaluationError, BackendError) as exc:
         return usage_error(f"error: {exc}")
-    print(line)
+    runtime = runtime_record()
+    print(f"{line} ({runtime.label(args.qdq_kernels)})")
     if args.json is not None:
-        args.json.write_text(json.dumps({"model": str(args.model), **result}, indent=1))
+        run = {"model": str(args.model), "qdq_kernels": args.qdq_kernels}
+        args.json.write_text(json.dumps({**run, **result, "runtime": asdict(runtime)}, indent=1))
     return EXIT_OK

@@ -93,21 +93,30 @@ class OnnxRuntimeBackend:
         input_size: int = 640,
         max_batch: int = 8,
         optimized_model_out: Path | None = None,
+        fuse_qdq: bool = True,
     ) -> None:
         """``split_sessions``: see the module docstring (0: one per available core, at most
         ``max_batch``; 1: never split). ``optimized_model_out``: where ORT writes the graph
-        it actually runs after its optimizations (which kernels were fused), for inspection."""
+        it actually runs after its optimizations (which kernels were fused), for inspection.
+        ``fuse_qdq=False``: a Q/DQ model runs as its file is written, in float
+        fake-quantization, instead of in ORT's integer kernels, whose results depend on the
+        CPU's instruction set (``session.disable_quant_qdq``)."""
         if max_batch < 1:
             raise BackendError(f"max_batch must be >= 1, got {max_batch}")
         self._path = path
         usable = _usable_providers(providers)
-        source = _model_source(path, usable)
-        self._session = _open_session(path, source, usable, intra_op_threads, optimized_model_out)
+        source = _model_source(path, usable) if fuse_qdq else str(path)
+        self._session = _open_session(
+            path, source, usable, intra_op_threads, optimized_model_out, fuse_qdq=fuse_qdq
+        )
         self._cpu = usable[0] == _CPU
         split = _split_count(split_sessions, max_batch) if self._cpu else 1
         threads = max(1, (intra_op_threads or _cores()) // split)
         self._split = (
-            [_open_session(path, source, usable, threads, None) for _ in range(split)]
+            [
+                _open_session(path, source, usable, threads, None, fuse_qdq=fuse_qdq)
+                for _ in range(split)
+            ]
             if split > 1
             else []
         )
@@ -323,12 +332,16 @@ def _open_session(
     usable: Sequence[str],
     intra_op_threads: int,
     optimized_out: Path | None,
+    *,
+    fuse_qdq: bool,
 ) -> ort.InferenceSession:
     options = ort.SessionOptions()
     if intra_op_threads > 0:
         options.intra_op_num_threads = intra_op_threads
     if optimized_out is not None:
         options.optimized_model_filepath = str(optimized_out)
+    if not fuse_qdq:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     # ORT writes its own lines straight to stderr, outside the log format: only fatal ones
     # are let through. Provider fall-backs are reported by _usable_providers and a failed
     # run comes back as an exception, which the pipeline logs (rate-limited).

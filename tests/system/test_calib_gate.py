@@ -9,8 +9,11 @@ from pathlib import Path
 import onnx
 import pytest
 
+from calib.evaluate import MapReport
+from calib.gate import GateResult
+from calib.kernels import QdqKernels, RuntimeRecord, runtime_record
 from daemon.cli import main
-from daemon.commands.exit_codes import EXIT_FAILURE, EXIT_USAGE
+from daemon.commands.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from engines.qdq import int8_activations_to_uint8, non_8bit_dequantize_inputs, summarize
 
 
@@ -60,6 +63,10 @@ def test_failed_gate_exits_1_and_keeps_the_old_model(
     assert code == EXIT_FAILURE
     assert "FAIL" in printed.out
     assert "speed_ratio=" in printed.out
+    # Both INT8 scores, and the kernels the verdict is about (ort-cpu: ORT's integer ones).
+    assert "| int8 integer mAP50-95=" in printed.out
+    assert "| int8 fake-quant mAP50-95=" in printed.out
+    assert f"gate on {runtime_record().label('integer')}: drop=" in printed.out
     assert "exceeds --max-map-drop" in printed.err
     assert out.read_bytes() == b"previously deployed model"
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
@@ -199,3 +206,57 @@ def test_evaluate_without_ground_truth_is_an_error(
     assert code == EXIT_USAGE
     assert "mAP" not in printed.out
     assert str(wrong_labels[which]) in _error_line(printed.err)
+
+
+def _map(map50_95: float) -> MapReport:
+    return MapReport(map50_95, map50_95 + 0.15, 128, 898, 71)
+
+
+def test_gate_judges_the_kernels_it_is_told_and_reports_every_score() -> None:
+    scores: dict[QdqKernels, MapReport] = {"integer": _map(0.4002), "fake-quant": _map(0.3969)}
+    runtime = RuntimeRecord("avx2", "1.32.0")
+    by_kernels = {
+        qdq: GateResult(_map(0.4080), scores, qdq, 1.0, runtime)
+        for qdq in ("integer", "fake-quant")
+    }
+    assert by_kernels["integer"].passed
+    assert not by_kernels["fake-quant"].passed
+    assert by_kernels["fake-quant"].drop_points == pytest.approx(1.11)
+    report = by_kernels["fake-quant"].report()
+    assert report["gated_on"] == "fake-quant"
+    assert report["runtime"] == {"cpu_int8_isa": "avx2", "onnxruntime": "1.32.0"}
+    assert report["int8"]["integer"]["map50_95"] == 0.4002
+    assert report["drop_points"]["integer"] == pytest.approx(0.78)
+    assert json.loads(json.dumps(report)) == report
+    assert (
+        by_kernels["fake-quant"]
+        .summary()
+        .endswith(
+            "gate on fake-quant kernels, avx2, onnxruntime 1.32.0: drop=1.11 points (max 1) FAIL"
+        )
+    )
+
+
+def test_evaluate_names_the_kernels_and_runtime(
+    model_onnx: Path,
+    small_sets: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, evald = small_sets
+    out = tmp_path / "eval.json"
+    code = main(
+        ["evaluate", "--model", str(model_onnx), "--images", str(evald / "images"),
+         "--labels", str(evald / "labels"), "--qdq-kernels", "fake-quant", "--threads", "2",
+         "--json", str(out)]
+    )  # fmt: skip
+    assert code == EXIT_OK
+    runtime = runtime_record()
+    assert capsys.readouterr().out.rstrip().endswith(f"({runtime.label('fake-quant')})")
+    result = json.loads(out.read_text())
+    assert result["qdq_kernels"] == "fake-quant"
+    assert result["runtime"] == {
+        "cpu_int8_isa": runtime.cpu_int8_isa,
+        "onnxruntime": runtime.onnxruntime,
+    }
+    assert result["map50_95"] > 0.2
