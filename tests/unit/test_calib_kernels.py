@@ -22,10 +22,20 @@ EPYC_AVX2 = (
     "invpcid rdseed adx smap clflushopt clwb sha_ni xsaveopt xsavec xgetbv1 xsaves clzero "
     "xsaveerptr wbnoinvd arat umip pku ospke vaes vpclmulqdq rdpid fsrm"
 )
-# The lent GPU machine's Intel Xeon: the int8-relevant flags of its "flags" line.
+# The lent GPU machine's Intel Xeon (16 cores), its whole "flags" line.
 XEON_AMX = (
-    "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 avx512f avx512dq avx512bw avx512vl "
-    "avx_vnni avx512_vnni amx_bf16 amx_tile amx_int8"
+    "flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat "
+    "pse36 clflush mmx fxsr sse sse2 ss ht syscall nx pdpe1gb rdtscp lm constant_tsc "
+    "rep_good nopl xtopology nonstop_tsc cpuid tsc_known_freq pni pclmulqdq ssse3 "
+    "fma cx16 pcid sse4_1 sse4_2 x2apic movbe popcnt tsc_deadline_timer aes xsave "
+    "avx f16c rdrand hypervisor lahf_lm abm 3dnowprefetch cpuid_fault ssbd ibrs ibpb "
+    "stibp ibrs_enhanced fsgsbase tsc_adjust bmi1 avx2 smep bmi2 erms invpcid "
+    "avx512f avx512dq rdseed adx smap avx512ifma clflushopt clwb avx512cd sha_ni "
+    "avx512bw avx512vl xsaveopt xsavec xgetbv1 xsaves avx_vnni avx512_bf16 wbnoinvd "
+    "arat avx512vbmi umip pku ospke avx512_vbmi2 gfni vaes vpclmulqdq avx512_vnni "
+    "avx512_bitalg avx512_vpopcntdq rdpid bus_lock_detect cldemote movdiri movdir64b "
+    "fsrm md_clear serialize tsxldtrk ibt amx_bf16 avx512_fp16 amx_tile amx_int8 "
+    "flush_l1d arch_capabilities"
 )
 # An ARMv8.2 core with the dot product extension (aarch64 Linux names them "Features").
 ARM_DOTPROD = (
@@ -40,7 +50,10 @@ ARM_DOTPROD = (
         (EPYC_AVX2, "avx2"),
         (XEON_AMX, "amx_int8"),
         # Without AMX, the same Xeon runs MLAS's AVX512-VNNI kernels.
-        (XEON_AMX.replace(" amx_int8", ""), "avx512_vnni"),
+        (
+            XEON_AMX.replace(" amx_int8", "").replace(" amx_tile", "").replace(" amx_bf16", ""),
+            "avx512_vnni",
+        ),
         (ARM_DOTPROD, "asimddp"),
         ("processor\t: 0\nmodel name\t: some cpu\n", "none"),
     ],
