@@ -4,7 +4,6 @@ the CUDA/FP16 variant carries the ``gpu`` marker."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -90,36 +89,3 @@ def test_specialisations_share_one_copy_of_the_weights(model_onnx: Path) -> None
     # such as the anchor grid are folded anew, and are not 4-D).
     assert len(first) > 50
     assert second == first
-
-
-def _warm_then_serve(device: str, model_onnx: Path, caplog: pytest.LogCaptureFixture) -> None:
-    backend = TorchBackend(model_onnx, max_batch=4, device=device)
-    hws = [(384, 640), (640, 640)]
-    try:
-        with caplog.at_level(logging.INFO, logger="daemon.infer.torch_backend"):
-            backend.warm_up(hws)
-            warmed = len(caplog.records)
-            caplog.clear()
-            for h, w in hws:
-                for n in range(1, 5):
-                    backend.infer(np.zeros((n, h, w, 3), np.uint8))
-        assert warmed > 0
-        compiled = [r for r in caplog.records if "compiled" in r.getMessage()]
-        assert not compiled, [r.__dict__.get("shape") for r in compiled]
-    finally:
-        backend.close()
-
-
-def test_torch_cpu_warm_up_leaves_nothing_to_compile(
-    model_onnx: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    _warm_then_serve("cpu", model_onnx, caplog)
-
-
-@pytest.mark.gpu
-def test_torch_cuda_warm_up_leaves_nothing_to_compile(
-    model_onnx: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    _warm_then_serve("cuda", model_onnx, caplog)
