@@ -9,11 +9,10 @@ against its FP32 shadow), ``edgewatch evaluate --reference`` and the mAP evaluat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
+from daemon.postprocess.iou import box_iou
 from daemon.postprocess.yolo import Detections
 
 
@@ -48,30 +47,6 @@ class Agreement:
         """Harmonic mean of precision and recall; 1.0 when both sides are empty."""
         total = self.reference + self.candidate
         return 2 * self.matched / total if total else 1.0
-
-
-def box_iou(
-    a: npt.NDArray[np.floating[Any]], b: npt.NDArray[np.floating[Any]]
-) -> npt.NDArray[np.float64]:
-    """Pairwise IoU of xyxy boxes ``a`` [n, 4] and ``b`` [m, 4] -> [n, m], in float64.
-
-    Ultralytics' formula (``+ 1e-7`` in the union), so the mAP evaluator scores exactly as
-    ``val`` does; degenerate boxes have zero area and IoU 0."""
-    a64 = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b64 = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    # One column per coordinate and plain ufuncs: the tracker calls this on every camera-frame,
-    # and broadcasting over (x, y) pairs or prod/clip's Python wrappers cost more than the
-    # arithmetic at these sizes.
-    ax1, ay1, ax2, ay2 = (a64[:, i, None] for i in range(4))
-    bx1, by1, bx2, by2 = b64.T
-    iw = np.minimum(ax2, bx2) - np.maximum(ax1, bx1)
-    ih = np.minimum(ay2, by2) - np.maximum(ay1, by1)
-    inter = np.maximum(iw, 0.0, out=iw) * np.maximum(ih, 0.0, out=ih)
-    area_a = np.maximum(ax2 - ax1, 0.0) * np.maximum(ay2 - ay1, 0.0)
-    area_b = np.maximum(bx2 - bx1, 0.0) * np.maximum(by2 - by1, 0.0)
-    union = area_a + area_b - inter + 1e-7
-    iou: npt.NDArray[np.float64] = inter / union
-    return iou
 
 
 def match(reference: Detections, candidate: Detections, iou: float = 0.5) -> Agreement:

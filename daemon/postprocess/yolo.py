@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.batch.letterbox import LetterboxGeometry
+from daemon.postprocess.iou import IOU_EPS
 
 # Offset per class id for class-aware NMS in one pass (Ultralytics' max_wh).
 _MAX_WH = 7680.0
@@ -50,7 +51,7 @@ def nms(
         w = (np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])).clip(0)
         h = (np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])).clip(0)
         inter = w * h
-        overlap = inter / (areas[i] + areas[rest] - inter + 1e-9)
+        overlap = inter / (areas[i] + areas[rest] - inter + IOU_EPS)
         order = rest[overlap <= iou]
     return np.asarray(keep, dtype=np.intp)
 

@@ -7,7 +7,7 @@ then give last frame's unconfirmed tracks one chance with the remaining high-sco
 start tracks from what is left above ``new_track_threshold``, and end tracks unseen for
 ``lost_after_s``. The association order, thresholds and duplicate-removal rule follow
 Ultralytics' ``BYTETracker`` so the same detections get the same tracks (checked by
-``tests/test_track_reference.py``); the differences are that time is the capture
+``tests/unit/test_track_reference.py``); the differences are that time is the capture
 timestamp rather than a frame count, and that ids are handed out on confirmation, so
 boxes that never became a track burn no id.
 
@@ -25,6 +25,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from daemon.config.tracking import TrackingConfig
+from daemon.postprocess.iou import pairwise_iou
 from daemon.track import kalman
 
 F64 = npt.NDArray[np.float64]
@@ -53,28 +54,6 @@ class TrackFrame:
 
     track_ids: I64
     ended: I64
-
-
-def pair_iou(a: F64, b: F64) -> F64:
-    """Pairwise IoU of float64 xyxy rows ``a`` [n, 4] and ``b`` [m, 4], the values of
-    ``daemon.postprocess.match.box_iou`` (same formula and rounding order).
-
-    The tracker computes one per frame: x and y go through each ufunc together, which halves
-    the calls that dominate at tens of boxes."""
-    # Contiguous coordinate rows: broadcasting strided views costs more than the copies.
-    corners_a = np.ascontiguousarray(a.T)[:, :, None]
-    corners_b = np.ascontiguousarray(b.T)[:, None, :]
-    extent = np.minimum(corners_a[2:], corners_b[2:])
-    extent -= np.maximum(corners_a[:2], corners_b[:2])
-    np.maximum(extent, 0.0, out=extent)
-    inter = extent[0] * extent[1]
-    size_a = np.maximum(a[:, 2:] - a[:, :2], 0.0)
-    size_b = np.maximum(b[:, 2:] - b[:, :2], 0.0)
-    union = (size_a[:, 0] * size_a[:, 1])[:, None] + size_b[:, 0] * size_b[:, 1]
-    union -= inter
-    union += 1e-7
-    iou: F64 = np.divide(inter, union, out=inter)
-    return iou
 
 
 def assign(cost: F64, limit: float) -> tuple[I64, I64]:
@@ -153,7 +132,7 @@ class ByteTracker:
         high = valid & (scores >= cfg.high_threshold)
         low = valid & (scores > cfg.low_threshold) & (scores < cfg.high_threshold)
         # One IoU matrix (every track x every box) serves all three stages.
-        iou = pair_iou(kalman.xyah_to_xyxy(self._mean), boxes)
+        iou = pairwise_iou(kalman.xyah_to_xyxy(self._mean), boxes)
         fused = iou * scores
         det_of, newly_lost, free = self._associate(iou, fused, confirmed, high, low)
         fresh = (free & (scores >= cfg.new_track_threshold)).nonzero()[0]
@@ -246,7 +225,7 @@ class ByteTracker:
             return
         tracked = (~(self._lost | drop)).nonzero()[0]
         boxes = kalman.xyah_to_xyxy(self._mean)
-        p, q = (1.0 - pair_iou(boxes[tracked], boxes[lost]) < _DUPLICATE_DISTANCE).nonzero()
+        p, q = (1.0 - pairwise_iou(boxes[tracked], boxes[lost]) < _DUPLICATE_DISTANCE).nonzero()
         if not len(p):
             return
         age = self._seen_ts - self._start_ts

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from calib.metrics import DetectionStats, compute_ap, match_predictions
-from daemon.postprocess.match import box_iou
+from daemon.postprocess.iou import box_iou
 
 BOX = np.array([[10.0, 10.0, 110.0, 110.0]])
 

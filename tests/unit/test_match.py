@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daemon.postprocess.match import Agreement, box_iou, match
+from daemon.postprocess.iou import box_iou
+from daemon.postprocess.match import Agreement, match
 from daemon.postprocess.yolo import Detections
 
 

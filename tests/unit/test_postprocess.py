@@ -8,7 +8,8 @@ import numpy.typing as npt
 import pytest
 
 from daemon.batch.letterbox import LetterboxGeometry
-from daemon.postprocess.match import Agreement, box_iou, match
+from daemon.postprocess.iou import box_iou
+from daemon.postprocess.match import Agreement, match
 from daemon.postprocess.yolo import Detections, decode_batch, decode_one, nms
 from daemon.publish.payloads import detection_records
 

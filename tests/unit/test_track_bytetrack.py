@@ -7,8 +7,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.config.tracking import TrackingConfig
-from daemon.postprocess.match import box_iou
-from daemon.track.bytetrack import ByteTracker, assign, pair_iou
+from daemon.track.bytetrack import ByteTracker, assign
 
 F64 = npt.NDArray[np.float64]
 FPS = 30.0
@@ -146,17 +145,3 @@ def test_assignment_leaves_pairs_above_the_limit_unmatched() -> None:
     cost = np.array([[0.1, 0.9], [0.2, 0.95]])
     rows, cols = assign(cost, 0.8)
     assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 0)]
-
-
-def test_tracker_iou_equals_the_shared_box_iou_bit_for_bit() -> None:
-    """The tracker's own IoU must give the values ``box_iou`` gives (the same matching),
-    degenerate and inverted boxes included."""
-    rng = np.random.default_rng(11)
-    centre = rng.uniform(0, 300, size=(70, 2))
-    half = rng.uniform(-5, 40, size=(70, 2))  # some widths/heights negative or zero
-    half[:5] = 0.0
-    boxes = np.concatenate([centre - half, centre + half], axis=1)
-    a, b = boxes[:40], np.concatenate([boxes[40:], boxes[:10]])
-    expected = box_iou(a, b)
-    assert (expected > 0.5).any()
-    assert np.array_equal(pair_iou(a, b), expected)
