@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import sys
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
@@ -34,7 +33,7 @@ PRODUCT = ("daemon", "engines", "calib")
 class Graph:
     """Package-level edges and the rule violations found while reading the modules."""
 
-    edges: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    edges: dict[str, set[str]] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
 
 
@@ -78,8 +77,12 @@ def exits(tree: ast.AST) -> Iterator[int]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             target = node.func
-            if target.attr == "exit" and isinstance(target.value, ast.Name):
-                yield from [node.lineno] if target.value.id == "sys" else []
+            if (
+                target.attr == "exit"
+                and isinstance(target.value, ast.Name)
+                and target.value.id == "sys"
+            ):
+                yield node.lineno
         elif isinstance(node, ast.Raise) and node.exc is not None:
             exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
             if isinstance(exc, ast.Name) and exc.id == "SystemExit":
@@ -93,17 +96,21 @@ def read_graph(root: Path) -> Graph:
             module = module_name(root, path)
             tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
             source = package_of(module)
-            graph.edges[source]
+            graph.edges.setdefault(source, set())
             commands = in_layer(module, COMMAND_LAYER)
-            for name in imported_modules(tree, module):
-                if name.split(".")[0] not in PACKAGES:
-                    continue
-                if in_layer(name, COMMAND_LAYER) and not commands:
-                    where = f"{path.relative_to(root)}: imports the command layer"
-                    if not any(v.startswith(where) for v in graph.violations):
-                        graph.violations.append(f"{where} ({name})")
-                target = package_of(name)
-                if target != source and name != target.split(".")[0]:
+            # A bare top package is the ``from X import y`` base; its ``X.y`` entry counts.
+            names = [
+                name
+                for name in imported_modules(tree, module)
+                if name.split(".")[0] in PACKAGES and name not in PACKAGES
+            ]
+            upward = next((n for n in names if in_layer(n, COMMAND_LAYER)), None)
+            if upward is not None and not commands:
+                graph.violations.append(
+                    f"{path.relative_to(root)}: imports the command layer ({upward})"
+                )
+            for name in names:
+                if (target := package_of(name)) != source:
                     graph.edges[source].add(target)
             if in_layer(module, PRODUCT) and not commands:
                 for line in exits(tree):
