@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests.fixtures.observe import ObservedDaemon, cheap_cameras, payloads
+from tests.harness.daemon import metric_value
 from tests.harness.rtsp import RtspServer
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.mqtt]
@@ -46,12 +47,6 @@ _STAGE = re.compile(r'^edgewatch_stage_seconds_(count|sum)\{stage="(\w+)"\} (\S+
 def _stages(text: str) -> dict[tuple[str, str], float]:
     """``(count|sum, stage) -> value`` of the per-stage histogram."""
     return {(kind, stage): float(value) for kind, stage, value in _STAGE.findall(text)}
-
-
-def _value(text: str, name: str) -> float:
-    match = re.search(rf"^{name} (\S+)$", text, re.M)
-    assert match, f"{name} not on /metrics"
-    return float(match.group(1))
 
 
 def _buckets(text: str) -> list[tuple[float, float]]:
@@ -114,9 +109,10 @@ def test_slow_inference_drops_at_capture_with_bounded_latency(
     # Every batch is timed once in each stage, every frame's wait once. A batch in the worker
     # while a scrape is taken may be counted in the early stages but not yet in the later.
     delta = {key: stages1[key] - stages0.get(key, 0.0) for key in stages1}
-    images = _value(text1, "edgewatch_backend_batch_size_sum") - _value(
-        text0, "edgewatch_backend_batch_size_sum"
-    )
+    images0, images1 = (metric_value(t, "edgewatch_backend_batch_size_sum") for t in (text0, text1))
+    assert images0 is not None
+    assert images1 is not None
+    images = images1 - images0
     mean_ms = {
         stage: round(1000 * delta[("sum", stage)] / max(delta[("count", stage)], 1), 2)
         for kind, stage in delta
