@@ -108,14 +108,16 @@ def evaluate_file(
     *,
     threads: int = 0,
     fuse_qdq: bool = True,
+    settings: EvalSettings = EvalSettings(),
 ) -> MapReport:
-    """``evaluate_map`` (Ultralytics val settings) of the ONNX file ``model`` on the ORT CPU
-    provider; ``fuse_qdq=False`` runs a Q/DQ model in float fake-quantization."""
+    """``evaluate_map`` of the ONNX file ``model`` on the ORT CPU provider (default:
+    Ultralytics val settings); ``fuse_qdq=False`` runs a Q/DQ model in float
+    fake-quantization."""
     backend = OnnxRuntimeBackend(
-        model, intra_op_threads=threads, max_batch=EvalSettings().batch_size, fuse_qdq=fuse_qdq
+        model, intra_op_threads=threads, max_batch=settings.batch_size, fuse_qdq=fuse_qdq
     )
     try:
-        return evaluate_map(backend, images, labels_dir)
+        return evaluate_map(backend, images, labels_dir, settings)
     finally:
         backend.close()
 

@@ -7,9 +7,12 @@ import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.commands.exit_codes import EXIT_OK, usage_error
+
+if TYPE_CHECKING:
+    from daemon.postprocess.match import Agreement
 
 
 def register(sub: Any) -> None:
@@ -52,11 +55,10 @@ def register(sub: Any) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from calib.evaluate import EvalSettings, EvaluationError, evaluate_agreement, evaluate_map
+    from calib.evaluate import EvalSettings, EvaluationError, evaluate_file
     from calib.kernels import runtime_record
     from calib.labels import LabelError
     from daemon.infer.backend import BackendError
-    from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
     from daemon.stills import ImageError, list_images
 
     for path in (args.model, args.reference):
@@ -66,25 +68,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         return usage_error(f"error: label folder not found: {args.labels}")
     try:
         images = list_images([args.images])
-        backend = OnnxRuntimeBackend(
-            args.model,
-            intra_op_threads=args.threads,
-            max_batch=8,
-            fuse_qdq=args.qdq_kernels == "integer",
-        )
         if args.labels is not None:
             settings = EvalSettings(
                 conf=0.001 if args.conf is None else args.conf, multi_label=not args.single_label
             )
-            result: dict[str, Any] = asdict(evaluate_map(backend, images, args.labels, settings))
-            line = f"mAP50-95={result['map50_95']:.4f} mAP50={result['map50']:.4f}"
+            report = evaluate_file(
+                args.model,
+                images,
+                args.labels,
+                threads=args.threads,
+                fuse_qdq=args.qdq_kernels == "integer",
+                settings=settings,
+            )
+            result: dict[str, Any] = asdict(report)
+            line = report.line()
         else:
-            reference = OnnxRuntimeBackend(
-                args.reference, intra_op_threads=args.threads, max_batch=8
-            )
-            counts = evaluate_agreement(
-                backend, reference, images, conf=0.25 if args.conf is None else args.conf
-            )
+            counts = _agreement(args, images)
             result = {
                 **asdict(counts),
                 "f1": counts.f1,
@@ -104,3 +103,26 @@ def _evaluate(args: argparse.Namespace) -> int:
         run = {"model": str(args.model), "qdq_kernels": args.qdq_kernels}
         args.json.write_text(json.dumps({**run, **result, "runtime": asdict(runtime)}, indent=1))
     return EXIT_OK
+
+
+def _agreement(args: argparse.Namespace, images: list[Path]) -> Agreement:
+    """Detection agreement of ``args.model`` with ``args.reference`` on ``images``."""
+    from calib.evaluate import evaluate_agreement
+    from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(
+        args.model,
+        intra_op_threads=args.threads,
+        max_batch=8,
+        fuse_qdq=args.qdq_kernels == "integer",
+    )
+    try:
+        reference = OnnxRuntimeBackend(args.reference, intra_op_threads=args.threads, max_batch=8)
+        try:
+            return evaluate_agreement(
+                backend, reference, images, conf=0.25 if args.conf is None else args.conf
+            )
+        finally:
+            reference.close()
+    finally:
+        backend.close()
