@@ -24,8 +24,9 @@ from daemon.monitor.health import BatchHealth
 from daemon.monitor.metrics import DaemonMetrics, Health, publisher_health
 from daemon.monitor.reporter import StatsReporter
 from daemon.monitor.stats import StatsCollector
+from daemon.postprocess.detect import decode_inferred, infer_batch
 from daemon.postprocess.filters import CameraFilter, resolve_filter
-from daemon.postprocess.yolo import Detections, decode_batch
+from daemon.postprocess.yolo import Detections
 from daemon.publish.sink import Sink
 from daemon.track.cameras import TrackedCameras
 from daemon.track.events import TrackEvent
@@ -270,15 +271,10 @@ class Pipeline:
         assembled = time.perf_counter()
         for meta in batch.metas:
             self._metrics.observe_stage("frame_wait", max(0.0, now - meta.capture_ts))
-        raw = self._backend.infer(batch.images)
+        iou, max_det = self._config.model.iou, self._config.model.max_detections
+        raw = infer_batch(self._backend, batch.images, conf, iou, max_det)
         inferred = time.perf_counter()
-        detections = decode_batch(
-            raw,
-            batch.geometries,
-            conf,
-            self._config.model.iou,
-            self._config.model.max_detections,
-        )
+        detections = decode_inferred(raw, batch.geometries, conf, iou, max_det)
         decoded = time.perf_counter()
         if self._drift is not None:
             # Before the buffer is reused: sampled frames are copied out for the shadow check.

@@ -10,7 +10,6 @@ predicts on a dynamic model; the resize and padding arithmetic is the same ``let
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,7 +19,8 @@ import numpy.typing as npt
 
 from daemon.batch.letterbox import LetterboxGeometry, letterbox_into, rect_shape
 from daemon.infer.backend import Backend
-from daemon.postprocess.yolo import Detections, decode_one
+from daemon.postprocess.detect import detect_batch
+from daemon.postprocess.yolo import Detections
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -78,13 +78,12 @@ def detect_images(
     batch_size: int = 1,
     rect: bool = False,
 ) -> Iterator[tuple[Path, Detections]]:
-    """Detect objects in each image with the daemon's decoder, yielding ``(path, detections)``
-    in input order; ``batch_size`` and ``rect`` as for ``decode_images``."""
-    decode = partial(decode_one, conf=conf, iou=iou, max_det=max_det)
-    for path, _, detections in decode_images(
-        backend, paths, decode, batch_size=batch_size, rect=rect
-    ):
-        yield path, detections
+    """Detect objects in each image as the daemon's batch worker does (on the backend's
+    device where it NMSes there), yielding ``(path, detections)`` in input order;
+    ``batch_size`` and ``rect`` as for ``decode_images``."""
+    for chunk, geometries, batch in _batches(backend, paths, batch_size, rect):
+        found = detect_batch(backend, batch, geometries, conf=conf, iou=iou, max_det=max_det)
+        yield from zip(chunk, found, strict=True)
 
 
 def decode_images(
@@ -95,13 +94,29 @@ def decode_images(
     batch_size: int = 1,
     rect: bool = False,
 ) -> Iterator[StillDetections]:
-    """Letterbox, infer and ``decode`` each image, yielding results in input order.
+    """Letterbox, infer and ``decode`` each image's raw head, yielding results in input order.
 
     Images are letterboxed into one preallocated batch buffer, ``batch_size`` at a time
     (capped at the backend's ``max_batch``). ``rect`` (one image at a time) uses Ultralytics
     predict's minimal padding where the backend's model has a dynamic input size, else the
     full input size. Raises ``ImageError`` on an unreadable image.
     """
+    for chunk, geometries, batch in _batches(backend, paths, batch_size, rect):
+        preds = backend.infer(batch)
+        # Decode the whole batch before yielding: ``preds`` may be the backend's output buffer,
+        # which the caller's next ``infer`` on this thread (another generator) overwrites.
+        results = [
+            StillDetections(path, geometry, decode(preds[i], geometry))
+            for i, (path, geometry) in enumerate(zip(chunk, geometries, strict=True))
+        ]
+        yield from results
+
+
+def _batches(
+    backend: Backend, paths: Sequence[Path], batch_size: int, rect: bool
+) -> Iterator[tuple[Sequence[Path], list[LetterboxGeometry], npt.NDArray[np.uint8]]]:
+    """The images letterboxed ``batch_size`` at a time into one reused buffer (see
+    ``decode_images``): each chunk's paths, geometries and batch view."""
     rect = rect and backend.dynamic_hw
     size = 1 if rect else max(1, min(batch_size, backend.max_batch))
     h, w = backend.input_hw
@@ -112,14 +127,5 @@ def decode_images(
         ch, cw = rect_shape(images[0].shape[:2], (h, w)) if rect else (h, w)
         # A smaller canvas is the front of the same buffer: a contiguous view, no allocation.
         batch = buffer.reshape(-1)[: len(chunk) * ch * cw * 3].reshape(len(chunk), ch, cw, 3)
-        geometries: list[LetterboxGeometry] = [
-            letterbox_into(image, batch[i]) for i, image in enumerate(images)
-        ]
-        preds = backend.infer(batch)
-        # Decode the whole batch before yielding: ``preds`` may be the backend's output buffer,
-        # which the caller's next ``infer`` on this thread (another generator) overwrites.
-        results = [
-            StillDetections(path, geometry, decode(preds[i], geometry))
-            for i, (path, geometry) in enumerate(zip(chunk, geometries, strict=True))
-        ]
-        yield from results
+        geometries = [letterbox_into(image, batch[i]) for i, image in enumerate(images)]
+        yield chunk, geometries, batch

@@ -2,7 +2,9 @@
 
 A backend takes the batcher's uint8 RGB NHWC batch exactly as it is (normalisation and
 layout change are the backend's business, so a GPU backend can do them on the GPU) and
-returns the raw YOLOv8 head ``[n, 4 + num_classes, anchors]`` as float32.
+returns the raw YOLOv8 head ``[n, 4 + num_classes, anchors]`` as float32. A backend that can
+also decode and NMS where the head is (``DeviceNms``) returns only the kept boxes instead,
+so the head never crosses to the host.
 """
 
 from __future__ import annotations
@@ -135,3 +137,16 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class DeviceNms(Protocol):
+    """A backend that decodes the head, filters by score and runs class-aware NMS on its own
+    device, with the semantics of ``daemon.postprocess.yolo.decode_one``."""
+
+    def infer_nms(
+        self, batch: UInt8Batch, conf: float, iou: float, max_det: int
+    ) -> list[FloatArray]:
+        """Run ``batch`` as ``Backend.infer`` does; per image the kept boxes as float32 rows
+        (``x1, y1, x2, y2`` in network-input pixels, score, class id), best first."""
+        ...

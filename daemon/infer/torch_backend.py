@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +40,7 @@ from daemon.infer.backend import (
 )
 from daemon.infer.slots import SlotPool
 from daemon.infer.torch_graph import GraphError, OnnxGraph, SpecialisedProgram
+from daemon.infer.torch_nms import kept_rows
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,25 @@ class TorchBackend:
 
     def infer(self, batch: UInt8Batch) -> FloatArray:
         """Run ``batch`` (``[n, H, W, 3]`` uint8 RGB); returns a view of pinned memory."""
+        with self._running(batch) as (slot, out):
+            host_out = slot.host_out[: out.numel()].view(out.shape)
+            host_out.copy_(out, non_blocking=True)
+        result: FloatArray = host_out.numpy()
+        return result
+
+    def infer_nms(
+        self, batch: UInt8Batch, conf: float, iou: float, max_det: int
+    ) -> list[FloatArray]:
+        """Run ``batch`` and decode + NMS it on the device (``DeviceNms``): only the kept
+        boxes are copied back."""
+        with self._running(batch) as (_, out):
+            return kept_rows(out, conf, iou, max_det)
+
+    @contextmanager
+    def _running(self, batch: UInt8Batch) -> Iterator[tuple[_Slot, torch.Tensor]]:
+        """Upload and run ``batch`` on this thread's slot; yields the slot and the head
+        ``[n, 4 + nc, anchors]`` on the device, with the slot's stream current. Work queued
+        inside has finished when the block exits."""
         check_batch(batch, self._max_batch, self._input_hw, self._dynamic_hw)
         if self._closed:
             raise BackendError("torch backend used after close()")
@@ -150,32 +172,30 @@ class TorchBackend:
         host_in = slot.host_in[:size]
         host_in.numpy()[:] = batch.reshape(-1)
         dev_in = slot.dev_in[:size]
-        stream_ctx = torch.cuda.stream(slot.stream) if slot.stream is not None else _nullctx()
-        with stream_ctx:
-            dev_in.copy_(host_in, non_blocking=True)
-            # Rows n..bucket hold stale frames: computed, never copied back.
-            bucket = self._bucket(n)
-            compiled = slot.compiled.get((bucket, h, w))
-            if compiled is None:
-                with self._compile_lock:
-                    compiled = self._compile(slot, bucket, h, w)
-            if compiled.graph is not None:
-                compiled.graph.replay()
-                out = compiled.output
-            else:
-                images = slot.dev_in[: bucket * h * w * _RGB].view(bucket, h, w, _RGB)
-                out = self._forward(compiled.program, images)
-            assert out is not None
-            out = out[:n]
-            anchors = out.shape[2]
-            host_out = slot.host_out[: out.numel()].view(out.shape)
-            host_out.copy_(out, non_blocking=True)
-        if slot.stream is not None:
-            slot.stream.synchronize()
-        result: FloatArray = host_out.numpy()
-        if result.shape[1] != _BOX_COORDS + self._num_classes or anchors > self._anchors:
-            raise BackendError(f"{self._path}: unexpected output shape {list(result.shape)}")
-        return result
+        stream_ctx = torch.cuda.stream(slot.stream) if slot.stream is not None else nullcontext()
+        try:
+            with stream_ctx:
+                dev_in.copy_(host_in, non_blocking=True)
+                # Rows n..bucket hold stale frames: computed, never copied back.
+                bucket = self._bucket(n)
+                compiled = slot.compiled.get((bucket, h, w))
+                if compiled is None:
+                    with self._compile_lock:
+                        compiled = self._compile(slot, bucket, h, w)
+                if compiled.graph is not None:
+                    compiled.graph.replay()
+                    out = compiled.output
+                else:
+                    images = slot.dev_in[: bucket * h * w * _RGB].view(bucket, h, w, _RGB)
+                    out = self._forward(compiled.program, images)
+                assert out is not None
+                if out.shape[1] != _BOX_COORDS + self._num_classes or out.shape[2] > self._anchors:
+                    raise BackendError(f"{self._path}: unexpected output shape {list(out.shape)}")
+                yield slot, out[:n]
+        finally:
+            # Also after a failure: the slot's buffers are reused by the next call.
+            if slot.stream is not None:
+                slot.stream.synchronize()
 
     def close(self) -> None:
         with self._lock:
@@ -242,14 +262,6 @@ class TorchBackend:
                    "ms": round((time.perf_counter() - started) * 1000, 1)},
         )  # fmt: skip
         return compiled
-
-
-class _nullctx:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *_exc: object) -> None:
-        return None
 
 
 def _anchor_count(hw: tuple[int, int]) -> int:

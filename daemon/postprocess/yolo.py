@@ -107,14 +107,29 @@ def decode_candidates(
     cls = class_ids.astype(np.int64)
 
     keep = nms(boxes + (cls[:, None] * _MAX_WH).astype(np.float32), scores, iou)[:max_det]
-    boxes, scores, cls = boxes[keep], scores[keep], cls[keep]
+    return Detections(_to_frame(boxes[keep], geometry), scores[keep], cls[keep])
 
+
+def decode_kept(rows: npt.NDArray[np.float32], geometry: LetterboxGeometry) -> Detections:
+    """Detections from a ``DeviceNms`` backend's kept rows (``[k, 6]``: xyxy in input
+    pixels, score, class id), boxes mapped back to frame pixels."""
+    return Detections(
+        _to_frame(rows[:, :4].copy(), geometry),
+        np.ascontiguousarray(rows[:, 4]),
+        rows[:, 5].astype(np.int64),
+    )
+
+
+def _to_frame(
+    boxes: npt.NDArray[np.float32], geometry: LetterboxGeometry
+) -> npt.NDArray[np.float32]:
+    """Input-pixel xyxy ``boxes`` (changed in place) in source-frame pixels, clipped to it."""
     boxes[:, [0, 2]] -= geometry.pad_left
     boxes[:, [1, 3]] -= geometry.pad_top
     boxes /= geometry.scale
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, geometry.src_width)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, geometry.src_height)
-    return Detections(boxes.astype(np.float32, copy=False), scores, cls)
+    return boxes.astype(np.float32, copy=False)
 
 
 def decode_batch(

@@ -12,7 +12,11 @@ import pytest
 from bench.backend import real_frames
 from daemon.batch.letterbox import LetterboxGeometry
 from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
-from daemon.postprocess.yolo import decode_one
+from daemon.postprocess.detect import detect_batch, infer_batch
+from daemon.postprocess.match import Agreement, match
+from daemon.postprocess.yolo import Detections, decode_kept, decode_one
+from daemon.stills import detect_images, list_images
+from tests.fixtures.data import COCO_EVAL
 
 torch = pytest.importorskip("torch")
 
@@ -89,3 +93,75 @@ def test_specialisations_share_one_copy_of_the_weights(model_onnx: Path) -> None
     # such as the anchor grid are folded anew, and are not 4-D).
     assert len(first) > 50
     assert second == first
+
+
+def _same_detections(got: Detections, want: Detections) -> None:
+    np.testing.assert_array_equal(got.class_ids, want.class_ids)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got.boxes, want.boxes, rtol=0, atol=1e-3)
+
+
+def test_device_nms_matches_the_host_decoder(model_onnx: Path, videos: list[Path]) -> None:
+    """The backend's own decode + NMS gives exactly what the numpy decoder gives on the same
+    head, per image and in the same order, including the ``max_det`` cut and empty frames."""
+    backend = TorchBackend(model_onnx, max_batch=4, device="cpu")
+    try:
+        frames = real_frames(videos, 4, (384, 640))
+        frames[2] = 114  # a grey frame: nothing found
+        geometries = [LetterboxGeometry(0.5, 0, 12, 1280, 720)] * 4
+        head = backend.infer(frames).copy()
+        for conf, max_det in ((0.25, 300), (0.1, 3), (0.25, 1)):
+            kept = backend.infer_nms(frames, conf, 0.7, max_det)
+            assert len(kept) == 4
+            found = 0
+            for i, g in enumerate(geometries):
+                want = decode_one(head[i], g, conf, 0.7, max_det)
+                _same_detections(decode_kept(kept[i], g), want)
+                found += len(want)
+            assert len(kept[2]) == 0
+            assert found >= 3
+        nothing = backend.infer_nms(frames, 0.99, 0.7, 300)
+        assert [k.shape for k in nothing] == [(0, 6)] * 4
+    finally:
+        backend.close()
+
+
+def test_detect_batch_uses_the_device_nms(model_onnx: Path, videos: list[Path]) -> None:
+    """The pipeline's and ``edgewatch detect``'s entry point takes the device path for the
+    torch backend and gives the same detections as the raw head through the host decoder."""
+    backend = TorchBackend(model_onnx, max_batch=2, device="cpu")
+    try:
+        frames = real_frames(videos, 2, (640, 640))
+        geometries = [_geometry((640, 640))] * 2
+        assert isinstance(infer_batch(backend, frames, 0.25, 0.7, 300), list)
+        got = detect_batch(backend, frames, geometries, conf=0.25, iou=0.7, max_det=300)
+        head = backend.infer(frames)
+        for i, g in enumerate(geometries):
+            _same_detections(got[i], decode_one(head[i], g, 0.25, 0.7))
+    finally:
+        backend.close()
+
+
+@pytest.mark.gpu
+def test_cuda_device_nms_agrees_with_the_cpu_path(model_onnx: Path) -> None:
+    """FP16 on the GPU with NMS there, against ``edgewatch detect``'s default (ONNX Runtime
+    FP32 on the CPU, numpy NMS), over the whole labelled evaluation set: F1 >= 0.99."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    images = list_images([COCO_EVAL / "images"])
+    ours = TorchBackend(model_onnx, max_batch=8, device="cuda")
+    reference = OnnxRuntimeBackend(model_onnx, max_batch=8)
+    try:
+        total = Agreement()
+        pairs = zip(
+            detect_images(ours, images, 0.25, 0.7, batch_size=8),
+            detect_images(reference, images, 0.25, 0.7, batch_size=8),
+            strict=True,
+        )
+        for (_, got), (_, want) in pairs:
+            total += match(want, got)
+    finally:
+        ours.close()
+        reference.close()
+    assert total.reference > 500
+    assert total.f1 >= 0.99, total
