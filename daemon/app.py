@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -47,9 +48,12 @@ class Service:
         print_table: Callable[[str], None] | None = None,
         drift: DriftMonitor | None = None,
         env: Mapping[str, str] | None = None,
+        started: float | None = None,
     ) -> None:
         """``sink``: where results go (started and stopped here). ``env``: the environment
-        reloads read ``mqtt.password_env`` from (default: the process's)."""
+        reloads read ``mqtt.password_env`` from (default: the process's). ``started``: the
+        ``time.monotonic()`` the start-up began at (model loading included; default: now)."""
+        self._started = time.monotonic() if started is None else started
         self._config = config
         self._env = env
         self._backend = backend
@@ -90,18 +94,8 @@ class Service:
             helpers.append(asyncio.create_task(self._table(), name="fps-table"))
         if duration_s is not None:
             loop.call_later(duration_s, self.request_stop)
-        self._notifier.ready()
-        self._notifier.status(f"{len(self._config.enabled_cameras)} cameras, {self._backend.name}")
-        log.info(
-            "edgewatch running",
-            extra={
-                "node": self._config.node,
-                "backend": self._backend.name,
-                "cameras": len(self._config.enabled_cameras),
-            },
-        )
         try:
-            await self._pipeline.run(self._stop)
+            await self._pipeline.run(self._stop, self._ready)
         finally:
             self._notifier.stopping()
             for task in helpers:
@@ -114,6 +108,20 @@ class Service:
             self._backend.close()
             log.info("edgewatch stopped")
         return 0
+
+    def _ready(self) -> None:
+        """The backend is warm for the cameras' batch shapes: tell systemd and the log."""
+        self._notifier.ready()
+        self._notifier.status(f"{len(self._config.enabled_cameras)} cameras, {self._backend.name}")
+        log.info(
+            "edgewatch running",
+            extra={
+                "node": self._config.node,
+                "backend": self._backend.name,
+                "cameras": len(self._config.enabled_cameras),
+                "startup_s": round(time.monotonic() - self._started, 2),
+            },
+        )
 
     async def _watchdog(self) -> None:
         """Ping systemd only while the pipeline makes progress, so a wedge gets us restarted."""
@@ -245,6 +253,7 @@ def _mtime(path: Path | None) -> float | None:
 
 def serve(config: AppConfig, duration_s: float | None, table: bool) -> int:
     """Load the model, then run the service until a signal or ``duration_s``."""
+    started = time.monotonic()
     env = withhold_secret_variables(config)
     backend = load_backend(config.model)
     problems = filter_problems(config.enabled_cameras, backend.class_names, config.tracking)
@@ -260,8 +269,9 @@ def serve(config: AppConfig, duration_s: float | None, table: bool) -> int:
     async def main() -> int:
         sink = MqttPublisher(config.mqtt, config.node)
         service = Service(
-            config, backend, sink, print_table=print_table if table else None, drift=drift, env=env
-        )
+            config, backend, sink, print_table=print_table if table else None, drift=drift,
+            env=env, started=started,
+        )  # fmt: skip
         return await service.run(duration_s)
 
     try:

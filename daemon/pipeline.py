@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from daemon.batch.batcher import Batch, BatchBuffer, BatchSelector
@@ -18,6 +19,7 @@ from daemon.capture.source import CameraSource
 from daemon.capture.state import CameraState, CaptureCounters, StateChange
 from daemon.config.model import AppConfig, CameraConfig
 from daemon.infer.backend import Backend
+from daemon.infer.warmup import ShapeWarmer
 from daemon.logs import RepeatLimiter
 from daemon.monitor.drift import DriftMonitor
 from daemon.monitor.health import BatchHealth
@@ -40,6 +42,8 @@ _FILL_POLL_S = 0.002
 # With nothing waiting, look again well within one frame interval (33-40 ms): a longer
 # sleep lets readers overwrite frames the GPU had time for.
 _IDLE_POLL_S = 0.005
+# Camera states in which no frame size is coming soon: warm-up does not wait for them.
+_NOT_OPENING = frozenset({CameraState.RECONNECTING, CameraState.DOWN})
 # A failing batch is logged at most once per this many seconds, with the count in between.
 _BATCH_ERROR_WINDOW_S = 10.0
 
@@ -94,6 +98,10 @@ class Pipeline:
         self._batch_health = BatchHealth()
         self._batch_errors = RepeatLimiter(_BATCH_ERROR_WINDOW_S)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._warmer = ShapeWarmer(backend)
+        self._warming: asyncio.Future[None] | None = None
+        self._warm_done = False
+        self._warm_errors = RepeatLimiter(_BATCH_ERROR_WINDOW_S)
 
     # -- cameras -------------------------------------------------------------------------
 
@@ -158,8 +166,10 @@ class Pipeline:
         reachable, pump working) and each camera's state."""
         counters = self._sink.counters()
         return Health(
-            self.healthy() and counters.can_publish,
+            self._warm_done and self.healthy() and counters.can_publish,
             {
+                # False until every batch shape of the cameras at start is compiled.
+                "warm": self._warm_done,
                 "mqtt": publisher_health(counters),
                 **self._batch_health.detail(),
                 "cameras": {cid: state.value for cid, state in self.states().items()},
@@ -170,11 +180,15 @@ class Pipeline:
 
     # -- main loops ----------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then drain the in-flight batches."""
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] = lambda: None) -> None:
+        """Warm the backend for every batch shape the cameras can produce, call ``on_ready``,
+        then schedule batches until ``stop`` is set and drain the in-flight ones."""
         supervisor = asyncio.create_task(self._supervise(stop), name="supervisor")
         stats = asyncio.create_task(self.reporter.run(stop), name="stats")
         try:
+            await self._warm_up(stop)
+            if not stop.is_set():
+                on_ready()
             await self._dispatch(stop)
         finally:
             if self._tasks:
@@ -192,6 +206,37 @@ class Pipeline:
             if self._drift is not None:
                 self._drift.close()
 
+    async def _warm_up(self, stop: asyncio.Event) -> None:
+        """Before the first batch: in rect mode, wait (up to ``capture.open_timeout_s``) for
+        the cameras' frame sizes, then warm every batch shape they combine to."""
+        loop = asyncio.get_running_loop()
+        if self._backend.dynamic_hw:
+            deadline = time.monotonic() + self._config.capture.open_timeout_s
+            while not stop.is_set() and time.monotonic() < deadline:
+                sources = list(self._sources.values())
+                if all(s.frame_hw is not None or s.state in _NOT_OPENING for s in sources):
+                    break
+                await asyncio.sleep(_POLL_S)
+        sizes = [hw for s in list(self._sources.values()) if (hw := s.frame_hw) is not None]
+        await loop.run_in_executor(self._executor, self._warmer.warm, sizes)
+        self._warm_done = True
+
+    def _warm_later(self, frame_hw: tuple[int, int]) -> None:
+        """Warm a new frame size off the dispatch path; its camera waits until it is warm."""
+        if self._warming is None or self._warming.done():
+            loop = asyncio.get_running_loop()
+            self._warming = loop.run_in_executor(self._executor, self._warmer.warm, [frame_hw])
+            self._warming.add_done_callback(self._on_warmed)
+
+    def _on_warmed(self, future: asyncio.Future[None]) -> None:
+        # On failure the camera stays held back and is warmed again at its next frame.
+        if future.cancelled() or (exc := future.exception()) is None:
+            return
+        held = self._warm_errors.admit()
+        if held is not None:
+            log.error("warming the backend for a new frame size failed",
+                      exc_info=exc, extra={"suppressed": held})  # fmt: skip
+
     async def _dispatch(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             buffer = await self._free_buffers.get()
@@ -206,7 +251,14 @@ class Pipeline:
     async def _wait_for_batch(self, stop: asyncio.Event) -> list[CameraSource] | None:
         while not stop.is_set():
             sources = list(self._sources.values())
-            ready = [s for s in sources if s.pending_since() is not None]
+            ready = []
+            for source in sources:
+                if source.pending_since() is None:
+                    continue
+                if self._warmer.is_warm(source.frame_hw):
+                    ready.append(source)
+                elif (frame_hw := source.frame_hw) is not None:
+                    self._warm_later(frame_hw)
             live = sum(1 for s in sources if s.state is CameraState.STREAMING)
             picked = self._selector.select(ready, live)
             if picked:

@@ -6,6 +6,7 @@ value 114, bilinear resize), so our detections match Ultralytics' own on the sam
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import cv2
@@ -67,3 +68,18 @@ def rect_shape(src_hw: tuple[int, int], input_hw: tuple[int, int]) -> tuple[int,
     scale = min(dst_h / src_h, dst_w / src_w)
     new_h, new_w = max(round(src_h * scale), 1), max(round(src_w * scale), 1)
     return new_h + (dst_h - new_h) % STRIDE, new_w + (dst_w - new_w) % STRIDE
+
+
+def batch_hws(
+    frame_hws: Iterable[tuple[int, int]], input_hw: tuple[int, int], dynamic_hw: bool
+) -> set[tuple[int, int]]:
+    """Every batch (height, width) cameras of these frame sizes can produce: ``input_hw`` for
+    a fixed-size model; in rect mode a batch is as large as its largest camera in each
+    dimension (``BatchBuffer.assemble``), so any mix of the cameras' rect shapes."""
+    if not dynamic_hw:
+        return {input_hw}
+    shapes = {rect_shape(hw, input_hw) for hw in frame_hws}
+    mixed = set(shapes)
+    for a in shapes:
+        mixed |= {(max(a[0], h), max(a[1], w)) for h, w in mixed}
+    return mixed

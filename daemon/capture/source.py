@@ -38,6 +38,11 @@ class CameraSource:
         return self._reader.state
 
     @property
+    def frame_hw(self) -> tuple[int, int] | None:
+        """(height, width) of the stream's frames; None before it first streamed."""
+        return self._reader.frame_hw
+
+    @property
     def last_error(self) -> str | None:
         """Why the camera is not streaming, credentials masked; None while streaming."""
         return self._reader.last_error

@@ -67,6 +67,8 @@ class ReaderSupervisor:
         self._frames = frames
         self._reader: _Reader | None = None
         self._state = CameraState.DOWN if not camera.enabled else CameraState.STARTING
+        # The stream's frame size (height, width) as the reader last reported it.
+        self._frame_hw: tuple[int, int] | None = None
         self._last_error: str | None = None if camera.enabled else "disabled"
         self._changes: list[StateChange] = []
         self._restarts = 0
@@ -84,6 +86,11 @@ class ReaderSupervisor:
     @property
     def state(self) -> CameraState:
         return self._state
+
+    @property
+    def frame_hw(self) -> tuple[int, int] | None:
+        """(height, width) of the stream's frames; None before it first streamed."""
+        return self._frame_hw
 
     @property
     def last_error(self) -> str | None:
@@ -199,6 +206,7 @@ class ReaderSupervisor:
         if isinstance(event, Streaming):
             self._failing_since = None
             self._respawn_delay = self._capture.reconnect_initial_s
+            self._frame_hw = (event.height, event.width)
             self._set_state(CameraState.STREAMING, None, width=event.width, height=event.height)
         elif isinstance(event, Reconnecting):
             self._failing_since = self._failing_since or time.time()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import logging
+from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -134,6 +135,12 @@ class Backend(Protocol):
 
     def infer(self, batch: UInt8Batch) -> FloatArray:
         """Run ``batch`` (``[n, H, W, 3]`` uint8 RGB, ``1 <= n <= max_batch``)."""
+        ...
+
+    def warm_up(self, hws: Iterable[tuple[int, int]]) -> None:
+        """Compile and run once every batch shape at these input sizes that would otherwise
+        be compiled on first use (for ``dynamic_hw`` sizes the batcher can produce; else
+        only ``input_hw``), so no batch served stalls on it. Blocking; any thread."""
         ...
 
     def close(self) -> None: ...

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +109,8 @@ class OnnxRuntimeBackend:
         self._session = _open_session(
             path, source, usable, intra_op_threads, optimized_model_out, fuse_qdq=fuse_qdq
         )
-        split = _split_count(split_sessions, max_batch) if usable[0] == _CPU else 1
+        self._cpu = usable[0] == _CPU
+        split = _split_count(split_sessions, max_batch) if self._cpu else 1
         threads = max(1, (intra_op_threads or _cores()) // split)
         self._split = (
             [
@@ -255,6 +256,17 @@ class OnnxRuntimeBackend:
                 f"[{n}, {_BOX_COORDS + self._num_classes}, anchors]"
             )
         return out.astype(np.float32, copy=False)
+
+    def warm_up(self, hws: Iterable[tuple[int, int]]) -> None:
+        """Run every batch size once at each size: GPU providers (cuDNN, TensorRT) pick or
+        build kernels per shape on first use. The CPU provider's kernels do not depend on
+        the shape that way, so there it does nothing."""
+        if self._cpu:
+            return
+        for h, w in hws:
+            images = np.zeros((self._max_batch, h, w, 3), np.uint8)
+            for n in range(self._max_batch, 0, -1):
+                self.infer(images[:n])
 
     def close(self) -> None:
         with self._lock:

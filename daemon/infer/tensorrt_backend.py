@@ -34,7 +34,7 @@ sizing, slot bookkeeping) are unit-tested on machines without either.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -393,6 +393,13 @@ class TensorRTBackend:
         with _cuda_failures("running a batch"), context_current(self._ctx):
             out = self._run(slot, batch)
         return out if out.dtype == np.float32 else out.astype(np.float32)
+
+    def warm_up(self, hws: Iterable[tuple[int, int]]) -> None:
+        """Nothing left to do: the engine's one input size and every batch size were run on
+        every slot when it loaded."""
+        for hw in hws:
+            if hw != self._input_hw:
+                raise BackendError(f"the engine's input is {self._input_hw}, not {hw}")
 
     def _run(self, slot: _Slot, batch: UInt8Batch) -> npt.NDArray[Any]:
         import pycuda.driver as cuda

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +196,16 @@ class TorchBackend:
             # Also after a failure: the slot's buffers are reused by the next call.
             if slot.stream is not None:
                 slot.stream.synchronize()
+
+    def warm_up(self, hws: Iterable[tuple[int, int]]) -> None:
+        """Compile (and on CUDA capture the graph of) every batch bucket at each size on
+        every slot: a compile costs up to a second, which must not stall a served batch."""
+        for h, w in hws:
+            for slot in self._pool.all_slots():
+                for n in sorted({self._bucket(n) for n in range(1, self._max_batch + 1)}):
+                    with self._compile_lock:
+                        if (n, h, w) not in slot.compiled:
+                            self._compile(slot, n, h, w)
 
     def close(self) -> None:
         with self._lock:
