@@ -66,6 +66,9 @@ class _Slot:
     stream: torch.cuda.Stream | None
     pool: tuple[int, int] | None
     compiled: dict[tuple[int, int, int], _Compiled] = field(default_factory=dict)
+    # Held by the slot's thread while it runs a batch, and by warm_up while it compiles on
+    # the slot from another thread: a CUDA graph is never captured on a busy stream.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class TorchBackend:
@@ -167,35 +170,40 @@ class TorchBackend:
         if self._closed:
             raise BackendError("torch backend used after close()")
         slot = self._pool.slot_for_current_thread()
-        n, h, w = batch.shape[:3]
-        size = n * h * w * _RGB
-        host_in = slot.host_in[:size]
-        host_in.numpy()[:] = batch.reshape(-1)
-        dev_in = slot.dev_in[:size]
-        stream_ctx = torch.cuda.stream(slot.stream) if slot.stream is not None else nullcontext()
-        try:
-            with stream_ctx:
-                dev_in.copy_(host_in, non_blocking=True)
-                # Rows n..bucket hold stale frames: computed, never copied back.
-                bucket = self._bucket(n)
-                compiled = slot.compiled.get((bucket, h, w))
-                if compiled is None:
-                    with self._compile_lock:
-                        compiled = self._compile(slot, bucket, h, w)
-                if compiled.graph is not None:
-                    compiled.graph.replay()
-                    out = compiled.output
-                else:
-                    images = slot.dev_in[: bucket * h * w * _RGB].view(bucket, h, w, _RGB)
-                    out = self._forward(compiled.program, images)
-                assert out is not None
-                if out.shape[1] != _BOX_COORDS + self._num_classes or out.shape[2] > self._anchors:
-                    raise BackendError(f"{self._path}: unexpected output shape {list(out.shape)}")
-                yield slot, out[:n]
-        finally:
-            # Also after a failure: the slot's buffers are reused by the next call.
-            if slot.stream is not None:
-                slot.stream.synchronize()
+        with slot.lock:
+            n, h, w = batch.shape[:3]
+            size = n * h * w * _RGB
+            host_in = slot.host_in[:size]
+            host_in.numpy()[:] = batch.reshape(-1)
+            dev_in = slot.dev_in[:size]
+            stream = torch.cuda.stream(slot.stream) if slot.stream is not None else nullcontext()
+            try:
+                with stream:
+                    dev_in.copy_(host_in, non_blocking=True)
+                    # Rows n..bucket hold stale frames: computed, never copied back.
+                    bucket = self._bucket(n)
+                    compiled = slot.compiled.get((bucket, h, w))
+                    if compiled is None:
+                        with self._compile_lock:
+                            compiled = self._compile(slot, bucket, h, w)
+                    if compiled.graph is not None:
+                        compiled.graph.replay()
+                        out = compiled.output
+                    else:
+                        images = slot.dev_in[: bucket * h * w * _RGB].view(bucket, h, w, _RGB)
+                        out = self._forward(compiled.program, images)
+                    assert out is not None
+                    if out.shape[1] != _BOX_COORDS + self._num_classes or (
+                        out.shape[2] > self._anchors
+                    ):
+                        raise BackendError(
+                            f"{self._path}: unexpected output shape {list(out.shape)}"
+                        )
+                    yield slot, out[:n]
+            finally:
+                # Also after a failure: the slot's buffers are reused by the next call.
+                if slot.stream is not None:
+                    slot.stream.synchronize()
 
     def warm_up(self, hws: Iterable[tuple[int, int]]) -> None:
         """Compile (and on CUDA capture the graph of) every batch bucket at each size on
@@ -203,7 +211,7 @@ class TorchBackend:
         for h, w in hws:
             for slot in self._pool.all_slots():
                 for n in sorted({self._bucket(n) for n in range(1, self._max_batch + 1)}):
-                    with self._compile_lock:
+                    with slot.lock, self._compile_lock:
                         if (n, h, w) not in slot.compiled:
                             self._compile(slot, n, h, w)
 

@@ -47,6 +47,8 @@ class ShapeWarmer:
             rects = self._rects | {rect_shape(hw, backend.input_hw) for hw in frame_hws}
             wanted = batch_hws(rects, backend.input_hw, backend.dynamic_hw) - self._warm
         if not wanted and self._warm:
+            with self._lock:
+                self._rects |= rects
             return
         started = time.perf_counter()
         backend.warm_up(sorted(wanted))
