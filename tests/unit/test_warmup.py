@@ -64,6 +64,12 @@ def test_new_frame_sizes_warm_only_what_is_new() -> None:
     assert len(backend.warmed) == 2  # nothing new: no call
     warmer.warm([(1920, 1080)])
     assert sorted(backend.warmed[-1]) == [(640, 384), (640, 640)]
+    # A square camera's shape is warm already (portrait and landscape mixed): nothing to
+    # compile, and the camera is no longer held back.
+    assert not warmer.is_warm((720, 720))
+    warmer.warm([(720, 720)])
+    assert len(backend.warmed) == 3
+    assert warmer.is_warm((720, 720))
 
 
 @pytest.mark.parametrize("frames", [[], [(1080, 1920)]])
