@@ -96,7 +96,6 @@ def test_specialisations_share_one_copy_of_the_weights(model_onnx: Path) -> None
     assert second == first
 
 
-<<<<<<< HEAD
 def _same_detections(got: Detections, want: Detections) -> None:
     np.testing.assert_array_equal(got.class_ids, want.class_ids)
     np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-6)
@@ -124,7 +123,10 @@ def test_device_nms_matches_the_host_decoder(model_onnx: Path, videos: list[Path
             assert found >= 3
         nothing = backend.infer_nms(frames, 0.99, 0.7, 300)
         assert [k.shape for k in nothing] == [(0, 6)] * 4
-=======
+    finally:
+        backend.close()
+
+
 def _warm_then_serve(device: str, model_onnx: Path, caplog: pytest.LogCaptureFixture) -> None:
     backend = TorchBackend(model_onnx, max_batch=4, device=device)
     hws = [(384, 640), (640, 640)]
@@ -139,12 +141,10 @@ def _warm_then_serve(device: str, model_onnx: Path, caplog: pytest.LogCaptureFix
         assert warmed > 0
         compiled = [r for r in caplog.records if "compiled" in r.getMessage()]
         assert not compiled, [r.__dict__.get("shape") for r in compiled]
->>>>>>> parent of c7876a2 (Revert "Warm before ready: every batch shape the cameras can produce is compiled before READY=1, /healthz ok and the first batch (ShapeWarmer; Backend.warm_up; rect mode waits for the cameras' frame sizes); a camera with a new frame size is held back while its shapes are warmed off the dispatch path; start-up time logged")
     finally:
         backend.close()
 
 
-<<<<<<< HEAD
 def test_detect_batch_uses_the_device_nms(model_onnx: Path, videos: list[Path]) -> None:
     """The pipeline's and ``edgewatch detect``'s entry point takes the device path for the
     torch backend and gives the same detections as the raw head through the host decoder."""
@@ -184,7 +184,8 @@ def test_cuda_device_nms_agrees_with_the_cpu_path(model_onnx: Path) -> None:
         reference.close()
     assert total.reference > 500
     assert total.f1 >= 0.99, total
-=======
+
+
 def test_torch_cpu_warm_up_leaves_nothing_to_compile(
     model_onnx: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -198,4 +199,3 @@ def test_torch_cuda_warm_up_leaves_nothing_to_compile(
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     _warm_then_serve("cuda", model_onnx, caplog)
->>>>>>> parent of c7876a2 (Revert "Warm before ready: every batch shape the cameras can produce is compiled before READY=1, /healthz ok and the first batch (ShapeWarmer; Backend.warm_up; rect mode waits for the cameras' frame sizes); a camera with a new frame size is held back while its shapes are warmed off the dispatch path; start-up time logged")
