@@ -13,6 +13,8 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
+import numpy as np
+
 from daemon.capture.frame import FrameMeta
 from daemon.capture.state import CameraState
 from daemon.postprocess.classes import class_name
@@ -61,14 +63,12 @@ def detections_payload(
 
 def detection_records(detections: Detections, names: Sequence[str]) -> list[dict[str, object]]:
     """JSON-ready detections: ``[{class_id, name, confidence, box: [x1, y1, x2, y2]}]``."""
+    # Rounded and converted per array, not per number: this runs for every published frame.
+    boxes = np.round(detections.boxes.astype(np.float64), 1).tolist()
+    scores = np.round(detections.scores.astype(np.float64), 4).tolist()
     return [
-        {
-            "class_id": int(c),
-            "name": class_name(names, int(c)),
-            "confidence": round(float(s), 4),
-            "box": [round(float(v), 1) for v in b],
-        }
-        for b, s, c in zip(detections.boxes, detections.scores, detections.class_ids, strict=True)
+        {"class_id": c, "name": class_name(names, c), "confidence": s, "box": b}
+        for b, s, c in zip(boxes, scores, detections.class_ids.tolist(), strict=True)
     ]
 
 
