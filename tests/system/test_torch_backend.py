@@ -163,8 +163,8 @@ def test_detect_batch_uses_the_device_nms(model_onnx: Path, videos: list[Path]) 
 
 @pytest.mark.gpu
 def test_cuda_device_nms_agrees_with_the_cpu_path(model_onnx: Path) -> None:
-    """FP16 on the GPU with NMS there, against ``edgewatch detect``'s default (ONNX Runtime
-    FP32 on the CPU, numpy NMS), over the whole labelled evaluation set: F1 >= 0.99."""
+    """FP16 on the GPU with NMS there, against the CPU path (ONNX Runtime FP32, numpy NMS),
+    the daemon's letterbox on both, over the whole labelled evaluation set: F1 >= 0.99."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     images = list_images([COCO_EVAL / "images"])
