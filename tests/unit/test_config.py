@@ -332,6 +332,41 @@ BAD_CASES = [
         "capture.reconnect_max_s",
         "must be >= reconnect_initial_s (5)",
     ),
+    BadCase(
+        "unknown_decoder",
+        _CAM + "    decoder: nvdec\n" + _MODEL,
+        4,
+        "cameras[0].decoder",
+        "expected one of ffmpeg, jetson, got 'nvdec'",
+    ),
+    BadCase(
+        "unknown_codec",
+        _CAM + "    decoder: jetson\n    codec: h.265\n" + _MODEL,
+        5,
+        "cameras[0].codec",
+        "expected one of h264, h265, got 'h.265' (did you mean 'h265'?)",
+    ),
+    BadCase(
+        "codec_without_jetson",
+        _CAM + "    codec: h265\n" + _MODEL,
+        4,
+        "cameras[0].codec",
+        "only read with decoder: jetson (FFmpeg finds the codec itself)",
+    ),
+    BadCase(
+        "jetson_device",
+        "cameras:\n  - id: cam1\n    url: /dev/video0\n    decoder: jetson\n" + _MODEL,
+        4,
+        "cameras[0].decoder",
+        "jetson reads rtsp://, rtsps:// streams and .mp4, .m4v, .mov files; use ffmpeg",
+    ),
+    BadCase(
+        "jetson_http",
+        "cameras:\n  - id: cam1\n    url: http://10.0.0.5/mjpg\n    decoder: jetson\n" + _MODEL,
+        4,
+        "cameras[0].decoder",
+        "jetson reads rtsp://",
+    ),
 ]
 
 
@@ -428,7 +463,7 @@ def test_unreadable_inputs(tmp_path: Path) -> None:
         load_config(many)
 
 
-@pytest.mark.parametrize("name", ["cameras.yaml", "demo.yaml"])
+@pytest.mark.parametrize("name", ["cameras.yaml", "demo.yaml", "jetson.yaml"])
 def test_example_configs_load(name: str, shared_dir: Path) -> None:
     config = load_config_with_warnings(REPO / "configs" / name).config
     assert config.source == REPO / "configs" / name
