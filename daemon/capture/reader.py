@@ -336,7 +336,7 @@ class _Reader:
 
 def gstreamer_backend() -> bool:
     """Whether this OpenCV build can open a GStreamer pipeline (JetPack's can; PyPI's cannot)."""
-    return cv2.CAP_GSTREAMER in cv2.videoio_registry.getStreamBackends()
+    return bool(cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER))
 
 
 def run_reader(spec: ReaderSpec, lock: Lock, conn: Connection, parent_pid: int) -> None:
