@@ -21,10 +21,12 @@ from daemon.config.model import (
     AppConfig,
     BackendKind,
     CameraConfig,
+    Decoder,
     ModelConfig,
     MqttConfig,
     Precision,
     TlsConfig,
+    VideoCodec,
 )
 from daemon.config.reload import diff_cameras
 from daemon.config.rules import MAX_CAMERAS
@@ -502,6 +504,16 @@ def test_full_example_maps_every_section(shared_dir: Path) -> None:
     assert config.mqtt.tls is None
     assert config.mqtt.password is None
     assert config.node == "gate-box-01"
+    assert gate.decoder is Decoder.FFMPEG
+
+
+def test_jetson_example_decodes_in_hardware(shared_dir: Path) -> None:
+    config = load_config_with_warnings(REPO / "configs" / "jetson.yaml").config
+    assert {c.id: (c.decoder, c.codec) for c in config.cameras} == {
+        "gate": (Decoder.JETSON, None),
+        "yard": (Decoder.JETSON, VideoCodec.H265),
+        "replay": (Decoder.JETSON, None),
+    }
 
 
 def test_relative_paths_resolve_against_config_folder(
