@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
+from daemon.capture.gstreamer import GstPipeline
 from daemon.config.external import is_stream_url
 from daemon.config.secrets import Secret
 
@@ -54,6 +55,8 @@ class ReaderSpec:
     reconnect_max_s: float
     shm_name: str
     capacity: int
+    # Read with OpenCV's GStreamer backend through this pipeline; None reads with FFmpeg.
+    gstreamer: GstPipeline | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,13 @@ into the ring (``daemon/capture/demand.py``).
 
 The reader reconnects by itself with capped exponential backoff; it exits only when the
 daemon goes away or a frame does not fit the ring (the daemon then enlarges the ring).
+
+A camera with a GStreamer pipeline (``decoder: jetson``, ``daemon/capture/gstreamer.py``) is
+opened with ``cv2.CAP_GSTREAMER``. The reader falls back to FFmpeg for the rest of its life,
+with one WARNING, when this OpenCV build has no GStreamer backend (checked at start) or when
+the pipeline fails to open and FFmpeg then opens the same source. When both fail the source
+itself is down: the next attempt tries the pipeline again. Either way frames go through the
+same ``stream`` loop, so reconnects, the watchdog and the counters are the same.
 """
 
 from __future__ import annotations
@@ -152,6 +159,9 @@ class _Reader:
         # Running mean of the time between grabbed frames (0 until known).
         self.frame_interval = 0.0
         self.last_grab = 0.0
+        self.gstreamer = spec.gstreamer
+        if self.gstreamer is not None and not gstreamer_backend():
+            self.fall_back("this OpenCV build has no GStreamer backend")
 
     def send(self, event: ReaderEvent) -> None:
         self.conn.send(event)
@@ -162,17 +172,52 @@ class _Reader:
     # -- opening ------------------------------------------------------------------------
 
     def open(self) -> cv2.VideoCapture:
+        """Open the source; with a GStreamer pipeline, fall back to FFmpeg as the module says."""
+        if self.gstreamer is None:
+            return self.open_ffmpeg()
+        self.live.until(time.time() + self.spec.open_timeout_s + _TIMEOUT_SLACK_S)
+        # OpenCV's GStreamer backend waits once per read, not once per retry as FFmpeg's.
+        params = self.timeouts(read_attempts=1)
+        cap = cv2.VideoCapture(self.gstreamer.launch.reveal(), cv2.CAP_GSTREAMER, params)
+        if cap.isOpened():
+            return cap
+        cap.release()
+        cap = self.open_ffmpeg()
+        if cap.isOpened():
+            # FFmpeg reaches the source, so the pipeline is what fails (no NVIDIA plugins,
+            # wrong codec): retrying it would fail the same way at every reconnect.
+            self.fall_back("the GStreamer pipeline did not open but FFmpeg did")
+        return cap
+
+    def open_ffmpeg(self) -> cv2.VideoCapture:
         url = self.spec.url.reveal()
         self.live.until(time.time() + self.spec.open_timeout_s + _TIMEOUT_SLACK_S)
         if self.kind is SourceKind.DEVICE:
             return cv2.VideoCapture(url, cv2.CAP_V4L2)
-        params = [
+        return cv2.VideoCapture(url, cv2.CAP_FFMPEG, self.timeouts(_OPENCV_READ_ATTEMPTS))
+
+    def timeouts(self, read_attempts: int) -> list[int]:
+        """OpenCV's open and per-attempt read timeouts, as ``VideoCapture`` parameters."""
+        return [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
             int(self.spec.open_timeout_s * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-            max(1, int(self.spec.read_timeout_s * 1000 / _OPENCV_READ_ATTEMPTS)),
+            max(1, int(self.spec.read_timeout_s * 1000 / read_attempts)),
         ]
-        return cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
+
+    def fall_back(self, reason: str) -> None:
+        """Read with FFmpeg from now on, for the life of this process; says so once."""
+        if self.gstreamer is None:
+            return
+        log.warning(
+            "jetson decoder unavailable, reading with FFmpeg",
+            extra={
+                "camera": self.spec.camera_id,
+                "reason": reason,
+                "pipeline": self.mask(self.gstreamer.shown),
+            },
+        )
+        self.gstreamer = None
 
     def fail(self, reason: str) -> None:
         """Report a failure and sleep the backoff, beating the heartbeat meanwhile."""
@@ -287,6 +332,11 @@ class _Reader:
         self.seq += 1
         self.ring.publish(slot, self.seq, capture_ts, height, width)
         return height, width
+
+
+def gstreamer_backend() -> bool:
+    """Whether this OpenCV build can open a GStreamer pipeline (JetPack's can; PyPI's cannot)."""
+    return bool(cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER))
 
 
 def run_reader(spec: ReaderSpec, lock: Lock, conn: Connection, parent_pid: int) -> None:

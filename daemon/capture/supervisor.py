@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Final
 
+from daemon.capture.gstreamer import GstPipeline, jetson_pipeline
 from daemon.capture.handout import FrameHandout
 from daemon.capture.protocol import (
     EXIT_FRAME_TOO_LARGE,
@@ -39,7 +40,7 @@ from daemon.capture.protocol import (
 from daemon.capture.reader import run_reader
 from daemon.capture.ring import capacity_for
 from daemon.capture.state import CameraState, StateChange
-from daemon.config.model import CameraConfig, CaptureConfig
+from daemon.config.model import CameraConfig, CaptureConfig, Decoder, VideoCodec
 from daemon.config.secrets import mask_text
 
 # Named for CameraSource, the daemon's handle on a camera: one logger per camera's source.
@@ -161,6 +162,7 @@ class ReaderSupervisor:
             reconnect_max_s=self._capture.reconnect_max_s,
             shm_name=ring.shm_name,
             capacity=ring.capacity,
+            gstreamer=self._gstreamer(),
         )
         parent_conn, child_conn = SPAWN.Pipe(duplex=False)
         process = SPAWN.Process(
@@ -174,6 +176,13 @@ class ReaderSupervisor:
         self._reader = _Reader(process=process, conn=parent_conn, started=time.time())
         self._silent_since_frames = None
         log.debug("reader started", extra={"camera": self.camera_id, "pid": process.pid})
+
+    def _gstreamer(self) -> GstPipeline | None:
+        camera = self._camera
+        if camera.decoder is not Decoder.JETSON:
+            return None
+        codec = camera.codec or VideoCodec.H264
+        return jetson_pipeline(camera.url.reveal(), codec, self._capture.read_timeout_s)
 
     def _kill_reader(self, timeout: float) -> None:
         reader, self._reader = self._reader, None

@@ -11,6 +11,7 @@ import socket
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Final
 
 from daemon.config.secrets import Secret, mask_url
 from daemon.config.tracking import LineConfig, TrackingConfig, ZoneConfig
@@ -38,6 +39,28 @@ class Precision(str, Enum):
     INT8 = "int8"
 
 
+class Decoder(str, Enum):
+    """Who decodes a camera's video: OpenCV's FFmpeg backend on the CPU, or OpenCV's
+    GStreamer backend with a Jetson's hardware decoder (``nvv4l2decoder``)."""
+
+    FFMPEG = "ffmpeg"
+    JETSON = "jetson"
+
+
+class VideoCodec(str, Enum):
+    """A camera's compressed video, for the jetson decoder's explicit parser and depayloader
+    (FFmpeg finds the codec by itself)."""
+
+    H264 = "h264"
+    H265 = "h265"
+
+
+# Files the jetson pipeline reads: its demuxer is qtdemux (MP4 and QuickTime containers).
+JETSON_FILE_SUFFIXES: Final = (".mp4", ".m4v", ".mov")
+# Streams the jetson pipeline reads: its source is rtspsrc.
+JETSON_STREAM_SCHEMES: Final = ("rtsp://", "rtsps://")
+
+
 @dataclass(frozen=True)
 class CameraConfig:
     """One camera: ``url`` is ``rtsp://...``, a video file path or a V4L2 device."""
@@ -53,6 +76,9 @@ class CameraConfig:
     tracking: TrackingConfig | None = None
     zones: tuple[ZoneConfig, ...] = ()
     lines: tuple[LineConfig, ...] = ()
+    decoder: Decoder = Decoder.FFMPEG
+    # Only with decoder jetson; None there means H.264.
+    codec: VideoCodec | None = None
 
     @property
     def display_url(self) -> str:

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from daemon.config.model import (
+    JETSON_FILE_SUFFIXES,
+    JETSON_STREAM_SCHEMES,
     AppConfig,
     CameraConfig,
     CaptureConfig,
+    Decoder,
     DriftConfig,
     ModelConfig,
     MonitoringConfig,
@@ -216,4 +219,25 @@ def class_problems(obj: object) -> list[tuple[str, str]]:
                 f"got {obj.reconnect_max_s:g}",
             )
         ]
-    return []
+    return _decoder_problems(obj)
+
+
+def _decoder_problems(camera: object) -> list[tuple[str, str]]:
+    """A codec only the jetson decoder reads; a source the jetson pipeline cannot open."""
+    if not isinstance(camera, CameraConfig):
+        return []
+    if camera.decoder is Decoder.FFMPEG:
+        if camera.codec is not None:
+            return [("codec", "only read with decoder: jetson (FFmpeg finds the codec itself)")]
+        return []
+    url = camera.url.reveal()
+    if url.lower().startswith(JETSON_STREAM_SCHEMES) or url.lower().endswith(JETSON_FILE_SUFFIXES):
+        return []
+    streams = ", ".join(JETSON_STREAM_SCHEMES)
+    files = ", ".join(JETSON_FILE_SUFFIXES)
+    return [
+        (
+            "decoder",
+            f"jetson reads {streams} streams and {files} files; use ffmpeg for this camera",
+        )
+    ]

@@ -32,6 +32,7 @@ _CLI_CASES = (
     "duplicate_camera_id",
     "missing_model_file",
     "bad_url_scheme",
+    "unknown_decoder",
 )
 
 
@@ -88,6 +89,13 @@ def test_demo_config_ok(shared_dir: Path) -> None:
     # The shared folder may be reached through a symlink: compare the files, not the spelling.
     assert Path(model).resolve() == MODEL_ONNX.resolve()
     assert summary == "(onnxruntime, input 640, max batch 4), broker 127.0.0.1:1883\n"
+
+
+def test_jetson_config_ok(shared_dir: Path) -> None:
+    result = check_config(REPO / "configs" / "jetson.yaml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK: 3 cameras (3 enabled), model "), result.stdout
+    assert "(tensorrt, input 640, max batch 4)" in result.stdout
 
 
 def test_readable_secrets_warn_without_failing(tmp_path: Path, shared_dir: Path) -> None:

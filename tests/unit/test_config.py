@@ -21,10 +21,12 @@ from daemon.config.model import (
     AppConfig,
     BackendKind,
     CameraConfig,
+    Decoder,
     ModelConfig,
     MqttConfig,
     Precision,
     TlsConfig,
+    VideoCodec,
 )
 from daemon.config.reload import diff_cameras
 from daemon.config.rules import MAX_CAMERAS
@@ -332,6 +334,41 @@ BAD_CASES = [
         "capture.reconnect_max_s",
         "must be >= reconnect_initial_s (5)",
     ),
+    BadCase(
+        "unknown_decoder",
+        _CAM + "    decoder: nvdec\n" + _MODEL,
+        4,
+        "cameras[0].decoder",
+        "expected one of ffmpeg, jetson, got 'nvdec'",
+    ),
+    BadCase(
+        "unknown_codec",
+        _CAM + "    decoder: jetson\n    codec: h.265\n" + _MODEL,
+        5,
+        "cameras[0].codec",
+        "expected one of h264, h265, got 'h.265' (did you mean 'h265'?)",
+    ),
+    BadCase(
+        "codec_without_jetson",
+        _CAM + "    codec: h265\n" + _MODEL,
+        4,
+        "cameras[0].codec",
+        "only read with decoder: jetson (FFmpeg finds the codec itself)",
+    ),
+    BadCase(
+        "jetson_device",
+        "cameras:\n  - id: cam1\n    url: /dev/video0\n    decoder: jetson\n" + _MODEL,
+        4,
+        "cameras[0].decoder",
+        "jetson reads rtsp://, rtsps:// streams and .mp4, .m4v, .mov files; use ffmpeg",
+    ),
+    BadCase(
+        "jetson_http",
+        "cameras:\n  - id: cam1\n    url: http://10.0.0.5/mjpg\n    decoder: jetson\n" + _MODEL,
+        4,
+        "cameras[0].decoder",
+        "jetson reads rtsp://",
+    ),
 ]
 
 
@@ -428,7 +465,7 @@ def test_unreadable_inputs(tmp_path: Path) -> None:
         load_config(many)
 
 
-@pytest.mark.parametrize("name", ["cameras.yaml", "demo.yaml"])
+@pytest.mark.parametrize("name", ["cameras.yaml", "demo.yaml", "jetson.yaml"])
 def test_example_configs_load(name: str, shared_dir: Path) -> None:
     config = load_config_with_warnings(REPO / "configs" / name).config
     assert config.source == REPO / "configs" / name
@@ -467,6 +504,16 @@ def test_full_example_maps_every_section(shared_dir: Path) -> None:
     assert config.mqtt.tls is None
     assert config.mqtt.password is None
     assert config.node == "gate-box-01"
+    assert gate.decoder is Decoder.FFMPEG
+
+
+def test_jetson_example_decodes_in_hardware(shared_dir: Path) -> None:
+    config = load_config_with_warnings(REPO / "configs" / "jetson.yaml").config
+    assert {c.id: (c.decoder, c.codec) for c in config.cameras} == {
+        "gate": (Decoder.JETSON, None),
+        "yard": (Decoder.JETSON, VideoCodec.H265),
+        "replay": (Decoder.JETSON, None),
+    }
 
 
 def test_relative_paths_resolve_against_config_folder(
