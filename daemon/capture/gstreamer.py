@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import unquote
 
 from daemon.config.model import (
     JETSON_FILE_SUFFIXES,
     JETSON_STREAM_SCHEMES,
     VideoCodec,
 )
-from daemon.config.secrets import MASK, Secret, mask_url
+from daemon.config.secrets import MASK, Secret, mask_url, split_userinfo
 
 # rtspsrc's jitter buffer: the daemon wants the newest frame, so a short buffer (the
 # element's default is 2000 ms) keeps detections close to real time on a LAN.
@@ -67,7 +66,7 @@ def jetson_pipeline(url: str, codec: VideoCodec, read_timeout_s: float) -> GstPi
     depay, parse = _CODEC_ELEMENTS[codec]
     lowered = url.lower()
     if lowered.startswith(JETSON_STREAM_SCHEMES):
-        location, user, password = _split_credentials(url)
+        location, user, password = split_userinfo(url)
         # Over TCP like the FFmpeg route; tcp-timeout (µs) bounds each read like FFmpeg's.
         options = (
             f"protocols=tcp latency={RTSP_LATENCY_MS} tcp-timeout={int(read_timeout_s * 1_000_000)}"
@@ -85,17 +84,3 @@ def jetson_pipeline(url: str, codec: VideoCodec, read_timeout_s: float) -> GstPi
         text = f"filesrc location={quote(url)} ! qtdemux ! {parse} ! {_DECODE} ! {_FILE_SINK}"
         return GstPipeline(Secret(text), text)
     raise ValueError("the jetson decoder reads rtsp:// streams and MP4/QuickTime files only")
-
-
-def _split_credentials(url: str) -> tuple[str, str, str]:
-    """(URL without its user info, user, password), the last two percent-decoded.
-
-    The user info ends at the authority's last '@', as ``daemon.config.secrets`` reads it;
-    the config has refused any user info that needs more than that to be read."""
-    scheme, rest = url.split("://", 1)
-    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-    at = rest.rfind("@", 0, end)
-    if at < 0:
-        return url, "", ""
-    user, _, password = rest[:at].partition(":")
-    return f"{scheme}://{rest[at + 1 :]}", unquote(user), unquote(password)

@@ -109,6 +109,17 @@ def has_credentials(url: str) -> bool:
     )
 
 
+def split_userinfo(url: str) -> tuple[str, str, str]:
+    """``url`` without its user info, and the user and password it held, percent-decoded
+    (empty when it has none); the user info ends where the masker's reading ends it."""
+    span = next(_userinfo_spans(url), None)
+    if span is None:
+        return url, "", ""
+    start, at = span
+    user, _, password = url[start:at].partition(":")
+    return url[:start] + url[at + 1 :], unquote(user), unquote(password)
+
+
 def unsafe_userinfo(url: str) -> str | None:
     """The characters of a URL's user info that must be percent-encoded to be read
     unambiguously (a space, '/', '?', '#', a quote...), or None when it has none or needs none.
