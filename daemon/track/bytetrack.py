@@ -1,4 +1,4 @@
-"""ByteTrack (Zhang et al., ECCV 2022) for one camera, on capture timestamps.
+"""ByteTrack (Zhang et al., ECCV 2022) for a batch of cameras at once, on capture timestamps.
 
 Per frame: predict every confirmed track (Kalman, ``daemon.track.kalman``), match them to
 the high-score detections by IoU weighted by score, then match the tracks still unmatched
@@ -11,12 +11,19 @@ Ultralytics' ``BYTETracker`` so the same detections get the same tracks (checked
 timestamp rather than a frame count, and that ids are handed out on confirmation, so
 boxes that never became a track burn no id.
 
-Tracks are kept as parallel numpy arrays (structure of arrays), so a frame costs a fixed
-number of vectorised operations however many objects are in view.
+Each camera's ``ByteTracker`` owns its tracks as parallel numpy arrays (structure of
+arrays). ``update_batch`` advances one frame of several cameras in one vectorised pass:
+their tracks and boxes are concatenated with a camera index per row, and every pairing of
+tracks with boxes is a [cameras, tracks, boxes] array padded to the busiest camera, so
+tracks and boxes of different cameras never meet and the work grows linearly with the
+cameras. A frame costs a fixed number of numpy calls however many objects and cameras it
+holds, and that fixed cost (which dominates at tracker sizes) is shared by the batch. A
+camera's result depends only on its own frames, whatever shares its batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -46,7 +53,7 @@ _TIME_EPS: Final = 1e-6
 
 @dataclass(frozen=True, slots=True)
 class TrackFrame:
-    """The tracker's answer for one frame.
+    """The tracker's answer for one camera's frame.
 
     ``track_ids[i]`` is the id of the confirmed track detection ``i`` belongs to, or -1.
     ``ended`` holds the ids of confirmed tracks that ended at this frame.
@@ -56,48 +63,21 @@ class TrackFrame:
     ended: I64
 
 
-def assign(cost: F64, limit: float) -> tuple[I64, I64]:
-    """Minimum-cost matching where a pair costing more than ``limit`` stays unmatched.
+@dataclass(frozen=True, slots=True)
+class TrackInput:
+    """One camera's frame in a batch: its tracker, capture time, boxes (xyxy) and scores."""
 
-    Solved exactly as an assignment in which leaving a row or a column unmatched costs
-    ``limit / 2`` (so a pair is matched only if it is cheaper than leaving both out), the
-    formulation of ``lap.lapjv(..., cost_limit=limit)`` that ByteTrack uses. A row and a
-    column that are each other's only candidate form a problem of their own and are
-    matched directly; only the rest (objects close together) goes to the solver.
-    """
-    if not cost.size:
-        return _EMPTY, _EMPTY
-    ok = cost <= limit
-    # Ufunc reductions directly: ``ndarray.sum``/``all`` go through Python wrappers that cost
-    # more than the work at tracker sizes.
-    per_row = np.add.reduce(ok, axis=1)
-    per_col = np.add.reduce(ok, axis=0)
-    r, c = ok.nonzero()
-    if np.maximum.reduce(per_row) <= 1 and np.maximum.reduce(per_col) <= 1:
-        return r, c
-    alone = (per_row[r] == 1) & (per_col[c] == 1)
-    row_open = per_row > 0
-    row_open[r[alone]] = False
-    col_open = per_col > 0
-    col_open[c[alone]] = False
-    rest_r, rest_c = row_open.nonzero()[0], col_open.nonzero()[0]
-    n, m = len(rest_r), len(rest_c)
-    extended = np.full((n + m, m + n), limit / 2)
-    extended[:n, :m] = cost[rest_r[:, None], rest_c]
-    extended[n:, m:] = 0.0
-    er, ec = linear_sum_assignment(extended)
-    keep = (er < n) & (ec < m)
-    return (
-        np.concatenate([r[alone], rest_r[er[keep]]]),
-        np.concatenate([c[alone], rest_c[ec[keep]]]),
-    )
+    tracker: ByteTracker
+    ts: float
+    boxes: FloatArray
+    scores: FloatArray
 
 
 class ByteTracker:
     """Stable integer track ids for one camera's detections; ids start at 1."""
 
     def __init__(self, config: TrackingConfig) -> None:
-        self._cfg = config
+        self.config = config
         self._next_id = 1
         self._last_ts: float | None = None
         self._mean = np.zeros((0, 8))
@@ -113,142 +93,355 @@ class ByteTracker:
 
     def update(self, ts: float, boxes: FloatArray, scores: FloatArray) -> TrackFrame:
         """Advance to capture time ``ts`` with this frame's ``boxes`` (xyxy) and ``scores``."""
-        cfg = self._cfg
-        first = self._last_ts is None
-        elapsed = 0.0 if self._last_ts is None else ts - self._last_ts
-        self._last_ts = ts
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        confirmed = self._ids > 0
-        unconfirmed_mask = ~confirmed
-        if len(confirmed):
-            # A lost track's height is not extrapolated (ByteTrack).
-            self._mean[self._lost, 7] = 0.0
-            # Unconfirmed tracks are not predicted (ByteTrack): no elapsed time leaves them as
-            # they are, cheaper than gathering and scattering the confirmed rows.
-            self._mean, self._cov = kalman.predict(self._mean, self._cov, elapsed * confirmed)
+        return update_batch([TrackInput(self, ts, boxes, scores)])[0]
+
+
+def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
+    """Advance each camera's tracker to its frame; the answers in the order of ``frames``.
+
+    A tracker appears at most once. Each camera gets exactly what its ``ByteTracker.update``
+    alone would give it: no step mixes the rows of two cameras."""
+    if not frames:
+        return []
+    trackers = [f.tracker for f in frames]
+    if len({id(t) for t in trackers}) != len(trackers):
+        raise ValueError("a tracker appears twice in one batch")
+    cameras = len(frames)
+    cfgs = [t.config for t in trackers]
+    ts = np.array([f.ts for f in frames], dtype=np.float64)
+    dets = _Boxes(frames)
+    state = _State(trackers)
+    confirmed = state.ids > 0
+    unconfirmed = ~confirmed
+    if len(confirmed):
+        state.predict(
+            np.array(
+                [0.0 if f.tracker._last_ts is None else f.ts - f.tracker._last_ts for f in frames]
+            ),
+            confirmed,
+        )
+    matching = _Matching(state.cam, kalman.xyah_to_xyxy(state.mean), dets)
+    free, newly_lost = matching.associate(
+        confirmed, state.lost, np.array([c.match_threshold for c in cfgs])
+    )
+    det_of = matching.det_of
+    matched = det_of >= 0
+    state.correct(ts, dets.boxes, matched.nonzero()[0], det_of)
+    state.lost |= newly_lost
+    next_id = np.array([t._next_id for t in trackers], dtype=np.int64)
+    promoted = (unconfirmed & matched).nonzero()[0]
+    if len(promoted):
+        state.ids[promoted] = _hand_out(state.cam[promoted], next_id)
+    lost_after = np.array([c.lost_after_s for c in cfgs]) + _TIME_EPS
+    drop = state.lost & (ts[state.cam] - state.seen_ts > lost_after[state.cam])
+    drop |= unconfirmed & ~matched
+    fresh = (free & (dets.scores >= dets.new_threshold)).nonzero()[0]
+    if len(fresh):
+        # On a camera's first frame its tracks are confirmed at once.
+        first = np.array([t._last_ts is None for t in trackers])
+        det_of, drop = state.start(
+            ts, dets, fresh, first=first, next_id=next_id, det_of=det_of, drop=drop
+        )
+    state.mark_duplicates(drop, cameras)
+
+    reported = ~drop & (det_of >= 0) & (state.ids > 0)
+    track_ids = np.full(len(dets.scores), -1, dtype=np.int64)
+    track_ids[det_of[reported]] = state.ids[reported]
+    gone = drop & (state.ids > 0)
+    ended, by_ended = state.ids[gone], _Layout(state.cam[gone], cameras)
+    if np.logical_or.reduce(drop):
+        state.take(~drop)
+    state.scatter(trackers, [f.ts for f in frames], next_id)
+    by_box = dets.layout
+    return [TrackFrame(track_ids[by_box.rows(c)], ended[by_ended.rows(c)]) for c in range(cameras)]
+
+
+class _Boxes:
+    """A batch's boxes and scores concatenated in batch order, classed by their camera's
+    thresholds."""
+
+    def __init__(self, frames: Sequence[TrackInput]) -> None:
+        scores_of = [np.reshape(f.scores, -1) for f in frames]
+        self.boxes = np.concatenate(
+            [np.reshape(f.boxes, (-1, 4)) for f in frames], dtype=np.float64
+        )
+        self.scores = np.concatenate(scores_of, dtype=np.float64)
+        self.layout = _Layout(
+            np.repeat(np.arange(len(frames)), [len(s) for s in scores_of]), len(frames)
+        )
+        high_threshold, low_threshold, self.new_threshold = np.array(
+            [
+                (
+                    f.tracker.config.high_threshold,
+                    f.tracker.config.low_threshold,
+                    f.tracker.config.new_track_threshold,
+                )
+                for f in frames
+            ]
+        ).T[:, self.layout.cam]
         # A box without area has no aspect ratio for the Kalman state.
-        valid = np.logical_and.reduce(boxes[:, 2:] > boxes[:, :2], axis=1)
-        high = valid & (scores >= cfg.high_threshold)
-        low = valid & (scores > cfg.low_threshold) & (scores < cfg.high_threshold)
-        # One IoU matrix (every track x every box) serves all three stages.
-        iou = pairwise_iou(kalman.xyah_to_xyxy(self._mean), boxes)
-        fused = iou * scores
-        det_of, newly_lost, free = self._associate(iou, fused, confirmed, high, low)
-        fresh = (free & (scores >= cfg.new_track_threshold)).nonzero()[0]
-        matched = det_of >= 0
-        self._correct(ts, boxes, matched.nonzero()[0], det_of)
-        self._lost[newly_lost] = True
-        promoted = (unconfirmed_mask & matched).nonzero()[0]
-        if len(promoted):
-            self._ids[promoted] = self._take_ids(len(promoted))
-        drop = self._lost & (ts - self._seen_ts > cfg.lost_after_s + _TIME_EPS)
-        drop |= unconfirmed_mask & ~matched
-        if len(fresh):
-            self._append(ts, boxes[fresh], confirmed=first)
-            det_of = np.concatenate([det_of, fresh])
-            drop = np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])
-        self._mark_duplicates(drop)
-        gone = drop.nonzero()[0]
-        ended = _EMPTY
-        if len(gone):
-            ended = self._ids[gone]
-            ended = ended[ended > 0]
-            self._keep(~drop)
-            det_of = det_of[~drop]
-        track_ids = np.empty(len(scores), dtype=np.int64)
-        track_ids.fill(-1)
-        reported = (det_of >= 0) & (self._ids > 0)
-        track_ids[det_of[reported]] = self._ids[reported]
-        return TrackFrame(track_ids, ended)
+        valid = np.logical_and.reduce(self.boxes[:, 2:] > self.boxes[:, :2], axis=1)
+        self.high = valid & (self.scores >= high_threshold)
+        self.low = valid & (self.scores > low_threshold) & (self.scores < high_threshold)
 
-    def _associate(
-        self, iou: F64, fused: F64, confirmed: BoolArray, high: BoolArray, low: BoolArray
-    ) -> tuple[I64, I64, BoolArray]:
-        """ByteTrack's three matching stages. Returns the box each track took (-1 for none),
-        the tracks lost at this frame and the high-score boxes nobody took."""
-        det_of = np.empty(len(confirmed), dtype=np.int64)
-        det_of.fill(-1)
-        # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
-        free = high.copy()
-        pool = confirmed.nonzero()[0]
-        _stage(fused, pool, high, self._cfg.match_threshold, det_of=det_of, free=free)
-        # 2: tracks still unmatched that were tracked last frame <-> low-score boxes, IoU only.
-        rest = (confirmed & ~self._lost & (det_of < 0)).nonzero()[0]
-        _stage(iou, rest, low, _SECOND_MATCH, det_of=det_of, free=None)
-        newly_lost = rest[det_of[rest] < 0]
-        # 3: last frame's new tracks <-> the high-score boxes nobody took.
-        unconfirmed = (~confirmed).nonzero()[0]
-        _stage(fused, unconfirmed, free, _UNCONFIRMED_MATCH, det_of=det_of, free=free)
-        return det_of, newly_lost, free
 
-    def _correct(self, ts: float, boxes: F64, matched: I64, det_of: I64) -> None:
-        """Kalman-correct the ``matched`` tracks with their boxes; they are seen at ``ts``."""
+class _Layout:
+    """Rows sorted by camera (``cam``) placed in a [cameras, width] grid: ``slot`` is each
+    row's place within its camera, ``start`` where each camera's rows begin."""
+
+    def __init__(self, cam: I64, cameras: int) -> None:
+        self.cam = cam
+        self.counts = np.bincount(cam, minlength=cameras)
+        self.start = np.cumsum(self.counts) - self.counts
+        self.slot = np.arange(len(cam)) - self.start[cam]
+        self.width = int(np.maximum.reduce(self.counts)) if cameras else 0
+
+    def rows(self, camera: int) -> slice:
+        """Where camera ``camera``'s rows are."""
+        start = int(self.start[camera])
+        return slice(start, start + int(self.counts[camera]))
+
+    def pad(self, values: npt.NDArray[Any], fill: float = 0.0) -> npt.NDArray[Any]:
+        """``values`` (one per row) in the grid, ``fill`` in the empty places."""
+        out = np.full((len(self.counts), self.width, *values.shape[1:]), fill, dtype=values.dtype)
+        out[self.cam, self.slot] = values
+        return out
+
+
+def _pairwise_iou(
+    a: I64, a_boxes: F64, b: I64, b_boxes: F64, cameras: int
+) -> tuple[F64, _Layout, _Layout]:
+    """IoU of the boxes ``a_boxes`` (of cameras ``a``) with the boxes ``b_boxes`` of the same
+    camera, as a [cameras, a's width, b's width] grid; NaN in the empty places, so that no
+    comparison holds there. Also the two layouts."""
+    by_a, by_b = _Layout(a, cameras), _Layout(b, cameras)
+    return pairwise_iou(by_a.pad(a_boxes, np.nan), by_b.pad(b_boxes, np.nan)), by_a, by_b
+
+
+def _hand_out(cam: I64, next_id: I64) -> I64:
+    """New ids for rows sorted by camera, each camera counting on from its ``next_id``
+    (advanced past them)."""
+    counts = np.bincount(cam, minlength=len(next_id))
+    rank = np.arange(len(cam)) - (np.cumsum(counts) - counts)[cam]
+    ids = next_id[cam] + rank
+    next_id += counts
+    return ids
+
+
+class _State:
+    """The tracks of a batch's cameras, concatenated in batch order; ``cam`` per track."""
+
+    def __init__(self, trackers: list[ByteTracker]) -> None:
+        self.mean = np.concatenate([t._mean for t in trackers])
+        self.cov = np.concatenate([t._cov for t in trackers])
+        self.ids = np.concatenate([t._ids for t in trackers])
+        self.lost = np.concatenate([t._lost for t in trackers])
+        self.start_ts = np.concatenate([t._start_ts for t in trackers])
+        self.seen_ts = np.concatenate([t._seen_ts for t in trackers])
+        self.cam = np.repeat(np.arange(len(trackers)), [len(t._ids) for t in trackers])
+
+    def predict(self, elapsed: F64, confirmed: BoolArray) -> None:
+        """Move the ``confirmed`` tracks on by their camera's ``elapsed`` seconds."""
+        # A lost track's height is not extrapolated (ByteTrack).
+        self.mean[self.lost, 7] = 0.0
+        # Unconfirmed tracks are not predicted (ByteTrack): no elapsed time leaves them as
+        # they are, cheaper than gathering and scattering the confirmed rows.
+        self.mean, self.cov = kalman.predict(self.mean, self.cov, elapsed[self.cam] * confirmed)
+
+    def correct(self, ts: F64, boxes: F64, matched: I64, det_of: I64) -> None:
+        """Kalman-correct the ``matched`` tracks with their boxes; they are seen at their
+        camera's ``ts``."""
         if not len(matched):
             return
-        self._mean[matched], self._cov[matched] = kalman.update(
-            self._mean[matched], self._cov[matched], kalman.xyxy_to_xyah(boxes[det_of[matched]])
+        self.mean[matched], self.cov[matched] = kalman.update(
+            self.mean[matched], self.cov[matched], kalman.xyxy_to_xyah(boxes[det_of[matched]])
         )
-        self._lost[matched] = False
-        self._seen_ts[matched] = ts
+        self.lost[matched] = False
+        self.seen_ts[matched] = ts[self.cam[matched]]
 
-    def _take_ids(self, count: int) -> I64:
-        ids = np.arange(self._next_id, self._next_id + count, dtype=np.int64)
-        self._next_id += count
-        return ids
+    def start(
+        self,
+        ts: F64,
+        dets: _Boxes,
+        fresh: I64,
+        *,
+        first: BoolArray,
+        next_id: I64,
+        det_of: I64,
+        drop: BoolArray,
+    ) -> tuple[I64, BoolArray]:
+        """Start tracks at the boxes ``fresh``, confirmed on their camera's ``first`` frame;
+        returns ``det_of`` and ``drop`` for the tracks with them."""
+        cam = dets.layout.cam[fresh]
+        confirm = first[cam]
+        ids = np.zeros(len(fresh), dtype=np.int64)
+        ids[confirm] = _hand_out(cam[confirm], next_id)
+        mean, cov = kalman.initiate(kalman.xyxy_to_xyah(dets.boxes[fresh]))
+        self.mean = np.concatenate([self.mean, mean])
+        self.cov = np.concatenate([self.cov, cov])
+        self.ids = np.concatenate([self.ids, ids])
+        self.lost = np.concatenate([self.lost, np.zeros(len(ids), dtype=bool)])
+        self.start_ts = np.concatenate([self.start_ts, ts[cam]])
+        self.seen_ts = np.concatenate([self.seen_ts, ts[cam]])
+        self.cam = np.concatenate([self.cam, cam])
+        # Each camera's new tracks after its old ones, as a camera alone would have them.
+        order = np.argsort(self.cam, kind="stable")
+        self.take(order)
+        det_of = np.concatenate([det_of, fresh])[order]
+        return det_of, np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])[order]
 
-    def _append(self, ts: float, boxes: F64, *, confirmed: bool) -> None:
-        """Start tracks at ``boxes``; on a tracker's first frame they are confirmed at once."""
-        n = len(boxes)
-        mean, cov = kalman.initiate(kalman.xyxy_to_xyah(boxes))
-        ids = self._take_ids(n) if confirmed else np.zeros(n, dtype=np.int64)
-        self._mean = np.concatenate([self._mean, mean])
-        self._cov = np.concatenate([self._cov, cov])
-        self._ids = np.concatenate([self._ids, ids])
-        self._lost = np.concatenate([self._lost, np.zeros(n, dtype=bool)])
-        self._start_ts = np.concatenate([self._start_ts, np.full(n, ts)])
-        self._seen_ts = np.concatenate([self._seen_ts, np.full(n, ts)])
+    def take(self, index: I64 | BoolArray) -> None:
+        """Keep the tracks ``index`` selects, in its order."""
+        self.mean = self.mean[index]
+        self.cov = self.cov[index]
+        self.ids = self.ids[index]
+        self.lost = self.lost[index]
+        self.start_ts = self.start_ts[index]
+        self.seen_ts = self.seen_ts[index]
+        self.cam = self.cam[index]
 
-    def _keep(self, keep: BoolArray) -> None:
-        self._mean = self._mean[keep]
-        self._cov = self._cov[keep]
-        self._ids = self._ids[keep]
-        self._lost = self._lost[keep]
-        self._start_ts = self._start_ts[keep]
-        self._seen_ts = self._seen_ts[keep]
-
-    def _mark_duplicates(self, drop: BoolArray) -> None:
-        """A tracked and a lost track on the same spot: mark in ``drop`` the one followed for
-        less time (tracks already in ``drop`` take no part)."""
-        lost = (self._lost & ~drop).nonzero()[0]
+    def mark_duplicates(self, drop: BoolArray, cameras: int) -> None:
+        """A tracked and a lost track of one camera on the same spot: mark in ``drop`` the
+        one followed for less time (tracks already in ``drop`` take no part)."""
+        lost = (self.lost & ~drop).nonzero()[0]
         if not len(lost):
             return
-        tracked = (~(self._lost | drop)).nonzero()[0]
-        boxes = kalman.xyah_to_xyxy(self._mean)
-        p, q = (1.0 - pairwise_iou(boxes[tracked], boxes[lost]) < _DUPLICATE_DISTANCE).nonzero()
+        tracked = (~(self.lost | drop)).nonzero()[0]
+        boxes = kalman.xyah_to_xyxy(self.mean)
+        iou, by_tracked, by_lost = _pairwise_iou(
+            self.cam[tracked], boxes[tracked], self.cam[lost], boxes[lost], cameras
+        )
+        cam, p, q = (1.0 - iou < _DUPLICATE_DISTANCE).nonzero()
         if not len(p):
             return
-        age = self._seen_ts - self._start_ts
-        older_tracked = age[tracked[p]] > age[lost[q]]
-        drop[lost[q[older_tracked]]] = True
-        drop[tracked[p[~older_tracked]]] = True
+        p, q = tracked[by_tracked.start[cam] + p], lost[by_lost.start[cam] + q]
+        age = self.seen_ts - self.start_ts
+        older_tracked = age[p] > age[q]
+        drop[q[older_tracked]] = True
+        drop[p[~older_tracked]] = True
+
+    def scatter(self, trackers: list[ByteTracker], ts: list[float], next_id: I64) -> None:
+        """Hand each camera its tracks back (rows sorted by camera), now at ``ts``."""
+        by_camera = _Layout(self.cam, len(trackers))
+        for c, tracker in enumerate(trackers):
+            rows = by_camera.rows(c)
+            tracker._mean = self.mean[rows]
+            tracker._cov = self.cov[rows]
+            tracker._ids = self.ids[rows]
+            tracker._lost = self.lost[rows]
+            tracker._start_ts = self.start_ts[rows]
+            tracker._seen_ts = self.seen_ts[rows]
+            tracker._last_ts = ts[c]
+            tracker._next_id = int(next_id[c])
 
 
-def _stage(
-    similarity: F64,
-    tracks: I64,
-    dets: BoolArray,
-    limit: float,
-    *,
-    det_of: I64,
-    free: BoolArray | None,
-) -> None:
-    """Match ``tracks`` to the boxes in ``dets`` on cost ``1 - similarity``; record each pair in
-    ``det_of`` and take its box out of ``free``."""
-    cols = dets.nonzero()[0]
-    if not len(tracks) or not len(cols):
-        return
-    t, d = assign(1.0 - similarity.take(tracks, axis=0).take(cols, axis=1), limit)
-    det_of[tracks[t]] = cols[d]
-    if free is not None:
-        free[cols[d]] = False
+class _Matching:
+    """ByteTrack's three matching stages for a batch's tracks and boxes, each camera's with
+    its own."""
+
+    def __init__(self, track_cam: I64, tracks: F64, dets: _Boxes) -> None:
+        self._track_cam = track_cam
+        self._tracks = tracks
+        self._box_cam = dets.layout.cam
+        self._boxes = dets.boxes
+        self._scores = dets.scores
+        self._high = dets.high
+        self._low = dets.low
+        self.det_of = np.full(len(track_cam), -1, dtype=np.int64)
+
+    def associate(
+        self, confirmed: BoolArray, lost: BoolArray, limit: F64
+    ) -> tuple[BoolArray, BoolArray]:
+        """Fill ``det_of`` (the box each track took, -1 for none). Returns the high-score
+        boxes nobody took and the tracks lost at this frame; ``limit`` is each camera's
+        first-stage match threshold."""
+        cameras = len(limit)
+        # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
+        free = self._high.copy()
+        self._stage(confirmed, self._high, limit, weighted=True, free=free)
+        # 2: tracks still unmatched that were tracked last frame <-> low-score boxes, IoU only.
+        rest = confirmed & ~lost & (self.det_of < 0)
+        self._stage(rest, self._low, np.full(cameras, _SECOND_MATCH), weighted=False, free=None)
+        newly_lost = rest & (self.det_of < 0)
+        # 3: last frame's new tracks <-> the high-score boxes nobody took.
+        unconfirmed = ~confirmed
+        self._stage(
+            unconfirmed, free, np.full(cameras, _UNCONFIRMED_MATCH), weighted=True, free=free
+        )
+        return free, newly_lost
+
+    def _stage(
+        self,
+        tracks: BoolArray,
+        dets: BoolArray,
+        limit: F64,
+        *,
+        weighted: bool,
+        free: BoolArray | None,
+    ) -> None:
+        """Match ``tracks`` to the boxes in ``dets`` of the same camera on cost ``1 - IoU``,
+        the IoU times the box's score when ``weighted``; record each pair in ``det_of`` and
+        take its box out of ``free``."""
+        rows, cols = tracks.nonzero()[0], dets.nonzero()[0]
+        if not len(rows) or not len(cols):
+            return
+        # Only the stage's own tracks and boxes: the first stage's grid is most of the work.
+        similarity, by_row, by_col = _pairwise_iou(
+            self._track_cam[rows], self._tracks[rows],
+            self._box_cam[cols], self._boxes[cols], len(limit),
+        )  # fmt: skip
+        if weighted:
+            similarity *= by_col.pad(self._scores[cols])[:, None, :]
+        cam, t, d = assign(1.0 - similarity, limit)
+        taken = cols[by_col.start[cam] + d]
+        self.det_of[rows[by_row.start[cam] + t]] = taken
+        if free is not None:
+            free[taken] = False
+
+
+def assign(cost: F64, limit: F64) -> tuple[I64, I64, I64]:
+    """Minimum-cost matching of rows to columns in each camera's ``cost[camera]``, where a
+    pair costing more than the camera's ``limit[camera]`` stays unmatched. Returns the
+    camera, row and column of each pair.
+
+    Solved exactly as an assignment in which leaving a row or a column unmatched costs
+    ``limit / 2`` (so a pair is matched only if it is cheaper than leaving both out), the
+    formulation of ``lap.lapjv(..., cost_limit=limit)`` that ByteTrack uses. A row and a
+    column that are each other's only candidate form a problem of their own and are
+    matched directly, for all cameras at once; only the rest (objects close together) goes
+    to the solver, one camera at a time.
+    """
+    if not cost.size:
+        return _EMPTY, _EMPTY, _EMPTY
+    ok = cost <= limit[:, None, None]
+    # Ufunc reductions directly: ``ndarray.sum``/``all`` go through Python wrappers that cost
+    # more than the work at tracker sizes.
+    per_row = np.add.reduce(ok, axis=2)
+    per_col = np.add.reduce(ok, axis=1)
+    k, r, c = ok.nonzero()
+    if np.maximum.reduce(per_row, axis=None) <= 1 and np.maximum.reduce(per_col, axis=None) <= 1:
+        return k, r, c
+    alone = (per_row[k, r] == 1) & (per_col[k, c] == 1)
+    k, r, c = k[alone], r[alone], c[alone]
+    row_open = per_row > 0
+    row_open[k, r] = False
+    col_open = per_col > 0
+    col_open[k, c] = False
+    found = [(k, r, c)]
+    for camera in np.logical_or.reduce(row_open, axis=1).nonzero()[0].tolist():
+        rest_r, rest_c = row_open[camera].nonzero()[0], col_open[camera].nonzero()[0]
+        er, ec = _solve(cost[camera][rest_r[:, None], rest_c], float(limit[camera]))
+        found.append((np.full(len(er), camera), rest_r[er], rest_c[ec]))
+    cams, rows, cols = zip(*found, strict=True)
+    return np.concatenate(cams), np.concatenate(rows), np.concatenate(cols)
+
+
+def _solve(cost: F64, limit: float) -> tuple[I64, I64]:
+    """``assign`` of one camera's rows and columns that compete, by the solver."""
+    n, m = cost.shape
+    extended = np.full((n + m, m + n), limit / 2)
+    extended[:n, :m] = cost
+    extended[n:, m:] = 0.0
+    er, ec = linear_sum_assignment(extended)
+    keep = (er < n) & (ec < m)
+    return er[keep], ec[keep]
