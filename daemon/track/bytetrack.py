@@ -23,7 +23,7 @@ camera's result depends only on its own frames, whatever shares its batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -32,7 +32,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from daemon.config.tracking import TrackingConfig
-from daemon.postprocess.iou import pairwise_iou
+from daemon.postprocess.iou import paired_iou, pairwise_iou
 from daemon.track import kalman
 
 F64 = npt.NDArray[np.float64]
@@ -208,16 +208,6 @@ class _Layout:
         return out
 
 
-def _pairwise_iou(
-    a: I64, a_boxes: F64, b: I64, b_boxes: F64, cameras: int
-) -> tuple[F64, _Layout, _Layout]:
-    """IoU of the boxes ``a_boxes`` (of cameras ``a``) with the boxes ``b_boxes`` of the same
-    camera, as a [cameras, a's width, b's width] grid; NaN in the empty places, so that no
-    comparison holds there. Also the two layouts."""
-    by_a, by_b = _Layout(a, cameras), _Layout(b, cameras)
-    return pairwise_iou(by_a.pad(a_boxes, np.nan), by_b.pad(b_boxes, np.nan)), by_a, by_b
-
-
 def _hand_out(cam: I64, next_id: I64) -> I64:
     """New ids for rows sorted by camera, each camera counting on from its ``next_id``
     (advanced past them)."""
@@ -308,13 +298,11 @@ class _State:
             return
         tracked = (~(self.lost | drop)).nonzero()[0]
         boxes = kalman.xyah_to_xyxy(self.mean)
-        iou, by_tracked, by_lost = _pairwise_iou(
-            self.cam[tracked], boxes[tracked], self.cam[lost], boxes[lost], cameras
-        )
-        cam, p, q = (1.0 - iou < _DUPLICATE_DISTANCE).nonzero()
-        if not len(p):
-            return
-        p, q = tracked[by_tracked.start[cam] + p], lost[by_lost.start[cam] + q]
+        p, q = _overlapping(self.cam[tracked], boxes[tracked], self.cam[lost], boxes[lost], cameras)
+        p, q = tracked[p], lost[q]
+        # Pairs that do not overlap have IoU 0: never duplicates.
+        same = 1.0 - paired_iou(boxes[p], boxes[q]) < _DUPLICATE_DISTANCE
+        p, q = p[same], q[same]
         age = self.seen_ts - self.start_ts
         older_tracked = age[p] > age[q]
         drop[q[older_tracked]] = True
@@ -333,6 +321,27 @@ class _State:
             tracker._seen_ts = self.seen_ts[rows]
             tracker._last_ts = ts[c]
             tracker._next_id = int(next_id[c])
+
+
+def _overlapping(
+    a_cam: I64, a: F64, b_cam: I64, b: F64, cameras: int, *, every: BoolArray | None = None
+) -> tuple[I64, I64]:
+    """The pairs (index in ``a``, index in ``b``) of xyxy boxes of one camera that overlap
+    in x, with every pair of the cameras ``every`` marks; ``a_cam`` and ``b_cam`` (each
+    box's camera) are sorted. Any other pair has IoU exactly 0.
+
+    Found on a [cameras, a's width, b's width] grid of x extents, padded with NaN (which
+    overlaps nothing): the only per-pair work, and three operations where the IoU takes a
+    dozen; the IoU is then computed for the few pairs that overlap."""
+    by_a, by_b = _Layout(a_cam, cameras), _Layout(b_cam, cameras)
+    xa, xb = by_a.pad(a[:, 0::2], np.nan), by_b.pad(b[:, 0::2], np.nan)
+    extent = np.minimum(xa[:, :, None, 1], xb[:, None, :, 1])
+    extent -= np.maximum(xa[:, :, None, 0], xb[:, None, :, 0])
+    near = extent > 0.0
+    if every is not None:
+        near |= every[:, None, None] & ~np.isnan(extent)
+    cam, i, j = near.nonzero()
+    return by_a.start[cam] + i, by_b.start[cam] + j
 
 
 class _Matching:
@@ -385,24 +394,48 @@ class _Matching:
         rows, cols = tracks.nonzero()[0], dets.nonzero()[0]
         if not len(rows) or not len(cols):
             return
-        # Only the stage's own tracks and boxes: the first stage's grid is most of the work.
-        similarity, by_row, by_col = _pairwise_iou(
-            self._track_cam[rows], self._tracks[rows],
-            self._box_cam[cols], self._boxes[cols], len(limit),
+        # A pair that does not overlap costs 1: within a limit of 1 only.
+        reach = limit >= 1.0
+        i, j = _overlapping(
+            self._track_cam[rows], self._tracks[rows], self._box_cam[cols], self._boxes[cols],
+            len(limit), every=reach if np.logical_or.reduce(reach) else None,
         )  # fmt: skip
+        r, c = rows[i], cols[j]
+        similarity = paired_iou(self._tracks[r], self._boxes[c])
         if weighted:
-            similarity *= by_col.pad(self._scores[cols])[:, None, :]
-        cam, t, d = assign(1.0 - similarity, limit)
-        taken = cols[by_col.start[cam] + d]
-        self.det_of[rows[by_row.start[cam] + t]] = taken
+            similarity *= self._scores[c]
+        ok = 1.0 - similarity <= limit[self._track_cam[r]]
+        t, d = assign(
+            (r[ok], c[ok]),
+            self._track_cam,
+            self._box_cam,
+            limit,
+            lambda rs, cs: self._cost(rs, cs, weighted=weighted),
+        )
+        self.det_of[t] = d
         if free is not None:
-            free[taken] = False
+            free[d] = False
+
+    def _cost(self, rows: I64, cols: I64, *, weighted: bool) -> F64:
+        """The stage's cost of every pair of ``rows`` and ``cols`` (of one camera)."""
+        similarity = pairwise_iou(self._tracks[rows], self._boxes[cols])
+        if weighted:
+            similarity *= self._scores[cols]
+        return 1.0 - similarity
 
 
-def assign(cost: F64, limit: F64) -> tuple[I64, I64, I64]:
-    """Minimum-cost matching of rows to columns in each camera's ``cost[camera]``, where a
-    pair costing more than the camera's ``limit[camera]`` stays unmatched. Returns the
-    camera, row and column of each pair.
+def assign(
+    pairs: tuple[I64, I64],
+    row_camera: I64,
+    col_camera: I64,
+    limit: F64,
+    cost: Callable[[I64, I64], F64],
+) -> tuple[I64, I64]:
+    """Minimum-cost matching of rows to columns of the same camera, where a pair costing
+    more than its camera's ``limit`` stays unmatched. ``pairs`` are the (row, column) pairs
+    within the limit, ``row_camera`` and ``col_camera`` the camera of every row and column
+    (sorted), and ``cost(rows, cols)`` the cost of every pair of some rows and columns of
+    one camera. Returns the matched rows and their columns.
 
     Solved exactly as an assignment in which leaving a row or a column unmatched costs
     ``limit / 2`` (so a pair is matched only if it is cheaper than leaving both out), the
@@ -411,29 +444,25 @@ def assign(cost: F64, limit: F64) -> tuple[I64, I64, I64]:
     matched directly, for all cameras at once; only the rest (objects close together) goes
     to the solver, one camera at a time.
     """
-    if not cost.size:
-        return _EMPTY, _EMPTY, _EMPTY
-    ok = cost <= limit[:, None, None]
-    # Ufunc reductions directly: ``ndarray.sum``/``all`` go through Python wrappers that cost
-    # more than the work at tracker sizes.
-    per_row = np.add.reduce(ok, axis=2)
-    per_col = np.add.reduce(ok, axis=1)
-    k, r, c = ok.nonzero()
-    if np.maximum.reduce(per_row, axis=None) <= 1 and np.maximum.reduce(per_col, axis=None) <= 1:
-        return k, r, c
-    alone = (per_row[k, r] == 1) & (per_col[k, c] == 1)
-    k, r, c = k[alone], r[alone], c[alone]
+    r, c = pairs
+    per_row = np.bincount(r, minlength=len(row_camera))
+    per_col = np.bincount(c, minlength=len(col_camera))
+    if not len(r) or (np.maximum.reduce(per_row) <= 1 and np.maximum.reduce(per_col) <= 1):
+        return r, c
+    alone = (per_row[r] == 1) & (per_col[c] == 1)
     row_open = per_row > 0
-    row_open[k, r] = False
+    row_open[r[alone]] = False
     col_open = per_col > 0
-    col_open[k, c] = False
-    found = [(k, r, c)]
-    for camera in np.logical_or.reduce(row_open, axis=1).nonzero()[0].tolist():
-        rest_r, rest_c = row_open[camera].nonzero()[0], col_open[camera].nonzero()[0]
-        er, ec = _solve(cost[camera][rest_r[:, None], rest_c], float(limit[camera]))
-        found.append((np.full(len(er), camera), rest_r[er], rest_c[ec]))
-    cams, rows, cols = zip(*found, strict=True)
-    return np.concatenate(cams), np.concatenate(rows), np.concatenate(cols)
+    col_open[c[alone]] = False
+    rows, cols = [r[alone]], [c[alone]]
+    open_rows, open_cols = row_open.nonzero()[0], col_open.nonzero()[0]
+    for camera in np.unique(row_camera[open_rows]).tolist():
+        rest_r = open_rows[row_camera[open_rows] == camera]
+        rest_c = open_cols[col_camera[open_cols] == camera]
+        er, ec = _solve(cost(rest_r, rest_c), float(limit[camera]))
+        rows.append(rest_r[er])
+        cols.append(rest_c[ec])
+    return np.concatenate(rows), np.concatenate(cols)
 
 
 def _solve(cost: F64, limit: float) -> tuple[I64, I64]:
