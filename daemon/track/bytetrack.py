@@ -13,12 +13,13 @@ boxes that never became a track burn no id.
 
 Each camera's ``ByteTracker`` owns its tracks as parallel numpy arrays (structure of
 arrays). ``update_batch`` advances one frame of several cameras in one vectorised pass:
-their tracks and boxes are concatenated with a camera index per row, and every pairing of
-tracks with boxes is a [cameras, tracks, boxes] array padded to the busiest camera, so
-tracks and boxes of different cameras never meet and the work grows linearly with the
-cameras. A frame costs a fixed number of numpy calls however many objects and cameras it
-holds, and that fixed cost (which dominates at tracker sizes) is shared by the batch. A
-camera's result depends only on its own frames, whatever shares its batch.
+their tracks and boxes are concatenated with a camera index per row, and a track is only
+ever paired with boxes of its own camera that overlap it in x (found by sorting, never an
+all-tracks x all-boxes grid), so the work grows linearly with the cameras. A frame costs a
+fixed number of numpy calls however many objects and cameras it holds, and that fixed cost
+(which dominates at tracker sizes) is shared by the batch; only the solver for objects
+close together runs once per camera that has some. A camera's result depends only on its
+own frames, whatever shares its batch.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from daemon.config.tracking import TrackingConfig
-from daemon.postprocess.iou import paired_iou, pairwise_iou
+from daemon.postprocess.iou import paired_iou
 from daemon.track import kalman
 
 F64 = npt.NDArray[np.float64]
@@ -186,26 +187,15 @@ class _Boxes:
 
 
 class _Layout:
-    """Rows sorted by camera (``cam``) placed in a [cameras, width] grid: ``slot`` is each
-    row's place within its camera, ``start`` where each camera's rows begin."""
+    """Rows sorted by camera (``cam``): where each camera's rows are."""
 
     def __init__(self, cam: I64, cameras: int) -> None:
         self.cam = cam
-        self.counts = np.bincount(cam, minlength=cameras)
-        self.start = np.cumsum(self.counts) - self.counts
-        self.slot = np.arange(len(cam)) - self.start[cam]
-        self.width = int(np.maximum.reduce(self.counts)) if cameras else 0
+        self._bounds = [0, *np.cumsum(np.bincount(cam, minlength=cameras)).tolist()]
 
     def rows(self, camera: int) -> slice:
         """Where camera ``camera``'s rows are."""
-        start = int(self.start[camera])
-        return slice(start, start + int(self.counts[camera]))
-
-    def pad(self, values: npt.NDArray[Any], fill: float = 0.0) -> npt.NDArray[Any]:
-        """``values`` (one per row) in the grid, ``fill`` in the empty places."""
-        out = np.full((len(self.counts), self.width, *values.shape[1:]), fill, dtype=values.dtype)
-        out[self.cam, self.slot] = values
-        return out
+        return slice(self._bounds[camera], self._bounds[camera + 1])
 
 
 def _hand_out(cam: I64, next_id: I64) -> I64:
@@ -298,7 +288,7 @@ class _State:
             return
         tracked = (~(self.lost | drop)).nonzero()[0]
         boxes = kalman.xyah_to_xyxy(self.mean)
-        p, q = _overlapping(self.cam[tracked], boxes[tracked], self.cam[lost], boxes[lost], cameras)
+        p, q = _overlapping(self.cam[tracked], boxes[tracked], self.cam[lost], boxes[lost])
         p, q = tracked[p], lost[q]
         # Pairs that do not overlap have IoU 0: never duplicates.
         same = 1.0 - paired_iou(boxes[p], boxes[q]) < _DUPLICATE_DISTANCE
@@ -324,24 +314,50 @@ class _State:
 
 
 def _overlapping(
-    a_cam: I64, a: F64, b_cam: I64, b: F64, cameras: int, *, every: BoolArray | None = None
+    a_cam: I64, a: F64, b_cam: I64, b: F64, *, every: BoolArray | None = None
 ) -> tuple[I64, I64]:
     """The pairs (index in ``a``, index in ``b``) of xyxy boxes of one camera that overlap
-    in x, with every pair of the cameras ``every`` marks; ``a_cam`` and ``b_cam`` (each
-    box's camera) are sorted. Any other pair has IoU exactly 0.
+    in x, with every pair of the cameras that ``every`` marks; ``a_cam`` and ``b_cam`` hold
+    each box's camera. Any other pair has IoU exactly 0.
 
-    Found on a [cameras, a's width, b's width] grid of x extents, padded with NaN (which
-    overlaps nothing): the only per-pair work, and three operations where the IoU takes a
-    dozen; the IoU is then computed for the few pairs that overlap."""
-    by_a, by_b = _Layout(a_cam, cameras), _Layout(b_cam, cameras)
-    xa, xb = by_a.pad(a[:, 0::2], np.nan), by_b.pad(b[:, 0::2], np.nan)
-    extent = np.minimum(xa[:, :, None, 1], xb[:, None, :, 1])
-    extent -= np.maximum(xa[:, :, None, 0], xb[:, None, :, 0])
+    No [a, b] grid: ``b``'s boxes are sorted by camera and left edge, and each box of ``a``
+    looks up the ones whose left edge lies within the widest box of ``b`` to its left and
+    its own right edge, then the candidates are checked exactly; the work follows the
+    pairs found rather than all pairs."""
+    if not len(a) or not len(b):
+        return _EMPTY, _EMPTY
+    x0 = min(np.minimum.reduce(a[:, 0]), np.minimum.reduce(b[:, 0]))
+    widest = max(np.maximum.reduce(b[:, 2] - b[:, 0]), 0.0)
+    # One axis for all cameras: camera ``c``'s left edges in [c * span, (c + 1) * span).
+    span = max(np.maximum.reduce(a[:, 2]), np.maximum.reduce(b[:, 0])) - x0 + widest + 1.0
+    slack = span * 1e-9  # the rounding of ``camera * span + x``, far below a pixel
+    keys = b_cam * span + (b[:, 0] - x0)
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    base = a_cam * span - x0
+    lo = np.searchsorted(keys, base + a[:, 0] - widest - slack, side="left")
+    hi = np.searchsorted(keys, base + a[:, 2] + slack, side="right")
+    if every is not None:
+        whole = every[a_cam]
+        lo[whole] = np.searchsorted(keys, a_cam[whole] * span - slack, side="left")
+        hi[whole] = np.searchsorted(keys, (a_cam[whole] + 1) * span - slack, side="left")
+    i, j = _ranges(lo, hi)
+    j = order[j]
+    # Exactly the IoU's x extent, so "overlaps" here is "IoU above 0" there.
+    extent = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0])
     near = extent > 0.0
     if every is not None:
-        near |= every[:, None, None] & ~np.isnan(extent)
-    cam, i, j = near.nonzero()
-    return by_a.start[cam] + i, by_b.start[cam] + j
+        near |= every[a_cam[i]]
+    near &= a_cam[i] == b_cam[j]
+    return i[near], j[near]
+
+
+def _ranges(lo: I64, hi: I64) -> tuple[I64, I64]:
+    """Every ``(i, j)`` with ``lo[i] <= j < hi[i]``, by ``i`` then ``j``."""
+    counts = np.maximum(hi - lo, 0)
+    i = np.repeat(np.arange(len(lo)), counts)
+    j = np.arange(len(i)) + np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    return i, j
 
 
 class _Matching:
@@ -398,13 +414,10 @@ class _Matching:
         reach = limit >= 1.0
         i, j = _overlapping(
             self._track_cam[rows], self._tracks[rows], self._box_cam[cols], self._boxes[cols],
-            len(limit), every=reach if np.logical_or.reduce(reach) else None,
+            every=reach if np.logical_or.reduce(reach) else None,
         )  # fmt: skip
         r, c = rows[i], cols[j]
-        similarity = paired_iou(self._tracks[r], self._boxes[c])
-        if weighted:
-            similarity *= self._scores[c]
-        ok = 1.0 - similarity <= limit[self._track_cam[r]]
+        ok = self._cost(r, c, weighted=weighted) <= limit[self._track_cam[r]]
         t, d = assign(
             (r[ok], c[ok]),
             self._track_cam,
@@ -417,8 +430,8 @@ class _Matching:
             free[d] = False
 
     def _cost(self, rows: I64, cols: I64, *, weighted: bool) -> F64:
-        """The stage's cost of every pair of ``rows`` and ``cols`` (of one camera)."""
-        similarity = pairwise_iou(self._tracks[rows], self._boxes[cols])
+        """The stage's cost of track ``rows[k]`` with box ``cols[k]``."""
+        similarity = paired_iou(self._tracks[rows], self._boxes[cols])
         if weighted:
             similarity *= self._scores[cols]
         return 1.0 - similarity
@@ -434,8 +447,8 @@ def assign(
     """Minimum-cost matching of rows to columns of the same camera, where a pair costing
     more than its camera's ``limit`` stays unmatched. ``pairs`` are the (row, column) pairs
     within the limit, ``row_camera`` and ``col_camera`` the camera of every row and column
-    (sorted), and ``cost(rows, cols)`` the cost of every pair of some rows and columns of
-    one camera. Returns the matched rows and their columns.
+    (sorted), and ``cost(rows, cols)`` the cost of each pair ``(rows[k], cols[k])``.
+    Returns the matched rows and their columns.
 
     Solved exactly as an assignment in which leaving a row or a column unmatched costs
     ``limit / 2`` (so a pair is matched only if it is cheaper than leaving both out), the
@@ -454,14 +467,23 @@ def assign(
     row_open[r[alone]] = False
     col_open = per_col > 0
     col_open[c[alone]] = False
-    rows, cols = [r[alone]], [c[alone]]
     open_rows, open_cols = row_open.nonzero()[0], col_open.nonzero()[0]
-    for camera in np.unique(row_camera[open_rows]).tolist():
-        rest_r = open_rows[row_camera[open_rows] == camera]
-        rest_c = open_cols[col_camera[open_cols] == camera]
-        er, ec = _solve(cost(rest_r, rest_c), float(limit[camera]))
-        rows.append(rest_r[er])
-        cols.append(rest_c[ec])
+    rows_cam, cols_cam = row_camera[open_rows], col_camera[open_cols]
+    # Each camera's open rows x its open columns, row by row: one cost call for all.
+    i, j = _ranges(
+        np.searchsorted(cols_cam, rows_cam, side="left"),
+        np.searchsorted(cols_cam, rows_cam, side="right"),
+    )
+    costs = cost(open_rows[i], open_cols[j])
+    cameras, n_rows = np.unique(rows_cam, return_counts=True)
+    n_cols = np.searchsorted(cols_cam, cameras, side="right") - np.searchsorted(cols_cam, cameras)
+    rows, cols = [r[alone]], [c[alone]]
+    at_row = at_col = at_cost = 0
+    for camera, n, m in zip(cameras.tolist(), n_rows.tolist(), n_cols.tolist(), strict=True):
+        er, ec = _solve(costs[at_cost : at_cost + n * m].reshape(n, m), float(limit[camera]))
+        rows.append(open_rows[at_row : at_row + n][er])
+        cols.append(open_cols[at_col : at_col + m][ec])
+        at_row, at_col, at_cost = at_row + n, at_col + m, at_cost + n * m
     return np.concatenate(rows), np.concatenate(cols)
 
 

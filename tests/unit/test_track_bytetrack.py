@@ -146,7 +146,5 @@ def test_assignment_leaves_pairs_above_the_limit_unmatched() -> None:
     r, c = (cost <= 0.8).nonzero()
     within = (r.astype(np.int64), c.astype(np.int64))
     one_camera = np.zeros(2, dtype=np.int64)
-    rows, cols = assign(
-        within, one_camera, one_camera, np.array([0.8]), lambda r, c: cost[r[:, None], c]
-    )
+    rows, cols = assign(within, one_camera, one_camera, np.array([0.8]), lambda r, c: cost[r, c])
     assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 0)]
