@@ -50,6 +50,9 @@ _UNCONFIRMED_MATCH: Final = 0.7
 _DUPLICATE_DISTANCE: Final = 0.15
 # Capture timestamps are float seconds: a gap equal to the grace up to rounding is within it.
 _TIME_EPS: Final = 1e-6
+# Boxes per camera on the smaller side up to which trying all pairs of a camera is cheaper
+# than looking them up by sorting.
+_FEW_PER_CAMERA: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +291,7 @@ class _State:
             return
         tracked = (~(self.lost | drop)).nonzero()[0]
         boxes = kalman.xyah_to_xyxy(self.mean)
-        p, q = _overlapping(self.cam[tracked], boxes[tracked], self.cam[lost], boxes[lost])
+        p, q = _overlapping(self.cam[tracked], boxes[tracked], self.cam[lost], boxes[lost], cameras)
         p, q = tracked[p], lost[q]
         # Pairs that do not overlap have IoU 0: never duplicates.
         same = 1.0 - paired_iou(boxes[p], boxes[q]) < _DUPLICATE_DISTANCE
@@ -314,18 +317,37 @@ class _State:
 
 
 def _overlapping(
-    a_cam: I64, a: F64, b_cam: I64, b: F64, *, every: BoolArray | None = None
+    a_cam: I64, a: F64, b_cam: I64, b: F64, cameras: int, *, every: BoolArray | None = None
 ) -> tuple[I64, I64]:
     """The pairs (index in ``a``, index in ``b``) of xyxy boxes of one camera that overlap
-    in x, with every pair of the cameras that ``every`` marks; ``a_cam`` and ``b_cam`` hold
-    each box's camera. Any other pair has IoU exactly 0.
+    in x, with every pair of the cameras that ``every`` marks; ``a_cam`` and ``b_cam`` (sorted)
+    hold each box's camera. Any other pair has IoU exactly 0.
 
-    No [a, b] grid: ``b``'s boxes are sorted by camera and left edge, and each box of ``a``
-    looks up the ones whose left edge lies within the widest box of ``b`` to its left and
-    its own right edge, then the candidates are checked exactly; the work follows the
-    pairs found rather than all pairs."""
+    No [a, b] grid across cameras: where one side has a few boxes per camera, each of its
+    boxes is tried with all of its camera's boxes on the other side; otherwise they are
+    looked up by sorting (``_sweep``). The candidates are then checked exactly."""
     if not len(a) or not len(b):
         return _EMPTY, _EMPTY
+    if min(len(a), len(b)) <= _FEW_PER_CAMERA * cameras:
+        i, j = _ranges(
+            np.searchsorted(b_cam, a_cam, side="left"), np.searchsorted(b_cam, a_cam, side="right")
+        )
+    else:
+        i, j = _sweep(a_cam, a, b_cam, b, every)
+    # Exactly the IoU's x extent, so "overlaps" here is "IoU above 0" there.
+    extent = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0])
+    near = extent > 0.0
+    if every is not None:
+        near |= every[a_cam[i]]
+    near &= a_cam[i] == b_cam[j]
+    return i[near], j[near]
+
+
+def _sweep(a_cam: I64, a: F64, b_cam: I64, b: F64, every: BoolArray | None) -> tuple[I64, I64]:
+    """Candidate pairs for ``_overlapping``, a superset of the pairs of one camera that
+    overlap in x: ``b``'s boxes sorted by camera and left edge, each box of ``a`` takes the
+    ones whose left edge lies between its own left edge less the widest box of ``b`` and its
+    right edge (or all of its camera's where ``every`` says)."""
     x0 = min(np.minimum.reduce(a[:, 0]), np.minimum.reduce(b[:, 0]))
     widest = max(np.maximum.reduce(b[:, 2] - b[:, 0]), 0.0)
     # One axis for all cameras: camera ``c``'s left edges in [c * span, (c + 1) * span).
@@ -342,14 +364,7 @@ def _overlapping(
         lo[whole] = np.searchsorted(keys, a_cam[whole] * span - slack, side="left")
         hi[whole] = np.searchsorted(keys, (a_cam[whole] + 1) * span - slack, side="left")
     i, j = _ranges(lo, hi)
-    j = order[j]
-    # Exactly the IoU's x extent, so "overlaps" here is "IoU above 0" there.
-    extent = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0])
-    near = extent > 0.0
-    if every is not None:
-        near |= every[a_cam[i]]
-    near &= a_cam[i] == b_cam[j]
-    return i[near], j[near]
+    return i, order[j]
 
 
 def _ranges(lo: I64, hi: I64) -> tuple[I64, I64]:
@@ -414,7 +429,7 @@ class _Matching:
         reach = limit >= 1.0
         i, j = _overlapping(
             self._track_cam[rows], self._tracks[rows], self._box_cam[cols], self._boxes[cols],
-            every=reach if np.logical_or.reduce(reach) else None,
+            len(limit), every=reach if np.logical_or.reduce(reach) else None,
         )  # fmt: skip
         r, c = rows[i], cols[j]
         ok = self._cost(r, c, weighted=weighted) <= limit[self._track_cam[r]]
