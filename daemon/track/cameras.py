@@ -69,7 +69,11 @@ class TrackedCameras:
         """Track a batch's frames (camera id, frame) in one pass; the cameras that do not
         track are left out. Returns the events (worker thread)."""
         return track_batch(
-            [(stage, frame) for camera_id, frame in frames if (stage := self.get(camera_id))]
+            [
+                (stage, frame)
+                for camera_id, frame in frames
+                if (stage := self.get(camera_id)) is not None
+            ]
         )
 
     def low_thresholds(self) -> list[float]:

@@ -31,6 +31,8 @@ CONFIGS = {
     "empty": TrackingConfig(enabled=True, lost_after_s=2.0),
     "leaving": TrackingConfig(enabled=True, lost_after_s=0.2, match_threshold=0.9),
     "sparse": TrackingConfig(enabled=True, min_hits=5, new_track_threshold=0.4),
+    # A first-stage limit of 1 lets boxes that do not overlap a track match it.
+    "loose": TrackingConfig(enabled=True, match_threshold=1.0),
 }  # fmt: skip
 
 
@@ -69,6 +71,7 @@ def _scenes() -> dict[str, list[Frame]]:
         "empty": _scene(3, 0),
         "leaving": _scene(4, 8, until=60),
         "sparse": _scene(5, 10),
+        "loose": _scene(6, 6),
     }
 
 
@@ -180,5 +183,5 @@ def test_stage_batches_skip_old_frames_and_closed_cameras_like_single_frames() -
     assert [s.skipped for s in together.values()] == [s.skipped for s in alone.values()]
     assert together["crowd"].skipped == 2
     assert got_together == got_alone
-    assert {key[0] for key in got_alone} == {"crowd", "strict", "leaving", "sparse"}
+    assert {key[0] for key in got_alone} == {"crowd", "strict", "leaving", "sparse", "loose"}
     assert not [key for key in got_alone[-50:] if key[0] == "strict"]
