@@ -1,17 +1,19 @@
-"""``edgewatch bench track``: tracker cost per camera-frame at a given number of boxes.
+"""``edgewatch bench track``: tracker cost per camera-frame at a given number of boxes and
+cameras per batch.
 
-A synthetic scene of ``boxes`` objects walking at constant speeds in a 1280x720 frame at
-25 fps, with detector-like noise (box jitter, scores spread over ByteTrack's high and low
-bands, a few boxes missed each frame); each object that leaves the frame is replaced by a
-new one, so tracks start and end all the time. The timed call is what the batch worker does
-per camera-frame: ``CameraTracking.process`` (the tracker and the event state machine), and
-separately the bare ``ByteTracker.update``.
+Each camera is a synthetic scene (its own seed) of ``boxes`` objects walking at constant
+speeds in a 1280x720 frame at 25 fps, with detector-like noise (box jitter, scores spread
+over ByteTrack's high and low bands, a few boxes missed each frame); each object that leaves
+the frame is replaced by a new one, so tracks start and end all the time. The timed call is
+what the batch worker does with a batch holding one frame of each camera: ``track_batch``
+(the tracker and the event state machines), and separately the bare ``update_batch``; the
+times are per camera-frame (a batch's time over its cameras).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,8 +24,8 @@ from daemon.config.model import CameraConfig
 from daemon.config.secrets import Secret
 from daemon.config.tracking import LineConfig, TrackingConfig
 from daemon.postprocess.yolo import Detections
-from daemon.track.bytetrack import ByteTracker
-from daemon.track.stage import CameraTracking
+from daemon.track.bytetrack import ByteTracker, TrackInput, update_batch
+from daemon.track.stage import CameraFrame, CameraTracking, track_batch
 
 _W, _H, _FPS = 1280.0, 720.0, 25.0
 _NAMES = ("person", "bicycle", "car")
@@ -32,6 +34,7 @@ _NAMES = ("person", "bicycle", "car")
 @dataclass(frozen=True)
 class TrackBenchRow:
     what: str
+    cameras: int
     boxes: int
     frames: int
     mean_ms: float
@@ -64,56 +67,91 @@ def _scene(boxes: int, frames: int, seed: int) -> list[Detections]:
 
 
 def _row(
-    what: str, boxes: int, times: npt.NDArray[np.float64], cpu: npt.NDArray[np.float64]
+    what: str,
+    cameras: int,
+    boxes: int,
+    times: npt.NDArray[np.float64],
+    cpu: npt.NDArray[np.float64],
 ) -> TrackBenchRow:
-    ms = times * 1000
+    """Per camera-frame figures from the batches' ``times`` and ``cpu`` seconds."""
+    ms = times * 1000 / cameras
     return TrackBenchRow(
         what,
+        cameras,
         boxes,
         len(ms),
         round(float(ms.mean()), 4),
         round(float(np.percentile(ms, 50)), 4),
         round(float(np.percentile(ms, 95)), 4),
-        round(float(cpu.mean() * 1000), 4),
+        round(float(cpu.mean() * 1000 / cameras), 4),
     )
 
 
 def _timed(
-    step: Callable[[int, Detections], object], scene: list[Detections]
+    step: Callable[[int, Sequence[Detections]], object], batches: list[tuple[Detections, ...]]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    wall = np.empty(len(scene))
-    cpu = np.empty(len(scene))
-    for i, dets in enumerate(scene):
+    wall = np.empty(len(batches))
+    cpu = np.empty(len(batches))
+    for i, batch in enumerate(batches):
         c0, t0 = time.thread_time(), time.perf_counter()
-        step(i, dets)
+        step(i, batch)
         wall[i] = time.perf_counter() - t0
         cpu[i] = time.thread_time() - c0
     return wall, cpu
 
 
-def run_track_bench(boxes: int, frames: int, seed: int = 0) -> list[TrackBenchRow]:
-    """Time the bare tracker and the whole per-camera stage on the same synthetic scene."""
-    scene = _scene(boxes, frames, seed)
-    tracker = ByteTracker(TrackingConfig(enabled=True))
-    bare = _timed(lambda i, d: tracker.update(i / _FPS, d.boxes, d.scores), scene)
+def run_track_bench(
+    boxes: int, frames: int, cameras: int = 1, seed: int = 0
+) -> list[TrackBenchRow]:
+    """Time the bare tracker and the whole tracking stage on the same synthetic scenes, one
+    per camera (seeds ``seed``, ``seed + 1``, ...), a batch of one frame per camera at a time."""
+    batches = list(zip(*(_scene(boxes, frames, seed + c) for c in range(cameras)), strict=True))
+    trackers = [ByteTracker(TrackingConfig(enabled=True)) for _ in range(cameras)]
+    bare = _timed(
+        lambda i, batch: update_batch(
+            [
+                TrackInput(t, i / _FPS, d.boxes, d.scores)
+                for t, d in zip(trackers, batch, strict=True)
+            ]
+        ),
+        batches,
+    )
     line = LineConfig("middle", ((640.0, 0.0), (640.0, 720.0)))
-    camera = CameraConfig(id="bench", url=Secret("bench"), lines=(line,))
-    stage = CameraTracking(camera, TrackingConfig(enabled=True), _NAMES)
-    full = _timed(lambda i, d: stage.process(i / _FPS, (int(_W), int(_H)), d), scene)
+    stages = [
+        CameraTracking(
+            CameraConfig(id=f"bench{c}", url=Secret("bench"), lines=(line,)),
+            TrackingConfig(enabled=True),
+            _NAMES,
+        )
+        for c in range(cameras)
+    ]
+    size = (int(_W), int(_H))
+    full = _timed(
+        lambda i, batch: track_batch(
+            [(s, CameraFrame(i / _FPS, size, d)) for s, d in zip(stages, batch, strict=True)]
+        ),
+        batches,
+    )
     # The first frames warm caches and start every track at once: not the steady state.
     skip = min(frames // 10, 50)
     return [
-        _row("ByteTracker.update", boxes, bare[0][skip:], bare[1][skip:]),
-        _row("tracking stage (tracker + events + 1 line)", boxes, full[0][skip:], full[1][skip:]),
+        _row("update_batch (bare tracker)", cameras, boxes, bare[0][skip:], bare[1][skip:]),
+        _row(
+            "track_batch (tracker + events + 1 line)",
+            cameras,
+            boxes,
+            full[0][skip:],
+            full[1][skip:],
+        ),
     ]
 
 
 def render_track_table(rows: list[TrackBenchRow]) -> str:
-    """The rows as a fixed-width text table."""
-    head = ("what", "boxes", "frames", "mean ms", "p50 ms", "p95 ms", "CPU ms")
-    lines = ["{:<44} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8}".format(*head)]
+    """The rows as a fixed-width text table; times per camera-frame."""
+    head = ("what", "cams", "boxes", "frames", "mean ms", "p50 ms", "p95 ms", "CPU ms")
+    lines = ["{:<44} {:>4} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8}".format(*head)]
     lines += [
-        f"{r.what:<44} {r.boxes:>5} {r.frames:>6} "
+        f"{r.what:<44} {r.cameras:>4} {r.boxes:>5} {r.frames:>6} "
         f"{r.mean_ms:>8.3f} {r.p50_ms:>8.3f} {r.p95_ms:>8.3f} {r.cpu_mean_ms:>8.3f}"
         for r in rows
     ]

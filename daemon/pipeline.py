@@ -32,7 +32,7 @@ from daemon.postprocess.yolo import Detections
 from daemon.publish.sink import Sink
 from daemon.track.cameras import TrackedCameras
 from daemon.track.events import TrackEvent
-from daemon.track.stage import FramePixels
+from daemon.track.stage import CameraFrame, FramePixels
 
 log = logging.getLogger(__name__)
 
@@ -331,13 +331,14 @@ class Pipeline:
         if self._drift is not None:
             # Before the buffer is reused: sampled frames are copied out for the shadow check.
             self._drift.observe(batch, detections, conf)
-        events: list[TrackEvent] = []
         tracked = time.perf_counter()
-        for i, (meta, dets) in enumerate(zip(batch.metas, detections, strict=True)):
-            stage = self._tracking.get(meta.camera_id)
-            if stage is not None:
-                pixels = FramePixels(batch.images[i], batch.geometries[i])
-                events += stage.process(meta.capture_ts, (meta.width, meta.height), dets, pixels)
+        events = self._tracking.track(
+            (meta.camera_id, CameraFrame(meta.capture_ts, (meta.width, meta.height), dets, pixels))
+            for meta, dets, pixels in zip(
+                batch.metas, detections, map(FramePixels, batch.images, batch.geometries),
+                strict=True,
+            )
+        )  # fmt: skip
         stages = {
             "preprocess": assembled - started,
             "inference": inferred - assembled,

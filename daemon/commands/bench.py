@@ -96,6 +96,7 @@ def register(sub: Any) -> None:
     t = kinds.add_parser("track", help="object tracker cost per camera-frame")
     t.add_argument("--boxes", type=int, default=50, help="objects in view")
     t.add_argument("--frames", type=int, default=2000)
+    t.add_argument("--cameras", type=int, default=1, help="cameras per batch (own scenes)")
     t.add_argument("--json", type=Path, default=None)
     t.set_defaults(handler=_from_checkout(_track))
 
@@ -133,9 +134,11 @@ def _track(args: argparse.Namespace) -> int:
     from bench.e2e import write_json
     from bench.track import render_track_table, run_track_bench, track_report_json
 
-    if args.boxes < 1 or args.frames < 10:
-        return usage_error("edgewatch bench track: need --boxes >= 1 and --frames >= 10")
-    rows = run_track_bench(args.boxes, args.frames)
+    if args.boxes < 1 or args.frames < 10 or args.cameras < 1:
+        return usage_error(
+            "edgewatch bench track: need --boxes >= 1, --frames >= 10 and --cameras >= 1"
+        )
+    rows = run_track_bench(args.boxes, args.frames, args.cameras)
     print(render_track_table(rows))
     if args.json:
         write_json(args.json, track_report_json(rows))

@@ -25,20 +25,31 @@ def box_iou(
 
 
 def pairwise_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """``box_iou`` for float64 rows as they are: the tracker calls it on every camera-frame.
+    """``box_iou`` for float64 rows as they are: the tracker calls it on every batch.
 
     x and y go through each ufunc together, which halves the calls that dominate at tens of
     boxes; contiguous coordinate rows, since broadcasting strided views costs more than the
     copies."""
-    corners_a = np.ascontiguousarray(a.T)[:, :, None]
-    corners_b = np.ascontiguousarray(b.T)[:, None, :]
+    return _iou(np.ascontiguousarray(a.T)[:, :, None], np.ascontiguousarray(b.T)[:, None, :])
+
+
+def paired_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """IoU of each float64 row of ``a`` [n, 4] with the same row of ``b`` [n, 4] -> [n]: the
+    same arithmetic as ``pairwise_iou``, so a pair gets the same value from either."""
+    return _iou(np.ascontiguousarray(a.T), np.ascontiguousarray(b.T))
+
+
+def _iou(
+    corners_a: npt.NDArray[np.float64], corners_b: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """The formula on coordinate-first corners ``[x1, y1, x2, y2]`` that broadcast."""
     extent = np.minimum(corners_a[2:], corners_b[2:])
     extent -= np.maximum(corners_a[:2], corners_b[:2])
     np.maximum(extent, 0.0, out=extent)
     inter = extent[0] * extent[1]
-    size_a = np.maximum(a[:, 2:] - a[:, :2], 0.0)
-    size_b = np.maximum(b[:, 2:] - b[:, :2], 0.0)
-    union = (size_a[:, 0] * size_a[:, 1])[:, None] + size_b[:, 0] * size_b[:, 1]
+    size_a = np.maximum(corners_a[2:] - corners_a[:2], 0.0)
+    size_b = np.maximum(corners_b[2:] - corners_b[:2], 0.0)
+    union = size_a[0] * size_a[1] + size_b[0] * size_b[1]
     union -= inter
     union += IOU_EPS
     iou: npt.NDArray[np.float64] = np.divide(inter, union, out=inter)

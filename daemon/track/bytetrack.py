@@ -1,4 +1,4 @@
-"""ByteTrack (Zhang et al., ECCV 2022) for one camera, on capture timestamps.
+"""ByteTrack (Zhang et al., ECCV 2022) for a batch of cameras at once, on capture timestamps.
 
 Per frame: predict every confirmed track (Kalman, ``daemon.track.kalman``), match them to
 the high-score detections by IoU weighted by score, then match the tracks still unmatched
@@ -11,12 +11,20 @@ Ultralytics' ``BYTETracker`` so the same detections get the same tracks (checked
 timestamp rather than a frame count, and that ids are handed out on confirmation, so
 boxes that never became a track burn no id.
 
-Tracks are kept as parallel numpy arrays (structure of arrays), so a frame costs a fixed
-number of vectorised operations however many objects are in view.
+Each camera's ``ByteTracker`` owns its tracks as parallel numpy arrays (structure of
+arrays). ``update_batch`` advances one frame of several cameras in one vectorised pass:
+their tracks and boxes are concatenated with a camera index per row, and a track is only
+ever paired with boxes of its own camera that overlap it in x (found by sorting, never an
+all-tracks x all-boxes grid), so the work grows linearly with the cameras. A frame costs a
+fixed number of numpy calls however many objects and cameras it holds, and that fixed cost
+(which dominates at tracker sizes) is shared by the batch; only the solver for objects
+close together runs once per camera that has some. A camera's result depends only on its
+own frames, whatever shares its batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -25,7 +33,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from daemon.config.tracking import TrackingConfig
-from daemon.postprocess.iou import pairwise_iou
+from daemon.postprocess.iou import paired_iou
 from daemon.track import kalman
 
 F64 = npt.NDArray[np.float64]
@@ -42,11 +50,14 @@ _UNCONFIRMED_MATCH: Final = 0.7
 _DUPLICATE_DISTANCE: Final = 0.15
 # Capture timestamps are float seconds: a gap equal to the grace up to rounding is within it.
 _TIME_EPS: Final = 1e-6
+# Boxes per camera on the smaller side up to which trying all pairs of a camera is cheaper
+# than looking them up by sorting.
+_FEW_PER_CAMERA: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
 class TrackFrame:
-    """The tracker's answer for one frame.
+    """The tracker's answer for one camera's frame.
 
     ``track_ids[i]`` is the id of the confirmed track detection ``i`` belongs to, or -1.
     ``ended`` holds the ids of confirmed tracks that ended at this frame.
@@ -56,48 +67,21 @@ class TrackFrame:
     ended: I64
 
 
-def assign(cost: F64, limit: float) -> tuple[I64, I64]:
-    """Minimum-cost matching where a pair costing more than ``limit`` stays unmatched.
+@dataclass(frozen=True, slots=True)
+class TrackInput:
+    """One camera's frame in a batch: its tracker, capture time, boxes (xyxy) and scores."""
 
-    Solved exactly as an assignment in which leaving a row or a column unmatched costs
-    ``limit / 2`` (so a pair is matched only if it is cheaper than leaving both out), the
-    formulation of ``lap.lapjv(..., cost_limit=limit)`` that ByteTrack uses. A row and a
-    column that are each other's only candidate form a problem of their own and are
-    matched directly; only the rest (objects close together) goes to the solver.
-    """
-    if not cost.size:
-        return _EMPTY, _EMPTY
-    ok = cost <= limit
-    # Ufunc reductions directly: ``ndarray.sum``/``all`` go through Python wrappers that cost
-    # more than the work at tracker sizes.
-    per_row = np.add.reduce(ok, axis=1)
-    per_col = np.add.reduce(ok, axis=0)
-    r, c = ok.nonzero()
-    if np.maximum.reduce(per_row) <= 1 and np.maximum.reduce(per_col) <= 1:
-        return r, c
-    alone = (per_row[r] == 1) & (per_col[c] == 1)
-    row_open = per_row > 0
-    row_open[r[alone]] = False
-    col_open = per_col > 0
-    col_open[c[alone]] = False
-    rest_r, rest_c = row_open.nonzero()[0], col_open.nonzero()[0]
-    n, m = len(rest_r), len(rest_c)
-    extended = np.full((n + m, m + n), limit / 2)
-    extended[:n, :m] = cost[rest_r[:, None], rest_c]
-    extended[n:, m:] = 0.0
-    er, ec = linear_sum_assignment(extended)
-    keep = (er < n) & (ec < m)
-    return (
-        np.concatenate([r[alone], rest_r[er[keep]]]),
-        np.concatenate([c[alone], rest_c[ec[keep]]]),
-    )
+    tracker: ByteTracker
+    ts: float
+    boxes: FloatArray
+    scores: FloatArray
 
 
 class ByteTracker:
     """Stable integer track ids for one camera's detections; ids start at 1."""
 
     def __init__(self, config: TrackingConfig) -> None:
-        self._cfg = config
+        self.config = config
         self._next_id = 1
         self._last_ts: float | None = None
         self._mean = np.zeros((0, 8))
@@ -113,142 +97,417 @@ class ByteTracker:
 
     def update(self, ts: float, boxes: FloatArray, scores: FloatArray) -> TrackFrame:
         """Advance to capture time ``ts`` with this frame's ``boxes`` (xyxy) and ``scores``."""
-        cfg = self._cfg
-        first = self._last_ts is None
-        elapsed = 0.0 if self._last_ts is None else ts - self._last_ts
-        self._last_ts = ts
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        confirmed = self._ids > 0
-        unconfirmed_mask = ~confirmed
-        if len(confirmed):
-            # A lost track's height is not extrapolated (ByteTrack).
-            self._mean[self._lost, 7] = 0.0
-            # Unconfirmed tracks are not predicted (ByteTrack): no elapsed time leaves them as
-            # they are, cheaper than gathering and scattering the confirmed rows.
-            self._mean, self._cov = kalman.predict(self._mean, self._cov, elapsed * confirmed)
+        return update_batch([TrackInput(self, ts, boxes, scores)])[0]
+
+
+def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
+    """Advance each camera's tracker to its frame; the answers in the order of ``frames``.
+
+    A tracker appears at most once. Each camera gets exactly what its ``ByteTracker.update``
+    alone would give it: no step mixes the rows of two cameras."""
+    if not frames:
+        return []
+    trackers = [f.tracker for f in frames]
+    if len({id(t) for t in trackers}) != len(trackers):
+        raise ValueError("a tracker appears twice in one batch")
+    cameras = len(frames)
+    cfgs = [t.config for t in trackers]
+    ts = np.array([f.ts for f in frames], dtype=np.float64)
+    dets = _Boxes(frames)
+    state = _State(trackers)
+    confirmed = state.ids > 0
+    unconfirmed = ~confirmed
+    if len(confirmed):
+        state.predict(
+            np.array(
+                [0.0 if f.tracker._last_ts is None else f.ts - f.tracker._last_ts for f in frames]
+            ),
+            confirmed,
+        )
+    matching = _Matching(state.cam, kalman.xyah_to_xyxy(state.mean), dets)
+    free, newly_lost = matching.associate(
+        confirmed, state.lost, np.array([c.match_threshold for c in cfgs])
+    )
+    det_of = matching.det_of
+    matched = det_of >= 0
+    state.correct(ts, dets.boxes, matched.nonzero()[0], det_of)
+    state.lost |= newly_lost
+    next_id = np.array([t._next_id for t in trackers], dtype=np.int64)
+    promoted = (unconfirmed & matched).nonzero()[0]
+    if len(promoted):
+        state.ids[promoted] = _hand_out(state.cam[promoted], next_id)
+    lost_after = np.array([c.lost_after_s for c in cfgs]) + _TIME_EPS
+    drop = state.lost & (ts[state.cam] - state.seen_ts > lost_after[state.cam])
+    drop |= unconfirmed & ~matched
+    fresh = (free & (dets.scores >= dets.new_threshold)).nonzero()[0]
+    if len(fresh):
+        # On a camera's first frame its tracks are confirmed at once.
+        first = np.array([t._last_ts is None for t in trackers])
+        det_of, drop = state.start(
+            ts, dets, fresh, first=first, next_id=next_id, det_of=det_of, drop=drop
+        )
+    state.mark_duplicates(drop, cameras)
+
+    reported = ~drop & (det_of >= 0) & (state.ids > 0)
+    track_ids = np.full(len(dets.scores), -1, dtype=np.int64)
+    track_ids[det_of[reported]] = state.ids[reported]
+    gone = drop & (state.ids > 0)
+    ended, by_ended = state.ids[gone], _Layout(state.cam[gone], cameras)
+    if np.logical_or.reduce(drop):
+        state.take(~drop)
+    state.scatter(trackers, [f.ts for f in frames], next_id)
+    by_box = dets.layout
+    return [TrackFrame(track_ids[by_box.rows(c)], ended[by_ended.rows(c)]) for c in range(cameras)]
+
+
+class _Boxes:
+    """A batch's boxes and scores concatenated in batch order, classed by their camera's
+    thresholds."""
+
+    def __init__(self, frames: Sequence[TrackInput]) -> None:
+        scores_of = [np.reshape(f.scores, -1) for f in frames]
+        self.boxes = np.concatenate(
+            [np.reshape(f.boxes, (-1, 4)) for f in frames], dtype=np.float64
+        )
+        self.scores = np.concatenate(scores_of, dtype=np.float64)
+        self.layout = _Layout(
+            np.repeat(np.arange(len(frames)), [len(s) for s in scores_of]), len(frames)
+        )
+        high_threshold, low_threshold, self.new_threshold = np.array(
+            [
+                (
+                    f.tracker.config.high_threshold,
+                    f.tracker.config.low_threshold,
+                    f.tracker.config.new_track_threshold,
+                )
+                for f in frames
+            ]
+        ).T[:, self.layout.cam]
         # A box without area has no aspect ratio for the Kalman state.
-        valid = np.logical_and.reduce(boxes[:, 2:] > boxes[:, :2], axis=1)
-        high = valid & (scores >= cfg.high_threshold)
-        low = valid & (scores > cfg.low_threshold) & (scores < cfg.high_threshold)
-        # One IoU matrix (every track x every box) serves all three stages.
-        iou = pairwise_iou(kalman.xyah_to_xyxy(self._mean), boxes)
-        fused = iou * scores
-        det_of, newly_lost, free = self._associate(iou, fused, confirmed, high, low)
-        fresh = (free & (scores >= cfg.new_track_threshold)).nonzero()[0]
-        matched = det_of >= 0
-        self._correct(ts, boxes, matched.nonzero()[0], det_of)
-        self._lost[newly_lost] = True
-        promoted = (unconfirmed_mask & matched).nonzero()[0]
-        if len(promoted):
-            self._ids[promoted] = self._take_ids(len(promoted))
-        drop = self._lost & (ts - self._seen_ts > cfg.lost_after_s + _TIME_EPS)
-        drop |= unconfirmed_mask & ~matched
-        if len(fresh):
-            self._append(ts, boxes[fresh], confirmed=first)
-            det_of = np.concatenate([det_of, fresh])
-            drop = np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])
-        self._mark_duplicates(drop)
-        gone = drop.nonzero()[0]
-        ended = _EMPTY
-        if len(gone):
-            ended = self._ids[gone]
-            ended = ended[ended > 0]
-            self._keep(~drop)
-            det_of = det_of[~drop]
-        track_ids = np.empty(len(scores), dtype=np.int64)
-        track_ids.fill(-1)
-        reported = (det_of >= 0) & (self._ids > 0)
-        track_ids[det_of[reported]] = self._ids[reported]
-        return TrackFrame(track_ids, ended)
+        valid = np.logical_and.reduce(self.boxes[:, 2:] > self.boxes[:, :2], axis=1)
+        self.high = valid & (self.scores >= high_threshold)
+        self.low = valid & (self.scores > low_threshold) & (self.scores < high_threshold)
 
-    def _associate(
-        self, iou: F64, fused: F64, confirmed: BoolArray, high: BoolArray, low: BoolArray
-    ) -> tuple[I64, I64, BoolArray]:
-        """ByteTrack's three matching stages. Returns the box each track took (-1 for none),
-        the tracks lost at this frame and the high-score boxes nobody took."""
-        det_of = np.empty(len(confirmed), dtype=np.int64)
-        det_of.fill(-1)
-        # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
-        free = high.copy()
-        pool = confirmed.nonzero()[0]
-        _stage(fused, pool, high, self._cfg.match_threshold, det_of=det_of, free=free)
-        # 2: tracks still unmatched that were tracked last frame <-> low-score boxes, IoU only.
-        rest = (confirmed & ~self._lost & (det_of < 0)).nonzero()[0]
-        _stage(iou, rest, low, _SECOND_MATCH, det_of=det_of, free=None)
-        newly_lost = rest[det_of[rest] < 0]
-        # 3: last frame's new tracks <-> the high-score boxes nobody took.
-        unconfirmed = (~confirmed).nonzero()[0]
-        _stage(fused, unconfirmed, free, _UNCONFIRMED_MATCH, det_of=det_of, free=free)
-        return det_of, newly_lost, free
 
-    def _correct(self, ts: float, boxes: F64, matched: I64, det_of: I64) -> None:
-        """Kalman-correct the ``matched`` tracks with their boxes; they are seen at ``ts``."""
+class _Layout:
+    """Rows sorted by camera (``cam``): where each camera's rows are."""
+
+    def __init__(self, cam: I64, cameras: int) -> None:
+        self.cam = cam
+        self._bounds = [0, *np.cumsum(np.bincount(cam, minlength=cameras)).tolist()]
+
+    def rows(self, camera: int) -> slice:
+        """Where camera ``camera``'s rows are."""
+        return slice(self._bounds[camera], self._bounds[camera + 1])
+
+
+def _hand_out(cam: I64, next_id: I64) -> I64:
+    """New ids for rows sorted by camera, each camera counting on from its ``next_id``
+    (advanced past them)."""
+    counts = np.bincount(cam, minlength=len(next_id))
+    rank = np.arange(len(cam)) - (np.cumsum(counts) - counts)[cam]
+    ids = next_id[cam] + rank
+    next_id += counts
+    return ids
+
+
+class _State:
+    """The tracks of a batch's cameras, concatenated in batch order; ``cam`` per track."""
+
+    def __init__(self, trackers: list[ByteTracker]) -> None:
+        self.mean = np.concatenate([t._mean for t in trackers])
+        self.cov = np.concatenate([t._cov for t in trackers])
+        self.ids = np.concatenate([t._ids for t in trackers])
+        self.lost = np.concatenate([t._lost for t in trackers])
+        self.start_ts = np.concatenate([t._start_ts for t in trackers])
+        self.seen_ts = np.concatenate([t._seen_ts for t in trackers])
+        self.cam = np.repeat(np.arange(len(trackers)), [len(t._ids) for t in trackers])
+
+    def predict(self, elapsed: F64, confirmed: BoolArray) -> None:
+        """Move the ``confirmed`` tracks on by their camera's ``elapsed`` seconds."""
+        # A lost track's height is not extrapolated (ByteTrack).
+        self.mean[self.lost, 7] = 0.0
+        # Unconfirmed tracks are not predicted (ByteTrack): no elapsed time leaves them as
+        # they are, cheaper than gathering and scattering the confirmed rows.
+        self.mean, self.cov = kalman.predict(self.mean, self.cov, elapsed[self.cam] * confirmed)
+
+    def correct(self, ts: F64, boxes: F64, matched: I64, det_of: I64) -> None:
+        """Kalman-correct the ``matched`` tracks with their boxes; they are seen at their
+        camera's ``ts``."""
         if not len(matched):
             return
-        self._mean[matched], self._cov[matched] = kalman.update(
-            self._mean[matched], self._cov[matched], kalman.xyxy_to_xyah(boxes[det_of[matched]])
+        self.mean[matched], self.cov[matched] = kalman.update(
+            self.mean[matched], self.cov[matched], kalman.xyxy_to_xyah(boxes[det_of[matched]])
         )
-        self._lost[matched] = False
-        self._seen_ts[matched] = ts
+        self.lost[matched] = False
+        self.seen_ts[matched] = ts[self.cam[matched]]
 
-    def _take_ids(self, count: int) -> I64:
-        ids = np.arange(self._next_id, self._next_id + count, dtype=np.int64)
-        self._next_id += count
-        return ids
+    def start(
+        self,
+        ts: F64,
+        dets: _Boxes,
+        fresh: I64,
+        *,
+        first: BoolArray,
+        next_id: I64,
+        det_of: I64,
+        drop: BoolArray,
+    ) -> tuple[I64, BoolArray]:
+        """Start tracks at the boxes ``fresh``, confirmed on their camera's ``first`` frame;
+        returns ``det_of`` and ``drop`` for the tracks with them."""
+        cam = dets.layout.cam[fresh]
+        confirm = first[cam]
+        ids = np.zeros(len(fresh), dtype=np.int64)
+        ids[confirm] = _hand_out(cam[confirm], next_id)
+        mean, cov = kalman.initiate(kalman.xyxy_to_xyah(dets.boxes[fresh]))
+        self.mean = np.concatenate([self.mean, mean])
+        self.cov = np.concatenate([self.cov, cov])
+        self.ids = np.concatenate([self.ids, ids])
+        self.lost = np.concatenate([self.lost, np.zeros(len(ids), dtype=bool)])
+        self.start_ts = np.concatenate([self.start_ts, ts[cam]])
+        self.seen_ts = np.concatenate([self.seen_ts, ts[cam]])
+        self.cam = np.concatenate([self.cam, cam])
+        # Each camera's new tracks after its old ones, as a camera alone would have them.
+        order = np.argsort(self.cam, kind="stable")
+        self.take(order)
+        det_of = np.concatenate([det_of, fresh])[order]
+        return det_of, np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])[order]
 
-    def _append(self, ts: float, boxes: F64, *, confirmed: bool) -> None:
-        """Start tracks at ``boxes``; on a tracker's first frame they are confirmed at once."""
-        n = len(boxes)
-        mean, cov = kalman.initiate(kalman.xyxy_to_xyah(boxes))
-        ids = self._take_ids(n) if confirmed else np.zeros(n, dtype=np.int64)
-        self._mean = np.concatenate([self._mean, mean])
-        self._cov = np.concatenate([self._cov, cov])
-        self._ids = np.concatenate([self._ids, ids])
-        self._lost = np.concatenate([self._lost, np.zeros(n, dtype=bool)])
-        self._start_ts = np.concatenate([self._start_ts, np.full(n, ts)])
-        self._seen_ts = np.concatenate([self._seen_ts, np.full(n, ts)])
+    def take(self, index: I64 | BoolArray) -> None:
+        """Keep the tracks ``index`` selects, in its order."""
+        self.mean = self.mean[index]
+        self.cov = self.cov[index]
+        self.ids = self.ids[index]
+        self.lost = self.lost[index]
+        self.start_ts = self.start_ts[index]
+        self.seen_ts = self.seen_ts[index]
+        self.cam = self.cam[index]
 
-    def _keep(self, keep: BoolArray) -> None:
-        self._mean = self._mean[keep]
-        self._cov = self._cov[keep]
-        self._ids = self._ids[keep]
-        self._lost = self._lost[keep]
-        self._start_ts = self._start_ts[keep]
-        self._seen_ts = self._seen_ts[keep]
-
-    def _mark_duplicates(self, drop: BoolArray) -> None:
-        """A tracked and a lost track on the same spot: mark in ``drop`` the one followed for
-        less time (tracks already in ``drop`` take no part)."""
-        lost = (self._lost & ~drop).nonzero()[0]
+    def mark_duplicates(self, drop: BoolArray, cameras: int) -> None:
+        """A tracked and a lost track of one camera on the same spot: mark in ``drop`` the
+        one followed for less time (tracks already in ``drop`` take no part)."""
+        lost = (self.lost & ~drop).nonzero()[0]
         if not len(lost):
             return
-        tracked = (~(self._lost | drop)).nonzero()[0]
-        boxes = kalman.xyah_to_xyxy(self._mean)
-        p, q = (1.0 - pairwise_iou(boxes[tracked], boxes[lost]) < _DUPLICATE_DISTANCE).nonzero()
-        if not len(p):
+        tracked = (~(self.lost | drop)).nonzero()[0]
+        boxes = kalman.xyah_to_xyxy(self.mean)
+        p, q = _overlapping(self.cam[tracked], boxes[tracked], self.cam[lost], boxes[lost], cameras)
+        p, q = tracked[p], lost[q]
+        # Pairs that do not overlap have IoU 0: never duplicates.
+        same = 1.0 - paired_iou(boxes[p], boxes[q]) < _DUPLICATE_DISTANCE
+        p, q = p[same], q[same]
+        age = self.seen_ts - self.start_ts
+        older_tracked = age[p] > age[q]
+        drop[q[older_tracked]] = True
+        drop[p[~older_tracked]] = True
+
+    def scatter(self, trackers: list[ByteTracker], ts: list[float], next_id: I64) -> None:
+        """Hand each camera its tracks back (rows sorted by camera), now at ``ts``."""
+        by_camera = _Layout(self.cam, len(trackers))
+        for c, tracker in enumerate(trackers):
+            rows = by_camera.rows(c)
+            tracker._mean = self.mean[rows]
+            tracker._cov = self.cov[rows]
+            tracker._ids = self.ids[rows]
+            tracker._lost = self.lost[rows]
+            tracker._start_ts = self.start_ts[rows]
+            tracker._seen_ts = self.seen_ts[rows]
+            tracker._last_ts = ts[c]
+            tracker._next_id = int(next_id[c])
+
+
+def _overlapping(
+    a_cam: I64, a: F64, b_cam: I64, b: F64, cameras: int, *, every: BoolArray | None = None
+) -> tuple[I64, I64]:
+    """The pairs (index in ``a``, index in ``b``) of xyxy boxes of one camera that overlap
+    in x, with every pair of the cameras that ``every`` marks; ``a_cam`` and ``b_cam`` (sorted)
+    hold each box's camera. Any other pair has IoU exactly 0.
+
+    No [a, b] grid across cameras: where one side has a few boxes per camera, each of its
+    boxes is tried with all of its camera's boxes on the other side; otherwise they are
+    looked up by sorting (``_sweep``). The candidates are then checked exactly."""
+    if not len(a) or not len(b):
+        return _EMPTY, _EMPTY
+    if min(len(a), len(b)) <= _FEW_PER_CAMERA * cameras:
+        i, j = _ranges(
+            np.searchsorted(b_cam, a_cam, side="left"), np.searchsorted(b_cam, a_cam, side="right")
+        )
+    else:
+        i, j = _sweep(a_cam, a, b_cam, b, every)
+    # Exactly the IoU's x extent, so "overlaps" here is "IoU above 0" there.
+    extent = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0])
+    near = extent > 0.0
+    if every is not None:
+        near |= every[a_cam[i]]
+    near &= a_cam[i] == b_cam[j]
+    return i[near], j[near]
+
+
+def _sweep(a_cam: I64, a: F64, b_cam: I64, b: F64, every: BoolArray | None) -> tuple[I64, I64]:
+    """Candidate pairs for ``_overlapping``, a superset of the pairs of one camera that
+    overlap in x: ``b``'s boxes sorted by camera and left edge, each box of ``a`` takes the
+    ones whose left edge lies between its own left edge less the widest box of ``b`` and its
+    right edge (or all of its camera's where ``every`` says)."""
+    x0 = min(np.minimum.reduce(a[:, 0]), np.minimum.reduce(b[:, 0]))
+    widest = max(np.maximum.reduce(b[:, 2] - b[:, 0]), 0.0)
+    # One axis for all cameras: camera ``c``'s left edges in [c * span, (c + 1) * span).
+    span = max(np.maximum.reduce(a[:, 2]), np.maximum.reduce(b[:, 0])) - x0 + widest + 1.0
+    slack = span * 1e-9  # the rounding of ``camera * span + x``, far below a pixel
+    keys = b_cam * span + (b[:, 0] - x0)
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    base = a_cam * span - x0
+    lo = np.searchsorted(keys, base + a[:, 0] - widest - slack, side="left")
+    hi = np.searchsorted(keys, base + a[:, 2] + slack, side="right")
+    if every is not None:
+        whole = every[a_cam]
+        lo[whole] = np.searchsorted(keys, a_cam[whole] * span - slack, side="left")
+        hi[whole] = np.searchsorted(keys, (a_cam[whole] + 1) * span - slack, side="left")
+    i, j = _ranges(lo, hi)
+    return i, order[j]
+
+
+def _ranges(lo: I64, hi: I64) -> tuple[I64, I64]:
+    """Every ``(i, j)`` with ``lo[i] <= j < hi[i]``, by ``i`` then ``j``."""
+    counts = np.maximum(hi - lo, 0)
+    i = np.repeat(np.arange(len(lo)), counts)
+    j = np.arange(len(i)) + np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    return i, j
+
+
+class _Matching:
+    """ByteTrack's three matching stages for a batch's tracks and boxes, each camera's with
+    its own."""
+
+    def __init__(self, track_cam: I64, tracks: F64, dets: _Boxes) -> None:
+        self._track_cam = track_cam
+        self._tracks = tracks
+        self._box_cam = dets.layout.cam
+        self._boxes = dets.boxes
+        self._scores = dets.scores
+        self._high = dets.high
+        self._low = dets.low
+        self.det_of = np.full(len(track_cam), -1, dtype=np.int64)
+
+    def associate(
+        self, confirmed: BoolArray, lost: BoolArray, limit: F64
+    ) -> tuple[BoolArray, BoolArray]:
+        """Fill ``det_of`` (the box each track took, -1 for none). Returns the high-score
+        boxes nobody took and the tracks lost at this frame; ``limit`` is each camera's
+        first-stage match threshold."""
+        cameras = len(limit)
+        # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
+        free = self._high.copy()
+        self._stage(confirmed, self._high, limit, weighted=True, free=free)
+        # 2: tracks still unmatched that were tracked last frame <-> low-score boxes, IoU only.
+        rest = confirmed & ~lost & (self.det_of < 0)
+        self._stage(rest, self._low, np.full(cameras, _SECOND_MATCH), weighted=False, free=None)
+        newly_lost = rest & (self.det_of < 0)
+        # 3: last frame's new tracks <-> the high-score boxes nobody took.
+        unconfirmed = ~confirmed
+        self._stage(
+            unconfirmed, free, np.full(cameras, _UNCONFIRMED_MATCH), weighted=True, free=free
+        )
+        return free, newly_lost
+
+    def _stage(
+        self,
+        tracks: BoolArray,
+        dets: BoolArray,
+        limit: F64,
+        *,
+        weighted: bool,
+        free: BoolArray | None,
+    ) -> None:
+        """Match ``tracks`` to the boxes in ``dets`` of the same camera on cost ``1 - IoU``,
+        the IoU times the box's score when ``weighted``; record each pair in ``det_of`` and
+        take its box out of ``free``."""
+        rows, cols = tracks.nonzero()[0], dets.nonzero()[0]
+        if not len(rows) or not len(cols):
             return
-        age = self._seen_ts - self._start_ts
-        older_tracked = age[tracked[p]] > age[lost[q]]
-        drop[lost[q[older_tracked]]] = True
-        drop[tracked[p[~older_tracked]]] = True
+        # A pair that does not overlap costs 1: within a limit of 1 only.
+        reach = limit >= 1.0
+        i, j = _overlapping(
+            self._track_cam[rows], self._tracks[rows], self._box_cam[cols], self._boxes[cols],
+            len(limit), every=reach if np.logical_or.reduce(reach) else None,
+        )  # fmt: skip
+        r, c = rows[i], cols[j]
+        ok = self._cost(r, c, weighted=weighted) <= limit[self._track_cam[r]]
+        t, d = assign(
+            (r[ok], c[ok]),
+            self._track_cam,
+            self._box_cam,
+            limit,
+            lambda rs, cs: self._cost(rs, cs, weighted=weighted),
+        )
+        self.det_of[t] = d
+        if free is not None:
+            free[d] = False
+
+    def _cost(self, rows: I64, cols: I64, *, weighted: bool) -> F64:
+        """The stage's cost of track ``rows[k]`` with box ``cols[k]``."""
+        similarity = paired_iou(self._tracks[rows], self._boxes[cols])
+        if weighted:
+            similarity *= self._scores[cols]
+        return 1.0 - similarity
 
 
-def _stage(
-    similarity: F64,
-    tracks: I64,
-    dets: BoolArray,
-    limit: float,
-    *,
-    det_of: I64,
-    free: BoolArray | None,
-) -> None:
-    """Match ``tracks`` to the boxes in ``dets`` on cost ``1 - similarity``; record each pair in
-    ``det_of`` and take its box out of ``free``."""
-    cols = dets.nonzero()[0]
-    if not len(tracks) or not len(cols):
-        return
-    t, d = assign(1.0 - similarity.take(tracks, axis=0).take(cols, axis=1), limit)
-    det_of[tracks[t]] = cols[d]
-    if free is not None:
-        free[cols[d]] = False
+def assign(
+    pairs: tuple[I64, I64],
+    row_camera: I64,
+    col_camera: I64,
+    limit: F64,
+    cost: Callable[[I64, I64], F64],
+) -> tuple[I64, I64]:
+    """Minimum-cost matching of rows to columns of the same camera, where a pair costing
+    more than its camera's ``limit`` stays unmatched. ``pairs`` are the (row, column) pairs
+    within the limit, ``row_camera`` and ``col_camera`` the camera of every row and column
+    (sorted), and ``cost(rows, cols)`` the cost of each pair ``(rows[k], cols[k])``.
+    Returns the matched rows and their columns.
+
+    Solved exactly as an assignment in which leaving a row or a column unmatched costs
+    ``limit / 2`` (so a pair is matched only if it is cheaper than leaving both out), the
+    formulation of ``lap.lapjv(..., cost_limit=limit)`` that ByteTrack uses. A row and a
+    column that are each other's only candidate form a problem of their own and are
+    matched directly, for all cameras at once; only the rest (objects close together) goes
+    to the solver, one camera at a time.
+    """
+    r, c = pairs
+    per_row = np.bincount(r, minlength=len(row_camera))
+    per_col = np.bincount(c, minlength=len(col_camera))
+    if not len(r) or (np.maximum.reduce(per_row) <= 1 and np.maximum.reduce(per_col) <= 1):
+        return r, c
+    alone = (per_row[r] == 1) & (per_col[c] == 1)
+    row_open = per_row > 0
+    row_open[r[alone]] = False
+    col_open = per_col > 0
+    col_open[c[alone]] = False
+    open_rows, open_cols = row_open.nonzero()[0], col_open.nonzero()[0]
+    rows_cam, cols_cam = row_camera[open_rows], col_camera[open_cols]
+    # Each camera's open rows x its open columns, row by row: one cost call for all.
+    i, j = _ranges(
+        np.searchsorted(cols_cam, rows_cam, side="left"),
+        np.searchsorted(cols_cam, rows_cam, side="right"),
+    )
+    costs = cost(open_rows[i], open_cols[j])
+    cameras, n_rows = np.unique(rows_cam, return_counts=True)
+    n_cols = np.searchsorted(cols_cam, cameras, side="right") - np.searchsorted(cols_cam, cameras)
+    rows, cols = [r[alone]], [c[alone]]
+    at_row = at_col = at_cost = 0
+    for camera, n, m in zip(cameras.tolist(), n_rows.tolist(), n_cols.tolist(), strict=True):
+        er, ec = _solve(costs[at_cost : at_cost + n * m].reshape(n, m), float(limit[camera]))
+        rows.append(open_rows[at_row : at_row + n][er])
+        cols.append(open_cols[at_col : at_col + m][ec])
+        at_row, at_col, at_cost = at_row + n, at_col + m, at_cost + n * m
+    return np.concatenate(rows), np.concatenate(cols)
+
+
+def _solve(cost: F64, limit: float) -> tuple[I64, I64]:
+    """``assign`` of one camera's rows and columns that compete, by the solver."""
+    n, m = cost.shape
+    extended = np.full((n + m, m + n), limit / 2)
+    extended[:n, :m] = cost
+    extended[n:, m:] = 0.0
+    er, ec = linear_sum_assignment(extended)
+    keep = (er < n) & (ec < m)
+    return er[keep], ec[keep]

@@ -1,14 +1,15 @@
 """The tracking side of the pipeline: one ``CameraTracking`` per camera that tracks, the
 snapshot encoder they share, and where their events and snapshots go.
 
-The batch worker looks a camera's stage up with ``get`` after NMS; the asyncio loop adds and
-closes cameras and publishes the events a batch produced.
+The batch worker hands a batch's frames to ``track`` after NMS (and looks a camera's stage up
+with ``get``); the asyncio loop adds and closes cameras and publishes the events a batch
+produced.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,7 +17,7 @@ from daemon.config.model import CameraConfig
 from daemon.config.tracking import TrackingConfig
 from daemon.track.events import EventCounts, TrackEvent
 from daemon.track.snapshots import Snapshotter
-from daemon.track.stage import CameraTracking
+from daemon.track.stage import CameraFrame, CameraTracking, track_batch
 
 
 class TrackingSink(Protocol):
@@ -63,6 +64,17 @@ class TrackedCameras:
     def get(self, camera_id: str) -> CameraTracking | None:
         """The camera's stage; None when it does not track (any thread)."""
         return self._stages.get(camera_id)
+
+    def track(self, frames: Iterable[tuple[str, CameraFrame]]) -> list[TrackEvent]:
+        """Track a batch's frames (camera id, frame) in one pass; the cameras that do not
+        track are left out. Returns the events (worker thread)."""
+        return track_batch(
+            [
+                (stage, frame)
+                for camera_id, frame in frames
+                if (stage := self.get(camera_id)) is not None
+            ]
+        )
 
     def low_thresholds(self) -> list[float]:
         """The lowest score each tracker looks at: the batch must be decoded down to them."""

@@ -1,5 +1,9 @@
 """The per-camera tracking stage the batch worker calls after NMS: detections -> events.
 
+``track_batch`` tracks one frame of each camera of a batch in one pass of the tracker
+(``daemon.track.bytetrack.update_batch``), so the tracker's fixed cost is paid once per
+batch; each camera keeps its own tracks, events and configuration.
+
 Batches may run on several worker threads at once, so two frames of one camera can reach
 their stage out of order; a lock serialises the camera and a frame older than the last one
 tracked is skipped (counted): the tracker works on time, so a skipped frame is just a gap.
@@ -8,6 +12,8 @@ tracked is skipped (counted): the tracker works on time, so a skipped frame is j
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +24,7 @@ from daemon.config.model import CameraConfig
 from daemon.config.tracking import TrackingConfig
 from daemon.postprocess.classes import resolve_classes
 from daemon.postprocess.yolo import Detections
-from daemon.track.bytetrack import ByteTracker
+from daemon.track.bytetrack import ByteTracker, TrackFrame, TrackInput, update_batch
 from daemon.track.events import CameraEvents, EventCounts, EventType, TrackEvent
 from daemon.track.snapshots import SnapshotJob, Snapshotter, crop_from_batch
 
@@ -29,6 +35,17 @@ class FramePixels:
 
     image: npt.NDArray[np.uint8]
     geometry: LetterboxGeometry
+
+
+@dataclass(frozen=True, slots=True)
+class CameraFrame:
+    """One camera's frame for its stage: capture time, frame size (width, height), the
+    detections after NMS (any score) and, for snapshots, the pixels."""
+
+    ts: float
+    frame_size: tuple[int, int]
+    dets: Detections
+    pixels: FramePixels | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,26 +90,36 @@ class CameraTracking:
         pixels: FramePixels | None = None,
     ) -> list[TrackEvent]:
         """Track one frame's detections (any score: the stage keeps what it needs)."""
+        return track_batch([(self, CameraFrame(ts, frame_size, dets, pixels))])
+
+    def _select(self, dets: Detections) -> Detections:
+        """The detections the tracker looks at: above its low threshold, of its classes."""
         keep = dets.scores > self._low
         if self._class_ids is not None:
             keep &= np.isin(dets.class_ids, self._class_ids)
-        dets = dets if bool(keep.all()) else dets.select(keep)
-        with self._lock:
-            if self._closed:  # removed while this frame was in flight
-                return []
-            if ts <= self._last_ts:
-                self.skipped += 1
-                return []
-            self._last_ts = ts
-            tracked = self._tracker.update(ts, dets.boxes, dets.scores)
-            events = self._events.observe(ts, frame_size, dets, tracked)
-            if self._snapshots is not None:
-                if pixels is not None:
-                    self._keep_best(ts, pixels)
-                self._offer(self._snapshots, events)
-                for track_id in tracked.ended.tolist():
-                    self._forget(track_id)
-            return events
+        return dets if bool(keep.all()) else dets.select(keep)
+
+    def _admit(self, ts: float) -> bool:
+        """Whether a frame at ``ts`` is tracked (the lock held): the camera is open and the
+        frame newer than the last one tracked."""
+        if self._closed:  # removed while this frame was in flight
+            return False
+        if ts <= self._last_ts:
+            self.skipped += 1
+            return False
+        self._last_ts = ts
+        return True
+
+    def _observe(self, frame: CameraFrame, tracked: TrackFrame) -> list[TrackEvent]:
+        """The events of a tracked frame (the lock held); keeps and offers its snapshots."""
+        events = self._events.observe(frame.ts, frame.frame_size, frame.dets, tracked)
+        if self._snapshots is not None:
+            if frame.pixels is not None:
+                self._keep_best(frame.ts, frame.pixels)
+            self._offer(self._snapshots, events)
+            for track_id in tracked.ended.tolist():
+                self._forget(track_id)
+        return events
 
     def close(self) -> list[TrackEvent]:
         """``end`` events for the objects still in view: the camera is stopping."""
@@ -131,3 +158,30 @@ class CameraTracking:
     def _forget(self, track_id: int) -> None:
         self._best.pop(track_id, None)
         self._snapped.pop(track_id, None)
+
+
+def track_batch(frames: Sequence[tuple[CameraTracking, CameraFrame]]) -> list[TrackEvent]:
+    """Track one frame of each of several cameras with one pass of the tracker; returns the
+    events in the order of ``frames``. A camera appears at most once.
+
+    The cameras' locks are held for the pass, taken in one fixed order so that batches
+    sharing cameras on other threads cannot deadlock; a closed camera, or a frame not newer
+    than its camera's last, is left out (and counted) as ``CameraTracking.process`` does."""
+    stages = [stage for stage, _ in frames]
+    if len({id(stage) for stage in stages}) != len(stages):
+        raise ValueError("a camera appears twice in one batch")
+    selected = [
+        (stage, CameraFrame(f.ts, f.frame_size, stage._select(f.dets), f.pixels))
+        for stage, f in frames
+    ]
+    with ExitStack() as held:
+        for stage in sorted(stages, key=id):
+            held.enter_context(stage._lock)
+        admitted = [(stage, frame) for stage, frame in selected if stage._admit(frame.ts)]
+        tracked = update_batch(
+            [TrackInput(s._tracker, f.ts, f.dets.boxes, f.dets.scores) for s, f in admitted]
+        )
+        events: list[TrackEvent] = []
+        for (stage, frame), result in zip(admitted, tracked, strict=True):
+            events += stage._observe(frame, result)
+        return events

@@ -143,5 +143,8 @@ def test_a_track_needs_a_second_detection_to_get_an_id() -> None:
 
 def test_assignment_leaves_pairs_above_the_limit_unmatched() -> None:
     cost = np.array([[0.1, 0.9], [0.2, 0.95]])
-    rows, cols = assign(cost, 0.8)
+    r, c = (cost <= 0.8).nonzero()
+    within = (r.astype(np.int64), c.astype(np.int64))
+    one_camera = np.zeros(2, dtype=np.int64)
+    rows, cols = assign(within, one_camera, one_camera, np.array([0.8]), lambda r, c: cost[r, c])
     assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 0)]
