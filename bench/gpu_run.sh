@@ -15,7 +15,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PATH=$carry/mosq/bin:$PATH EDGEWATCH_SHARED=$carry/shared
 export YOLO_OFFLINE=1 PYTHONUNBUFFERED=1
 mkdir -p "$out"
-{ date -u; git log --oneline -1 2>/dev/null || true
+{ date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc
   python3 -c 'import torch, torchvision; print("torch", torch.__version__, torchvision.__version__)'
 } | tee "$out/machine.txt"
