@@ -1,6 +1,8 @@
 """Service lifecycle: start-up order, signals, hot reload, graceful shutdown.
 
-Start-up: model -> broker connection -> metrics endpoint -> cameras -> READY=1.
+Start-up: model -> broker connection -> cameras -> metrics endpoint -> warm-up -> READY=1.
+The endpoint opens after the cameras are added, so ``/healthz`` never shows a daemon without
+its cameras.
 SIGTERM/SIGINT: stop taking batches, drain the in-flight ones, publish ``offline``, exit 0.
 SIGHUP or a changed config file: re-validate; apply camera changes without touching the
 unchanged cameras; an invalid file is rejected with its errors and the running config stays.
@@ -81,10 +83,10 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
         self._sink.start()
-        if self._metrics is not None:
-            self._metrics.start()
         for camera in self._config.enabled_cameras:
             self._pipeline.add_camera(camera)
+        if self._metrics is not None:
+            self._metrics.start()
 
         helpers = [
             asyncio.create_task(self._watchdog(), name="watchdog"),
