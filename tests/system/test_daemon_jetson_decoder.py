@@ -16,9 +16,8 @@ frames of the source's size.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -30,14 +29,14 @@ from daemon.capture.gstreamer import jetson_pipeline
 from daemon.config.model import VideoCodec
 from tests.fixtures.broker import Subscriber
 from tests.fixtures.observe import payloads
+from tests.fixtures.rtsp import RTSP_SECRET, leak_forms
 from tests.harness.daemon import DaemonProcess
-from tests.harness.rtsp import SYSTEM_PYTHON, RtspServer, missing_tools
+from tests.harness.gst_launch import run_probe
+from tests.harness.rtsp import RtspServer
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.mqtt]
 
 PREFIX: Final = "jetson"
-RTSP_USER: Final = "viewer"
-RTSP_SECRET: Final = "Gst-S3cret:pw@5"
 FALLBACK: Final = "jetson decoder unavailable, reading with FFmpeg"
 # Plays the pipeline on stdin; prints [format, width, height] of its first frames, or the
 # first error GStreamer reported.
@@ -65,17 +64,7 @@ pipeline.set_state(Gst.State.NULL)
 print(json.dumps({"frames": frames, "error": error}))
 """
 # NVIDIA's element -> what does its job on this machine.
-_STAND_INS: Final = {" nvv4l2decoder ": " decodebin ", " nvvidconv ": " videoconvert "}
-
-
-@pytest.fixture
-def secure_rtsp(videos: list[Path]) -> Iterator[RtspServer]:
-    missing = missing_tools()
-    if missing:
-        pytest.skip(f"RTSP server unavailable, missing: {', '.join(missing)}")
-    clip = next(v for v in videos if "360p" in v.name)
-    with RtspServer({"cam": clip}, user=RTSP_USER, password=RTSP_SECRET) as server:
-        yield server
+_STAND_INS: Final = {"nvv4l2decoder": "decodebin", "nvvidconv": "videoconvert"}
 
 
 def test_jetson_cameras_fall_back_to_ffmpeg_and_stream(
@@ -115,23 +104,12 @@ def test_jetson_cameras_fall_back_to_ffmpeg_and_stream(
     assert " ! nvv4l2decoder ! " in pipelines["rtsp"]
     assert pipelines["file"].startswith(f'filesrc location="{clip}" ! qtdemux ! h264parse ! ')
     log = daemon.log_text()
-    for form in (RTSP_SECRET, quote(RTSP_SECRET, safe="")):
+    for form in leak_forms(RTSP_SECRET):
         assert form not in log
 
 
 def _play(launch: str) -> dict[str, Any]:
-    for element, stand_in in _STAND_INS.items():
-        assert launch.count(element) == 1, launch
-        launch = launch.replace(element, stand_in)
-    result = subprocess.run(
-        [str(SYSTEM_PYTHON), "-c", _PLAY],
-        input=launch,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=True,
-    )
-    played: dict[str, Any] = json.loads(result.stdout)
+    played: dict[str, Any] = json.loads(run_probe(_PLAY, launch, _STAND_INS, 90))
     return played
 
 

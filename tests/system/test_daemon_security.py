@@ -15,43 +15,26 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
 from tests.fixtures.broker import Subscriber
 from tests.fixtures.data import REPO
 from tests.fixtures.observe import payloads
+from tests.fixtures.rtsp import RTSP_SECRET, leak_forms
 from tests.harness.broker import Mosquitto, free_port
 from tests.harness.daemon import DaemonProcess, daemon_config
-from tests.harness.rtsp import RtspServer, missing_tools
+from tests.harness.rtsp import RtspServer
 
 PREFIX = "secure"
 MQTT_USER = "edgewatch"
 MQTT_SECRET = "Mqtt-S3cret/pw@9"
-RTSP_USER = "viewer"
-RTSP_SECRET = "Rtsp-S3cret:pw@7"
 PASSWORD_ENV = "EDGEWATCH_TEST_MQTT_PASSWORD"
 UNIT = REPO / "systemd" / "edgewatch.service"
 # systemd-analyze's scale: 0-2 "OK" and below is better; above 4.9 is "MEDIUM" or worse.
 MAX_EXPOSURE = 4.9
-
-
-def _leak_forms(secret: str) -> tuple[str, ...]:
-    """The secret as written and as it appears inside a URL (percent-encoded)."""
-    return (secret, quote(secret, safe=""))
-
-
-@pytest.fixture
-def secure_rtsp(videos: list[Path]) -> Iterator[RtspServer]:
-    missing = missing_tools()
-    if missing:
-        pytest.skip(f"RTSP server unavailable, missing: {', '.join(missing)}")
-    clip = next(v for v in videos if "360p" in v.name)
-    with RtspServer({"cam": clip}, user=RTSP_USER, password=RTSP_SECRET) as server:
-        yield server
 
 
 @pytest.mark.rtsp
@@ -134,7 +117,7 @@ def test_credentials_never_leak(
     places = {"daemon log": log, **bodies}
     places.update({f"MQTT {m.topic}": m.payload.decode(errors="replace") for m in messages})
     for secret in (MQTT_SECRET, RTSP_SECRET):
-        for form in _leak_forms(secret):
+        for form in leak_forms(secret):
             leaks = [where for where, text in places.items() if form in text]
             assert not leaks, f"secret {form!r} found in {leaks}"
     # The reasons that name the camera's URL (the last one is the clean stop's "node stopped").

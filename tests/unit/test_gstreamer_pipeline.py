@@ -19,6 +19,7 @@ import pytest
 
 from daemon.capture.gstreamer import jetson_pipeline
 from daemon.config.model import VideoCodec
+from tests.harness.gst_launch import run_probe
 from tests.harness.rtsp import SYSTEM_PYTHON
 
 # Prints [[factory, {property: value}], ...] of the pipeline on stdin, in link order.
@@ -71,18 +72,9 @@ def _parsed(launch: str, codec: VideoCodec = VideoCodec.H264) -> list[tuple[str,
     )
     if probe.returncode != 0:
         pytest.skip("Debian's python3-gi with GStreamer is not installed")
-    for element, stand_in in _STAND_INS.items():
-        assert launch.count(f" {element} ") == 1, launch
-        launch = launch.replace(f" {element} ", f" {stand_in[codec]} ")
-    result = subprocess.run(
-        [str(SYSTEM_PYTHON), "-c", _PARSE],
-        input=launch,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return [(name, props) for name, props in json.loads(result.stdout)]
+    stand_ins = {element: per_codec[codec] for element, per_codec in _STAND_INS.items()}
+    found = json.loads(run_probe(_PARSE, launch, stand_ins, 60))
+    return [(name, props) for name, props in found]
 
 
 def test_rtsp_credentials_become_properties_and_never_show() -> None:
