@@ -31,7 +31,9 @@ def kept_rows(head: torch.Tensor, conf: float, iou: float, max_det: int) -> list
     scores, classes = head[:, _BOX_COORDS:].max(dim=1)
     image, anchor = torch.nonzero(scores > conf, as_tuple=True)
     score = scores[image, anchor]
-    if image.numel() and int(torch.bincount(image).max()) > _MAX_NMS:
+    # Only a batch with more candidates than the cap can have an image over it: the common
+    # case skips the count and its device sync.
+    if image.numel() > _MAX_NMS and int(torch.bincount(image).max()) > _MAX_NMS:
         image, anchor, score = _cap_per_image(image, anchor, score, _MAX_NMS)
     # Advanced indices around a slice put the candidate axis first: [k, 4].
     xywh = head[image, :_BOX_COORDS, anchor]
