@@ -63,6 +63,8 @@ class Subscriber:
         self._last_drop: dict[str, int] = {}
         # Every message received, malformed ones included (tests wait on it).
         self.messages = 0
+        # Cameras that delivered at least one detections message, in the window or not.
+        self._streaming: set[str] = set()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{node}")
         self._client.on_message = self._on_message
         self._client.connect("127.0.0.1", port)
@@ -102,6 +104,11 @@ class Subscriber:
         )
         return StreamMeasure(window, measures, p50, p95, p99, self._malformed)
 
+    def streaming(self) -> int:
+        """How many cameras have delivered detections so far (window or not)."""
+        with self._lock:
+            return len(self._streaming)
+
     def close(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
@@ -133,6 +140,7 @@ class Subscriber:
                         first = self._drops.get(camera, (dropped, dropped))[0]
                         self._drops[camera] = (first, dropped)
                 return
+            self._streaming.add(camera)
             if not self._in_window(now):
                 return
             capture_ts = payload.get("capture_ts")

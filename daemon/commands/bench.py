@@ -74,7 +74,9 @@ def register(sub: Any) -> None:
     e.add_argument("--cameras", type=int, default=4)
     e.add_argument("--sweep", type=_int_list, default=None, help="camera counts, e.g. 1,2,4,8,16")
     e.add_argument("--duration", type=float, default=30.0, help="measured seconds per run")
-    e.add_argument("--warmup", type=float, default=5.0, help="seconds after the first result")
+    e.add_argument(
+        "--warmup", type=float, default=5.0, help="seconds after every camera delivered a result"
+    )
     e.add_argument("--model", type=Path, default=_DEFAULT_ONNX, help="our ONNX model")
     e.add_argument("--pt-model", type=Path, default=_DEFAULT_PT, help="Ultralytics weights")
     e.add_argument("--backend", choices=backends, default="onnxruntime")

@@ -73,11 +73,13 @@ def test_subscriber_counts_only_inside_the_window(mosquitto: Mosquitto) -> None:
             body = {"camera": cam, "dropped_total": dropped}
             pub.publish(topic.format(cam, "stats"), json.dumps(body), qos=1).wait_for_publish(5)
 
+        stats("b", 0)  # stats say nothing of whether a camera streams
         frame("a")  # before the window: not counted
         stats("a", 10)
         deadline = time.monotonic() + 5
-        while sub.messages < 2 and time.monotonic() < deadline:
+        while sub.messages < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert sub.streaming() == 1
         sub.open_window()
         for _ in range(3):
             frame("a")
@@ -85,19 +87,20 @@ def test_subscriber_counts_only_inside_the_window(mosquitto: Mosquitto) -> None:
         stats("a", 14)
         pub.publish("edgewatch/node1/a/detections", b"{not json", qos=1).wait_for_publish(5)
         deadline = time.monotonic() + 5
-        # 2 before the window, 4 frames, 1 stats, 1 malformed: wait for all of them.
-        while sub.messages < 8 and time.monotonic() < deadline:
+        # 3 before the window, 4 frames, 1 stats, 1 malformed: wait for all of them.
+        while sub.messages < 9 and time.monotonic() < deadline:
             time.sleep(0.02)
         measure = sub.close_window()
     finally:
         pub.loop_stop()
         pub.disconnect()
         sub.close()
+    assert sub.streaming() == 2
     by_cam = {c.camera: c for c in measure.cameras}
     assert by_cam["a"].delivered == 3
     assert by_cam["b"].delivered == 1
     assert by_cam["a"].dropped == 4
-    assert by_cam["b"].dropped is None
+    assert by_cam["b"].dropped == 0
     assert measure.malformed == 1
     assert measure.latency_ms_p50 is not None
     assert measure.latency_ms_p50 >= 50.0
