@@ -7,7 +7,7 @@
 # Usage: bash bench/gpu_run.sh OUTDIR [CAMERA_COUNTS] [SECONDS]
 set -euo pipefail
 out=${1:?output folder}
-counts=${2:-16,32,64}
+counts=${2:-16,32,64,96,128}
 seconds=${3:-10}
 carry=$PWD/.carry/bench
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -20,7 +20,7 @@ mkdir -p "$out"
   python3 -c 'import torch, torchvision; print("torch", torch.__version__, torchvision.__version__)'
 } | tee "$out/machine.txt"
 common=(--source file --backend torch --videos "$carry/shared/videos"
-        --model "$carry/shared/models/yolov8n.onnx" --backend-seconds 0 --warmup 8)
+        --model "$carry/shared/models/yolov8n.onnx" --warmup 8)
 baseline=()
 if [[ ${BASELINE:-0} == 1 ]]; then
     baseline=(--baseline ultralytics --baseline-device 0 --baseline-half
@@ -29,9 +29,9 @@ fi
 # The first run on a freshly started machine is slower than the ones after it, whatever the
 # tree (cold page cache and clocks): one short run first, thrown away.
 python3 -m daemon.cli --log-level warning bench e2e "${common[@]}" --cameras 16 --duration 5 \
-    > "$out/settle.txt" 2>&1
+    --backend-seconds 0 > "$out/settle.txt" 2>&1
 plot=()
 python3 -c 'import matplotlib' 2>/dev/null && plot=(--plot "$out/gpu_sweep.png")
 python3 -m daemon.cli --log-level warning bench e2e "${common[@]}" "${baseline[@]}" \
-    --sweep "$counts" --duration "$seconds" --json "$out/gpu_e2e.json" "${plot[@]}" \
+    --backend-seconds 3 --sweep "$counts" --duration "$seconds" --json "$out/gpu_e2e.json" "${plot[@]}" \
     --workdir /tmp/bench-work 2>&1 | tee "$out/gpu_e2e.txt"

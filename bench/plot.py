@@ -23,7 +23,10 @@ def plot_sweep(reports: Sequence[E2EReport], path: Path) -> None:
     for label, results in series:
         ax_fps.plot(cams, [s.stream.total_fps for s in results], marker="o", label=label)
         ax_lat.plot(
-            cams, [s.stream.latency_ms_p95 or 0.0 for s in results], marker="o", label=label
+            cams,
+            [_or_nan(s.stream.latency_ms_p95) for s in results],
+            marker="o",
+            label=label,
         )
     ax_fps.set(xlabel="cameras", ylabel="total processed fps", title="throughput")
     ax_lat.set(xlabel="cameras", ylabel="p95 capture->receipt ms", title="latency")
@@ -34,3 +37,8 @@ def plot_sweep(reports: Sequence[E2EReport], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _or_nan(value: float | None) -> float:
+    """A gap in the line where nothing was measured (no frame in the window), not a zero."""
+    return float("nan") if value is None else value
