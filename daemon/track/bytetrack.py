@@ -14,8 +14,10 @@ boxes that never became a track burn no id.
 Each camera's ``ByteTracker`` owns its tracks as parallel numpy arrays (structure of
 arrays). ``update_batch`` advances one frame of several cameras in one vectorised pass:
 their tracks and boxes are concatenated with a camera index per row, and a track is only
-ever paired with boxes of its own camera that overlap it in x (found by sorting, never an
-all-tracks x all-boxes grid), so the work grows linearly with the cameras. A frame costs a
+ever paired with boxes of its own camera (a grid per camera where they are few, a lookup by
+sorting where they are many; never an all-tracks x all-boxes grid across cameras), so the
+work grows linearly with the cameras. The IoU of the pairs is computed once per frame for
+all three matching stages. A frame costs a
 fixed number of numpy calls however many objects and cameras it holds, and that fixed cost
 (which dominates at tracker sizes) is shared by the batch; only the solver for objects
 close together runs once per camera that has some. A camera's result depends only on its
@@ -33,7 +35,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from daemon.config.tracking import TrackingConfig
-from daemon.postprocess.iou import paired_iou
+from daemon.postprocess.iou import grouped_iou, paired_iou
 from daemon.track import kalman
 
 F64 = npt.NDArray[np.float64]
@@ -50,9 +52,9 @@ _UNCONFIRMED_MATCH: Final = 0.7
 _DUPLICATE_DISTANCE: Final = 0.15
 # Capture timestamps are float seconds: a gap equal to the grace up to rounding is within it.
 _TIME_EPS: Final = 1e-6
-# Boxes per camera on the smaller side up to which trying all pairs of a camera is cheaper
-# than looking them up by sorting.
-_FEW_PER_CAMERA: Final = 8
+# Pairs per camera (its most tracks times its most boxes) up to which trying all pairs of a
+# camera is cheaper than looking them up by sorting.
+_GRID_PAIRS: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +126,13 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
             ),
             confirmed,
         )
-    matching = _Matching(state.cam, kalman.xyah_to_xyxy(state.mean), dets)
-    free, newly_lost = matching.associate(
-        confirmed, state.lost, np.array([c.match_threshold for c in cfgs])
+    matching = _Matching(
+        state.cam,
+        kalman.xyah_to_xyxy(state.mean),
+        dets,
+        np.array([c.match_threshold for c in cfgs]),
     )
+    free, newly_lost = matching.associate(confirmed, state.lost)
     det_of = matching.det_of
     matched = det_of >= 0
     state.correct(ts, dets.boxes, matched.nonzero()[0], det_of)
@@ -291,11 +296,10 @@ class _State:
             return
         tracked = (~(self.lost | drop)).nonzero()[0]
         boxes = kalman.xyah_to_xyxy(self.mean)
-        p, q = _overlapping(self.cam[tracked], boxes[tracked], self.cam[lost], boxes[lost], cameras)
-        p, q = tracked[p], lost[q]
+        near = _Touching(self.cam[tracked], boxes[tracked], self.cam[lost], boxes[lost], cameras)
         # Pairs that do not overlap have IoU 0: never duplicates.
-        same = 1.0 - paired_iou(boxes[p], boxes[q]) < _DUPLICATE_DISTANCE
-        p, q = p[same], q[same]
+        same = 1.0 - near.iou < _DUPLICATE_DISTANCE
+        p, q = tracked[near.a_rows[same]], lost[near.b_rows[same]]
         age = self.seen_ts - self.start_ts
         older_tracked = age[p] > age[q]
         drop[q[older_tracked]] = True
@@ -316,35 +320,85 @@ class _State:
             tracker._next_id = int(next_id[c])
 
 
-def _overlapping(
-    a_cam: I64, a: F64, b_cam: I64, b: F64, cameras: int, *, every: BoolArray | None = None
-) -> tuple[I64, I64]:
-    """The pairs (index in ``a``, index in ``b``) of xyxy boxes of one camera that overlap
-    in x, with every pair of the cameras that ``every`` marks; ``a_cam`` and ``b_cam`` (sorted)
-    hold each box's camera. Any other pair has IoU exactly 0.
+class _Touching:
+    """The pairs (row of ``a``, row of ``b``) of xyxy boxes of one camera whose IoU is above
+    0, with every pair of the cameras that ``every`` marks, and their IoU; ``a_cam`` and
+    ``b_cam`` (sorted) hold each box's camera. Any other pair of one camera has IoU exactly 0.
 
-    No [a, b] grid across cameras: where one side has a few boxes per camera, each of its
-    boxes is tried with all of its camera's boxes on the other side; otherwise they are
-    looked up by sorting (``_sweep``). The candidates are then checked exactly."""
-    if not len(a) or not len(b):
-        return _EMPTY, _EMPTY
-    if min(len(a), len(b)) <= _FEW_PER_CAMERA * cameras:
-        i, j = _ranges(
-            np.searchsorted(b_cam, a_cam, side="left"), np.searchsorted(b_cam, a_cam, side="right")
-        )
-    else:
-        i, j = _sweep(a_cam, a, b_cam, b, every)
-    # Exactly the IoU's x extent, so "overlaps" here is "IoU above 0" there.
-    extent = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0])
-    near = extent > 0.0
-    if every is not None:
-        near |= every[a_cam[i]]
-    near &= a_cam[i] == b_cam[j]
-    return i[near], j[near]
+    Never an [a, b] grid across cameras: where a camera's boxes are few, each of its boxes
+    is tried with all of its camera's boxes on the other side, every camera in one grid
+    ``[camera, a, b]`` (a few numpy calls however many pairs); otherwise candidates are
+    looked up by sorting (``_sweep``) and checked exactly. Pairs come by ``a`` row."""
+
+    def __init__(
+        self,
+        a_cam: I64,
+        a: F64,
+        b_cam: I64,
+        b: F64,
+        cameras: int,
+        *,
+        every: BoolArray | None = None,
+    ) -> None:
+        self._a, self._b = a, b
+        self._grid: F64 | None = None
+        if not len(a) or not len(b):
+            self.a_rows, self.b_rows, self.iou = _EMPTY, _EMPTY, np.zeros(0)
+            return
+        a_count = np.bincount(a_cam, minlength=cameras)
+        b_count = np.bincount(b_cam, minlength=cameras)
+        a_width, b_width = int(np.maximum.reduce(a_count)), int(np.maximum.reduce(b_count))
+        if a_width * b_width > _GRID_PAIRS:
+            i, j = _sweep(a_cam, a, b_cam, b, every)
+            one_camera = a_cam[i] == b_cam[j]
+            i, j = i[one_camera], j[one_camera]
+            iou = paired_iou(a[i], b[j])
+            hit = iou > 0.0
+            if every is not None:
+                hit |= every[a_cam[i]]
+            self.a_rows, self.b_rows, self.iou = i[hit], j[hit], iou[hit]
+            return
+        self._a_at = _Grid(a_cam, a_count)
+        self._b_at = _Grid(b_cam, b_count)
+        grid = grouped_iou(self._a_at.spread(a, a_width), self._b_at.spread(b, b_width))
+        hit = grid > 0.0
+        if every is not None:
+            hit |= (
+                every[:, None, None]
+                & (np.arange(a_width) < a_count[:, None])[:, :, None]
+                & (np.arange(b_width) < b_count[:, None])[:, None, :]
+            )
+        c, ai, bj = hit.nonzero()
+        self.a_rows = self._a_at.start[c] + ai
+        self.b_rows = self._b_at.start[c] + bj
+        self.iou = grid[c, ai, bj]
+        self._grid = grid
+
+    def iou_of(self, a_rows: I64, b_rows: I64) -> F64:
+        """The IoU of each pair ``(a_rows[k], b_rows[k])`` of one camera."""
+        if self._grid is None:
+            return paired_iou(self._a[a_rows], self._b[b_rows])
+        at = self._a_at
+        return self._grid[at.cam[a_rows], at.rank[a_rows], self._b_at.rank[b_rows]]
+
+
+class _Grid:
+    """Where rows sorted by camera sit in a grid of one line per camera."""
+
+    def __init__(self, cam: I64, count: I64) -> None:
+        self.cam = cam
+        self.start = np.cumsum(count) - count
+        self.rank = np.arange(len(cam)) - self.start[cam]
+
+    def spread(self, boxes: F64, width: int) -> F64:
+        """``boxes`` coordinate-first on the grid, [4, camera, width], zeros where none."""
+        out = np.zeros((4, len(self.start), width))
+        out[:, self.cam, self.rank] = boxes.T
+        return out
 
 
 def _sweep(a_cam: I64, a: F64, b_cam: I64, b: F64, every: BoolArray | None) -> tuple[I64, I64]:
-    """Candidate pairs for ``_overlapping``, a superset of the pairs of one camera that
+    """Candidate pairs for ``_Touching``, a superset of the pairs of one camera that
     overlap in x: ``b``'s boxes sorted by camera and left edge, each box of ``a`` takes the
     ones whose left edge lies between its own left edge less the widest box of ``b`` and its
     right edge (or all of its camera's where ``every`` says)."""
@@ -377,28 +431,31 @@ def _ranges(lo: I64, hi: I64) -> tuple[I64, I64]:
 
 class _Matching:
     """ByteTrack's three matching stages for a batch's tracks and boxes, each camera's with
-    its own."""
+    its own; ``limit`` is each camera's first-stage match threshold."""
 
-    def __init__(self, track_cam: I64, tracks: F64, dets: _Boxes) -> None:
+    def __init__(self, track_cam: I64, tracks: F64, dets: _Boxes, limit: F64) -> None:
         self._track_cam = track_cam
-        self._tracks = tracks
-        self._box_cam = dets.layout.cam
-        self._boxes = dets.boxes
         self._scores = dets.scores
         self._high = dets.high
         self._low = dets.low
+        self._limit = limit
+        # All three stages pair the same track boxes with the same boxes: one IoU for all.
+        # Within a first-stage limit of 1 a pair that does not overlap (cost 1) matches too.
+        reach = limit >= 1.0
+        self._near = _Touching(
+            track_cam, tracks, dets.layout.cam, dets.boxes, len(limit),
+            every=reach if np.logical_or.reduce(reach) else None,
+        )  # fmt: skip
+        self._box_cam = dets.layout.cam
         self.det_of = np.full(len(track_cam), -1, dtype=np.int64)
 
-    def associate(
-        self, confirmed: BoolArray, lost: BoolArray, limit: F64
-    ) -> tuple[BoolArray, BoolArray]:
+    def associate(self, confirmed: BoolArray, lost: BoolArray) -> tuple[BoolArray, BoolArray]:
         """Fill ``det_of`` (the box each track took, -1 for none). Returns the high-score
-        boxes nobody took and the tracks lost at this frame; ``limit`` is each camera's
-        first-stage match threshold."""
-        cameras = len(limit)
+        boxes nobody took and the tracks lost at this frame."""
+        cameras = len(self._limit)
         # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
         free = self._high.copy()
-        self._stage(confirmed, self._high, limit, weighted=True, free=free)
+        self._stage(confirmed, self._high, self._limit, weighted=True, free=free)
         # 2: tracks still unmatched that were tracked last frame <-> low-score boxes, IoU only.
         rest = confirmed & ~lost & (self.det_of < 0)
         self._stage(rest, self._low, np.full(cameras, _SECOND_MATCH), weighted=False, free=None)
@@ -422,34 +479,26 @@ class _Matching:
         """Match ``tracks`` to the boxes in ``dets`` of the same camera on cost ``1 - IoU``,
         the IoU times the box's score when ``weighted``; record each pair in ``det_of`` and
         take its box out of ``free``."""
-        rows, cols = tracks.nonzero()[0], dets.nonzero()[0]
-        if not len(rows) or not len(cols):
+        near = self._near
+        k = (tracks[near.a_rows] & dets[near.b_rows]).nonzero()[0]
+        if not len(k):
             return
-        # A pair that does not overlap costs 1: within a limit of 1 only.
-        reach = limit >= 1.0
-        i, j = _overlapping(
-            self._track_cam[rows], self._tracks[rows], self._box_cam[cols], self._boxes[cols],
-            len(limit), every=reach if np.logical_or.reduce(reach) else None,
-        )  # fmt: skip
-        r, c = rows[i], cols[j]
-        ok = self._cost(r, c, weighted=weighted) <= limit[self._track_cam[r]]
+        r, c = near.a_rows[k], near.b_rows[k]
+        ok = self._cost(near.iou[k], c, weighted=weighted) <= limit[self._track_cam[r]]
         t, d = assign(
             (r[ok], c[ok]),
             self._track_cam,
             self._box_cam,
             limit,
-            lambda rs, cs: self._cost(rs, cs, weighted=weighted),
+            lambda rs, cs: self._cost(near.iou_of(rs, cs), cs, weighted=weighted),
         )
         self.det_of[t] = d
         if free is not None:
             free[d] = False
 
-    def _cost(self, rows: I64, cols: I64, *, weighted: bool) -> F64:
-        """The stage's cost of track ``rows[k]`` with box ``cols[k]``."""
-        similarity = paired_iou(self._tracks[rows], self._boxes[cols])
-        if weighted:
-            similarity *= self._scores[cols]
-        return 1.0 - similarity
+    def _cost(self, iou: F64, cols: I64, *, weighted: bool) -> F64:
+        """The stage's cost of pairs with boxes ``cols`` from their ``iou``."""
+        return 1.0 - (iou * self._scores[cols] if weighted else iou)
 
 
 def assign(
