@@ -44,6 +44,21 @@ I64 = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 _EMPTY: Final = np.zeros(0, dtype=np.int64)
+# A track: its Kalman state (``daemon.track.kalman``), its id (0 until confirmed), whether it
+# is lost, and the capture times it was started and last seen at. One record per track, so a
+# reordering or a selection of tracks is one numpy call.
+_TRACK: Final = np.dtype(
+    [
+        ("mean", np.float64, (8,)),
+        ("cov", np.float64, (3, 4)),
+        ("id", np.int64),
+        ("lost", np.bool_),
+        ("start_ts", np.float64),
+        ("seen_ts", np.float64),
+    ],
+    # Aligned fields: numpy's arithmetic on misaligned float fields is about twice as slow.
+    align=True,
+)
 # Low-score boxes are matched on IoU alone with this limit; unconfirmed tracks with this one
 # (ByteTrack's fixed second- and third-stage thresholds).
 _SECOND_MATCH: Final = 0.5
@@ -86,16 +101,11 @@ class ByteTracker:
         self.config = config
         self._next_id = 1
         self._last_ts: float | None = None
-        self._mean = np.zeros((0, 8))
-        self._cov = np.zeros((0, 3, 4))
-        self._ids = np.zeros(0, dtype=np.int64)  # 0 until confirmed
-        self._lost = np.zeros(0, dtype=bool)
-        self._start_ts = np.zeros(0)
-        self._seen_ts = np.zeros(0)
+        self._tracks = np.zeros(0, dtype=_TRACK)
 
     def __len__(self) -> int:
         """Tracks alive (confirmed, unconfirmed and lost)."""
-        return len(self._ids)
+        return len(self._tracks)
 
     def update(self, ts: float, boxes: FloatArray, scores: FloatArray) -> TrackFrame:
         """Advance to capture time ``ts`` with this frame's ``boxes`` (xyxy) and ``scores``."""
@@ -136,7 +146,7 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     det_of = matching.det_of
     matched = det_of >= 0
     state.correct(ts, dets.boxes, matched.nonzero()[0], det_of)
-    state.lost |= newly_lost
+    state.lost[newly_lost] = True
     next_id = np.array([t._next_id for t in trackers], dtype=np.int64)
     promoted = (unconfirmed & matched).nonzero()[0]
     if len(promoted):
@@ -220,32 +230,49 @@ class _State:
     """The tracks of a batch's cameras, concatenated in batch order; ``cam`` per track."""
 
     def __init__(self, trackers: list[ByteTracker]) -> None:
-        self.mean = np.concatenate([t._mean for t in trackers])
-        self.cov = np.concatenate([t._cov for t in trackers])
-        self.ids = np.concatenate([t._ids for t in trackers])
-        self.lost = np.concatenate([t._lost for t in trackers])
-        self.start_ts = np.concatenate([t._start_ts for t in trackers])
-        self.seen_ts = np.concatenate([t._seen_ts for t in trackers])
-        self.cam = np.repeat(np.arange(len(trackers)), [len(t._ids) for t in trackers])
+        self.tracks = np.concatenate([t._tracks for t in trackers])
+        self.cam = np.repeat(np.arange(len(trackers)), [len(t._tracks) for t in trackers])
+
+    # Views of the records' fields: written in place, they change the tracks.
+    @property
+    def mean(self) -> F64:
+        return self.tracks["mean"]
+
+    @property
+    def ids(self) -> I64:
+        return self.tracks["id"]
+
+    @property
+    def lost(self) -> BoolArray:
+        return self.tracks["lost"]
+
+    @property
+    def seen_ts(self) -> F64:
+        return self.tracks["seen_ts"]
 
     def predict(self, elapsed: F64, confirmed: BoolArray) -> None:
         """Move the ``confirmed`` tracks on by their camera's ``elapsed`` seconds."""
+        mean = self.mean
         # A lost track's height is not extrapolated (ByteTrack).
-        self.mean[self.lost, 7] = 0.0
+        mean[self.lost, 7] = 0.0
         # Unconfirmed tracks are not predicted (ByteTrack): no elapsed time leaves them as
         # they are, cheaper than gathering and scattering the confirmed rows.
-        self.mean, self.cov = kalman.predict(self.mean, self.cov, elapsed[self.cam] * confirmed)
+        mean[:], self.tracks["cov"] = kalman.predict(
+            mean, self.tracks["cov"], elapsed[self.cam] * confirmed
+        )
 
     def correct(self, ts: F64, boxes: F64, matched: I64, det_of: I64) -> None:
         """Kalman-correct the ``matched`` tracks with their boxes; they are seen at their
         camera's ``ts``."""
         if not len(matched):
             return
-        self.mean[matched], self.cov[matched] = kalman.update(
-            self.mean[matched], self.cov[matched], kalman.xyxy_to_xyah(boxes[det_of[matched]])
+        rows = self.tracks[matched]
+        rows["mean"], rows["cov"] = kalman.update(
+            rows["mean"], rows["cov"], kalman.xyxy_to_xyah(boxes[det_of[matched]])
         )
-        self.lost[matched] = False
-        self.seen_ts[matched] = ts[self.cam[matched]]
+        rows["lost"] = False
+        rows["seen_ts"] = ts[self.cam[matched]]
+        self.tracks[matched] = rows
 
     def start(
         self,
@@ -262,30 +289,21 @@ class _State:
         returns ``det_of`` and ``drop`` for the tracks with them."""
         cam = dets.layout.cam[fresh]
         confirm = first[cam]
-        ids = np.zeros(len(fresh), dtype=np.int64)
-        ids[confirm] = _hand_out(cam[confirm], next_id)
-        mean, cov = kalman.initiate(kalman.xyxy_to_xyah(dets.boxes[fresh]))
-        self.mean = np.concatenate([self.mean, mean])
-        self.cov = np.concatenate([self.cov, cov])
-        self.ids = np.concatenate([self.ids, ids])
-        self.lost = np.concatenate([self.lost, np.zeros(len(ids), dtype=bool)])
-        self.start_ts = np.concatenate([self.start_ts, ts[cam]])
-        self.seen_ts = np.concatenate([self.seen_ts, ts[cam]])
-        self.cam = np.concatenate([self.cam, cam])
+        new = np.zeros(len(fresh), dtype=_TRACK)
+        new["id"][confirm] = _hand_out(cam[confirm], next_id)
+        new["mean"], new["cov"] = kalman.initiate(kalman.xyxy_to_xyah(dets.boxes[fresh]))
+        new["start_ts"] = new["seen_ts"] = ts[cam]
+        cams = np.concatenate([self.cam, cam])
         # Each camera's new tracks after its old ones, as a camera alone would have them.
-        order = np.argsort(self.cam, kind="stable")
-        self.take(order)
+        order = np.argsort(cams, kind="stable")
+        self.tracks = np.concatenate([self.tracks, new])[order]
+        self.cam = cams[order]
         det_of = np.concatenate([det_of, fresh])[order]
         return det_of, np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])[order]
 
     def take(self, index: I64 | BoolArray) -> None:
         """Keep the tracks ``index`` selects, in its order."""
-        self.mean = self.mean[index]
-        self.cov = self.cov[index]
-        self.ids = self.ids[index]
-        self.lost = self.lost[index]
-        self.start_ts = self.start_ts[index]
-        self.seen_ts = self.seen_ts[index]
+        self.tracks = self.tracks[index]
         self.cam = self.cam[index]
 
     def mark_duplicates(self, drop: BoolArray, cameras: int) -> None:
@@ -300,7 +318,7 @@ class _State:
         # Pairs that do not overlap have IoU 0: never duplicates.
         same = 1.0 - near.iou < _DUPLICATE_DISTANCE
         p, q = tracked[near.a_rows[same]], lost[near.b_rows[same]]
-        age = self.seen_ts - self.start_ts
+        age = self.seen_ts - self.tracks["start_ts"]
         older_tracked = age[p] > age[q]
         drop[q[older_tracked]] = True
         drop[p[~older_tracked]] = True
@@ -309,13 +327,7 @@ class _State:
         """Hand each camera its tracks back (rows sorted by camera), now at ``ts``."""
         by_camera = _Layout(self.cam, len(trackers))
         for c, tracker in enumerate(trackers):
-            rows = by_camera.rows(c)
-            tracker._mean = self.mean[rows]
-            tracker._cov = self.cov[rows]
-            tracker._ids = self.ids[rows]
-            tracker._lost = self.lost[rows]
-            tracker._start_ts = self.start_ts[rows]
-            tracker._seen_ts = self.seen_ts[rows]
+            tracker._tracks = self.tracks[by_camera.rows(c)]
             tracker._last_ts = ts[c]
             tracker._next_id = int(next_id[c])
 
