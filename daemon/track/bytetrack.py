@@ -44,6 +44,7 @@ I64 = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 _EMPTY: Final = np.zeros(0, dtype=np.int64)
+_ZERO: Final = np.zeros(1, dtype=np.int64)
 # A track: its Kalman state (``daemon.track.kalman``), its id (0 until confirmed), whether it
 # is lost, and the capture times it was started and last seen at. One record per track, so a
 # reordering or a selection of tracks is one numpy call.
@@ -399,11 +400,17 @@ class _Grid:
 
     def __init__(self, cam: I64, count: I64) -> None:
         self.cam = cam
-        self.start = np.cumsum(count) - count
-        self.rank = np.arange(len(cam)) - self.start[cam]
+        self.rank = np.arange(len(cam))
+        if len(count) == 1:  # the rows as they are: no arithmetic to place them
+            self.start = _ZERO
+        else:
+            self.start = np.cumsum(count) - count
+            self.rank -= self.start[cam]
 
     def spread(self, boxes: F64, width: int) -> F64:
         """``boxes`` coordinate-first on the grid, [4, camera, width], zeros where none."""
+        if len(self.start) == 1:
+            return np.ascontiguousarray(boxes.T)[:, None, :]
         out = np.zeros((4, len(self.start), width))
         out[:, self.cam, self.rank] = boxes.T
         return out
@@ -544,18 +551,18 @@ def assign(
     col_open = per_col > 0
     col_open[c[alone]] = False
     open_rows, open_cols = row_open.nonzero()[0], col_open.nonzero()[0]
-    rows_cam, cols_cam = row_camera[open_rows], col_camera[open_cols]
+    rows_cam = row_camera[open_rows]
+    n_rows = np.bincount(rows_cam)
+    n_cols = np.bincount(col_camera[open_cols], minlength=len(n_rows))
     # Each camera's open rows x its open columns, row by row: one cost call for all.
-    i, j = _ranges(
-        np.searchsorted(cols_cam, rows_cam, side="left"),
-        np.searchsorted(cols_cam, rows_cam, side="right"),
-    )
+    first_col = (np.cumsum(n_cols) - n_cols)[rows_cam]
+    i, j = _ranges(first_col, first_col + n_cols[rows_cam])
     costs = cost(open_rows[i], open_cols[j])
-    cameras, n_rows = np.unique(rows_cam, return_counts=True)
-    n_cols = np.searchsorted(cols_cam, cameras, side="right") - np.searchsorted(cols_cam, cameras)
     rows, cols = [r[alone]], [c[alone]]
     at_row = at_col = at_cost = 0
-    for camera, n, m in zip(cameras.tolist(), n_rows.tolist(), n_cols.tolist(), strict=True):
+    for camera, (n, m) in enumerate(zip(n_rows.tolist(), n_cols.tolist(), strict=True)):
+        if not n:  # a camera without open rows has no open columns either
+            continue
         er, ec = _solve(costs[at_cost : at_cost + n * m].reshape(n, m), float(limit[camera]))
         rows.append(open_rows[at_row : at_row + n][er])
         cols.append(open_cols[at_col : at_col + m][ec])
