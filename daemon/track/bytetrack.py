@@ -26,6 +26,7 @@ own frames, whatever shares its batch.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -108,6 +109,17 @@ class ByteTracker:
         """Tracks alive (confirmed, unconfirmed and lost)."""
         return len(self._tracks)
 
+    def _numbers(self, ts: float) -> tuple[float, ...]:
+        """A frame's numbers at ``ts`` in the order ``update_batch`` reads them: its time,
+        the time since the last frame, the high, low and new-track score thresholds, the
+        first-stage match threshold and how long a lost track lives."""
+        c = self.config
+        elapsed = 0.0 if self._last_ts is None else ts - self._last_ts
+        return (
+            ts, elapsed, c.high_threshold, c.low_threshold, c.new_track_threshold,
+            c.match_threshold, c.lost_after_s + _TIME_EPS,
+        )  # fmt: skip
+
     def update(self, ts: float, boxes: FloatArray, scores: FloatArray) -> TrackFrame:
         """Advance to capture time ``ts`` with this frame's ``boxes`` (xyxy) and ``scores``."""
         return update_batch([TrackInput(self, ts, boxes, scores)])[0]
@@ -124,25 +136,17 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     if len({id(t) for t in trackers}) != len(trackers):
         raise ValueError("a tracker appears twice in one batch")
     cameras = len(frames)
-    cfgs = [t.config for t in trackers]
-    ts = np.array([f.ts for f in frames], dtype=np.float64)
-    dets = _Boxes(frames)
+    # One array for the numbers of all cameras, a column each.
+    ts, elapsed, high, low, new, match, lost_after = np.array(
+        [f.tracker._numbers(f.ts) for f in frames]
+    ).T
+    dets = _Boxes(frames, high, low, new)
     state = _State(trackers)
     confirmed = state.ids > 0
     unconfirmed = ~confirmed
     if len(confirmed):
-        state.predict(
-            np.array(
-                [0.0 if f.tracker._last_ts is None else f.ts - f.tracker._last_ts for f in frames]
-            ),
-            confirmed,
-        )
-    matching = _Matching(
-        state.cam,
-        kalman.xyah_to_xyxy(state.mean),
-        dets,
-        np.array([c.match_threshold for c in cfgs]),
-    )
+        state.predict(elapsed, confirmed)
+    matching = _Matching(state.cam, kalman.xyah_to_xyxy(state.mean), dets, match)
     free, newly_lost = matching.associate(confirmed, state.lost)
     det_of = matching.det_of
     matched = det_of >= 0
@@ -152,7 +156,6 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     promoted = (unconfirmed & matched).nonzero()[0]
     if len(promoted):
         state.ids[promoted] = _hand_out(state.cam[promoted], next_id)
-    lost_after = np.array([c.lost_after_s for c in cfgs]) + _TIME_EPS
     drop = state.lost & (ts[state.cam] - state.seen_ts > lost_after[state.cam])
     drop |= unconfirmed & ~matched
     fresh = (free & (dets.scores >= dets.new_threshold)).nonzero()[0]
@@ -168,10 +171,10 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     track_ids = np.full(len(dets.scores), -1, dtype=np.int64)
     track_ids[det_of[reported]] = state.ids[reported]
     gone = drop & (state.ids > 0)
-    ended, by_ended = state.ids[gone], _Layout(state.cam[gone], cameras)
+    ended, by_ended = state.ids[gone], _Layout.of(state.cam[gone], cameras)
     if np.logical_or.reduce(drop):
         state.take(~drop)
-    state.scatter(trackers, [f.ts for f in frames], next_id)
+    state.scatter(trackers, ts.tolist(), next_id)
     by_box = dets.layout
     return [TrackFrame(track_ids[by_box.rows(c)], ended[by_ended.rows(c)]) for c in range(cameras)]
 
@@ -180,25 +183,19 @@ class _Boxes:
     """A batch's boxes and scores concatenated in batch order, classed by their camera's
     thresholds."""
 
-    def __init__(self, frames: Sequence[TrackInput]) -> None:
+    def __init__(
+        self, frames: Sequence[TrackInput], high_threshold: F64, low_threshold: F64, new: F64
+    ) -> None:
         scores_of = [np.reshape(f.scores, -1) for f in frames]
         self.boxes = np.concatenate(
             [np.reshape(f.boxes, (-1, 4)) for f in frames], dtype=np.float64
         )
         self.scores = np.concatenate(scores_of, dtype=np.float64)
-        self.layout = _Layout(
-            np.repeat(np.arange(len(frames)), [len(s) for s in scores_of]), len(frames)
-        )
-        high_threshold, low_threshold, self.new_threshold = np.array(
-            [
-                (
-                    f.tracker.config.high_threshold,
-                    f.tracker.config.low_threshold,
-                    f.tracker.config.new_track_threshold,
-                )
-                for f in frames
-            ]
-        ).T[:, self.layout.cam]
+        counts = [len(s) for s in scores_of]
+        self.layout = _Layout(np.repeat(np.arange(len(counts)), counts), counts)
+        cam = self.layout.cam
+        high_threshold, low_threshold = high_threshold[cam], low_threshold[cam]
+        self.new_threshold = new[cam]
         # A box without area has no aspect ratio for the Kalman state.
         valid = np.logical_and.reduce(self.boxes[:, 2:] > self.boxes[:, :2], axis=1)
         self.high = valid & (self.scores >= high_threshold)
@@ -208,9 +205,14 @@ class _Boxes:
 class _Layout:
     """Rows sorted by camera (``cam``): where each camera's rows are."""
 
-    def __init__(self, cam: I64, cameras: int) -> None:
+    def __init__(self, cam: I64, counts: list[int]) -> None:
         self.cam = cam
-        self._bounds = [0, *np.cumsum(np.bincount(cam, minlength=cameras)).tolist()]
+        self._bounds = [0, *itertools.accumulate(counts)]
+
+    @classmethod
+    def of(cls, cam: I64, cameras: int) -> _Layout:
+        """The layout of rows whose cameras are ``cam``."""
+        return cls(cam, np.bincount(cam, minlength=cameras).tolist())
 
     def rows(self, camera: int) -> slice:
         """Where camera ``camera``'s rows are."""
@@ -231,7 +233,8 @@ class _State:
     """The tracks of a batch's cameras, concatenated in batch order; ``cam`` per track."""
 
     def __init__(self, trackers: list[ByteTracker]) -> None:
-        self.tracks = np.concatenate([t._tracks for t in trackers])
+        # Naming the dtype spares numpy working out a common one, field by field.
+        self.tracks = np.concatenate([t._tracks for t in trackers], dtype=_TRACK)
         self.cam = np.repeat(np.arange(len(trackers)), [len(t._tracks) for t in trackers])
 
     # Views of the records' fields: written in place, they change the tracks.
@@ -297,7 +300,7 @@ class _State:
         cams = np.concatenate([self.cam, cam])
         # Each camera's new tracks after its old ones, as a camera alone would have them.
         order = np.argsort(cams, kind="stable")
-        self.tracks = np.concatenate([self.tracks, new])[order]
+        self.tracks = np.concatenate([self.tracks, new], dtype=_TRACK)[order]
         self.cam = cams[order]
         det_of = np.concatenate([det_of, fresh])[order]
         return det_of, np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])[order]
@@ -326,7 +329,7 @@ class _State:
 
     def scatter(self, trackers: list[ByteTracker], ts: list[float], next_id: I64) -> None:
         """Hand each camera its tracks back (rows sorted by camera), now at ``ts``."""
-        by_camera = _Layout(self.cam, len(trackers))
+        by_camera = _Layout.of(self.cam, len(trackers))
         for c, tracker in enumerate(trackers):
             tracker._tracks = self.tracks[by_camera.rows(c)]
             tracker._last_ts = ts[c]
@@ -466,6 +469,12 @@ class _Matching:
             every=reach if np.logical_or.reduce(reach) else None,
         )  # fmt: skip
         self._box_cam = dets.layout.cam
+        near = self._near
+        self._pair_cam = track_cam[near.a_rows]
+        # Every pair's cost in the stages that weigh the IoU by the box's score and in the
+        # one that does not.
+        self._weighted_cost = self._cost(near.iou, near.b_rows, weighted=True)
+        self._plain_cost = self._cost(near.iou, near.b_rows, weighted=False)
         self.det_of = np.full(len(track_cam), -1, dtype=np.int64)
 
     def associate(self, confirmed: BoolArray, lost: BoolArray) -> tuple[BoolArray, BoolArray]:
@@ -502,10 +511,10 @@ class _Matching:
         k = (tracks[near.a_rows] & dets[near.b_rows]).nonzero()[0]
         if not len(k):
             return
-        r, c = near.a_rows[k], near.b_rows[k]
-        ok = self._cost(near.iou[k], c, weighted=weighted) <= limit[self._track_cam[r]]
+        cost = self._weighted_cost if weighted else self._plain_cost
+        k = k[cost[k] <= limit[self._pair_cam[k]]]
         t, d = assign(
-            (r[ok], c[ok]),
+            (near.a_rows[k], near.b_rows[k]),
             self._track_cam,
             self._box_cam,
             limit,
