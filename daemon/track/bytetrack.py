@@ -69,9 +69,9 @@ _UNCONFIRMED_MATCH: Final = 0.7
 _DUPLICATE_DISTANCE: Final = 0.15
 # Capture timestamps are float seconds: a gap equal to the grace up to rounding is within it.
 _TIME_EPS: Final = 1e-6
-# Pairs per camera (its most tracks times its most boxes) up to which trying all pairs of a
-# camera is cheaper than looking them up by sorting.
-_GRID_PAIRS: Final = 4096
+# Cells of a batch's grid (cameras times a camera's most tracks times its most boxes) up to
+# which trying all pairs of each camera is cheaper than looking them up by sorting.
+_GRID_CELLS: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,8 +341,8 @@ class _Touching:
     0, with every pair of the cameras that ``every`` marks, and their IoU; ``a_cam`` and
     ``b_cam`` (sorted) hold each box's camera. Any other pair of one camera has IoU exactly 0.
 
-    Never an [a, b] grid across cameras: where a camera's boxes are few, each of its boxes
-    is tried with all of its camera's boxes on the other side, every camera in one grid
+    Never an [a, b] grid across cameras: where the batch's boxes are few, each box is tried
+    with all of its camera's boxes on the other side, every camera in one grid
     ``[camera, a, b]`` (a few numpy calls however many pairs); otherwise candidates are
     looked up by sorting (``_sweep``) and checked exactly. Pairs come by ``a`` row."""
 
@@ -364,10 +364,14 @@ class _Touching:
         a_count = np.bincount(a_cam, minlength=cameras)
         b_count = np.bincount(b_cam, minlength=cameras)
         a_width, b_width = int(np.maximum.reduce(a_count)), int(np.maximum.reduce(b_count))
-        if a_width * b_width > _GRID_PAIRS:
+        if cameras * a_width * b_width > _GRID_CELLS:
             i, j = _sweep(a_cam, a, b_cam, b, every)
-            one_camera = a_cam[i] == b_cam[j]
-            i, j = i[one_camera], j[one_camera]
+            # Exactly the IoU's x extent: a pair apart in x has IoU 0, no need to compute it.
+            near = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0]) > 0.0
+            if every is not None:
+                near |= every[a_cam[i]]
+            near &= a_cam[i] == b_cam[j]
+            i, j = i[near], j[near]
             iou = paired_iou(a[i], b[j])
             hit = iou > 0.0
             if every is not None:
