@@ -11,17 +11,16 @@ Ultralytics' ``BYTETracker`` so the same detections get the same tracks (checked
 timestamp rather than a frame count, and that ids are handed out on confirmation, so
 boxes that never became a track burn no id.
 
-Each camera's ``ByteTracker`` owns its tracks as parallel numpy arrays (structure of
-arrays). ``update_batch`` advances one frame of several cameras in one vectorised pass:
-their tracks and boxes are concatenated with a camera index per row, and a track is only
-ever paired with boxes of its own camera (a grid per camera where they are few, a lookup by
-sorting where they are many; never an all-tracks x all-boxes grid across cameras), so the
-work grows linearly with the cameras. The IoU of the pairs is computed once per frame for
-all three matching stages. A frame costs a
-fixed number of numpy calls however many objects and cameras it holds, and that fixed cost
-(which dominates at tracker sizes) is shared by the batch; only the solver for objects
-close together runs once per camera that has some. A camera's result depends only on its
-own frames, whatever shares its batch.
+Each camera's ``ByteTracker`` owns its tracks as one numpy array of records (``_TRACK``).
+``update_batch`` advances one frame of several cameras in one vectorised pass: their tracks
+and boxes are concatenated with a camera index per row, and a track is only ever paired
+with boxes of its own camera (all of them on a grid per camera while the batch is small, a
+lookup by sorting beyond; never an all-tracks x all-boxes grid across cameras), so the work
+grows linearly with the cameras. The pairs and their IoU are found once per frame for all
+three matching stages. A frame costs a fixed number of numpy calls however many objects and
+cameras it holds, and that fixed cost (which dominates at tracker sizes) is shared by the
+batch; only the solver for objects close together runs once per camera that has some. A
+camera's result depends only on its own frames, whatever shares its batch.
 """
 
 from __future__ import annotations
@@ -344,7 +343,7 @@ class _Touching:
     Never an [a, b] grid across cameras: where the batch's boxes are few, each box is tried
     with all of its camera's boxes on the other side, every camera in one grid
     ``[camera, a, b]`` (a few numpy calls however many pairs); otherwise candidates are
-    looked up by sorting (``_sweep``) and checked exactly. Pairs come by ``a`` row."""
+    looked up by sorting (``_sweep``) and checked exactly."""
 
     def __init__(
         self,
