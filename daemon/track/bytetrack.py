@@ -269,13 +269,12 @@ class _State:
         camera's ``ts``."""
         if not len(matched):
             return
-        rows = self.tracks[matched]
-        rows["mean"], rows["cov"] = kalman.update(
-            rows["mean"], rows["cov"], kalman.xyxy_to_xyah(boxes[det_of[matched]])
+        mean, cov = self.mean, self.tracks["cov"]
+        mean[matched], cov[matched] = kalman.update(
+            mean[matched], cov[matched], kalman.xyxy_to_xyah(boxes[det_of[matched]])
         )
-        rows["lost"] = False
-        rows["seen_ts"] = ts[self.cam[matched]]
-        self.tracks[matched] = rows
+        self.lost[matched] = False
+        self.seen_ts[matched] = ts[self.cam[matched]]
 
     def start(
         self,
@@ -356,14 +355,13 @@ class _Touching:
         every: BoolArray | None = None,
     ) -> None:
         self._a, self._b = a, b
-        self._grid: F64 | None = None
+        # The grid's IoU and where each side's rows sit on it, when there is a grid.
+        self._lookup: tuple[F64, _Grid, _Grid] | None = None
         if not len(a) or not len(b):
             self.a_rows, self.b_rows, self.iou = _EMPTY, _EMPTY, np.zeros(0)
             return
-        a_count = np.bincount(a_cam, minlength=cameras)
-        b_count = np.bincount(b_cam, minlength=cameras)
-        a_width, b_width = int(np.maximum.reduce(a_count)), int(np.maximum.reduce(b_count))
-        if cameras * a_width * b_width > _GRID_CELLS:
+        a_at, b_at = _Grid(a_cam, cameras), _Grid(b_cam, cameras)
+        if cameras * a_at.width * b_at.width > _GRID_CELLS:
             i, j = _sweep(a_cam, a, b_cam, b, every)
             # Exactly the IoU's x extent: a pair apart in x has IoU 0, no need to compute it.
             near = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0]) > 0.0
@@ -377,49 +375,56 @@ class _Touching:
                 hit |= every[a_cam[i]]
             self.a_rows, self.b_rows, self.iou = i[hit], j[hit], iou[hit]
             return
-        self._a_at = _Grid(a_cam, a_count)
-        self._b_at = _Grid(b_cam, b_count)
-        grid = grouped_iou(self._a_at.spread(a, a_width), self._b_at.spread(b, b_width))
+        grid = grouped_iou(a_at.spread(a), b_at.spread(b))
         hit = grid > 0.0
         if every is not None:
-            hit |= (
-                every[:, None, None]
-                & (np.arange(a_width) < a_count[:, None])[:, :, None]
-                & (np.arange(b_width) < b_count[:, None])[:, None, :]
-            )
+            hit |= every[:, None, None] & a_at.occupied()[:, :, None] & b_at.occupied()[:, None, :]
         c, ai, bj = hit.nonzero()
-        self.a_rows = self._a_at.start[c] + ai
-        self.b_rows = self._b_at.start[c] + bj
+        self.a_rows, self.b_rows = a_at.rows(c, ai), b_at.rows(c, bj)
         self.iou = grid[c, ai, bj]
-        self._grid = grid
+        self._lookup = grid, a_at, b_at
 
     def iou_of(self, a_rows: I64, b_rows: I64) -> F64:
         """The IoU of each pair ``(a_rows[k], b_rows[k])`` of one camera."""
-        if self._grid is None:
+        if self._lookup is None:
             return paired_iou(self._a[a_rows], self._b[b_rows])
-        at = self._a_at
-        return self._grid[at.cam[a_rows], at.rank[a_rows], self._b_at.rank[b_rows]]
+        grid, a_at, b_at = self._lookup
+        return grid[a_at.cam[a_rows], a_at.rank[a_rows], b_at.rank[b_rows]]
 
 
 class _Grid:
-    """Where rows sorted by camera sit in a grid of one line per camera."""
+    """Where rows sorted by camera sit in a grid of one line per camera, as wide as the most
+    rows of a camera."""
 
-    def __init__(self, cam: I64, count: I64) -> None:
+    def __init__(self, cam: I64, cameras: int) -> None:
         self.cam = cam
         self.rank = np.arange(len(cam))
-        if len(count) == 1:  # the rows as they are: no arithmetic to place them
-            self.start = _ZERO
+        self._single = cameras == 1
+        if self._single:  # the rows as they are: nothing to count or place
+            self.width = len(cam)
+            self._start = _ZERO
         else:
-            self.start = np.cumsum(count) - count
-            self.rank -= self.start[cam]
+            count = np.bincount(cam, minlength=cameras)
+            self.width = int(np.maximum.reduce(count))
+            self._start = np.cumsum(count) - count
+            self.rank -= self._start[cam]
 
-    def spread(self, boxes: F64, width: int) -> F64:
+    def rows(self, camera: I64, rank: I64) -> I64:
+        """The rows at places ``rank`` of the lines of cameras ``camera``."""
+        return rank if self._single else self._start[camera] + rank
+
+    def spread(self, boxes: F64) -> F64:
         """``boxes`` coordinate-first on the grid, [4, camera, width], zeros where none."""
-        if len(self.start) == 1:
+        if self._single:
             return np.ascontiguousarray(boxes.T)[:, None, :]
-        out = np.zeros((4, len(self.start), width))
+        out = np.zeros((4, len(self._start), self.width))
         out[:, self.cam, self.rank] = boxes.T
         return out
+
+    def occupied(self) -> BoolArray:
+        """Where on the grid a row is: [camera, width]."""
+        count = np.bincount(self.cam, minlength=len(self._start))
+        return np.arange(self.width) < count[:, None]
 
 
 def _sweep(a_cam: I64, a: F64, b_cam: I64, b: F64, every: BoolArray | None) -> tuple[I64, I64]:
