@@ -160,7 +160,8 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     fresh = (free & (dets.scores >= dets.new_threshold)).nonzero()[0]
     if len(fresh):
         # On a camera's first frame its tracks are confirmed at once.
-        first = np.array([t._last_ts is None for t in trackers])
+        firsts = [t._last_ts is None for t in trackers]
+        first = np.array(firsts) if any(firsts) else None
         det_of, drop = state.start(
             ts, dets, fresh, first=first, next_id=next_id, det_of=det_of, drop=drop
         )
@@ -282,26 +283,30 @@ class _State:
         dets: _Boxes,
         fresh: I64,
         *,
-        first: BoolArray,
+        first: BoolArray | None,
         next_id: I64,
         det_of: I64,
         drop: BoolArray,
     ) -> tuple[I64, BoolArray]:
-        """Start tracks at the boxes ``fresh``, confirmed on their camera's ``first`` frame;
-        returns ``det_of`` and ``drop`` for the tracks with them."""
+        """Start tracks at the boxes ``fresh``, confirmed on their camera's ``first`` frame
+        (None: no camera's); returns ``det_of`` and ``drop`` for the tracks with them."""
         cam = dets.layout.cam[fresh]
-        confirm = first[cam]
         new = np.zeros(len(fresh), dtype=_TRACK)
-        new["id"][confirm] = _hand_out(cam[confirm], next_id)
+        if first is not None:
+            confirm = first[cam]
+            new["id"][confirm] = _hand_out(cam[confirm], next_id)
         new["mean"], new["cov"] = kalman.initiate(kalman.xyxy_to_xyah(dets.boxes[fresh]))
         new["start_ts"] = new["seen_ts"] = ts[cam]
-        cams = np.concatenate([self.cam, cam])
-        # Each camera's new tracks after its old ones, as a camera alone would have them.
-        order = np.argsort(cams, kind="stable")
-        self.tracks = np.concatenate([self.tracks, new], dtype=_TRACK)[order]
-        self.cam = cams[order]
-        det_of = np.concatenate([det_of, fresh])[order]
-        return det_of, np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])[order]
+        self.tracks = np.concatenate([self.tracks, new], dtype=_TRACK)
+        self.cam = np.concatenate([self.cam, cam])
+        det_of = np.concatenate([det_of, fresh])
+        drop = np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])
+        if len(next_id) > 1:  # more than one camera
+            # Each camera's new tracks after its old ones, as a camera alone would have them.
+            order = np.argsort(self.cam, kind="stable")
+            self.take(order)
+            det_of, drop = det_of[order], drop[order]
+        return det_of, drop
 
     def take(self, index: I64 | BoolArray) -> None:
         """Keep the tracks ``index`` selects, in its order."""
@@ -319,6 +324,8 @@ class _State:
         near = _Touching(self.cam[tracked], boxes[tracked], self.cam[lost], boxes[lost], cameras)
         # Pairs that do not overlap have IoU 0: never duplicates.
         same = 1.0 - near.iou < _DUPLICATE_DISTANCE
+        if not np.logical_or.reduce(same):  # the usual case
+            return
         p, q = tracked[near.a_rows[same]], lost[near.b_rows[same]]
         age = self.seen_ts - self.tracks["start_ts"]
         older_tracked = age[p] > age[q]
