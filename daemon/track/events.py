@@ -241,11 +241,13 @@ class CameraEvents:
         """Zone membership and line crossings of the tracks matched in this frame."""
         layout = self._layout.at(*frame_size)
         tracks = [self._tracks[i] for i in ids]
-        classes = np.asarray([t.class_id for t in tracks], dtype=np.int64)
+        classes: npt.NDArray[np.int64] | None = None  # only for zones limited to classes
         for zone, polygon in layout.zones:
             allowed = self._zone_classes[zone.name]
             inside = layout.zone_mask(zone, polygon, boxes, scores)
             if allowed is not None:
+                if classes is None:
+                    classes = np.asarray([t.class_id for t in tracks], dtype=np.int64)
                 inside &= np.isin(classes, allowed)
             for track, now_in in zip(tracks, inside.tolist(), strict=True):
                 self._zone_step(track, zone, now_in, ts)

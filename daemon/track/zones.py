@@ -88,8 +88,10 @@ class FrameZones:
         e0 = np.sign(moved[:, 0] * (a[1] - before[:, 1]) - moved[:, 1] * (a[0] - before[:, 0]))
         e1 = np.sign(moved[:, 0] * (b[1] - before[:, 1]) - moved[:, 1] * (b[0] - before[:, 0]))
         crossed = (s0 * s1 < 0) & (e0 * e1 <= 0)
+        # Python lists: indexing numpy arrays element by element costs more than converting.
         return [
-            (A_TO_B if s0[i] < 0 else B_TO_A) if crossed[i] else None for i in range(len(crossed))
+            (A_TO_B if side < 0 else B_TO_A) if hit else None
+            for side, hit in zip(s0.tolist(), crossed.tolist(), strict=True)
         ]
 
 
