@@ -167,11 +167,13 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
         )
     state.mark_duplicates(drop, cameras)
 
-    reported = ~drop & (det_of >= 0) & (state.ids > 0)
+    ids = state.ids
+    has_id = ids > 0
+    reported = has_id & ~drop & (det_of >= 0)
     track_ids = np.full(len(dets.scores), -1, dtype=np.int64)
-    track_ids[det_of[reported]] = state.ids[reported]
-    gone = drop & (state.ids > 0)
-    ended, by_ended = state.ids[gone], _Layout.of(state.cam[gone], cameras)
+    track_ids[det_of[reported]] = ids[reported]
+    gone = drop & has_id
+    ended, by_ended = ids[gone], _Layout.of(state.cam[gone], cameras)
     if np.logical_or.reduce(drop):
         state.take(~drop)
     state.scatter(trackers, ts.tolist(), next_id)
@@ -579,9 +581,13 @@ def assign(
     n_rows = np.bincount(rows_cam)
     n_cols = np.bincount(col_camera[open_cols], minlength=len(n_rows))
     # Each camera's open rows x its open columns, row by row: one cost call for all.
-    first_col = (np.cumsum(n_cols) - n_cols)[rows_cam]
-    i, j = _ranges(first_col, first_col + n_cols[rows_cam])
-    costs = cost(open_rows[i], open_cols[j])
+    if rows_cam[0] == rows_cam[-1]:  # all of one camera
+        block = np.repeat(open_rows, len(open_cols)), np.tile(open_cols, len(open_rows))
+    else:
+        first_col = (np.cumsum(n_cols) - n_cols)[rows_cam]
+        i, j = _ranges(first_col, first_col + n_cols[rows_cam])
+        block = open_rows[i], open_cols[j]
+    costs = cost(*block)
     rows, cols = [r[alone]], [c[alone]]
     at_row = at_col = at_cost = 0
     for camera, (n, m) in enumerate(zip(n_rows.tolist(), n_cols.tolist(), strict=True)):
