@@ -606,6 +606,8 @@ def _solve(cost: F64, limit: float) -> tuple[I64, I64]:
     extended = np.full((n + m, m + n), limit / 2)
     extended[:n, :m] = cost
     extended[n:, m:] = 0.0
-    er, ec = linear_sum_assignment(extended)
-    keep = (er < n) & (ec < m)
-    return er[keep], ec[keep]
+    # The rows come back in order, every one assigned: the columns of the first n are
+    # what the real rows got.
+    ec = linear_sum_assignment(extended)[1][:n]
+    er = (ec < m).nonzero()[0]
+    return er, ec[er]
