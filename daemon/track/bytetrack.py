@@ -60,6 +60,9 @@ _TRACK: Final = np.dtype(
     # Aligned fields: numpy's arithmetic on misaligned float fields is about twice as slow.
     align=True,
 )
+# The same records as opaque bytes: numpy selects, reorders and joins structured records
+# field by field, several times slower than whole records as bytes.
+_RAW: Final = np.dtype((np.void, _TRACK.itemsize))
 # Low-score boxes are matched on IoU alone with this limit; unconfirmed tracks with this one
 # (ByteTrack's fixed second- and third-stage thresholds).
 _SECOND_MATCH: Final = 0.5
@@ -235,8 +238,7 @@ class _State:
     """The tracks of a batch's cameras, concatenated in batch order; ``cam`` per track."""
 
     def __init__(self, trackers: list[ByteTracker]) -> None:
-        # Naming the dtype spares numpy working out a common one, field by field.
-        self.tracks = np.concatenate([t._tracks for t in trackers], dtype=_TRACK)
+        self.tracks = _joined([t._tracks for t in trackers])
         self.cam = np.repeat(np.arange(len(trackers)), [len(t._tracks) for t in trackers])
 
     # Views of the records' fields: written in place, they change the tracks.
@@ -299,7 +301,7 @@ class _State:
             new["id"][confirm] = _hand_out(cam[confirm], next_id)
         new["mean"], new["cov"] = kalman.initiate(kalman.xyxy_to_xyah(dets.boxes[fresh]))
         new["start_ts"] = new["seen_ts"] = ts[cam]
-        self.tracks = np.concatenate([self.tracks, new], dtype=_TRACK)
+        self.tracks = _joined([self.tracks, new])
         self.cam = np.concatenate([self.cam, cam])
         det_of = np.concatenate([det_of, fresh])
         drop = np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])
@@ -312,7 +314,7 @@ class _State:
 
     def take(self, index: I64 | BoolArray) -> None:
         """Keep the tracks ``index`` selects, in its order."""
-        self.tracks = self.tracks[index]
+        self.tracks = self.tracks.view(_RAW)[index].view(_TRACK)
         self.cam = self.cam[index]
 
     def mark_duplicates(self, drop: BoolArray, cameras: int) -> None:
@@ -341,6 +343,11 @@ class _State:
             tracker._tracks = self.tracks[by_camera.rows(c)]
             tracker._last_ts = ts[c]
             tracker._next_id = int(next_id[c])
+
+
+def _joined(parts: list[npt.NDArray[np.void]]) -> npt.NDArray[np.void]:
+    """Arrays of track records end to end."""
+    return np.concatenate([p.view(_RAW) for p in parts]).view(_TRACK)
 
 
 class _Touching:
