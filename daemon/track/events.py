@@ -255,10 +255,9 @@ class CameraEvents:
         before = np.asarray([t.anchor for t in tracks], dtype=np.float64)
         for line, points in layout.lines:
             allowed = self._line_classes[line.name]
-            for track, direction in zip(
-                tracks, layout.crossings(points, before, after), strict=True
-            ):
-                if direction is None or (allowed is not None and track.class_id not in allowed):
+            for index, direction in layout.crossings(points, before, after):
+                track = tracks[index]
+                if allowed is not None and track.class_id not in allowed:
                     continue
                 if any(c.line == line.name and c.direction == direction for c in track.crossings):
                     continue  # once per track and direction
