@@ -588,17 +588,12 @@ def assign(
     n_rows = np.bincount(rows_cam)
     n_cols = np.bincount(col_camera[open_cols], minlength=len(n_rows))
     # Each camera's open rows x its open columns, row by row: one cost call for all.
-    if rows_cam[0] == rows_cam[-1]:  # all of one camera
-        # np.resize repeats the columns as np.tile would, in a fraction of its time.
-        block = (
-            np.repeat(open_rows, len(open_cols)),
-            np.resize(open_cols, len(open_rows) * len(open_cols)),
-        )
+    if rows_cam[0] == rows_cam[-1]:  # all of one camera: a plain grid
+        i, j = np.divmod(np.arange(len(open_rows) * len(open_cols)), len(open_cols))
     else:
         first_col = (np.cumsum(n_cols) - n_cols)[rows_cam]
         i, j = _ranges(first_col, first_col + n_cols[rows_cam])
-        block = open_rows[i], open_cols[j]
-    costs = cost(*block)
+    costs = cost(open_rows[i], open_cols[j])
     rows, cols = [r[alone]], [c[alone]]
     at_row = at_col = at_cost = 0
     for camera, (n, m) in enumerate(zip(n_rows.tolist(), n_cols.tolist(), strict=True)):
