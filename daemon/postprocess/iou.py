@@ -39,6 +39,13 @@ def paired_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.ND
     return _iou(np.ascontiguousarray(a.T), np.ascontiguousarray(b.T))
 
 
+def grouped_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Within each group, ``pairwise_iou`` of its boxes in ``a`` with its boxes in ``b``:
+    coordinate-first ``a`` [4, groups, n] and ``b`` [4, groups, m] -> [groups, n, m]. The
+    tracker's cameras are the groups: one call for all of them, no pair across two."""
+    return _iou(a[:, :, :, None], b[:, :, None, :])
+
+
 def _iou(
     corners_a: npt.NDArray[np.float64], corners_b: npt.NDArray[np.float64]
 ) -> npt.NDArray[np.float64]:

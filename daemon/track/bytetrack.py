@@ -11,19 +11,21 @@ Ultralytics' ``BYTETracker`` so the same detections get the same tracks (checked
 timestamp rather than a frame count, and that ids are handed out on confirmation, so
 boxes that never became a track burn no id.
 
-Each camera's ``ByteTracker`` owns its tracks as parallel numpy arrays (structure of
-arrays). ``update_batch`` advances one frame of several cameras in one vectorised pass:
-their tracks and boxes are concatenated with a camera index per row, and a track is only
-ever paired with boxes of its own camera that overlap it in x (found by sorting, never an
-all-tracks x all-boxes grid), so the work grows linearly with the cameras. A frame costs a
-fixed number of numpy calls however many objects and cameras it holds, and that fixed cost
-(which dominates at tracker sizes) is shared by the batch; only the solver for objects
-close together runs once per camera that has some. A camera's result depends only on its
-own frames, whatever shares its batch.
+Each camera's ``ByteTracker`` owns its tracks as one numpy array of records (``_TRACK``).
+``update_batch`` advances one frame of several cameras in one vectorised pass: their tracks
+and boxes are concatenated with a camera index per row, and a track is only ever paired
+with boxes of its own camera (all of them on a grid per camera while the batch is small, a
+lookup by sorting beyond; never an all-tracks x all-boxes grid across cameras), so the work
+grows linearly with the cameras. The pairs and their IoU are found once per frame for all
+three matching stages. A frame costs a fixed number of numpy calls however many objects and
+cameras it holds, and that fixed cost (which dominates at tracker sizes) is shared by the
+batch; only the solver for objects close together runs once per camera that has some. A
+camera's result depends only on its own frames, whatever shares its batch.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -33,7 +35,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from daemon.config.tracking import TrackingConfig
-from daemon.postprocess.iou import paired_iou
+from daemon.postprocess.iou import grouped_iou, paired_iou
 from daemon.track import kalman
 
 F64 = npt.NDArray[np.float64]
@@ -42,6 +44,25 @@ I64 = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 _EMPTY: Final = np.zeros(0, dtype=np.int64)
+_ZERO: Final = np.zeros(1, dtype=np.int64)
+# A track: its Kalman state (``daemon.track.kalman``), its id (0 until confirmed), whether it
+# is lost, and the capture times it was started and last seen at. One record per track, so a
+# reordering or a selection of tracks is one numpy call.
+_TRACK: Final = np.dtype(
+    [
+        ("mean", np.float64, (8,)),
+        ("cov", np.float64, (3, 4)),
+        ("id", np.int64),
+        ("lost", np.bool_),
+        ("start_ts", np.float64),
+        ("seen_ts", np.float64),
+    ],
+    # Aligned fields: numpy's arithmetic on misaligned float fields is about twice as slow.
+    align=True,
+)
+# The same records as opaque bytes: numpy selects, reorders and joins structured records
+# field by field, several times slower than whole records as bytes.
+_RAW: Final = np.dtype((np.void, _TRACK.itemsize))
 # Low-score boxes are matched on IoU alone with this limit; unconfirmed tracks with this one
 # (ByteTrack's fixed second- and third-stage thresholds).
 _SECOND_MATCH: Final = 0.5
@@ -50,9 +71,9 @@ _UNCONFIRMED_MATCH: Final = 0.7
 _DUPLICATE_DISTANCE: Final = 0.15
 # Capture timestamps are float seconds: a gap equal to the grace up to rounding is within it.
 _TIME_EPS: Final = 1e-6
-# Boxes per camera on the smaller side up to which trying all pairs of a camera is cheaper
-# than looking them up by sorting.
-_FEW_PER_CAMERA: Final = 8
+# Cells of a batch's grid (cameras times a camera's most tracks times its most boxes) up to
+# which trying all pairs of each camera is cheaper than looking them up by sorting.
+_GRID_CELLS: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,16 +105,22 @@ class ByteTracker:
         self.config = config
         self._next_id = 1
         self._last_ts: float | None = None
-        self._mean = np.zeros((0, 8))
-        self._cov = np.zeros((0, 3, 4))
-        self._ids = np.zeros(0, dtype=np.int64)  # 0 until confirmed
-        self._lost = np.zeros(0, dtype=bool)
-        self._start_ts = np.zeros(0)
-        self._seen_ts = np.zeros(0)
+        self._tracks = np.zeros(0, dtype=_TRACK)
 
     def __len__(self) -> int:
         """Tracks alive (confirmed, unconfirmed and lost)."""
-        return len(self._ids)
+        return len(self._tracks)
+
+    def _numbers(self, ts: float) -> tuple[float, ...]:
+        """A frame's numbers at ``ts`` in the order ``update_batch`` reads them: its time,
+        the time since the last frame, the high, low and new-track score thresholds, the
+        first-stage match threshold and how long a lost track lives."""
+        c = self.config
+        elapsed = 0.0 if self._last_ts is None else ts - self._last_ts
+        return (
+            ts, elapsed, c.high_threshold, c.low_threshold, c.new_track_threshold,
+            c.match_threshold, c.lost_after_s + _TIME_EPS,
+        )  # fmt: skip
 
     def update(self, ts: float, boxes: FloatArray, scores: FloatArray) -> TrackFrame:
         """Advance to capture time ``ts`` with this frame's ``boxes`` (xyxy) and ``scores``."""
@@ -111,51 +138,48 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     if len({id(t) for t in trackers}) != len(trackers):
         raise ValueError("a tracker appears twice in one batch")
     cameras = len(frames)
-    cfgs = [t.config for t in trackers]
-    ts = np.array([f.ts for f in frames], dtype=np.float64)
-    dets = _Boxes(frames)
+    # One array for the numbers of all cameras, a column each.
+    ts, elapsed, high, low, new, match, lost_after = np.array(
+        [f.tracker._numbers(f.ts) for f in frames]
+    ).T
+    dets = _Boxes(frames, high, low, new)
     state = _State(trackers)
     confirmed = state.ids > 0
     unconfirmed = ~confirmed
     if len(confirmed):
-        state.predict(
-            np.array(
-                [0.0 if f.tracker._last_ts is None else f.ts - f.tracker._last_ts for f in frames]
-            ),
-            confirmed,
-        )
-    matching = _Matching(state.cam, kalman.xyah_to_xyxy(state.mean), dets)
-    free, newly_lost = matching.associate(
-        confirmed, state.lost, np.array([c.match_threshold for c in cfgs])
-    )
+        state.predict(elapsed, confirmed)
+    matching = _Matching(state.cam, kalman.xyah_to_xyxy(state.mean), dets, match)
+    free, newly_lost = matching.associate(confirmed, state.lost)
     det_of = matching.det_of
     matched = det_of >= 0
     state.correct(ts, dets.boxes, matched.nonzero()[0], det_of)
-    state.lost |= newly_lost
+    state.lost[newly_lost] = True
     next_id = np.array([t._next_id for t in trackers], dtype=np.int64)
     promoted = (unconfirmed & matched).nonzero()[0]
     if len(promoted):
         state.ids[promoted] = _hand_out(state.cam[promoted], next_id)
-    lost_after = np.array([c.lost_after_s for c in cfgs]) + _TIME_EPS
     drop = state.lost & (ts[state.cam] - state.seen_ts > lost_after[state.cam])
     drop |= unconfirmed & ~matched
     fresh = (free & (dets.scores >= dets.new_threshold)).nonzero()[0]
     if len(fresh):
         # On a camera's first frame its tracks are confirmed at once.
-        first = np.array([t._last_ts is None for t in trackers])
+        firsts = [t._last_ts is None for t in trackers]
+        first = np.array(firsts) if any(firsts) else None
         det_of, drop = state.start(
             ts, dets, fresh, first=first, next_id=next_id, det_of=det_of, drop=drop
         )
     state.mark_duplicates(drop, cameras)
 
-    reported = ~drop & (det_of >= 0) & (state.ids > 0)
+    ids = state.ids
+    has_id = ids > 0
+    reported = has_id & ~drop & (det_of >= 0)
     track_ids = np.full(len(dets.scores), -1, dtype=np.int64)
-    track_ids[det_of[reported]] = state.ids[reported]
-    gone = drop & (state.ids > 0)
-    ended, by_ended = state.ids[gone], _Layout(state.cam[gone], cameras)
+    track_ids[det_of[reported]] = ids[reported]
+    gone = drop & has_id
+    ended, by_ended = ids[gone], _Layout.of(state.cam[gone], cameras)
     if np.logical_or.reduce(drop):
         state.take(~drop)
-    state.scatter(trackers, [f.ts for f in frames], next_id)
+    state.scatter(trackers, ts.tolist(), next_id)
     by_box = dets.layout
     return [TrackFrame(track_ids[by_box.rows(c)], ended[by_ended.rows(c)]) for c in range(cameras)]
 
@@ -164,25 +188,19 @@ class _Boxes:
     """A batch's boxes and scores concatenated in batch order, classed by their camera's
     thresholds."""
 
-    def __init__(self, frames: Sequence[TrackInput]) -> None:
+    def __init__(
+        self, frames: Sequence[TrackInput], high_threshold: F64, low_threshold: F64, new: F64
+    ) -> None:
         scores_of = [np.reshape(f.scores, -1) for f in frames]
         self.boxes = np.concatenate(
             [np.reshape(f.boxes, (-1, 4)) for f in frames], dtype=np.float64
         )
         self.scores = np.concatenate(scores_of, dtype=np.float64)
-        self.layout = _Layout(
-            np.repeat(np.arange(len(frames)), [len(s) for s in scores_of]), len(frames)
-        )
-        high_threshold, low_threshold, self.new_threshold = np.array(
-            [
-                (
-                    f.tracker.config.high_threshold,
-                    f.tracker.config.low_threshold,
-                    f.tracker.config.new_track_threshold,
-                )
-                for f in frames
-            ]
-        ).T[:, self.layout.cam]
+        counts = [len(s) for s in scores_of]
+        self.layout = _Layout(np.repeat(np.arange(len(counts)), counts), counts)
+        cam = self.layout.cam
+        high_threshold, low_threshold = high_threshold[cam], low_threshold[cam]
+        self.new_threshold = new[cam]
         # A box without area has no aspect ratio for the Kalman state.
         valid = np.logical_and.reduce(self.boxes[:, 2:] > self.boxes[:, :2], axis=1)
         self.high = valid & (self.scores >= high_threshold)
@@ -192,9 +210,14 @@ class _Boxes:
 class _Layout:
     """Rows sorted by camera (``cam``): where each camera's rows are."""
 
-    def __init__(self, cam: I64, cameras: int) -> None:
+    def __init__(self, cam: I64, counts: list[int]) -> None:
         self.cam = cam
-        self._bounds = [0, *np.cumsum(np.bincount(cam, minlength=cameras)).tolist()]
+        self._bounds = [0, *itertools.accumulate(counts)]
+
+    @classmethod
+    def of(cls, cam: I64, cameras: int) -> _Layout:
+        """The layout of rows whose cameras are ``cam``."""
+        return cls(cam, np.bincount(cam, minlength=cameras).tolist())
 
     def rows(self, camera: int) -> slice:
         """Where camera ``camera``'s rows are."""
@@ -215,29 +238,45 @@ class _State:
     """The tracks of a batch's cameras, concatenated in batch order; ``cam`` per track."""
 
     def __init__(self, trackers: list[ByteTracker]) -> None:
-        self.mean = np.concatenate([t._mean for t in trackers])
-        self.cov = np.concatenate([t._cov for t in trackers])
-        self.ids = np.concatenate([t._ids for t in trackers])
-        self.lost = np.concatenate([t._lost for t in trackers])
-        self.start_ts = np.concatenate([t._start_ts for t in trackers])
-        self.seen_ts = np.concatenate([t._seen_ts for t in trackers])
-        self.cam = np.repeat(np.arange(len(trackers)), [len(t._ids) for t in trackers])
+        self.tracks = _joined([t._tracks for t in trackers])
+        self.cam = np.repeat(np.arange(len(trackers)), [len(t._tracks) for t in trackers])
+
+    # Views of the records' fields: written in place, they change the tracks.
+    @property
+    def mean(self) -> F64:
+        return self.tracks["mean"]
+
+    @property
+    def ids(self) -> I64:
+        return self.tracks["id"]
+
+    @property
+    def lost(self) -> BoolArray:
+        return self.tracks["lost"]
+
+    @property
+    def seen_ts(self) -> F64:
+        return self.tracks["seen_ts"]
 
     def predict(self, elapsed: F64, confirmed: BoolArray) -> None:
         """Move the ``confirmed`` tracks on by their camera's ``elapsed`` seconds."""
+        mean = self.mean
         # A lost track's height is not extrapolated (ByteTrack).
-        self.mean[self.lost, 7] = 0.0
+        mean[self.lost, 7] = 0.0
         # Unconfirmed tracks are not predicted (ByteTrack): no elapsed time leaves them as
         # they are, cheaper than gathering and scattering the confirmed rows.
-        self.mean, self.cov = kalman.predict(self.mean, self.cov, elapsed[self.cam] * confirmed)
+        mean[:], self.tracks["cov"] = kalman.predict(
+            mean, self.tracks["cov"], elapsed[self.cam] * confirmed
+        )
 
     def correct(self, ts: F64, boxes: F64, matched: I64, det_of: I64) -> None:
         """Kalman-correct the ``matched`` tracks with their boxes; they are seen at their
         camera's ``ts``."""
         if not len(matched):
             return
-        self.mean[matched], self.cov[matched] = kalman.update(
-            self.mean[matched], self.cov[matched], kalman.xyxy_to_xyah(boxes[det_of[matched]])
+        mean, cov = self.mean, self.tracks["cov"]
+        mean[matched], cov[matched] = kalman.update(
+            mean[matched], cov[matched], kalman.xyxy_to_xyah(boxes[det_of[matched]])
         )
         self.lost[matched] = False
         self.seen_ts[matched] = ts[self.cam[matched]]
@@ -248,39 +287,34 @@ class _State:
         dets: _Boxes,
         fresh: I64,
         *,
-        first: BoolArray,
+        first: BoolArray | None,
         next_id: I64,
         det_of: I64,
         drop: BoolArray,
     ) -> tuple[I64, BoolArray]:
-        """Start tracks at the boxes ``fresh``, confirmed on their camera's ``first`` frame;
-        returns ``det_of`` and ``drop`` for the tracks with them."""
+        """Start tracks at the boxes ``fresh``, confirmed on their camera's ``first`` frame
+        (None: no camera's); returns ``det_of`` and ``drop`` for the tracks with them."""
         cam = dets.layout.cam[fresh]
-        confirm = first[cam]
-        ids = np.zeros(len(fresh), dtype=np.int64)
-        ids[confirm] = _hand_out(cam[confirm], next_id)
-        mean, cov = kalman.initiate(kalman.xyxy_to_xyah(dets.boxes[fresh]))
-        self.mean = np.concatenate([self.mean, mean])
-        self.cov = np.concatenate([self.cov, cov])
-        self.ids = np.concatenate([self.ids, ids])
-        self.lost = np.concatenate([self.lost, np.zeros(len(ids), dtype=bool)])
-        self.start_ts = np.concatenate([self.start_ts, ts[cam]])
-        self.seen_ts = np.concatenate([self.seen_ts, ts[cam]])
+        new = np.zeros(len(fresh), dtype=_TRACK)
+        if first is not None:
+            confirm = first[cam]
+            new["id"][confirm] = _hand_out(cam[confirm], next_id)
+        new["mean"], new["cov"] = kalman.initiate(kalman.xyxy_to_xyah(dets.boxes[fresh]))
+        new["start_ts"] = new["seen_ts"] = ts[cam]
+        self.tracks = _joined([self.tracks, new])
         self.cam = np.concatenate([self.cam, cam])
-        # Each camera's new tracks after its old ones, as a camera alone would have them.
-        order = np.argsort(self.cam, kind="stable")
-        self.take(order)
-        det_of = np.concatenate([det_of, fresh])[order]
-        return det_of, np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])[order]
+        det_of = np.concatenate([det_of, fresh])
+        drop = np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])
+        if len(next_id) > 1:  # more than one camera
+            # Each camera's new tracks after its old ones, as a camera alone would have them.
+            order = np.argsort(self.cam, kind="stable")
+            self.take(order)
+            det_of, drop = det_of[order], drop[order]
+        return det_of, drop
 
     def take(self, index: I64 | BoolArray) -> None:
         """Keep the tracks ``index`` selects, in its order."""
-        self.mean = self.mean[index]
-        self.cov = self.cov[index]
-        self.ids = self.ids[index]
-        self.lost = self.lost[index]
-        self.start_ts = self.start_ts[index]
-        self.seen_ts = self.seen_ts[index]
+        self.tracks = self.tracks.view(_RAW)[index].view(_TRACK)
         self.cam = self.cam[index]
 
     def mark_duplicates(self, drop: BoolArray, cameras: int) -> None:
@@ -291,60 +325,126 @@ class _State:
             return
         tracked = (~(self.lost | drop)).nonzero()[0]
         boxes = kalman.xyah_to_xyxy(self.mean)
-        p, q = _overlapping(self.cam[tracked], boxes[tracked], self.cam[lost], boxes[lost], cameras)
-        p, q = tracked[p], lost[q]
+        near = _Touching(self.cam[tracked], boxes[tracked], self.cam[lost], boxes[lost], cameras)
         # Pairs that do not overlap have IoU 0: never duplicates.
-        same = 1.0 - paired_iou(boxes[p], boxes[q]) < _DUPLICATE_DISTANCE
-        p, q = p[same], q[same]
-        age = self.seen_ts - self.start_ts
+        same = 1.0 - near.iou < _DUPLICATE_DISTANCE
+        if not np.logical_or.reduce(same):  # the usual case
+            return
+        p, q = tracked[near.a_rows[same]], lost[near.b_rows[same]]
+        age = self.seen_ts - self.tracks["start_ts"]
         older_tracked = age[p] > age[q]
         drop[q[older_tracked]] = True
         drop[p[~older_tracked]] = True
 
     def scatter(self, trackers: list[ByteTracker], ts: list[float], next_id: I64) -> None:
         """Hand each camera its tracks back (rows sorted by camera), now at ``ts``."""
-        by_camera = _Layout(self.cam, len(trackers))
+        by_camera = _Layout.of(self.cam, len(trackers))
         for c, tracker in enumerate(trackers):
-            rows = by_camera.rows(c)
-            tracker._mean = self.mean[rows]
-            tracker._cov = self.cov[rows]
-            tracker._ids = self.ids[rows]
-            tracker._lost = self.lost[rows]
-            tracker._start_ts = self.start_ts[rows]
-            tracker._seen_ts = self.seen_ts[rows]
+            tracker._tracks = self.tracks[by_camera.rows(c)]
             tracker._last_ts = ts[c]
             tracker._next_id = int(next_id[c])
 
 
-def _overlapping(
-    a_cam: I64, a: F64, b_cam: I64, b: F64, cameras: int, *, every: BoolArray | None = None
-) -> tuple[I64, I64]:
-    """The pairs (index in ``a``, index in ``b``) of xyxy boxes of one camera that overlap
-    in x, with every pair of the cameras that ``every`` marks; ``a_cam`` and ``b_cam`` (sorted)
-    hold each box's camera. Any other pair has IoU exactly 0.
+def _joined(parts: list[npt.NDArray[np.void]]) -> npt.NDArray[np.void]:
+    """Arrays of track records end to end."""
+    return np.concatenate([p.view(_RAW) for p in parts]).view(_TRACK)
 
-    No [a, b] grid across cameras: where one side has a few boxes per camera, each of its
-    boxes is tried with all of its camera's boxes on the other side; otherwise they are
-    looked up by sorting (``_sweep``). The candidates are then checked exactly."""
-    if not len(a) or not len(b):
-        return _EMPTY, _EMPTY
-    if min(len(a), len(b)) <= _FEW_PER_CAMERA * cameras:
-        i, j = _ranges(
-            np.searchsorted(b_cam, a_cam, side="left"), np.searchsorted(b_cam, a_cam, side="right")
-        )
-    else:
-        i, j = _sweep(a_cam, a, b_cam, b, every)
-    # Exactly the IoU's x extent, so "overlaps" here is "IoU above 0" there.
-    extent = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0])
-    near = extent > 0.0
-    if every is not None:
-        near |= every[a_cam[i]]
-    near &= a_cam[i] == b_cam[j]
-    return i[near], j[near]
+
+class _Touching:
+    """The pairs (row of ``a``, row of ``b``) of xyxy boxes of one camera whose IoU is above
+    0, with every pair of the cameras that ``every`` marks, and their IoU; ``a_cam`` and
+    ``b_cam`` (sorted) hold each box's camera. Any other pair of one camera has IoU exactly 0.
+
+    Never an [a, b] grid across cameras: where the batch's boxes are few, each box is tried
+    with all of its camera's boxes on the other side, every camera in one grid
+    ``[camera, a, b]`` (a few numpy calls however many pairs); otherwise candidates are
+    looked up by sorting (``_sweep``) and checked exactly."""
+
+    def __init__(
+        self,
+        a_cam: I64,
+        a: F64,
+        b_cam: I64,
+        b: F64,
+        cameras: int,
+        *,
+        every: BoolArray | None = None,
+    ) -> None:
+        self._a, self._b = a, b
+        # The grid's IoU and where each side's rows sit on it, when there is a grid.
+        self._lookup: tuple[F64, _Grid, _Grid] | None = None
+        if not len(a) or not len(b):
+            self.a_rows, self.b_rows, self.iou = _EMPTY, _EMPTY, np.zeros(0)
+            return
+        a_at, b_at = _Grid(a_cam, cameras), _Grid(b_cam, cameras)
+        if cameras * a_at.width * b_at.width > _GRID_CELLS:
+            i, j = _sweep(a_cam, a, b_cam, b, every)
+            # Exactly the IoU's x extent: a pair apart in x has IoU 0, no need to compute it.
+            near = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0]) > 0.0
+            if every is not None:
+                near |= every[a_cam[i]]
+            near &= a_cam[i] == b_cam[j]
+            i, j = i[near], j[near]
+            iou = paired_iou(a[i], b[j])
+            hit = iou > 0.0
+            if every is not None:
+                hit |= every[a_cam[i]]
+            self.a_rows, self.b_rows, self.iou = i[hit], j[hit], iou[hit]
+            return
+        grid = grouped_iou(a_at.spread(a), b_at.spread(b))
+        hit = grid > 0.0
+        if every is not None:
+            hit |= every[:, None, None] & a_at.occupied()[:, :, None] & b_at.occupied()[:, None, :]
+        c, ai, bj = hit.nonzero()
+        self.a_rows, self.b_rows = a_at.rows(c, ai), b_at.rows(c, bj)
+        self.iou = grid[c, ai, bj]
+        self._lookup = grid, a_at, b_at
+
+    def iou_of(self, a_rows: I64, b_rows: I64) -> F64:
+        """The IoU of each pair ``(a_rows[k], b_rows[k])`` of one camera."""
+        if self._lookup is None:
+            return paired_iou(self._a[a_rows], self._b[b_rows])
+        grid, a_at, b_at = self._lookup
+        return grid[a_at.cam[a_rows], a_at.rank[a_rows], b_at.rank[b_rows]]
+
+
+class _Grid:
+    """Where rows sorted by camera sit in a grid of one line per camera, as wide as the most
+    rows of a camera."""
+
+    def __init__(self, cam: I64, cameras: int) -> None:
+        self.cam = cam
+        self.rank = np.arange(len(cam))
+        self._single = cameras == 1
+        if self._single:  # the rows as they are: nothing to count or place
+            self.width = len(cam)
+            self._start = _ZERO
+        else:
+            count = np.bincount(cam, minlength=cameras)
+            self.width = int(np.maximum.reduce(count))
+            self._start = np.cumsum(count) - count
+            self.rank -= self._start[cam]
+
+    def rows(self, camera: I64, rank: I64) -> I64:
+        """The rows at places ``rank`` of the lines of cameras ``camera``."""
+        return rank if self._single else self._start[camera] + rank
+
+    def spread(self, boxes: F64) -> F64:
+        """``boxes`` coordinate-first on the grid, [4, camera, width], zeros where none."""
+        if self._single:
+            return np.ascontiguousarray(boxes.T)[:, None, :]
+        out = np.zeros((4, len(self._start), self.width))
+        out[:, self.cam, self.rank] = boxes.T
+        return out
+
+    def occupied(self) -> BoolArray:
+        """Where on the grid a row is: [camera, width]."""
+        count = np.bincount(self.cam, minlength=len(self._start))
+        return np.arange(self.width) < count[:, None]
 
 
 def _sweep(a_cam: I64, a: F64, b_cam: I64, b: F64, every: BoolArray | None) -> tuple[I64, I64]:
-    """Candidate pairs for ``_overlapping``, a superset of the pairs of one camera that
+    """Candidate pairs for ``_Touching``, a superset of the pairs of one camera that
     overlap in x: ``b``'s boxes sorted by camera and left edge, each box of ``a`` takes the
     ones whose left edge lies between its own left edge less the widest box of ``b`` and its
     right edge (or all of its camera's where ``every`` says)."""
@@ -377,28 +477,37 @@ def _ranges(lo: I64, hi: I64) -> tuple[I64, I64]:
 
 class _Matching:
     """ByteTrack's three matching stages for a batch's tracks and boxes, each camera's with
-    its own."""
+    its own; ``limit`` is each camera's first-stage match threshold."""
 
-    def __init__(self, track_cam: I64, tracks: F64, dets: _Boxes) -> None:
+    def __init__(self, track_cam: I64, tracks: F64, dets: _Boxes, limit: F64) -> None:
         self._track_cam = track_cam
-        self._tracks = tracks
-        self._box_cam = dets.layout.cam
-        self._boxes = dets.boxes
         self._scores = dets.scores
         self._high = dets.high
         self._low = dets.low
+        self._limit = limit
+        # All three stages pair the same track boxes with the same boxes: one IoU for all.
+        # Within a first-stage limit of 1 a pair that does not overlap (cost 1) matches too.
+        reach = limit >= 1.0
+        self._near = _Touching(
+            track_cam, tracks, dets.layout.cam, dets.boxes, len(limit),
+            every=reach if np.logical_or.reduce(reach) else None,
+        )  # fmt: skip
+        self._box_cam = dets.layout.cam
+        near = self._near
+        self._pair_cam = track_cam[near.a_rows]
+        # Every pair's cost in the stages that weigh the IoU by the box's score and in the
+        # one that does not.
+        self._weighted_cost = self._cost(near.iou, near.b_rows, weighted=True)
+        self._plain_cost = self._cost(near.iou, near.b_rows, weighted=False)
         self.det_of = np.full(len(track_cam), -1, dtype=np.int64)
 
-    def associate(
-        self, confirmed: BoolArray, lost: BoolArray, limit: F64
-    ) -> tuple[BoolArray, BoolArray]:
+    def associate(self, confirmed: BoolArray, lost: BoolArray) -> tuple[BoolArray, BoolArray]:
         """Fill ``det_of`` (the box each track took, -1 for none). Returns the high-score
-        boxes nobody took and the tracks lost at this frame; ``limit`` is each camera's
-        first-stage match threshold."""
-        cameras = len(limit)
+        boxes nobody took and the tracks lost at this frame."""
+        cameras = len(self._limit)
         # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
         free = self._high.copy()
-        self._stage(confirmed, self._high, limit, weighted=True, free=free)
+        self._stage(confirmed, self._high, self._limit, weighted=True, free=free)
         # 2: tracks still unmatched that were tracked last frame <-> low-score boxes, IoU only.
         rest = confirmed & ~lost & (self.det_of < 0)
         self._stage(rest, self._low, np.full(cameras, _SECOND_MATCH), weighted=False, free=None)
@@ -422,34 +531,26 @@ class _Matching:
         """Match ``tracks`` to the boxes in ``dets`` of the same camera on cost ``1 - IoU``,
         the IoU times the box's score when ``weighted``; record each pair in ``det_of`` and
         take its box out of ``free``."""
-        rows, cols = tracks.nonzero()[0], dets.nonzero()[0]
-        if not len(rows) or not len(cols):
+        near = self._near
+        k = (tracks[near.a_rows] & dets[near.b_rows]).nonzero()[0]
+        if not len(k):
             return
-        # A pair that does not overlap costs 1: within a limit of 1 only.
-        reach = limit >= 1.0
-        i, j = _overlapping(
-            self._track_cam[rows], self._tracks[rows], self._box_cam[cols], self._boxes[cols],
-            len(limit), every=reach if np.logical_or.reduce(reach) else None,
-        )  # fmt: skip
-        r, c = rows[i], cols[j]
-        ok = self._cost(r, c, weighted=weighted) <= limit[self._track_cam[r]]
+        cost = self._weighted_cost if weighted else self._plain_cost
+        k = k[cost[k] <= limit[self._pair_cam[k]]]
         t, d = assign(
-            (r[ok], c[ok]),
+            (near.a_rows[k], near.b_rows[k]),
             self._track_cam,
             self._box_cam,
             limit,
-            lambda rs, cs: self._cost(rs, cs, weighted=weighted),
+            lambda rs, cs: self._cost(near.iou_of(rs, cs), cs, weighted=weighted),
         )
         self.det_of[t] = d
         if free is not None:
             free[d] = False
 
-    def _cost(self, rows: I64, cols: I64, *, weighted: bool) -> F64:
-        """The stage's cost of track ``rows[k]`` with box ``cols[k]``."""
-        similarity = paired_iou(self._tracks[rows], self._boxes[cols])
-        if weighted:
-            similarity *= self._scores[cols]
-        return 1.0 - similarity
+    def _cost(self, iou: F64, cols: I64, *, weighted: bool) -> F64:
+        """The stage's cost of pairs with boxes ``cols`` from their ``iou``."""
+        return 1.0 - (iou * self._scores[cols] if weighted else iou)
 
 
 def assign(
@@ -483,18 +584,21 @@ def assign(
     col_open = per_col > 0
     col_open[c[alone]] = False
     open_rows, open_cols = row_open.nonzero()[0], col_open.nonzero()[0]
-    rows_cam, cols_cam = row_camera[open_rows], col_camera[open_cols]
+    rows_cam = row_camera[open_rows]
+    n_rows = np.bincount(rows_cam)
+    n_cols = np.bincount(col_camera[open_cols], minlength=len(n_rows))
     # Each camera's open rows x its open columns, row by row: one cost call for all.
-    i, j = _ranges(
-        np.searchsorted(cols_cam, rows_cam, side="left"),
-        np.searchsorted(cols_cam, rows_cam, side="right"),
-    )
+    if rows_cam[0] == rows_cam[-1]:  # all of one camera: a plain grid
+        i, j = np.divmod(np.arange(len(open_rows) * len(open_cols)), len(open_cols))
+    else:
+        first_col = (np.cumsum(n_cols) - n_cols)[rows_cam]
+        i, j = _ranges(first_col, first_col + n_cols[rows_cam])
     costs = cost(open_rows[i], open_cols[j])
-    cameras, n_rows = np.unique(rows_cam, return_counts=True)
-    n_cols = np.searchsorted(cols_cam, cameras, side="right") - np.searchsorted(cols_cam, cameras)
     rows, cols = [r[alone]], [c[alone]]
     at_row = at_col = at_cost = 0
-    for camera, n, m in zip(cameras.tolist(), n_rows.tolist(), n_cols.tolist(), strict=True):
+    for camera, (n, m) in enumerate(zip(n_rows.tolist(), n_cols.tolist(), strict=True)):
+        if not n:  # a camera without open rows has no open columns either
+            continue
         er, ec = _solve(costs[at_cost : at_cost + n * m].reshape(n, m), float(limit[camera]))
         rows.append(open_rows[at_row : at_row + n][er])
         cols.append(open_cols[at_col : at_col + m][ec])
@@ -508,6 +612,8 @@ def _solve(cost: F64, limit: float) -> tuple[I64, I64]:
     extended = np.full((n + m, m + n), limit / 2)
     extended[:n, :m] = cost
     extended[n:, m:] = 0.0
-    er, ec = linear_sum_assignment(extended)
-    keep = (er < n) & (ec < m)
-    return er[keep], ec[keep]
+    # The rows come back in order, every one assigned: the columns of the first n are
+    # what the real rows got.
+    ec = linear_sum_assignment(extended)[1][:n]
+    er = (ec < m).nonzero()[0]
+    return er, ec[er]

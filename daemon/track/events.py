@@ -167,24 +167,26 @@ class CameraEvents:
         ids = tracked.track_ids[matched].tolist()
         boxes = detections.boxes[matched].astype(np.float64)
         scores = detections.scores[matched].astype(np.float64)
-        for track_id, box, score, cls in zip(
-            ids,
-            boxes.tolist(),
-            scores.tolist(),
-            detections.class_ids[matched].tolist(),
-            strict=True,
-        ):
+        tracks = [
             self._see(track_id, ts, (box[0], box[1], box[2], box[3]), score, cls, frame_size)
-        if self._layout and ids:
-            self._place(ts, frame_size, ids, boxes, scores)
-        for track_id in ids:
-            event = self._maybe_emit(self._tracks[track_id], ts)
+            for track_id, box, score, cls in zip(
+                ids,
+                boxes.tolist(),
+                scores.tolist(),
+                detections.class_ids[matched].tolist(),
+                strict=True,
+            )
+        ]
+        if self._layout and tracks:
+            self._place(ts, frame_size, tracks, boxes, scores)
+        for track in tracks:
+            event = self._maybe_emit(track, ts)
             if event is not None:
                 events.append(event)
         for track_id in tracked.ended.tolist():
-            track = self._tracks.pop(track_id, None)
-            if track is not None and track.reported:
-                events.append(self._emit(track, EventType.END, END_LOST))
+            gone = self._tracks.pop(track_id, None)
+            if gone is not None and gone.reported:
+                events.append(self._emit(gone, EventType.END, END_LOST))
         return events
 
     def close(self) -> list[TrackEvent]:
@@ -217,14 +219,15 @@ class CameraEvents:
         score: float,
         cls: int,
         frame_size: tuple[int, int],
-    ) -> None:
+    ) -> _Track:
+        """The track of one matched detection, brought up to this frame."""
         track = self._tracks.get(track_id)
         if track is None:
-            self._tracks[track_id] = _Track(
+            track = self._tracks[track_id] = _Track(
                 track_id, ts, ts, box, score, cls, score, frame_size, anchor=_anchor(box)
             )
             self.improved.append((track_id, box, score))
-            return
+            return track
         track.hits += 1
         track.last_ts = ts
         track.box = box
@@ -234,18 +237,26 @@ class CameraEvents:
             track.best_score = score
             track.class_id = cls
             self.improved.append((track_id, box, score))
+        return track
 
     def _place(
-        self, ts: float, frame_size: tuple[int, int], ids: list[int], boxes: F64, scores: F64
+        self,
+        ts: float,
+        frame_size: tuple[int, int],
+        tracks: list[_Track],
+        boxes: F64,
+        scores: F64,
     ) -> None:
-        """Zone membership and line crossings of the tracks matched in this frame."""
+        """Zone membership and line crossings of the tracks matched in this frame (their
+        ``boxes`` and ``scores``, row by row)."""
         layout = self._layout.at(*frame_size)
-        tracks = [self._tracks[i] for i in ids]
-        classes = np.asarray([t.class_id for t in tracks], dtype=np.int64)
+        classes: npt.NDArray[np.int64] | None = None  # only for zones limited to classes
         for zone, polygon in layout.zones:
             allowed = self._zone_classes[zone.name]
             inside = layout.zone_mask(zone, polygon, boxes, scores)
             if allowed is not None:
+                if classes is None:
+                    classes = np.asarray([t.class_id for t in tracks], dtype=np.int64)
                 inside &= np.isin(classes, allowed)
             for track, now_in in zip(tracks, inside.tolist(), strict=True):
                 self._zone_step(track, zone, now_in, ts)
@@ -253,10 +264,9 @@ class CameraEvents:
         before = np.asarray([t.anchor for t in tracks], dtype=np.float64)
         for line, points in layout.lines:
             allowed = self._line_classes[line.name]
-            for track, direction in zip(
-                tracks, layout.crossings(points, before, after), strict=True
-            ):
-                if direction is None or (allowed is not None and track.class_id not in allowed):
+            for index, direction in layout.crossings(points, before, after):
+                track = tracks[index]
+                if allowed is not None and track.class_id not in allowed:
                     continue
                 if any(c.line == line.name and c.direction == direction for c in track.crossings):
                     continue  # once per track and direction
@@ -265,8 +275,8 @@ class CameraEvents:
                 track.pending.add(Change.LINE_CROSSED)
                 if track.reported:  # the others are counted with their ``new``
                     self._count(crossing)
-        for track, point in zip(tracks, after.tolist(), strict=True):
-            track.anchor = (point[0], point[1])
+        for track, (x, y) in zip(tracks, after.tolist(), strict=True):
+            track.anchor = (x, y)
 
     @staticmethod
     def _zone_step(track: _Track, zone: ZoneConfig, now_in: bool, ts: float) -> None:
