@@ -418,11 +418,12 @@ class _Grid:
         self._single = cameras == 1
         if self._single:  # the rows as they are: nothing to count or place
             self.width = len(cam)
+            self._count = np.array([len(cam)])
             self._start = _ZERO
         else:
-            count = np.bincount(cam, minlength=cameras)
-            self.width = int(np.maximum.reduce(count))
-            self._start = np.cumsum(count) - count
+            self._count = np.bincount(cam, minlength=cameras)
+            self.width = int(np.maximum.reduce(self._count))
+            self._start = np.cumsum(self._count) - self._count
             self.rank -= self._start[cam]
 
     def rows(self, camera: I64, rank: I64) -> I64:
@@ -439,8 +440,7 @@ class _Grid:
 
     def occupied(self) -> BoolArray:
         """Where on the grid a row is: [camera, width]."""
-        count = np.bincount(self.cam, minlength=len(self._start))
-        return np.arange(self.width) < count[:, None]
+        return np.arange(self.width) < self._count[:, None]
 
 
 def _sweep(a_cam: I64, a: F64, b_cam: I64, b: F64, every: BoolArray | None) -> tuple[I64, I64]:
