@@ -102,8 +102,9 @@ class SystemResult:
     mean_batch: float | None = None
     mean_infer_ms: float | None = None
     backend_busy: float | None = None
-    # Mean ms per batch in each pipeline stage (frame_wait: per frame), from the daemon's
-    # ``edgewatch_stage_seconds`` over the window.
+    # Mean ms per batch in each pipeline stage observed (frame_wait: per frame), in path
+    # order, from the daemon's ``edgewatch_stage_seconds`` over the window; upload and
+    # download only where the backend times its transfers (GPU).
     stage_ms: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, object]:
@@ -270,13 +271,13 @@ def _measure(
     _wait_streaming(sub, proc, log, opts.cameras)
     time.sleep(opts.warmup_s)
     sampler = ResourceSampler(proc.pid)
-    before = _backend_histograms(metrics)
+    before = backend_totals(metrics)
     sampler.start()
     sub.open_window()
     time.sleep(opts.duration_s)
     stream = sub.close_window()
     resources = sampler.stop()
-    after = _backend_histograms(metrics)
+    after = backend_totals(metrics)
     if proc.poll() is not None:
         raise BenchError(
             f"{system} exited during the measurement ({proc.returncode}): {tail(log, _TAIL_CHARS)}"
@@ -285,11 +286,7 @@ def _measure(
     if not batches:
         return SystemResult(system, stream, resources)
     infer_s = after.infer_s - before.infer_s
-    stage_ms = {
-        stage: round(1000 * (after.stage_s[stage] - before.stage_s.get(stage, 0.0)) / count, 2)
-        for stage in after.stage_s
-        if (count := after.stage_n[stage] - before.stage_n.get(stage, 0.0)) > 0
-    }
+    stage_ms = stage_means(before, after)
     return SystemResult(
         system,
         stream,
@@ -302,7 +299,9 @@ def _measure(
 
 
 @dataclass(frozen=True)
-class _BackendTotals:
+class BackendTotals:
+    """The daemon's batch and stage counters at one read of ``/metrics``."""
+
     batches: float = 0.0
     images: float = 0.0
     infer_s: float = 0.0
@@ -311,19 +310,28 @@ class _BackendTotals:
     stage_n: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def _backend_histograms(metrics: Callable[[], str] | None) -> _BackendTotals:
+def stage_means(before: BackendTotals, after: BackendTotals) -> dict[str, float]:
+    """Mean ms per observation of each stage observed between the two reads, in path order."""
+    return {
+        stage: round(1000 * (after.stage_s[stage] - before.stage_s.get(stage, 0.0)) / count, 2)
+        for stage in after.stage_s
+        if (count := after.stage_n[stage] - before.stage_n.get(stage, 0.0)) > 0
+    }
+
+
+def backend_totals(metrics: Callable[[], str] | None) -> BackendTotals:
     """The daemon's batch counters so far, from one read of ``/metrics`` so that they agree
     (zeros for a system without our metrics)."""
     if metrics is None:
-        return _BackendTotals()
+        return BackendTotals()
     try:
         text = metrics()
     except OSError:
-        return _BackendTotals()
+        return BackendTotals()
     names = ("batch_size_count", "batch_size_sum", "batch_latency_seconds_sum")
     batches, images, infer_s = (metric_value(text, f"edgewatch_backend_{n}") for n in names)
     if batches is None or images is None or infer_s is None:
-        return _BackendTotals()
+        return BackendTotals()
     stage_s, stage_n = {}, {}
     for stage in STAGES:
         label = f'stage="{stage}"'
@@ -331,7 +339,7 @@ def _backend_histograms(metrics: Callable[[], str] | None) -> _BackendTotals:
         count = metric_value(text, "edgewatch_stage_seconds_count", label)
         if seconds is not None and count is not None:
             stage_s[stage], stage_n[stage] = seconds, count
-    return _BackendTotals(batches, images, infer_s, stage_s, stage_n)
+    return BackendTotals(batches, images, infer_s, stage_s, stage_n)
 
 
 def run_ours(
@@ -537,6 +545,8 @@ def render_e2e_table(report: E2EReport) -> str:
     if o.stage_ms:
         stages = ", ".join(f"{stage} {ms:.1f}" for stage, ms in o.stage_ms.items())
         lines.append(f"  mean ms per batch by stage (frame_wait per frame): {stages}")
+        if "upload" in o.stage_ms:
+            lines.append("  (inference: the device's compute, between upload and download)")
     return "\n".join(lines)
 
 

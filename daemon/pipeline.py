@@ -18,7 +18,7 @@ from daemon.batch.batcher import Batch, BatchBuffer, BatchSelector
 from daemon.capture.source import CameraSource
 from daemon.capture.state import CameraState, CaptureCounters, StateChange
 from daemon.config.model import AppConfig, CameraConfig
-from daemon.infer.backend import Backend
+from daemon.infer.backend import Backend, transfer_times
 from daemon.infer.warmup import ShapeWarmer
 from daemon.logs import RepeatLimiter
 from daemon.monitor.drift import DriftMonitor
@@ -290,7 +290,6 @@ class Pipeline:
             self._publish(batch, detections, epochs)
             self._tracking.publish(events)
             stages["publish"] = time.perf_counter() - started
-            self._metrics.observe_batch(stages["inference"], len(batch))
             for stage, seconds in stages.items():
                 self._metrics.observe_stage(stage, seconds)
 
@@ -312,7 +311,8 @@ class Pipeline:
         self, buffer: BatchBuffer, picked: list[CameraSource]
     ) -> tuple[Batch, list[Detections], list[TrackEvent], dict[str, float]]:
         """Assemble, infer, decode and track one batch (worker thread); returns the events
-        and the seconds each stage took."""
+        and the seconds each later stage took (frame waits and the backend call are observed
+        here)."""
         # One read: a reload may change it, and drift must compare at the decoded threshold.
         conf = self._decode_conf
         started = time.perf_counter()
@@ -326,6 +326,8 @@ class Pipeline:
         iou, max_det = self._config.model.iou, self._config.model.max_detections
         raw = infer_batch(self._backend, batch.images, conf, iou, max_det)
         inferred = time.perf_counter()
+        split = transfer_times(self._backend)
+        self._metrics.observe_inference(inferred - assembled, len(batch), split)
         detections = decode_inferred(raw, batch.geometries, conf, iou, max_det)
         decoded = time.perf_counter()
         if self._drift is not None:
@@ -341,7 +343,6 @@ class Pipeline:
         )  # fmt: skip
         stages = {
             "preprocess": assembled - started,
-            "inference": inferred - assembled,
             "decode_nms": decoded - inferred,
             "track": time.perf_counter() - tracked,
         }

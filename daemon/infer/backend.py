@@ -4,7 +4,8 @@ A backend takes the batcher's uint8 RGB NHWC batch exactly as it is (normalisati
 layout change are the backend's business, so a GPU backend can do them on the GPU) and
 returns the raw YOLOv8 head ``[n, 4 + num_classes, anchors]`` as float32. A backend that can
 also decode and NMS where the head is (``DeviceNms``) returns only the kept boxes instead,
-so the head never crosses to the host.
+so the head never crosses to the host. A GPU backend may also tell where a batch's time went
+(``TimedTransfers``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ast
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -157,3 +159,37 @@ class DeviceNms(Protocol):
         """Run ``batch`` as ``Backend.infer`` does; per image the kept boxes as float32 rows
         (``x1, y1, x2, y2`` in network-input pixels, score, class id), best first."""
         ...
+
+
+@dataclass(frozen=True)
+class TransferTimes:
+    """Where one batch's backend call spent its time on the device, in seconds.
+
+    ``upload_s``: the uint8 batch's way to the device (into pinned memory, then the H2D copy);
+    ``compute_s``: from the end of the upload to the start of the download (the network, and
+    for ``DeviceNms.infer_nms`` the decode and NMS too); ``download_s``: the D2H copy of the
+    head or of the kept boxes. The three follow one another, so their sum is at most the
+    call's wall time; the rest of the call is the host's own overhead (checks, launches,
+    waking up).
+    """
+
+    upload_s: float
+    compute_s: float
+    download_s: float
+
+
+@runtime_checkable
+class TimedTransfers(Protocol):
+    """A backend that measures the transfers and the compute of each batch separately
+    (a GPU backend, with timing events on the batch's stream)."""
+
+    def last_transfer_times(self) -> TransferTimes | None:
+        """The split of the calling thread's last successful ``infer`` (or ``infer_nms``)
+        call; None where there is none to report: no call yet, or no device transfers (a
+        CPU run), never zeros standing in for them."""
+        ...
+
+
+def transfer_times(backend: Backend) -> TransferTimes | None:
+    """``backend``'s split of the calling thread's last batch, None if it reports none."""
+    return backend.last_transfer_times() if isinstance(backend, TimedTransfers) else None

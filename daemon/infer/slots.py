@@ -51,6 +51,11 @@ class SlotPool(Generic[SlotT]):
             self._owned[thread] = slot
             return slot
 
+    def current(self) -> SlotT | None:
+        """The calling thread's slot, None if it has not been bound one (binds nothing)."""
+        with self._lock:
+            return self._owned.get(threading.current_thread())
+
     def all_slots(self) -> list[SlotT]:
         with self._lock:
             return [*self._free, *self._owned.values()]

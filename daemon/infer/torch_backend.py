@@ -9,8 +9,10 @@ On CUDA: FP16 weights and activations (channels-last, cuDNN autotuned), ``max_in
 slots, each with its own CUDA stream, pinned host buffers and device buffers sized once for
 the largest batch. The uint8 NHWC batch is copied to the GPU as uint8 (a quarter of the bytes
 of float32) and normalised there; every batch shape gets a CUDA graph on first use, so a
-batch is one H2D copy, one graph replay and one D2H copy. Without CUDA it runs FP32 on the CPU
-(for tests; the ONNX Runtime backend is the CPU path).
+batch is one H2D copy, one graph replay and one D2H copy. Timing events recorded on the slot's
+stream between them split each batch into upload, compute and download (``TimedTransfers``),
+read once the stream is synchronized anyway. Without CUDA it runs FP32 on the CPU (for tests;
+the ONNX Runtime backend is the CPU path) and reports no split.
 
 Threads: ``infer`` is called from executor threads. A thread keeps its slot from its first
 call on, because the returned array is a view of that slot's pinned output buffer and must
@@ -25,6 +27,8 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from enum import IntEnum
+from itertools import pairwise
 from pathlib import Path
 
 import onnx
@@ -34,13 +38,14 @@ from daemon.config.model import ModelConfig
 from daemon.infer.backend import (
     BackendError,
     FloatArray,
+    TransferTimes,
     UInt8Batch,
     check_batch,
     parse_class_names,
 )
 from daemon.infer.slots import SlotPool
 from daemon.infer.torch_graph import GraphError, OnnxGraph, SpecialisedProgram
-from daemon.infer.torch_nms import kept_rows
+from daemon.infer.torch_nms import kept_on_device, rows_to_host
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,34 @@ class _Compiled:
     output: torch.Tensor | None = None
 
 
+class _Mark(IntEnum):
+    """The points of a batch on its slot's stream, in stream order."""
+
+    START = 0
+    UPLOADED = 1
+    COMPUTED = 2
+    DOWNLOADED = 3
+
+
+class _StreamClock:
+    """One timing event per ``_Mark`` on a slot's stream. Recording costs no
+    synchronization; the events are read after the batch's own synchronize."""
+
+    def __init__(self, stream: torch.cuda.Stream) -> None:
+        self._stream = stream
+        self._events = [torch.cuda.Event(enable_timing=True) for _ in _Mark]
+
+    def mark(self, point: _Mark) -> None:
+        self._events[point].record(self._stream)
+
+    def times(self, staging_s: float) -> TransferTimes:
+        """The split of the batch marked last (its stream synchronized), ``staging_s`` being
+        the host's copy of it into pinned memory."""
+        ms = [start.elapsed_time(end) for start, end in pairwise(self._events)]
+        upload, compute, download = (t / 1000 for t in ms)
+        return TransferTimes(staging_s + upload, compute, download)
+
+
 @dataclass
 class _Slot:
     host_in: torch.Tensor
@@ -65,10 +98,18 @@ class _Slot:
     host_out: torch.Tensor
     stream: torch.cuda.Stream | None
     pool: tuple[int, int] | None
+    # None without CUDA: a CPU run has no transfers to time.
+    clock: _StreamClock | None
     compiled: dict[tuple[int, int, int], _Compiled] = field(default_factory=dict)
     # Held by the slot's thread while it runs a batch, and by warm_up while it compiles on
     # the slot from another thread: a CUDA graph is never captured on a busy stream.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The split of the slot's last successful batch (``TimedTransfers``).
+    times: TransferTimes | None = None
+
+    def mark(self, point: _Mark) -> None:
+        if self.clock is not None:
+            self.clock.mark(point)
 
 
 class TorchBackend:
@@ -148,8 +189,10 @@ class TorchBackend:
     def infer(self, batch: UInt8Batch) -> FloatArray:
         """Run ``batch`` (``[n, H, W, 3]`` uint8 RGB); returns a view of pinned memory."""
         with self._running(batch) as (slot, out):
+            slot.mark(_Mark.COMPUTED)
             host_out = slot.host_out[: out.numel()].view(out.shape)
             host_out.copy_(out, non_blocking=True)
+            slot.mark(_Mark.DOWNLOADED)
         result: FloatArray = host_out.numpy()
         return result
 
@@ -158,28 +201,44 @@ class TorchBackend:
     ) -> list[FloatArray]:
         """Run ``batch`` and decode + NMS it on the device (``DeviceNms``): only the kept
         boxes are copied back."""
-        with self._running(batch) as (_, out):
-            return kept_rows(out, conf, iou, max_det)
+        with self._running(batch) as (slot, out):
+            rows, sizes = kept_on_device(out, conf, iou, max_det)
+            slot.mark(_Mark.COMPUTED)
+            kept = rows_to_host(rows, sizes)
+            slot.mark(_Mark.DOWNLOADED)
+        return kept
+
+    def last_transfer_times(self) -> TransferTimes | None:
+        """The calling thread's last batch split into upload, compute and download
+        (``TimedTransfers``); None without CUDA."""
+        slot = self._pool.current()
+        return None if slot is None else slot.times
 
     @contextmanager
     def _running(self, batch: UInt8Batch) -> Iterator[tuple[_Slot, torch.Tensor]]:
         """Upload and run ``batch`` on this thread's slot; yields the slot and the head
         ``[n, 4 + nc, anchors]`` on the device, with the slot's stream current. Work queued
-        inside has finished when the block exits."""
+        inside has finished when the block exits. The block marks ``COMPUTED`` and
+        ``DOWNLOADED`` on the slot; on success the slot's ``times`` are set from the marks."""
         check_batch(batch, self._max_batch, self._input_hw, self._dynamic_hw)
         if self._closed:
             raise BackendError("torch backend used after close()")
         slot = self._pool.slot_for_current_thread()
         with slot.lock:
+            slot.times = None
             n, h, w = batch.shape[:3]
             size = n * h * w * _RGB
+            staging = time.perf_counter()
             host_in = slot.host_in[:size]
             host_in.numpy()[:] = batch.reshape(-1)
+            staged_s = time.perf_counter() - staging
             dev_in = slot.dev_in[:size]
             stream = torch.cuda.stream(slot.stream) if slot.stream is not None else nullcontext()
             try:
                 with stream:
+                    slot.mark(_Mark.START)
                     dev_in.copy_(host_in, non_blocking=True)
+                    slot.mark(_Mark.UPLOADED)
                     # Rows n..bucket hold stale frames: computed, never copied back.
                     bucket = self._bucket(n)
                     compiled = slot.compiled.get((bucket, h, w))
@@ -204,6 +263,8 @@ class TorchBackend:
                 # Also after a failure: the slot's buffers are reused by the next call.
                 if slot.stream is not None:
                     slot.stream.synchronize()
+            if slot.clock is not None:
+                slot.times = slot.clock.times(staged_s)
 
     def warm_up(self, hws: Iterable[tuple[int, int]]) -> None:
         """Compile (and on CUDA capture the graph of) every batch bucket at each size on
@@ -229,12 +290,14 @@ class TorchBackend:
         in_elems = self._max_batch * h * w * _RGB
         out_elems = self._max_batch * (_BOX_COORDS + self._num_classes) * self._anchors
         pin = self._cuda
+        stream = torch.cuda.Stream(self._device) if self._cuda else None
         return _Slot(
             host_in=torch.empty(in_elems, dtype=torch.uint8, pin_memory=pin),
             dev_in=torch.empty(in_elems, dtype=torch.uint8, device=self._device),
             host_out=torch.empty(out_elems, dtype=torch.float32, pin_memory=pin),
-            stream=torch.cuda.Stream(self._device) if self._cuda else None,
+            stream=stream,
             pool=torch.cuda.graph_pool_handle() if self._cuda else None,
+            clock=_StreamClock(stream) if stream is not None else None,
         )
 
     def _bucket(self, n: int) -> int:

@@ -22,10 +22,12 @@ _BOX_COORDS: Final = 4
 _MAX_NMS: Final = 30000
 
 
-def kept_rows(head: torch.Tensor, conf: float, iou: float, max_det: int) -> list[FloatArray]:
+def kept_on_device(
+    head: torch.Tensor, conf: float, iou: float, max_det: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """NMS of ``head`` (``[n, 4 + nc, anchors]`` float32, xywh in input pixels) on its
-    device; per image the kept rows (``x1, y1, x2, y2, score, class``), best first, as host
-    float32 arrays."""
+    device: the kept rows (``x1, y1, x2, y2, score, class``) of all images, grouped by image
+    and best first within each, and each image's row count (``rows_to_host`` splits them)."""
     n, channels, _ = head.shape
     num_classes = channels - _BOX_COORDS
     scores, classes = head[:, _BOX_COORDS:].max(dim=1)
@@ -47,9 +49,13 @@ def kept_rows(head: torch.Tensor, conf: float, iou: float, max_det: int) -> list
     rank, per_image = _rank_in_group(image[keep], n)
     keep = keep[rank < max_det]
     rows = torch.cat([boxes[keep], score[keep, None], label[keep, None].to(boxes.dtype)], dim=1)
+    return rows, per_image.clamp(max=max_det)
+
+
+def rows_to_host(rows: torch.Tensor, sizes: torch.Tensor) -> list[FloatArray]:
+    """``kept_on_device``'s result copied to the host: per image its rows, as float32."""
     host = rows.cpu().numpy()
-    sizes = per_image.clamp(max=max_det).cpu().numpy()
-    return np.split(host, np.cumsum(sizes)[:-1])
+    return np.split(host, np.cumsum(sizes.cpu().numpy())[:-1])
 
 
 def _rank_in_group(grouped: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from daemon.capture.state import CameraState
+from daemon.infer.backend import TransferTimes
 from daemon.publish.camera_stats import CameraStats
 from daemon.publish.connection import BrokerState
 from daemon.publish.counters import PublisherCounters
@@ -51,7 +52,9 @@ _BATCH_BUCKETS: Final = (
     5.0,
 )
 # The steps a batch goes through, in order; each is a label of ``edgewatch_stage_seconds``.
-STAGES: Final = ("frame_wait", "preprocess", "inference", "decode_nms", "track", "publish")
+STAGES: Final = (
+    "frame_wait", "preprocess", "upload", "inference", "download", "decode_nms", "track", "publish",
+)  # fmt: skip
 # From tens of microseconds (one camera's NMS) to seconds (a stalled frame's wait).
 _STAGE_BUCKETS: Final = (
     0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
@@ -84,7 +87,7 @@ class DaemonMetrics(Collector):
         self._publisher = publisher
         self.batch_latency = Histogram(
             "edgewatch_backend_batch_latency_seconds",
-            "Inference time of one batch (preprocess excluded).",
+            "The backend's call for one batch, transfers included (preprocess excluded).",
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
@@ -97,8 +100,11 @@ class DaemonMetrics(Collector):
         self.stage_seconds = Histogram(
             "edgewatch_stage_seconds",
             "Time in each step of a batch: frame_wait (capture to the start of the batch, per "
-            "frame), preprocess (letterbox into the batch), inference (the backend's call, "
-            "transfers included), decode_nms, track, publish (payloads queued for the sink).",
+            "frame), preprocess (letterbox into the batch), upload (batch to the device), "
+            "inference (the device's compute; the whole backend call where the backend does "
+            "not time its transfers), download (results to the host), decode_nms, track, "
+            "publish (payloads queued for the sink). upload and download are observed only "
+            "for backends that time them (GPU).",
             ["stage"],
             buckets=_STAGE_BUCKETS,
             registry=self.registry,
@@ -111,9 +117,18 @@ class DaemonMetrics(Collector):
         with self._lock:
             self._cameras = dict(stats)
 
-    def observe_batch(self, latency_s: float, size: int) -> None:
-        self.batch_latency.observe(latency_s)
+    def observe_inference(self, call_s: float, size: int, split: TransferTimes | None) -> None:
+        """One backend call of ``size`` frames taking ``call_s``: the batch histograms, and
+        the upload, inference (compute) and download stages from the backend's ``split``,
+        or, without one, the whole call as the inference stage."""
+        self.batch_latency.observe(call_s)
         self.batch_size.observe(size)
+        if split is None:
+            self._stages["inference"].observe(call_s)
+            return
+        self._stages["upload"].observe(split.upload_s)
+        self._stages["inference"].observe(split.compute_s)
+        self._stages["download"].observe(split.download_s)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """One batch's (or, for ``frame_wait``, one frame's) time in ``stage`` (of STAGES)."""

@@ -5,6 +5,9 @@ the CUDA/FP16 variant carries the ``gpu`` marker."""
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ import pytest
 
 from bench.backend import real_frames
 from daemon.batch.letterbox import LetterboxGeometry
+from daemon.infer.backend import TimedTransfers, transfer_times
 from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 from daemon.postprocess.detect import detect_batch, infer_batch
 from daemon.postprocess.match import Agreement, match
@@ -199,3 +203,47 @@ def test_torch_cuda_warm_up_leaves_nothing_to_compile(
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     _warm_then_serve("cuda", model_onnx, caplog)
+
+
+def test_torch_cpu_reports_no_transfer_split(model_onnx: Path, videos: list[Path]) -> None:
+    """Without CUDA there are no transfers: no split, rather than zeros standing in for it."""
+    backend = TorchBackend(model_onnx, max_batch=2, device="cpu")
+    try:
+        assert isinstance(backend, TimedTransfers)
+        frames = real_frames(videos, 2, (640, 640))
+        backend.infer(frames)
+        assert transfer_times(backend) is None
+        backend.infer_nms(frames, 0.25, 0.7, 300)
+        assert transfer_times(backend) is None
+    finally:
+        backend.close()
+
+
+@pytest.mark.gpu
+def test_torch_cuda_splits_a_batch_into_upload_compute_and_download(
+    model_onnx: Path, videos: list[Path]
+) -> None:
+    """Both entry points report the three parts of their own call, each measured and, being
+    consecutive, together no longer than the call; a thread that ran nothing has no split."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    backend = TorchBackend(model_onnx, max_batch=4, device="cuda")
+    try:
+        frames = real_frames(videos, 4, (640, 640))
+        backend.warm_up([(640, 640)])
+        runs: dict[str, Callable[[], object]] = {
+            "infer": lambda: backend.infer(frames),
+            "infer_nms": lambda: backend.infer_nms(frames, 0.25, 0.7, 300),
+        }
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            wall_s = time.perf_counter() - started
+            split = transfer_times(backend)
+            assert split is not None, name
+            assert min(split.upload_s, split.compute_s, split.download_s) > 0, (name, split)
+            assert split.upload_s + split.compute_s + split.download_s <= wall_s, (name, split)
+        with ThreadPoolExecutor(1) as other:
+            assert other.submit(transfer_times, backend).result() is None
+    finally:
+        backend.close()

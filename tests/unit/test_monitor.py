@@ -122,7 +122,7 @@ def test_metrics_scrape_and_healthz(
         {"cam1": CameraState.STREAMING},
     )
     metrics.update_cameras(snap)
-    metrics.observe_batch(0.03, 4)
+    metrics.observe_inference(0.03, 4, None)
     metrics.observe_stage("decode_nms", 0.004)
 
     code, body = _get(srv.port, "/metrics")
