@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -176,6 +176,14 @@ class TransferTimes:
     upload_s: float
     compute_s: float
     download_s: float
+
+    @classmethod
+    def from_events(cls, staging_s: float, elapsed_ms: Sequence[float]) -> TransferTimes:
+        """From the host's copy of the batch into pinned memory (``staging_s``) and the
+        milliseconds between four timing events on the batch's stream: before the upload,
+        after it, after the compute, after the download."""
+        upload, compute, download = (ms / 1000 for ms in elapsed_ms)
+        return cls(staging_s + upload, compute, download)
 
 
 @runtime_checkable

@@ -17,8 +17,10 @@ and D2H copy of consecutive batches overlap on the GPU. Tensors are addressed by
 (``set_input_shape``/``set_tensor_address``/``execute_async_v3``). The uint8 NHWC batch is
 copied to the GPU as uint8: the engine is built from a graph that normalises on the GPU. The
 calling thread waits on a blocking-sync event rather than ``Stream.synchronize``, which
-spin-waits a whole CPU core per batch in flight. On a GPU that shares memory with the CPU
-(Jetson), the pinned host buffers are mapped into the device and bound directly: no copies.
+spin-waits a whole CPU core per batch in flight. Timing events recorded around the copies
+split each batch into upload, compute and download (``TimedTransfers``), read after that
+wait. On a GPU that shares memory with the CPU (Jetson), the pinned host buffers are mapped
+into the device and bound directly: no copies, so no split either.
 
 Threads: ``infer`` is called from executor threads, never the event loop, and blocks on its
 own slot only. The CUDA context (the device's primary context, shared with TensorRT's
@@ -34,9 +36,11 @@ sizing, slot bookkeeping) are unit-tested on machines without either.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
@@ -49,6 +53,7 @@ from daemon.config.model import ModelConfig
 from daemon.infer.backend import (
     BackendError,
     FloatArray,
+    TransferTimes,
     UInt8Batch,
     check_batch,
     parse_class_names,
@@ -68,6 +73,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SLOTS = 2
 _BOX_COORDS = 4
 _MAX_PROFILE_SHAPE = 2
+# Timing events per slot: before and after the upload, before and after the download.
+_MARKS = 4
 
 # TensorRT DataType names -> numpy; types numpy cannot hold (BF16, FP8, INT4, FP4) are refused.
 _NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
@@ -231,6 +238,11 @@ class _Slot:
     host: dict[str, npt.NDArray[Any]]
     # None where the pinned host buffer itself is mapped into the device (zero-copy).
     device: dict[str, cuda.DeviceAllocation | None]
+    # Timing events recorded before the upload, after it, after the compute and after the
+    # download; none with zero-copy, which has no transfers to time.
+    marks: tuple[cuda.Event, ...]
+    # The split of the slot's last successful batch (``TimedTransfers``).
+    times: TransferTimes | None = None
 
 
 class TensorRTBackend:
@@ -355,7 +367,8 @@ class TensorRTBackend:
             if not context.set_tensor_address(spec.name, address):
                 raise BackendError(f"TensorRT refused the address of tensor {spec.name!r}")
         flags = cuda.event_flags.BLOCKING_SYNC | cuda.event_flags.DISABLE_TIMING
-        return _Slot(context, cuda.Stream(), cuda.Event(flags), host, device)
+        marks = () if self._zero_copy else tuple(cuda.Event() for _ in range(_MARKS))
+        return _Slot(context, cuda.Stream(), cuda.Event(flags), host, device, marks)
 
     @property
     def name(self) -> str:
@@ -394,6 +407,12 @@ class TensorRTBackend:
             out = self._run(slot, batch)
         return out if out.dtype == np.float32 else out.astype(np.float32)
 
+    def last_transfer_times(self) -> TransferTimes | None:
+        """The calling thread's last batch split into upload, compute and download
+        (``TimedTransfers``); None with zero-copy."""
+        slot = self._pool.current()
+        return None if slot is None else slot.times
+
     def warm_up(self, hws: Iterable[tuple[int, int]]) -> None:
         """Nothing left to do: the engine's one input size and every batch size were run on
         every slot when it loaded."""
@@ -404,25 +423,36 @@ class TensorRTBackend:
     def _run(self, slot: _Slot, batch: UInt8Batch) -> npt.NDArray[Any]:
         import pycuda.driver as cuda
 
+        slot.times = None
         n = batch.shape[0]
         host_in = slot.host[self._input.name][:n]
+        staging = time.perf_counter()
         # The one host-side copy: into pinned memory, so the H2D copy is a true async DMA
         # (or, mapped, the GPU reads it in place).
         np.copyto(host_in, batch)
+        staged_s = time.perf_counter() - staging
         if not slot.context.set_input_shape(self._input.name, self._input.shape_for(n)):
             raise BackendError(f"TensorRT refused input shape {self._input.shape_for(n)}")
+        marks = iter(slot.marks)
         device_in = slot.device[self._input.name]
         if device_in is not None:
+            next(marks).record(slot.stream)
             cuda.memcpy_htod_async(device_in, host_in, slot.stream)
+            next(marks).record(slot.stream)
         if not slot.context.execute_async_v3(slot.stream.handle):
             raise BackendError("TensorRT execute_async_v3 failed")
         host_out = slot.host[self._output.name][:n]
         device_out = slot.device[self._output.name]
         if device_out is not None:
+            next(marks).record(slot.stream)
             cuda.memcpy_dtoh_async(host_out, device_out, slot.stream)
+            next(marks).record(slot.stream)
         slot.done.record(slot.stream)
         # Sleeps this executor thread only (PyCUDA releases the GIL while waiting).
         slot.done.synchronize()
+        if slot.marks:
+            elapsed_ms = [end.time_since(start) for start, end in pairwise(slot.marks)]
+            slot.times = TransferTimes.from_events(staged_s, elapsed_ms)
         return host_out
 
     def close(self) -> None:

@@ -86,9 +86,8 @@ class _StreamClock:
     def times(self, staging_s: float) -> TransferTimes:
         """The split of the batch marked last (its stream synchronized), ``staging_s`` being
         the host's copy of it into pinned memory."""
-        ms = [start.elapsed_time(end) for start, end in pairwise(self._events)]
-        upload, compute, download = (t / 1000 for t in ms)
-        return TransferTimes(staging_s + upload, compute, download)
+        elapsed_ms = [start.elapsed_time(end) for start, end in pairwise(self._events)]
+        return TransferTimes.from_events(staging_s, elapsed_ms)
 
 
 @dataclass

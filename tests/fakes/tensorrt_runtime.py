@@ -7,6 +7,10 @@ NVIDIA and PyCUDA document them, not as edgewatch's backend assumes:
 - ``execute_async_v3`` needs every input shape and every tensor address set, and only
   enqueues: copies and inference run when the stream is synchronized or a recorded event is
   waited on, reading the source buffers at that moment, as a real DMA does;
+- an event's record completes in stream order, after the work queued before it; a timing
+  event (created without ``DISABLE_TIMING``) notes when, and ``time_since`` gives the
+  milliseconds between two of them, refusing events created with ``DISABLE_TIMING``, never
+  recorded, or not complete yet, as ``cuEventElapsedTime`` does;
 - allocations, copies and synchronization need a current CUDA context
   (``CUDA_ERROR_INVALID_CONTEXT`` otherwise); a free needs its context alive (PyCUDA makes it
   current itself); a stream or event still referenced when the last reference to the context
@@ -24,6 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 import types
 import weakref
 from collections.abc import Callable, Sequence
@@ -219,22 +224,41 @@ def make_pycuda(driver: Driver) -> types.ModuleType:
         def __init__(self, flags: int = 0) -> None:
             self.flags = flags
             self.stream: Stream | None = None
-            self.mark = 0
+            # Identifies the latest record: an earlier one still queued completes nothing.
+            self.recording: object | None = None
+            self.completed_at: float | None = None
 
         def __del__(self) -> None:
             driver.destroyed("event")
 
         def record(self, stream: Stream | None = None) -> Event:
             assert stream is not None
-            self.stream, self.mark = stream, len(stream.pending)
+            driver.require_context("cuEventRecord")
+            recording = object()
+            self.stream, self.recording, self.completed_at = stream, recording, None
+
+            def complete() -> None:
+                if self.recording is recording:
+                    self.completed_at = time.perf_counter()
+
+            stream.enqueue(complete)
             return self
 
         def synchronize(self) -> Event:
             driver.require_context("cuEventSynchronize")
-            if self.stream is not None:
-                self.stream.drain(self.mark)
-                self.mark = 0
+            while self.stream is not None and self.completed_at is None and self.stream.pending:
+                self.stream.drain(1)
             return self
+
+        def time_since(self, event: Event) -> float:
+            """Milliseconds from ``event`` to this one (``cuEventElapsedTime(event, self)``)."""
+            driver.require_context("cuEventElapsedTime")
+            if any(e.flags & event_flags.DISABLE_TIMING or e.stream is None for e in (event, self)):
+                raise CudaError("cuEventElapsedTime: CUDA_ERROR_INVALID_HANDLE")
+            start, end = event.completed_at, self.completed_at
+            if start is None or end is None:
+                raise CudaError("cuEventElapsedTime: CUDA_ERROR_NOT_READY")
+            return (end - start) * 1000
 
     def _host_to_device(dest: Any, src: npt.NDArray[Any], stream: Stream) -> None:
         driver.require_context("cuMemcpyHtoDAsync")
@@ -255,6 +279,7 @@ def make_pycuda(driver: Driver) -> types.ModuleType:
         stream.enqueue(copy)
 
     host_alloc_flags = types.SimpleNamespace(PORTABLE=1, DEVICEMAP=2, WRITECOMBINED=4)
+    event_flags = types.SimpleNamespace(DEFAULT=0, BLOCKING_SYNC=1, DISABLE_TIMING=2)
     cuda = types.ModuleType("pycuda.driver")
     cuda.__dict__.update(
         Error=CudaError,
@@ -268,7 +293,7 @@ def make_pycuda(driver: Driver) -> types.ModuleType:
         pagelocked_empty=pagelocked_empty,
         memcpy_htod_async=_host_to_device,
         memcpy_dtoh_async=_device_to_host,
-        event_flags=types.SimpleNamespace(DEFAULT=0, BLOCKING_SYNC=1, DISABLE_TIMING=2),
+        event_flags=event_flags,
         host_alloc_flags=host_alloc_flags,
         device_attribute=types.SimpleNamespace(
             INTEGRATED=1, CAN_MAP_HOST_MEMORY=2, MULTIPROCESSOR_COUNT=3

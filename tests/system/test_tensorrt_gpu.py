@@ -5,14 +5,15 @@ on a machine with TensorRT, PyCUDA and an NVIDIA GPU; skipped with the reason el
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from daemon.config.model import BackendKind, ModelConfig, Precision, TensorRTConfig, TensorRTRuntime
-from daemon.infer.backend import Backend
-from daemon.infer.cuda import GpuUnavailable, detect_platform
+from daemon.infer.backend import Backend, transfer_times
+from daemon.infer.cuda import GpuUnavailable, detect_platform, shares_host_memory
 from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 from daemon.postprocess.match import Agreement, match
 from daemon.postprocess.yolo import Detections
@@ -172,3 +173,25 @@ def test_concurrent_infer_from_two_threads_is_consistent(gpu: None, engine_cache
         backend.close()
     assert not errors
     assert runs == [20, 20]
+
+
+def test_a_batch_is_split_into_upload_compute_and_download(gpu: None, engine_cache: Path) -> None:
+    """Real timing events: upload, compute and download each measured and, being consecutive
+    on the stream, together no longer than the call; zero-copy (Jetson) has no split."""
+    from daemon.infer.tensorrt_backend import load
+
+    backend = load(_trt_model(engine_cache, Precision.FP16, SHARED / "models" / "yolov8n.onnx"))
+    batch = np.random.default_rng(0).integers(0, 255, (4, 640, 640, 3), dtype=np.uint8)
+    try:
+        started = time.perf_counter()
+        backend.infer(batch)
+        wall_s = time.perf_counter() - started
+        split = transfer_times(backend)
+    finally:
+        backend.close()
+    if shares_host_memory():
+        assert split is None
+        return
+    assert split is not None
+    assert min(split.upload_s, split.compute_s, split.download_s) > 0, split
+    assert split.upload_s + split.compute_s + split.download_s <= wall_s, split

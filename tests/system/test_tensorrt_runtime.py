@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from daemon.config.model import (
     TensorRTConfig,
     TensorRTRuntime,
 )
-from daemon.infer.backend import BackendError
+from daemon.infer.backend import BackendError, transfer_times
 from daemon.infer.factory import load_backend
 from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 from daemon.infer.tensorrt_backend import TensorRTBackend
@@ -172,9 +173,31 @@ def test_zero_copy_on_an_integrated_gpu(
         # the "device" but the inputs and outputs of the two slots.
         assert len(fake.driver.memory) == 2 * 2
         np.testing.assert_allclose(backend.infer(frames), reference, rtol=1e-3, atol=1e-2)
+        # Nothing was copied, so there is no upload or download to report.
+        assert transfer_times(backend) is None
     finally:
         backend.close()
     assert fake.driver.memory == {}
+
+
+def test_a_batch_is_split_into_upload_compute_and_download(
+    fake: Fake, tmp_path: Path, built: tuple[BuiltEngine, Path], frames: np.ndarray
+) -> None:
+    """Timing events around the copies, read after the batch's own wait: all three parts
+    measured and, being consecutive, together no longer than the call."""
+    backend = _backend(fake, _engine(tmp_path, built))
+    try:
+        assert transfer_times(backend) is None  # this thread has run nothing yet
+        started = time.perf_counter()
+        backend.infer(frames)
+        wall_s = time.perf_counter() - started
+        split = transfer_times(backend)
+        assert split is not None
+        assert min(split.upload_s, split.compute_s, split.download_s) > 0, split
+        assert split.upload_s + split.compute_s + split.download_s <= wall_s, split
+    finally:
+        backend.close()
+    assert fake.driver.leaks == []
 
 
 def test_two_threads_each_get_their_own_slot(
