@@ -163,7 +163,7 @@ class DeviceNms(Protocol):
 
 @dataclass(frozen=True)
 class TransferTimes:
-    """Where one batch's backend call spent its time on the device, in seconds.
+    """Where one batch's backend call spent its time, in seconds.
 
     ``upload_s``: the uint8 batch's way to the device (into pinned memory, then the H2D copy);
     ``compute_s``: from the end of the upload to the start of the download (the network, and
@@ -194,7 +194,7 @@ class TimedTransfers(Protocol):
     def last_transfer_times(self) -> TransferTimes | None:
         """The split of the calling thread's last successful ``infer`` (or ``infer_nms``)
         call; None where there is none to report: no call yet, or no device transfers (a
-        CPU run), never zeros standing in for them."""
+        CPU run, memory shared with the GPU), never zeros standing in for them."""
         ...
 
 
