@@ -2,11 +2,13 @@
 PyCUDA document (``tests/fakes/tensorrt_runtime.py``): no GPU here runs an engine, so the
 engine's I/O comes from a real TensorRT-RTX build of the same graph and its outputs from
 ONNX Runtime running that graph. Covers buffer sizing from the profile and the context,
-asynchronous copies, slots across threads, zero-copy on an integrated GPU, the release order
-at close, and the factory path from the engine cache."""
+asynchronous copies, the upload / compute / download split and its stages in the pipeline,
+slots across threads, zero-copy on an integrated GPU, the release order at close, and the
+factory path from the engine cache."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sys
 import threading
@@ -17,18 +19,28 @@ import numpy as np
 import onnx
 import pytest
 import tensorrt_rtx
+from prometheus_client import generate_latest
 
 from daemon.config.model import (
+    AppConfig,
     BackendKind,
+    CameraConfig,
     ModelConfig,
+    MonitoringConfig,
+    MqttConfig,
     Precision,
     TensorRTConfig,
     TensorRTRuntime,
 )
+from daemon.config.secrets import Secret
 from daemon.infer.backend import BackendError, transfer_times
 from daemon.infer.factory import load_backend
 from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 from daemon.infer.tensorrt_backend import TensorRTBackend
+from daemon.monitor.metrics import DaemonMetrics
+from daemon.monitor.stats import StatsCollector
+from daemon.pipeline import Pipeline
+from daemon.publish.mqtt import MqttPublisher
 from engines.builder import BuildRequest, BuiltEngine, build_engine, network_io, prepare_model
 from engines.cache import EngineCache, EngineKey, Platform, write_engine
 from engines.export import add_uint8_input
@@ -41,6 +53,8 @@ from tests.fakes.tensorrt_runtime import (
     make_tensorrt,
     write_engine_file,
 )
+from tests.harness.broker import Mosquitto
+from tests.harness.daemon import decode_cost, metric_value
 
 HW = (320, 320)
 MAX_BATCH = 2
@@ -198,6 +212,60 @@ def test_a_batch_is_split_into_upload_compute_and_download(
     finally:
         backend.close()
     assert fake.driver.leaks == []
+
+
+@pytest.mark.mqtt
+def test_the_pipeline_observes_the_transfers_as_stages(
+    *, fake: Fake, tmp_path: Path, built: tuple[BuiltEngine, Path], model_onnx: Path,
+    videos: list[Path], mosquitto: Mosquitto,
+) -> None:  # fmt: skip
+    """Through the pipeline (a file camera, a real broker): every batch of a backend that
+    times its transfers is observed as upload, inference (its compute) and download, which
+    together take no longer than the backend call the batch histogram keeps."""
+    camera = CameraConfig(id="cam", url=Secret(str(min(videos, key=decode_cost))))
+    config = AppConfig(
+        cameras=(camera,),
+        model=ModelConfig(path=model_onnx, input_size=HW[0], max_batch=MAX_BATCH),
+        mqtt=MqttConfig(port=mosquitto.port),
+        monitoring=MonitoringConfig(stats_interval_s=0.5, metrics_port=None),
+        node="test",
+    )
+    backend = _backend(fake, _engine(tmp_path, built))
+    sink = MqttPublisher(config.mqtt, config.node)
+    metrics = DaemonMetrics(sink.counters)
+    pipeline = Pipeline(config, backend, sink, StatsCollector(), metrics)
+
+    def value(name: str, stage: str | None = None) -> float:
+        labels = None if stage is None else f'stage="{stage}"'
+        found = metric_value(generate_latest(metrics.registry).decode(), name, labels)
+        return 0.0 if found is None else found
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        sink.start()
+        pipeline.add_camera(camera)
+        running = asyncio.create_task(pipeline.run(stop))
+        deadline = time.monotonic() + 60
+        while value("edgewatch_backend_batch_size_count") < 3 and time.monotonic() < deadline:
+            if running.done():
+                break
+            await asyncio.sleep(0.2)
+        stop.set()
+        await running
+        sink.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        backend.close()
+    batches = value("edgewatch_backend_batch_size_count")
+    assert batches >= 3
+    split = ("upload", "inference", "download")
+    for stage in split:
+        assert value("edgewatch_stage_seconds_count", stage) == batches, stage
+        assert value("edgewatch_stage_seconds_sum", stage) > 0, stage
+    total = sum(value("edgewatch_stage_seconds_sum", stage) for stage in split)
+    assert total <= value("edgewatch_backend_batch_latency_seconds_sum")
 
 
 def test_two_threads_each_get_their_own_slot(
