@@ -65,6 +65,8 @@ class E2EOptions:
     videos: tuple[Path, ...]
     backend: BackendKind = BackendKind.ONNXRUNTIME
     max_batch: int | None = None
+    # GPU backends' batches in flight at once (model.inflight_batches); None: the default.
+    inflight_batches: int | None = None
     source: str = "rtsp"
     baseline: str | None = None
     ultralytics_python: Path | None = None
@@ -354,6 +356,8 @@ def run_ours(
         mqtt={"qos": 1}, test_timing=False,
         model_extra={"backend": opts.backend.value, "intra_op_threads": opts.intra_op_threads},
     )  # fmt: skip
+    if opts.inflight_batches is not None:
+        document["model"]["inflight_batches"] = opts.inflight_batches
     if opts.tracking:
         document["tracking"] = {"enabled": True}
     write_config(config, document)

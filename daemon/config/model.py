@@ -119,6 +119,9 @@ class ModelConfig:
     max_batch: int = 8
     # Dispatch a partial batch once its oldest frame has waited this long.
     batch_timeout_ms: float = 15.0
+    # GPU backends (tensorrt, torch): batches in flight at once, each on its own CUDA stream
+    # with its own buffers and worker thread. ONNX Runtime runs one batch at a time.
+    inflight_batches: int = 2
     confidence: float = 0.25
     iou: float = 0.7
     max_detections: int = 300

@@ -126,6 +126,9 @@ RULES: Final[dict[tuple[type, str], Rule]] = {
     (ModelConfig, "batch_timeout_ms"): _number_in(
         0, 1000, "a frame waiting longer is stale", open_low=True
     ),
+    (ModelConfig, "inflight_batches"): _int_between(
+        1, 8, "an integer in 1..8 (each batch in flight holds its own GPU buffers)"
+    ),
     (ModelConfig, "confidence"): _FRACTION,
     (ModelConfig, "iou"): _FRACTION,
     (ModelConfig, "max_detections"): _int_between(

@@ -499,6 +499,7 @@ def load_engine_backend(
         names=names_metadata(model.path),
         input_hw=(model.input_size, model.input_size),
         max_batch=model.max_batch,
+        slots=model.inflight_batches,
     )
 
 

@@ -155,7 +155,10 @@ class TorchBackend:
 
     @classmethod
     def from_config(cls, model: ModelConfig) -> TorchBackend:
-        return cls(model.path, input_size=model.input_size, max_batch=model.max_batch)
+        return cls(
+            model.path, input_size=model.input_size, max_batch=model.max_batch,
+            slots=model.inflight_batches,
+        )  # fmt: skip
 
     # -- Backend protocol -----------------------------------------------------------------
 
