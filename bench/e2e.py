@@ -67,6 +67,8 @@ class E2EOptions:
     max_batch: int | None = None
     # GPU backends' batches in flight at once (model.inflight_batches); None: the default.
     inflight_batches: int | None = None
+    # Our pipeline worker processes (model.workers); None: the default.
+    workers: int | None = None
     source: str = "rtsp"
     baseline: str | None = None
     ultralytics_python: Path | None = None
@@ -358,6 +360,8 @@ def run_ours(
     )  # fmt: skip
     if opts.inflight_batches is not None:
         document["model"]["inflight_batches"] = opts.inflight_batches
+    if opts.workers is not None:
+        document["model"]["workers"] = opts.workers
     if opts.tracking:
         document["tracking"] = {"enabled": True}
     write_config(config, document)

@@ -18,57 +18,84 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
 
 from daemon.config.load import ConfigError, diff_cameras, load_config
-from daemon.config.model import AppConfig
-from daemon.infer.backend import Backend
+from daemon.config.model import AppConfig, CameraConfig
 from daemon.infer.factory import load_backend
-from daemon.monitor.drift import DriftMonitor, open_drift_monitor
-from daemon.monitor.metrics import DaemonMetrics, MetricsServer
+from daemon.infer.model_file import class_names_of
+from daemon.monitor.drift import open_drift_monitor
+from daemon.monitor.metrics import (
+    DaemonMetrics,
+    Health,
+    MetricsServer,
+    PublisherMetrics,
+    publisher_health,
+)
 from daemon.monitor.stats import StatsCollector, render_fps_table
 from daemon.monitor.systemd import SystemdNotifier
 from daemon.pipeline import Pipeline
+from daemon.publish.camera_stats import CameraStats
 from daemon.publish.mqtt import MqttPublisher
-from daemon.publish.sink import Sink
+from daemon.publish.sink import Publisher
 from daemon.track.checks import filter_problems
+from daemon.workers.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
 _CONFIG_WATCH_S = 2.0
 
 
+class Runner(Protocol):
+    """What runs the cameras: one ``Pipeline`` in this process, or a ``WorkerPool``."""
+
+    def add_camera(self, camera: CameraConfig) -> None: ...
+
+    def remove_camera(self, camera_id: str) -> None: ...
+
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[], None]) -> None: ...
+
+    def healthy(self) -> bool: ...
+
+    def health(self) -> Health: ...
+
+    def latest_stats(self) -> dict[str, CameraStats]: ...
+
+
 class Service:
-    """The daemon process: owns the pipeline and everything around it."""
+    """The daemon process: owns the runner and everything around it."""
 
     def __init__(
         self,
         config: AppConfig,
-        backend: Backend,
-        sink: Sink,
+        runner: Runner,
+        sink: Publisher,
+        registry: CollectorRegistry,
+        model: LoadedModel,
         *,
         print_table: Callable[[str], None] | None = None,
-        drift: DriftMonitor | None = None,
         env: Mapping[str, str] | None = None,
         started: float | None = None,
     ) -> None:
-        """``sink``: where results go (started and stopped here). ``env``: the environment
-        reloads read ``mqtt.password_env`` from (default: the process's). ``started``: the
-        ``time.monotonic()`` the start-up began at (model loading included; default: now)."""
+        """``sink``: where results go (started and stopped here); ``registry``: what
+        ``/metrics`` serves. ``env``: the environment reloads read ``mqtt.password_env``
+        from (default: the process's). ``started``: the ``time.monotonic()`` the start-up
+        began at (model loading included; default: now)."""
         self._started = time.monotonic() if started is None else started
         self._config = config
         self._env = env
-        self._backend = backend
+        self._model = model
         self._print_table = print_table
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._notifier = SystemdNotifier()
         self._sink = sink
-        self._metrics_registry = DaemonMetrics(sink.counters)
-        self._pipeline = Pipeline(
-            config, backend, sink, StatsCollector(), self._metrics_registry, drift=drift
-        )
-        self._metrics = _bind_metrics(config, self._metrics_registry, self._pipeline)
+        self._runner = runner
+        self._metrics = _bind_metrics(config, registry, self.health)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -84,7 +111,7 @@ class Service:
 
         self._sink.start()
         for camera in self._config.enabled_cameras:
-            self._pipeline.add_camera(camera)
+            self._runner.add_camera(camera)
         if self._metrics is not None:
             self._metrics.start()
 
@@ -97,7 +124,7 @@ class Service:
         if duration_s is not None:
             loop.call_later(duration_s, self.request_stop)
         try:
-            await self._pipeline.run(self._stop, self._ready)
+            await self._runner.run(self._stop, self._ready)
         finally:
             self._notifier.stopping()
             for task in helpers:
@@ -107,22 +134,37 @@ class Service:
             if self._metrics is not None:
                 self._metrics.stop()
             self._notifier.close()
-            self._backend.close()
+            self._model.close()
             log.info("edgewatch stopped")
         return 0
 
     def _ready(self) -> None:
         """The backend is warm for the cameras' batch shapes: tell systemd and the log."""
         self._notifier.ready()
-        self._notifier.status(f"{len(self._config.enabled_cameras)} cameras, {self._backend.name}")
+        self._notifier.status(f"{len(self._config.enabled_cameras)} cameras, {self._model.label}")
         log.info(
             "edgewatch running",
             extra={
                 "node": self._config.node,
-                "backend": self._backend.name,
+                "backend": self._model.label,
+                "workers": self._config.model.workers,
                 "cameras": len(self._config.enabled_cameras),
                 "startup_s": round(time.monotonic() - self._started, 2),
             },
+        )
+
+    def healthy(self) -> bool:
+        """The runner makes progress and the publisher's pump works (the watchdog's gate)."""
+        return self._runner.healthy() and self._sink.counters().pump_ok
+
+    def health(self) -> Health:
+        """What ``/healthz`` reports: the runner's part, and whether messages can leave
+        (broker reachable, pump working)."""
+        runner = self._runner.health()
+        counters = self._sink.counters()
+        return Health(
+            runner.healthy and counters.pump_ok and counters.can_publish,
+            {**runner.detail, "mqtt": publisher_health(counters)},
         )
 
     async def _watchdog(self) -> None:
@@ -132,14 +174,14 @@ class Service:
             return
         while True:
             await asyncio.sleep(interval / 2)
-            if self._pipeline.healthy():
+            if self.healthy():
                 self._notifier.watchdog()
 
     async def _table(self) -> None:
         assert self._print_table is not None
         while True:
             await asyncio.sleep(self._config.monitoring.stats_interval_s)
-            latest = self._pipeline.reporter.latest
+            latest = self._runner.latest_stats()
             if latest:
                 self._print_table(render_fps_table(latest))
 
@@ -174,19 +216,19 @@ class Service:
             return
         diff = diff_cameras(self._config, new)
         unknown = filter_problems(
-            (*diff.added, *diff.changed), self._backend.class_names, self._config.tracking
+            (*diff.added, *diff.changed), self._model.class_names, self._config.tracking
         )
         for text in unknown:
             log.error("config rejected, keeping the running one", extra={"problem": text})
         if unknown:
             return
         for camera_id in diff.removed:
-            self._pipeline.remove_camera(camera_id)
+            self._runner.remove_camera(camera_id)
         for camera in diff.changed:
-            self._pipeline.remove_camera(camera.id)
-            self._pipeline.add_camera(camera)
+            self._runner.remove_camera(camera.id)
+            self._runner.add_camera(camera)
         for camera in diff.added:
-            self._pipeline.add_camera(camera)
+            self._runner.add_camera(camera)
         for section in diff.restart_required:
             log.warning("config change needs a restart to take effect", extra={"section": section})
         self._config = new
@@ -223,19 +265,14 @@ class StartupError(Exception):
 
 
 def _bind_metrics(
-    config: AppConfig, registry: DaemonMetrics, pipeline: Pipeline
+    config: AppConfig, registry: CollectorRegistry, health: Callable[[], Health]
 ) -> MetricsServer | None:
     """The metrics endpoint, bound (not serving yet) before anything else starts."""
     monitoring = config.monitoring
     if monitoring.metrics_port is None:
         return None
     try:
-        return MetricsServer(
-            monitoring.metrics_host,
-            monitoring.metrics_port,
-            registry.registry,
-            health=pipeline.health,
-        )
+        return MetricsServer(monitoring.metrics_host, monitoring.metrics_port, registry, health)
     except OSError as exc:
         address = f"{monitoring.metrics_host}:{monitoring.metrics_port}"
         raise StartupError(
@@ -253,16 +290,33 @@ def _mtime(path: Path | None) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """What the service knows of the model: its classes, a label for logs and systemd,
+    and how to release it (the backend, when it lives in this process)."""
+
+    class_names: tuple[str, ...]
+    label: str
+    close: Callable[[], None] = lambda: None
+
+
 def serve(config: AppConfig, duration_s: float | None, table: bool) -> int:
-    """Load the model, then run the service until a signal or ``duration_s``."""
+    """Load the model (here, or in each pipeline worker), then run the service until a
+    signal or ``duration_s``."""
     started = time.monotonic()
     env = withhold_secret_variables(config)
-    backend = load_backend(config.model)
-    problems = filter_problems(config.enabled_cameras, backend.class_names, config.tracking)
+    workers = config.model.workers
+    backend = load_backend(config.model) if workers == 1 else None
+    if backend is not None:
+        model = LoadedModel(backend.class_names, backend.name, backend.close)
+    else:
+        names = class_names_of(config.model.path)
+        model = LoadedModel(names, f"{config.model.backend.value} in {workers} workers")
+    problems = filter_problems(config.enabled_cameras, model.class_names, config.tracking)
     if problems:
-        backend.close()
+        model.close()
         raise StartupError(*(f"config: {problem}" for problem in problems))
-    drift = open_drift_monitor(config.model, backend)
+    drift = open_drift_monitor(config.model, backend) if backend is not None else None
 
     def print_table(text: str) -> None:
         sys.stdout.write(text + "\n")
@@ -270,14 +324,25 @@ def serve(config: AppConfig, duration_s: float | None, table: bool) -> int:
 
     async def main() -> int:
         sink = MqttPublisher(config.mqtt, config.node)
+        runner: Runner
+        if backend is not None:
+            metrics = DaemonMetrics(sink.counters)
+            registry = metrics.registry
+            runner = Pipeline(config, backend, sink, StatsCollector(), metrics, drift=drift)
+        else:
+            pool = WorkerPool(config, sink, workers)
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(PublisherMetrics(sink.counters))
+            registry.register(pool.metrics)
+            runner = pool
         service = Service(
-            config, backend, sink, print_table=print_table if table else None, drift=drift,
-            env=env, started=started,
+            config, runner, sink, registry, model,
+            print_table=print_table if table else None, env=env, started=started,
         )  # fmt: skip
         return await service.run(duration_s)
 
     try:
         return asyncio.run(main())
     except StartupError:
-        backend.close()
+        model.close()
         raise

@@ -23,12 +23,13 @@ from daemon.infer.warmup import ShapeWarmer
 from daemon.logs import RepeatLimiter
 from daemon.monitor.drift import DriftMonitor
 from daemon.monitor.health import BatchHealth
-from daemon.monitor.metrics import DaemonMetrics, Health, publisher_health
+from daemon.monitor.metrics import DaemonMetrics, Health
 from daemon.monitor.reporter import StatsReporter
 from daemon.monitor.stats import StatsCollector
 from daemon.postprocess.detect import decode_inferred, infer_batch
 from daemon.postprocess.filters import CameraFilter, resolve_filter
 from daemon.postprocess.yolo import Detections
+from daemon.publish.camera_stats import CameraStats
 from daemon.publish.sink import Sink
 from daemon.track.cameras import TrackedCameras
 from daemon.track.events import TrackEvent
@@ -155,28 +156,29 @@ class Pipeline:
 
     def healthy(self) -> bool:
         """False when frames are waiting but no batch has completed for a long time, or
-        when every recent batch failed, or when the sink's delivery stopped working (each
-        gates the systemd watchdog)."""
+        when every recent batch failed (each gates the systemd watchdog)."""
         # A copy first, as in states(): the HTTP thread calls this during reloads too.
         waiting = any(s.pending_since() is not None for s in list(self._sources.values()))
-        return self._batch_health.healthy(waiting) and self._sink.counters().pump_ok
+        return self._batch_health.healthy(waiting)
 
     def health(self) -> Health:
-        """What ``/healthz`` reports: the wedge check, whether messages can leave (broker
-        reachable, pump working) and each camera's state."""
-        counters = self._sink.counters()
+        """The pipeline's part of ``/healthz``: warm, the wedge check and each camera's
+        state (the service adds whether messages can leave)."""
         return Health(
-            self._warm_done and self.healthy() and counters.can_publish,
+            self._warm_done and self.healthy(),
             {
                 # False until every batch shape of the cameras at start is compiled.
                 "warm": self._warm_done,
-                "mqtt": publisher_health(counters),
                 **self._batch_health.detail(),
                 "cameras": {cid: state.value for cid, state in self.states().items()},
                 # Reader process ids: a hot reload must leave unchanged cameras' readers alone.
                 "readers": {cid: s.pid for cid, s in list(self._sources.items())},
             },
         )
+
+    def latest_stats(self) -> dict[str, CameraStats]:
+        """Each camera's stats over the last closed monitoring interval."""
+        return self.reporter.latest
 
     # -- main loops ----------------------------------------------------------------------
 

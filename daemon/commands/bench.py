@@ -84,6 +84,7 @@ def register(sub: Any) -> None:
     e.add_argument(
         "--inflight", type=int, default=None, help="GPU batches in flight (model.inflight_batches)"
     )
+    e.add_argument("--workers", type=int, default=None, help="pipeline processes (model.workers)")
     e.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
     e.add_argument("--source", choices=["rtsp", "file"], default="rtsp")
     e.add_argument("--videos", type=Path, default=_DEFAULT_VIDEOS)
@@ -200,7 +201,8 @@ def _e2e(args: argparse.Namespace) -> int:
         cameras=counts[0], duration_s=args.duration, warmup_s=args.warmup,
         onnx_model=args.model.resolve(), pt_model=args.pt_model.resolve(),
         videos=tuple(v.resolve() for v in videos), backend=BackendKind(args.backend),
-        max_batch=args.max_batch, inflight_batches=args.inflight, source=args.source,
+        max_batch=args.max_batch, inflight_batches=args.inflight, workers=args.workers,
+        source=args.source,
         baseline=args.baseline,
         ultralytics_python=args.ultralytics_python, baseline_device=args.baseline_device,
         baseline_half=args.baseline_half, backend_seconds=args.backend_seconds,

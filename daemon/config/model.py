@@ -122,6 +122,10 @@ class ModelConfig:
     # GPU backends (tensorrt, torch): batches in flight at once, each on its own CUDA stream
     # with its own buffers and worker thread. ONNX Runtime runs one batch at a time.
     inflight_batches: int = 2
+    # Pipeline processes: each loads the model and serves a share of the cameras, so one
+    # Python process is not the ceiling (see daemon/workers/pool.py). 1 runs it in the
+    # daemon's own process.
+    workers: int = 1
     confidence: float = 0.25
     iou: float = 0.7
     max_detections: int = 300

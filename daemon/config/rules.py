@@ -129,6 +129,9 @@ RULES: Final[dict[tuple[type, str], Rule]] = {
     (ModelConfig, "inflight_batches"): _int_between(
         1, 8, "an integer in 1..8 (each batch in flight holds its own GPU buffers)"
     ),
+    (ModelConfig, "workers"): _int_between(
+        1, 16, "an integer in 1..16 (each worker holds its own copy of the model)"
+    ),
     (ModelConfig, "confidence"): _FRACTION,
     (ModelConfig, "iou"): _FRACTION,
     (ModelConfig, "max_detections"): _int_between(

@@ -84,7 +84,6 @@ class DaemonMetrics(Collector):
         self.registry = CollectorRegistry(auto_describe=False)
         self._lock = threading.Lock()
         self._cameras: dict[str, CameraStats] = {}
-        self._publisher = publisher
         self.batch_latency = Histogram(
             "edgewatch_backend_batch_latency_seconds",
             "The backend's call for one batch, transfers included (preprocess excluded).",
@@ -111,6 +110,8 @@ class DaemonMetrics(Collector):
         )
         self._stages = {stage: self.stage_seconds.labels(stage=stage) for stage in STAGES}
         self.registry.register(self)
+        if publisher is not None:
+            self.registry.register(PublisherMetrics(publisher))
 
     def update_cameras(self, stats: Mapping[str, CameraStats]) -> None:
         """Replace the per-camera snapshot (call once per stats interval)."""
@@ -138,8 +139,16 @@ class DaemonMetrics(Collector):
         with self._lock:
             cameras = list(self._cameras.values())
         yield from _camera_metrics(cameras)
-        if self._publisher is not None:
-            yield from _publisher_metrics(self._publisher())
+
+
+class PublisherMetrics(Collector):
+    """The publisher's delivery counters and state, read at scrape time."""
+
+    def __init__(self, publisher: Callable[[], PublisherCounters]) -> None:
+        self._publisher = publisher
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _publisher_metrics(self._publisher())
 
 
 def _camera_metrics(cameras: list[CameraStats]) -> Iterator[Metric]:

@@ -317,6 +317,10 @@ class MqttPublisher:
                 spool_rejected=self._outbox.rejected,
             )
 
+    def publish_message(self, topic: str, payload: bytes) -> None:
+        """Queue an already built message (at-least-once): a worker process's payload."""
+        self._enqueue(topic, payload)
+
     def _enqueue(self, topic: str, payload: bytes) -> None:
         self._outbox.put(OutMessage(topic, payload, self._cfg.qos))
         with self._cond:

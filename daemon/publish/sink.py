@@ -1,8 +1,10 @@
-"""Where the pipeline's results go: the interface ``Pipeline`` and ``Service`` are written to.
+"""Where the pipeline's results go: the interfaces ``Pipeline`` and ``Service`` are written to.
 
-``MqttPublisher`` (``daemon.publish.mqtt``) is one implementation; it satisfies ``Sink``
-structurally. Every ``publish_*`` call comes from the asyncio loop, a batch worker thread or
-the snapshot encoder, so none may block: a sink queues and returns.
+``MqttPublisher`` (``daemon.publish.mqtt``) is the ``Publisher``; it satisfies the protocols
+structurally. A pipeline in a worker process publishes to a ``Sink`` that relays to the
+service's publisher (``daemon.workers.relay``). Every ``publish_*`` call comes from the
+asyncio loop, a batch worker thread or the snapshot encoder, so none may block: a sink
+queues and returns.
 """
 
 from __future__ import annotations
@@ -20,14 +22,6 @@ from daemon.track.events import TrackEvent
 
 class Sink(Protocol):
     """Receives detections, camera state, interval stats, object events and snapshots."""
-
-    def start(self) -> None:
-        """Begin delivering (in the background); returns at once."""
-        ...
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Deliver or persist what is queued, within ``timeout`` seconds, and stop."""
-        ...
 
     def start_camera(self, camera_id: str) -> int:
         """A camera's reader starts (again): returns the camera's new epoch for payloads."""
@@ -64,6 +58,22 @@ class Sink(Protocol):
 
     def publish_snapshot(self, camera_id: str, payload: bytes) -> None:
         """One event's snapshot, already encoded (``daemon.track.snapshots``)."""
+        ...
+
+
+class Publisher(Sink, Protocol):
+    """A ``Sink`` the service owns: it delivers in the background and counts what it did."""
+
+    def start(self) -> None:
+        """Begin delivering (in the background); returns at once."""
+        ...
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Deliver or persist what is queued, within ``timeout`` seconds, and stop."""
+        ...
+
+    def publish_message(self, topic: str, payload: bytes) -> None:
+        """Queue an already built message (at-least-once), as the ``publish_*`` calls do."""
         ...
 
     def counters(self) -> PublisherCounters:
