@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU numbers of bench/README.md, as run on the lent H200 machine (no RTSP server, no
 # mosquitto, no pip there). Expects, carried beside the tree in .carry/bench/:
-#   whl/      paho-mqtt (and, for BASELINE=1, ultralytics, ultralytics-thop and polars) wheels
+#   whl/      paho-mqtt (and, for BASELINE=1, ultralytics and ultralytics-thop) wheels
 #   mosq/     Debian's mosquitto binary + its libraries, behind a wrapper script
 #   shared/   videos/*.mp4 and models/yolov8n.{onnx,pt} copied from ../shared
-# Usage: bash bench/gpu_run.sh OUTDIR [CAMERA_COUNTS] [SECONDS]
+# Usage: [WORKERS=2] [BASELINE=1] bash bench/gpu_run.sh OUTDIR [CAMERA_COUNTS] [SECONDS]
 set -euo pipefail
 out=${1:?output folder}
 counts=${2:-16,32,64,96,128}
@@ -30,8 +30,16 @@ fi
 # tree (cold page cache and clocks): one short run first, thrown away.
 python3 -m daemon.cli --log-level warning bench e2e "${common[@]}" --cameras 16 --duration 5 \
     --backend-seconds 0 > "$out/settle.txt" 2>&1
-plot=()
-python3 -c 'import matplotlib' 2>/dev/null && plot=(--plot "$out/gpu_sweep.png")
-python3 -m daemon.cli --log-level warning bench e2e "${common[@]}" "${baseline[@]}" \
-    --backend-seconds 3 --sweep "$counts" --duration "$seconds" --json "$out/gpu_e2e.json" "${plot[@]}" \
-    --workdir /tmp/bench-work 2>&1 | tee "$out/gpu_e2e.txt"
+# One invocation per camera count: a device call is too short for every count in one, and
+# a count that runs past its limit then costs only its own point.
+runs=()
+for count in ${counts//,/ }; do
+    timeout 300 python3 -m daemon.cli --log-level warning bench e2e "${common[@]}" "${baseline[@]}" \
+        --workers "${WORKERS:-2}" --backend-seconds 3 --cameras "$count" --duration "$seconds" \
+        --json "$out/gpu_e2e_$count.json" --workdir "/tmp/bench-work-$count" 2>&1 \
+        | tee "$out/gpu_e2e_$count.txt" || true
+    [[ -f $out/gpu_e2e_$count.json ]] && runs+=("$out/gpu_e2e_$count.json")
+done
+if python3 -c 'import matplotlib' 2>/dev/null && (( ${#runs[@]} )); then
+    python3 -m bench.plot "$out/gpu_sweep.png" "${runs[@]}"
+fi
