@@ -71,9 +71,18 @@ def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     os.environ[_FORMAT_ENV] = fmt
 
 
-def setup_child_logging(stream: TextIO) -> None:
-    """In a child process: log to ``stream`` in the level and format of the parent."""
+def setup_child_logging(stream: TextIO, **tags: object) -> None:
+    """In a child process: log to ``stream`` in the level and format of the parent; ``tags``
+    are added to every record (which pipeline worker wrote a line, say)."""
     _configure(os.environ.get(_LEVEL_ENV, "info"), os.environ.get(_FORMAT_ENV, "logfmt"), stream)
+    if tags:
+
+        def tag(record: logging.LogRecord) -> bool:
+            record.__dict__.update(tags)
+            return True
+
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(tag)
 
 
 def _configure(level: str, fmt: str, stream: TextIO) -> None:

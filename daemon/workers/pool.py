@@ -94,8 +94,14 @@ class WorkerPool:
 
     def remove_camera(self, camera_id: str) -> None:
         for worker in self._workers:
-            if worker.cameras.pop(camera_id, None) is not None and self._running:
+            if worker.cameras.pop(camera_id, None) is None or not self._running:
+                continue
+            process = worker.process
+            if process is not None and process.is_alive():
                 worker.send(RemoveCamera(camera_id))
+            else:
+                # Nobody will report it gone: clear its retained state here.
+                self._publisher.remove_camera(camera_id)
 
     # -- health --------------------------------------------------------------------------
 

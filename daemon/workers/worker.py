@@ -48,13 +48,13 @@ class WorkerSpec:
 
 def run_worker(spec: WorkerSpec, results: Connection, commands: Connection) -> None:
     """Entry point of the worker process (spawned): load the backend, run the pipeline."""
-    setup_child_logging(sys.stderr)
+    setup_child_logging(sys.stderr, worker=spec.index)
     try:
         backend = load_backend(spec.config.model)
         drift = open_drift_monitor(spec.config.model, backend)
     except Exception:
         # The pool sees the exit, marks the cameras down and tries again later.
-        log.exception("pipeline worker could not load its backend", extra={"worker": spec.index})
+        log.exception("pipeline worker could not load its backend")
         return
     topics = Topics(spec.config.mqtt.topic_prefix, spec.config.node)
     sink = RelaySink(results, topics)
@@ -117,7 +117,7 @@ async def _serve(
         pipeline.add_camera(camera)
     threading.Thread(target=listen, name="worker-commands", daemon=True).start()
     reporter = asyncio.create_task(report(), name="worker-status")
-    log.info("pipeline worker started", extra={"worker": spec.index, "cameras": len(spec.cameras)})
+    log.info("pipeline worker started", extra={"cameras": len(spec.cameras)})
     try:
         await pipeline.run(stop, on_ready)
     finally:
@@ -125,4 +125,4 @@ async def _serve(
         with contextlib.suppress(asyncio.CancelledError):
             await reporter
         sink.send(status())
-        log.info("pipeline worker stopped", extra={"worker": spec.index})
+        log.info("pipeline worker stopped")

@@ -5,7 +5,8 @@ outside: every camera's detections on its usual topic, one epoch per camera shar
 retained state and its detections, one ``/metrics`` with the workers' batch histograms
 summed, one ``/healthz`` listing both workers. A worker killed with SIGKILL is not hidden:
 ``/healthz`` goes unhealthy and its cameras' retained state becomes ``down`` with the reason;
-it is started again and its cameras resume with a new epoch. SIGTERM stops everything
+it is started again and its cameras resume with a new epoch. A reload that removes one camera
+and adds another reaches the workers and leaves the other readers alone. SIGTERM stops everything
 cleanly: exit 0, no worker or reader process left, every state ``down`` and the node offline.
 """
 
@@ -23,7 +24,7 @@ import pytest
 
 from tests.fixtures.broker import Subscriber
 from tests.fixtures.observe import NODE, cheap_cameras, payloads
-from tests.harness.daemon import DaemonProcess
+from tests.harness.daemon import DaemonProcess, write_config
 from tests.harness.rtsp import RtspServer
 
 pytestmark = [pytest.mark.rtsp, pytest.mark.mqtt]
@@ -62,7 +63,7 @@ def test_workers_share_the_cameras_and_a_dead_worker_is_restarted(
     mqtt_subscriber: Callable[..., Subscriber],
     run_daemon: Callable[..., DaemonProcess],
 ) -> None:
-    paths = cheap_cameras(rtsp_server, videos, len(CAMERAS))
+    *paths, spare = cheap_cameras(rtsp_server, videos, len(CAMERAS) + 1)
     document = daemon_document(
         {cid: rtsp_server.url(p) for cid, p in zip(CAMERAS, paths, strict=True)}, PREFIX
     )
@@ -80,6 +81,9 @@ def test_workers_share_the_cameras_and_a_dead_worker_is_restarted(
     pids = {w["pid"] for w in workers}
     assert len(pids) == 2
     assert os.getpid() not in pids
+    # Every line a worker logs says which worker it is.
+    started = [r for r in daemon.log_records() if r.get("msg") == "pipeline worker started"]
+    assert sorted(r["worker"] for r in started) == [0, 1]
     # Each worker runs its own cameras' readers.
     for w in workers:
         children = {c.pid for c in psutil.Process(w["pid"]).children()}
@@ -119,14 +123,32 @@ def test_workers_share_the_cameras_and_a_dead_worker_is_restarted(
         psutil.STATUS_ZOMBIE
     )
 
+    # A reload removes a camera and adds one: the workers are told, the rest keep running.
+    document["cameras"] = [c for c in document["cameras"] if c["id"] != "c2"]
+    document["cameras"].append({"id": "c3", "url": rtsp_server.url(spare)})
+    readers = daemon.healthz()["readers"]
+    write_config(daemon.config, document)
+    daemon.reload()
+    daemon.wait_streaming(["c0", "c1", "c3"])
+    daemon.wait_until(lambda: set(daemon.healthz()["cameras"]) == {"c0", "c1", "c3"}, 10, "c2 gone")
+    after = daemon.healthz()
+    assert sorted(c for w in after["workers"] for c in w["camera_ids"]) == ["c0", "c1", "c3"]
+    assert {c: after["readers"][c] for c in ("c0", "c1")} == {c: readers[c] for c in ("c0", "c1")}
+    cleared = sub.messages(f"{PREFIX}/{NODE}/c2/state")
+    daemon.wait_until(
+        lambda: sub.messages(f"{PREFIX}/{NODE}/c2/state")[-1].payload == b"", 10, "c2 cleared"
+    )
+    assert cleared
+    cameras = ("c0", "c1", "c3")
+
     # A clean stop: nothing left running, every camera down, the node offline.
     processes = [psutil.Process(w["pid"]) for w in daemon.healthz()["workers"]]
     processes += [p for w in processes for p in w.children(recursive=True)]
     assert daemon.stop() == 0
     _, alive = psutil.wait_procs(processes, timeout=5)
     assert alive == []
-    for cid in CAMERAS:
-        assert (_last_state(sub, cid) or {}).get("state") == "down"
+    for cid in cameras:
+        assert _state_is(sub, cid, "down")
     status = sub.messages(f"{PREFIX}/{NODE}/status")
     assert status
     assert status[-1].payload == b"offline"
