@@ -118,13 +118,17 @@ class WorkerPool:
             for w in self._workers:
                 status = w.status
                 detail = dict(status.health.detail) if status is not None else {}
+                # Until a (re)started worker reports, its cameras are what the service knows.
+                alive = w.process is not None and w.process.is_alive()
+                unknown = CameraState.STARTING if alive else CameraState.DOWN
+                cameras.update(dict.fromkeys(w.cameras, unknown.value))
                 cameras.update(_mapping(detail.pop("cameras", {})))
                 readers.update(_mapping(detail.pop("readers", {})))
                 workers.append({
                     "worker": w.index,
                     "camera_ids": sorted(w.cameras),
                     "pid": w.process.pid if w.process is not None else None,
-                    "alive": w.process is not None and w.process.is_alive(),
+                    "alive": alive,
                     "healthy": self._worker_ok(w, require_ready=True),
                     "seconds_since_report": round(time.monotonic() - w.reported, 1),
                     "restarts": w.restarts,
@@ -197,7 +201,8 @@ class WorkerPool:
             worker.reported = time.monotonic()
             worker.restart_at = None
         worker.relay = threading.Thread(
-            target=self._relay, args=(worker, results), name=f"worker-{worker.index}-relay",
+            target=self._relay, args=(worker, process, results),
+            name=f"worker-{worker.index}-relay",
             daemon=True,
         )  # fmt: skip
         worker.relay.start()
@@ -206,7 +211,7 @@ class WorkerPool:
             extra={"worker": worker.index, "pid": process.pid, "cameras": len(worker.cameras)},
         )
 
-    def _relay(self, worker: _Worker, results: Connection) -> None:
+    def _relay(self, worker: _Worker, process: BaseProcess, results: Connection) -> None:
         """Thread: everything one worker sends, until its end of the pipe closes."""
         while True:
             try:
@@ -240,6 +245,8 @@ class WorkerPool:
         with self._lock:
             worker.process = None
             worker.commands = None
+            # Its metrics and stats ended with it; its cameras read as down until it is back.
+            worker.status = None
             worker.restarts += 1
             worker.restart_at = time.monotonic() + delay
 

@@ -100,7 +100,10 @@ async def _serve(
                 command: Command = commands.recv()
             except (EOFError, OSError):
                 command = Stop()
-            loop.call_soon_threadsafe(apply, command)
+            try:
+                loop.call_soon_threadsafe(apply, command)
+            except RuntimeError:  # the loop is closed: the worker stopped on a signal
+                return
             if isinstance(command, Stop):
                 return
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -108,10 +109,13 @@ def test_four_rtsp_cameras_end_to_end(
 
     rtsp_server.start_source(dead)
     sub.wait_for(lambda _: _latest_state(sub, dead) == "streaming", timeout=30)
-    # Back at its old share: the outage must not leave it taken at every other batch.
+    # Back at an equal share: the outage must not leave it taken at every other batch. Its
+    # rate is compared with the others' in the same window, not with its own before the
+    # outage, because what else runs on the machine changes the rate of every camera alike.
     time.sleep(2.0)
-    revived = rates_over(sub, [dead], 10.0)
-    assert revived[dead] >= 0.7 * before[dead], (before, revived)
+    revived = rates_over(sub, cameras, 10.0)
+    print(f"rates before {before}, with {dead} down {after}, revived {revived}")
+    assert revived[dead] >= 0.7 * statistics.median(revived[c] for c in alive), (before, revived)
 
     # Graceful stop: drain, publish offline (retained), exit 0.
     proc.send_signal(signal.SIGTERM)

@@ -108,6 +108,14 @@ def test_workers_share_the_cameras_and_a_dead_worker_is_restarted(
     victim = workers[0]
     os.kill(victim["pid"], signal.SIGKILL)
     daemon.wait_until(lambda: daemon.http_get("/healthz")[0] == 503, 10, "unhealthy")
+    # Its cameras are not shown streaming by a dead worker's last report.
+    daemon.wait_until(
+        lambda: all(
+            daemon.healthz()["cameras"][c] in {"down", "starting"} for c in victim["camera_ids"]
+        ),
+        10,
+        "dead worker's cameras not streaming",
+    )
     for cid in victim["camera_ids"]:
         daemon.wait_until(partial(_state_is, sub, cid, "down"), 10, f"{cid} down")
         reason = (_last_state(sub, cid) or {}).get("reason") or ""
@@ -152,3 +160,7 @@ def test_workers_share_the_cameras_and_a_dead_worker_is_restarted(
     status = sub.messages(f"{PREFIX}/{NODE}/status")
     assert status
     assert status[-1].payload == b"offline"
+    # The one error is the killed worker's; nothing else failed on the way, stop included.
+    errors = [r["msg"] for r in daemon.log_records() if r.get("level") == "error"]
+    assert errors == ["pipeline worker exited; restarting it"]
+    assert "Traceback" not in daemon.log_text()
