@@ -75,7 +75,10 @@ class Pipeline:
         # Each camera's epoch (see daemon/publish/epochs.py): new whenever its reader starts.
         self._epochs: dict[str, int] = {}
         # Cameras with tracking on; the batch worker feeds them after NMS.
-        self._tracking = TrackedCameras(backend.class_names, sink)
+        # Worker processes share a snapshot directory's bound (daemon/workers/pool.py).
+        self._tracking = TrackedCameras(
+            backend.class_names, sink, directory_share=1 / config.model.workers
+        )
         self.reporter = StatsReporter(
             stats,
             self,

@@ -46,9 +46,13 @@ class TrackingCounts:
 class TrackedCameras:
     """The tracking stage of each camera that tracks."""
 
-    def __init__(self, names: tuple[str, ...], sink: TrackingSink) -> None:
+    def __init__(
+        self, names: tuple[str, ...], sink: TrackingSink, *, directory_share: float = 1.0
+    ) -> None:
+        """``directory_share``: see ``Snapshotter``."""
         self._names = names
         self._sink = sink
+        self._directory_share = directory_share
         self._stages: dict[str, CameraTracking] = {}
         # Started with the first camera that wants snapshots.
         self._snapshots: Snapshotter | None = None
@@ -58,7 +62,7 @@ class TrackedCameras:
         if not config.enabled:
             return
         if config.snapshots.enabled and self._snapshots is None:
-            self._snapshots = Snapshotter(self._sink.publish_snapshot)
+            self._snapshots = Snapshotter(self._sink.publish_snapshot, self._directory_share)
         self._stages[camera.id] = CameraTracking(camera, config, self._names, self._snapshots)
 
     def get(self, camera_id: str) -> CameraTracking | None:

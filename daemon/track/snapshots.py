@@ -111,8 +111,11 @@ class _Directory:
 class Snapshotter:
     """The encoder thread and the per-camera drop/sent counters."""
 
-    def __init__(self, sink: SnapshotSink) -> None:
+    def __init__(self, sink: SnapshotSink, directory_share: float = 1.0) -> None:
+        """``directory_share``: the part of a directory's ``directory_max_mb`` this process
+        may fill, when several pipeline worker processes write into the same directory."""
         self._sink = sink
+        self._share = directory_share
         self._queue: queue.Queue[SnapshotJob | None] = queue.Queue(_QUEUE_SIZE)
         self._lock = threading.Lock()
         self._buckets: dict[str, _Bucket] = {}
@@ -173,7 +176,9 @@ class Snapshotter:
         if cfg.directory is not None:
             directory = self._directories.get(cfg.directory)
             if directory is None:
-                directory = _Directory(cfg.directory, cfg.directory_max_mb * _MiB)
+                directory = _Directory(
+                    cfg.directory, int(cfg.directory_max_mb * _MiB * self._share)
+                )
                 self._directories[cfg.directory] = directory
             directory.write(job.camera, job.event_id, data)
         if cfg.publish:

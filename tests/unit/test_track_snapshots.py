@@ -111,22 +111,31 @@ def test_offers_beyond_the_rate_or_a_busy_encoder_are_dropped_and_counted() -> N
     assert snapshotter.counts("a") == (accepted, dropped)
 
 
-def test_snapshot_directory_keeps_the_newest_within_its_bound(tmp_path: Path) -> None:
+def _noise_config(directory: Path) -> tuple[npt.NDArray[np.uint8], SnapshotConfig]:
     noise = np.random.default_rng(0).integers(0, 255, size=(320, 320, 3), dtype=np.uint8)
-    config = SnapshotConfig(
+    return noise, SnapshotConfig(
         enabled=True,
         publish=False,
-        directory=tmp_path,
+        directory=directory,
         directory_max_mb=1,
         quality=100,
         max_per_s=100,
     )
-    snapshotter = Snapshotter(_Collect())
-    for i in range(30):
-        job = SnapshotJob("cam", f"s-{i}-1", i, 0.0, 0.9, (0, 0, 320, 320), noise, config)
+
+
+def _write(snapshotter: Snapshotter, camera: str, count: int, config: SnapshotConfig,
+           pixels: npt.NDArray[np.uint8]) -> None:  # fmt: skip
+    for i in range(count):
+        job = SnapshotJob(camera, f"s-{i}-1", i, 0.0, 0.9, (0, 0, 320, 320), pixels, config)
         assert snapshotter.offer(job)
-        while snapshotter.counts("cam")[0] < i + 1:  # one at a time: the queue never fills
+        while snapshotter.counts(camera)[0] < i + 1:  # one at a time: the queue never fills
             threading.Event().wait(0.01)
+
+
+def test_snapshot_directory_keeps_the_newest_within_its_bound(tmp_path: Path) -> None:
+    noise, config = _noise_config(tmp_path)
+    snapshotter = Snapshotter(_Collect())
+    _write(snapshotter, "cam", 30, config, noise)
     snapshotter.close()
     files = sorted((tmp_path / "cam").glob("*.jpg"), key=lambda p: int(p.stem.split("-")[1]))
     sizes = [p.stat().st_size for p in files]
@@ -135,3 +144,24 @@ def test_snapshot_directory_keeps_the_newest_within_its_bound(tmp_path: Path) ->
     assert sum(sizes) <= 1024 * 1024
     assert files[-1].name == "s-29-1.jpg"
     assert int(files[0].stem.split("-")[1]) == 30 - len(files)  # the oldest went first
+
+
+def test_worker_processes_sharing_a_directory_keep_its_bound_together(tmp_path: Path) -> None:
+    """Two pipeline workers (two snapshotters, half the bound each) fill one directory at
+    the same time: together they stay within the bound, and each keeps its newest files."""
+    noise, config = _noise_config(tmp_path)
+    workers = {camera: Snapshotter(_Collect(), directory_share=0.5) for camera in ("a", "b")}
+    for i in range(30):
+        for camera, snapshotter in workers.items():
+            job = SnapshotJob(camera, f"s-{i}-1", i, 0.0, 0.9, (0, 0, 320, 320), noise, config)
+            assert snapshotter.offer(job)
+            while snapshotter.counts(camera)[0] < i + 1:
+                threading.Event().wait(0.01)
+    for snapshotter in workers.values():
+        snapshotter.close()
+    files = list(tmp_path.glob("*/*.jpg"))
+    assert sum(p.stat().st_size for p in files) <= 1024 * 1024
+    for camera in workers:
+        names = {p.name for p in files if p.parent.name == camera}
+        assert "s-29-1.jpg" in names
+        assert 1 < len(names) < 30
