@@ -27,7 +27,7 @@ from daemon.config.tracking import LineConfig, TrackingConfig, ZoneConfig
 from daemon.postprocess.classes import resolve_classes
 from daemon.postprocess.yolo import Detections
 from daemon.track.bytetrack import TrackFrame
-from daemon.track.zones import FrameZones, ZoneLayout
+from daemon.track.zones import FrameZones, ZoneLayout, sides_changed
 
 F64 = npt.NDArray[np.float64]
 Anchor = tuple[float, float]
@@ -265,9 +265,14 @@ class CameraEvents:
                 for track, now_in in zip(tracks, inside.tolist(), strict=True):
                     self._zone_step(track, zone, now_in, ts)
         if layout.lines:
-            after = [_anchor(t.box) for t in tracks]
+            before = [t.anchor for t in tracks]
+            after = [((x1 + x2) / 2, y2) for x1, _, x2, y2 in (t.box for t in tracks)]
             for line, points in layout.lines:
-                self._cross(ts, layout, (line, points), tracks, after)
+                # Only a track that changed sides can have crossed: the rest is not tested.
+                turned = sides_changed(points, before, after)
+                if turned:
+                    moved = [(tracks[i], before[i], after[i]) for i in turned]
+                    self._cross(ts, layout, moved, line=line, points=points)
             for track, anchor in zip(tracks, after, strict=True):
                 track.anchor = anchor
 
@@ -275,31 +280,18 @@ class CameraEvents:
         self,
         ts: float,
         layout: FrameZones,
-        line_points: tuple[LineConfig, F64],
-        tracks: list[_Track],
-        after: list[Anchor],
+        moved: list[tuple[_Track, Anchor, Anchor]],
+        *,
+        line: LineConfig,
+        points: F64,
     ) -> None:
-        """Crossings of a line of ``layout`` (``line_points``: its config and its points in
-        pixels) by ``tracks`` moving from their anchor to ``after``."""
-        line, points = line_points
-        # Only a track that changed sides can have crossed: that test here, as
-        # ``side_of`` computes it, and the rest by ``FrameZones.crossings`` for those.
-        (ax, ay), (bx, by) = points.tolist()
-        dx, dy = bx - ax, by - ay
-        turned = [
-            i
-            for i, ((x0, y0), (x1, y1)) in enumerate(
-                zip((t.anchor for t in tracks), after, strict=True)
-            )
-            if (dx * (y0 - ay) - dy * (x0 - ax) > 0) != (dx * (y1 - ay) - dy * (x1 - ax) > 0)
-        ]
-        if not turned:
-            return
-        before = np.asarray([tracks[i].anchor for i in turned], dtype=np.float64)
-        now = np.asarray([after[i] for i in turned], dtype=np.float64)
+        """Crossings of ``line`` (``points`` in pixels) by the tracks ``moved`` (each with
+        its anchor before and after this frame)."""
+        before = np.asarray([b for _, b, _ in moved], dtype=np.float64)
+        after = np.asarray([a for _, _, a in moved], dtype=np.float64)
         allowed = self._line_classes[line.name]
-        for index, direction in layout.crossings(points, before, now):
-            track = tracks[turned[index]]
+        for index, direction in layout.crossings(points, before, after):
+            track = moved[index][0]
             if allowed is not None and track.class_id not in allowed:
                 continue
             if any(c.line == line.name and c.direction == direction for c in track.crossings):
