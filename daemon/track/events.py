@@ -27,9 +27,10 @@ from daemon.config.tracking import LineConfig, TrackingConfig, ZoneConfig
 from daemon.postprocess.classes import resolve_classes
 from daemon.postprocess.yolo import Detections
 from daemon.track.bytetrack import TrackFrame
-from daemon.track.zones import ZoneLayout, anchors
+from daemon.track.zones import FrameZones, ZoneLayout, sides_changed
 
 F64 = npt.NDArray[np.float64]
+Anchor = tuple[float, float]
 
 
 class EventType(str, Enum):
@@ -48,6 +49,9 @@ class Change(str, Enum):
     SCORE = "score"
     MOVED = "moved"
 
+
+# ``EventType.value`` is a descriptor lookup: too slow for every event.
+_KIND_NAMES: Final = {kind: kind.value for kind in EventType}
 
 END_LOST: Final = "lost"
 END_STOPPED: Final = "stopped"
@@ -161,28 +165,12 @@ class CameraEvents:
         self, ts: float, frame_size: tuple[int, int], detections: Detections, tracked: TrackFrame
     ) -> list[TrackEvent]:
         """Fold one frame (detections and the tracker's answer for them) into events."""
-        events: list[TrackEvent] = []
         self.improved = []
         matched = np.flatnonzero(tracked.track_ids >= 0)
-        ids = tracked.track_ids[matched].tolist()
-        boxes = detections.boxes[matched].astype(np.float64)
-        scores = detections.scores[matched].astype(np.float64)
-        tracks = [
-            self._see(track_id, ts, (box[0], box[1], box[2], box[3]), score, cls, frame_size)
-            for track_id, box, score, cls in zip(
-                ids,
-                boxes.tolist(),
-                scores.tolist(),
-                detections.class_ids[matched].tolist(),
-                strict=True,
-            )
-        ]
+        tracks = self._see(ts, frame_size, detections, matched, tracked) if len(matched) else []
         if self._layout and tracks:
-            self._place(ts, frame_size, tracks, boxes, scores)
-        for track in tracks:
-            event = self._maybe_emit(track, ts)
-            if event is not None:
-                events.append(event)
+            self._place(ts, frame_size, tracks, detections, matched)
+        events = self._due(ts, tracks)
         for track_id in tracked.ended.tolist():
             gone = self._tracks.pop(track_id, None)
             if gone is not None and gone.reported:
@@ -210,73 +198,109 @@ class CameraEvents:
         )
 
     # -- per frame ------------------------------------------------------------------------
+    # One loop over the frame's tracks per step, with the track's fields read and written
+    # in place: at tens of tracks a frame, per-track calls and array round trips would cost
+    # more than the work itself.
 
-    def _see(  # noqa: PLR0917 (one matched detection's fields)
+    def _see(
         self,
-        track_id: int,
         ts: float,
-        box: tuple[float, float, float, float],
-        score: float,
-        cls: int,
         frame_size: tuple[int, int],
-    ) -> _Track:
-        """The track of one matched detection, brought up to this frame."""
-        track = self._tracks.get(track_id)
-        if track is None:
-            track = self._tracks[track_id] = _Track(
-                track_id, ts, ts, box, score, cls, score, frame_size, anchor=_anchor(box)
-            )
-            self.improved.append((track_id, box, score))
-            return track
-        track.hits += 1
-        track.last_ts = ts
-        track.box = box
-        track.score = score
-        track.frame_size = frame_size
-        if score > track.best_score:
-            track.best_score = score
-            track.class_id = cls
-            self.improved.append((track_id, box, score))
-        return track
+        detections: Detections,
+        matched: npt.NDArray[np.intp],
+        tracked: TrackFrame,
+    ) -> list[_Track]:
+        """The tracks of the ``matched`` detections, brought up to this frame."""
+        known = self._tracks
+        improved = self.improved
+        tracks = []
+        for track_id, (x1, y1, x2, y2), score, cls in zip(
+            tracked.track_ids[matched].tolist(),
+            detections.boxes[matched].tolist(),
+            detections.scores[matched].tolist(),
+            detections.class_ids[matched].tolist(),
+            strict=True,
+        ):
+            box = (x1, y1, x2, y2)
+            track = known.get(track_id)
+            if track is None:
+                track = known[track_id] = _Track(
+                    track_id, ts, ts, box, score, cls, score, frame_size, anchor=_anchor(box)
+                )
+                improved.append((track_id, box, score))
+            else:
+                track.hits += 1
+                track.last_ts = ts
+                track.box = box
+                track.score = score
+                track.frame_size = frame_size
+                if score > track.best_score:
+                    track.best_score = score
+                    track.class_id = cls
+                    improved.append((track_id, box, score))
+            tracks.append(track)
+        return tracks
 
     def _place(
         self,
         ts: float,
         frame_size: tuple[int, int],
         tracks: list[_Track],
-        boxes: F64,
-        scores: F64,
+        detections: Detections,
+        matched: npt.NDArray[np.intp],
     ) -> None:
-        """Zone membership and line crossings of the tracks matched in this frame (their
-        ``boxes`` and ``scores``, row by row)."""
+        """Zone membership and line crossings of the tracks of the ``matched`` detections."""
         layout = self._layout.at(*frame_size)
-        classes: npt.NDArray[np.int64] | None = None  # only for zones limited to classes
-        for zone, polygon in layout.zones:
-            allowed = self._zone_classes[zone.name]
-            inside = layout.zone_mask(zone, polygon, boxes, scores)
-            if allowed is not None:
-                if classes is None:
-                    classes = np.asarray([t.class_id for t in tracks], dtype=np.int64)
-                inside &= np.isin(classes, allowed)
-            for track, now_in in zip(tracks, inside.tolist(), strict=True):
-                self._zone_step(track, zone, now_in, ts)
-        after = anchors(boxes)
-        before = np.asarray([t.anchor for t in tracks], dtype=np.float64)
-        for line, points in layout.lines:
-            allowed = self._line_classes[line.name]
-            for index, direction in layout.crossings(points, before, after):
-                track = tracks[index]
-                if allowed is not None and track.class_id not in allowed:
-                    continue
-                if any(c.line == line.name and c.direction == direction for c in track.crossings):
-                    continue  # once per track and direction
-                crossing = Crossing(line.name, direction, track.class_id, ts)
-                track.crossings.append(crossing)
-                track.pending.add(Change.LINE_CROSSED)
-                if track.reported:  # the others are counted with their ``new``
-                    self._count(crossing)
-        for track, (x, y) in zip(tracks, after.tolist(), strict=True):
-            track.anchor = (x, y)
+        if layout.zones:
+            boxes = detections.boxes[matched].astype(np.float64)
+            scores = detections.scores[matched].astype(np.float64)
+            classes: npt.NDArray[np.int64] | None = None  # only for zones limited to classes
+            for zone, polygon in layout.zones:
+                allowed = self._zone_classes[zone.name]
+                inside = layout.zone_mask(zone, polygon, boxes, scores)
+                if allowed is not None:
+                    if classes is None:
+                        classes = np.asarray([t.class_id for t in tracks], dtype=np.int64)
+                    inside &= np.isin(classes, allowed)
+                for track, now_in in zip(tracks, inside.tolist(), strict=True):
+                    self._zone_step(track, zone, now_in, ts)
+        if layout.lines:
+            before = [t.anchor for t in tracks]
+            after = [((x1 + x2) / 2, y2) for x1, _, x2, y2 in (t.box for t in tracks)]
+            for line, points in layout.lines:
+                # Only a track that changed sides can have crossed: the rest is not tested.
+                turned = sides_changed(points, before, after)
+                if turned:
+                    moved = [(tracks[i], before[i], after[i]) for i in turned]
+                    self._cross(ts, layout, moved, line=line, points=points)
+            for track, anchor in zip(tracks, after, strict=True):
+                track.anchor = anchor
+
+    def _cross(
+        self,
+        ts: float,
+        layout: FrameZones,
+        moved: list[tuple[_Track, Anchor, Anchor]],
+        *,
+        line: LineConfig,
+        points: F64,
+    ) -> None:
+        """Crossings of ``line`` (``points`` in pixels) by the tracks ``moved`` (each with
+        its anchor before and after this frame)."""
+        before = np.asarray([b for _, b, _ in moved], dtype=np.float64)
+        after = np.asarray([a for _, _, a in moved], dtype=np.float64)
+        allowed = self._line_classes[line.name]
+        for index, direction in layout.crossings(points, before, after):
+            track = moved[index][0]
+            if allowed is not None and track.class_id not in allowed:
+                continue
+            if any(c.line == line.name and c.direction == direction for c in track.crossings):
+                continue  # once per track and direction
+            crossing = Crossing(line.name, direction, track.class_id, ts)
+            track.crossings.append(crossing)
+            track.pending.add(Change.LINE_CROSSED)
+            if track.reported:  # the others are counted with their ``new``
+                self._count(crossing)
 
     @staticmethod
     def _zone_step(track: _Track, zone: ZoneConfig, now_in: bool, ts: float) -> None:
@@ -296,30 +320,39 @@ class CameraEvents:
             track.loitered.add(zone.name)
             track.pending.add(Change.LOITERING)
 
-    def _maybe_emit(self, track: _Track, ts: float) -> TrackEvent | None:
+    def _due(self, ts: float, tracks: list[_Track]) -> list[TrackEvent]:
+        """``new`` for the tracks that reach ``min_hits``; ``update`` for the reported ones
+        past their interval with a change."""
         cfg = self._cfg
-        if not track.reported:
-            if track.hits < cfg.min_hits:
-                return None
-            track.reported = True
-            track.pending.clear()
-            self._tracks_total += 1
-            for crossing in track.crossings:
-                self._count(crossing)
-            return self._emit(track, EventType.NEW)
-        if ts - track.last_sent_ts < cfg.update_interval_s:
-            return None  # score and motion are compared with the last event, so they can wait
-        if track.best_score >= track.sent_score + cfg.update_score_margin:
-            track.pending.add(Change.SCORE)
-        if _moved(track.box, track.sent_box, cfg.update_move_fraction):
-            track.pending.add(Change.MOVED)
-        return self._emit(track, EventType.UPDATE) if track.pending else None
+        min_hits, interval = cfg.min_hits, cfg.update_interval_s
+        events = []
+        for track in tracks:
+            if not track.reported:
+                if track.hits < min_hits:
+                    continue
+                track.reported = True
+                track.pending.clear()
+                self._tracks_total += 1
+                for crossing in track.crossings:
+                    self._count(crossing)
+                events.append(self._emit(track, EventType.NEW))
+                continue
+            if ts - track.last_sent_ts < interval:
+                continue  # score and motion are compared with the last event, so they can wait
+            if track.best_score >= track.sent_score + cfg.update_score_margin:
+                track.pending.add(Change.SCORE)
+            if _moved(track.box, track.sent_box, cfg.update_move_fraction):
+                track.pending.add(Change.MOVED)
+            if track.pending:
+                events.append(self._emit(track, EventType.UPDATE))
+        return events
 
     def _count(self, crossing: Crossing) -> None:
         self._crossings_total[(crossing.line, crossing.direction, crossing.class_id)] += 1
 
     def _emit(self, track: _Track, kind: EventType, end_reason: str | None = None) -> TrackEvent:
         track.sent += 1
+        zones, last_ts = track.zones, track.last_ts
         event = TrackEvent(
             type=kind,
             event_id=f"{self._session}-{track.track_id}-{track.sent}",
@@ -332,18 +365,20 @@ class CameraEvents:
             score=track.score,
             box=track.box,
             frame_size=track.frame_size,
-            zones=tuple((name, track.last_ts - since) for name, since in track.zones.items()),
+            zones=tuple((name, last_ts - since) for name, since in zones.items()) if zones else (),
             crossings=tuple(track.crossings),
-            changes=tuple(sorted(track.pending, key=lambda c: c.value)),
+            # A str enum sorts by value.
+            changes=tuple(sorted(track.pending)) if track.pending else (),
             end_reason=end_reason,
         )
         track.pending.clear()
         track.last_sent_ts = track.last_ts
         track.sent_score = track.best_score
         track.sent_box = track.box
-        self._events_total[kind.value] += 1
+        self._events_total[_KIND_NAMES[kind]] += 1
         return event
 
 
-def _anchor(box: tuple[float, float, float, float]) -> tuple[float, float]:
+def _anchor(box: tuple[float, float, float, float]) -> Anchor:
+    """A box's bottom-centre point, as ``daemon.track.zones.anchors`` computes it."""
     return ((box[0] + box[2]) / 2, box[3])

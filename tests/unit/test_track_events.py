@@ -16,6 +16,7 @@ from daemon.publish.payloads import event_payload
 from daemon.publish.schemas import load_schema
 from daemon.track.events import Change, EventType, TrackEvent
 from daemon.track.stage import CameraTracking
+from daemon.track.zones import side_of, sides_changed
 
 NAMES = ("person", "bicycle", "car")
 # One detected object: centre x, bottom y, score, class id.
@@ -145,3 +146,19 @@ def test_event_payloads_validate_against_the_schema() -> None:
         validator.validate(payload)
         kinds.add(payload["type"])
     assert kinds == {"new", "update", "end"}
+
+
+def test_sides_changed_decides_sides_as_side_of_does() -> None:
+    """The per-frame test of which objects changed sides of a line agrees with the array
+    one, for points exactly on the line (side A) too."""
+    rng = np.random.default_rng(0)
+    line = np.array([[100.0, 50.0], [500.0, 350.0]])
+    on_line = [(100.0 + 4 * k, 50.0 + 3 * k) for k in range(0, 100, 2)]
+    points = rng.uniform(0.0, 600.0, size=(200, 2)).tolist() + on_line
+    before = [(x, y) for x, y in rng.permutation(np.array(points)).tolist()]
+    after = [(x, y) for x, y in rng.permutation(np.array(points)).tolist()]
+    sides = [side_of(np.array(p), line[0], line[1]) for p in (before, after)]
+    assert (side_of(np.array(on_line), line[0], line[1]) == -1.0).all()
+    expected = (sides[0] != sides[1]).nonzero()[0].tolist()
+    assert sides_changed(line, before, after) == expected
+    assert any(p in on_line for i in expected for p in (before[i], after[i]))
