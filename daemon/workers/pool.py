@@ -1,8 +1,9 @@
 """Cameras sharded across pipeline worker processes (``model.workers`` > 1).
 
 One Python process tops out well before a data-centre GPU is busy, and more batches in
-flight inside that process made each batch slower, not the total faster (docs/ARCHITECTURE.md has the measurements). So each worker is a whole pipeline
-(readers, batching, its own backend and CUDA context, tracking) for a share of the cameras,
+flight inside that process made each batch slower, not the total faster (docs/ARCHITECTURE.md
+has the measurements). So each worker is a whole pipeline (readers, batching, its own
+backend and CUDA context, tracking) for a share of the cameras,
 and the service process keeps what must exist once: the MQTT publisher, the metrics endpoint,
 systemd notification and config reloads. Batch and stats semantics are those of one pipeline,
 per worker; messages reach subscribers exactly as from a single process
