@@ -10,8 +10,9 @@ per worker; messages reach subscribers exactly as from a single process
 (``daemon.workers.relay``).
 
 The pool is honest about its workers: ``/healthz`` is ok only while every worker is alive,
-warm, healthy and reporting; a worker that exits is logged, its cameras are marked ``down``
-with the reason, and it is started again with a growing delay.
+warm, healthy and reporting; a worker that exits, or stops reporting and is killed for it,
+is logged, its cameras are marked ``down`` with the reason, and it is started again with a
+growing delay.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ from daemon.workers.worker import STATUS_INTERVAL_S, WorkerSpec, run_worker
 
 log = logging.getLogger(__name__)
 
-# A worker that has not reported for this long is wedged (its loop or its pipe).
+# A worker that has not reported for this long is unhealthy (its loop or its pipe is stuck),
+# and after the second bound it is killed and restarted.
 SILENT_AFTER_S = 10 * STATUS_INTERVAL_S
+KILL_SILENT_AFTER_S = 30 * STATUS_INTERVAL_S
 # Restart delays after a worker exits: doubling from the first, capped.
 RESTART_FIRST_S = 1.0
 RESTART_MAX_S = 30.0
@@ -61,6 +64,8 @@ class _Worker:
         self.reported = 0.0
         self.restarts = 0
         self.restart_at: float | None = None
+        # Why the service killed the running process, if it did.
+        self.killed: str | None = None
 
     def send(self, command: Command) -> None:
         if self.commands is not None:
@@ -224,18 +229,29 @@ class WorkerPool:
                     worker.reported = time.monotonic()
 
     def _supervise(self, worker: _Worker) -> None:
-        process = worker.process
-        if process is None or process.is_alive() or self._stopping:
-            if (
-                worker.restart_at is not None
-                and time.monotonic() >= worker.restart_at
-                and not self._stopping
-            ):
+        if self._stopping:
+            return
+        process, now = worker.process, time.monotonic()
+        if process is None:
+            if worker.restart_at is not None and now >= worker.restart_at:
                 self._start(worker)
+            return
+        if process.is_alive():
+            # A worker that reported once and then went silent is wedged (stopped, deadlocked,
+            # its loop blocked): killed, it is restarted like one that died. Before its first
+            # report it may still be loading (an engine build takes minutes).
+            silent = now - worker.reported
+            if worker.status is not None and silent > KILL_SILENT_AFTER_S and not worker.killed:
+                worker.killed = f"killed after {silent:.0f} s without a report"
+                log.error("pipeline worker silent; killing it",
+                          extra={"worker": worker.index, "silent_s": round(silent, 1)})  # fmt: skip
+                process.kill()
             return
         code = process.exitcode
         delay = min(RESTART_MAX_S, RESTART_FIRST_S * 2**worker.restarts)
         reason = f"pipeline worker {worker.index} exited (status {code})"
+        if worker.killed:
+            reason += f", {worker.killed}"
         log.error(
             "pipeline worker exited; restarting it",
             extra={"worker": worker.index, "exit_code": code, "restart_in_s": delay},
@@ -245,6 +261,7 @@ class WorkerPool:
         with self._lock:
             worker.process = None
             worker.commands = None
+            worker.killed = None
             # Its metrics and stats ended with it; its cameras read as down until it is back.
             worker.status = None
             worker.restarts += 1

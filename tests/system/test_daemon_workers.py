@@ -5,7 +5,8 @@ outside: every camera's detections on its usual topic, one epoch per camera shar
 retained state and its detections, one ``/metrics`` with the workers' batch histograms
 summed, one ``/healthz`` listing both workers. A worker killed with SIGKILL is not hidden:
 ``/healthz`` goes unhealthy and its cameras' retained state becomes ``down`` with the reason;
-it is started again and its cameras resume with a new epoch. A reload that removes one camera
+it is started again and its cameras resume with a new epoch. A worker that stops reporting
+(SIGSTOP) is killed and restarted the same way. A reload that removes one camera
 and adds another reaches the workers and leaves the other readers alone. SIGTERM stops everything
 cleanly: exit 0, no worker or reader process left, every state ``down`` and the node offline.
 """
@@ -131,6 +132,21 @@ def test_workers_share_the_cameras_and_a_dead_worker_is_restarted(
         psutil.STATUS_ZOMBIE
     )
 
+    # A wedged worker (stopped: it neither works nor reports) goes unhealthy, then is killed
+    # and restarted like a dead one.
+    wedged = daemon.healthz()["workers"][1]
+    assert wedged["restarts"] == 0
+    os.kill(wedged["pid"], signal.SIGSTOP)
+    daemon.wait_until(lambda: daemon.http_get("/healthz")[0] == 503, 20, "unhealthy when silent")
+    daemon.wait_until(
+        lambda: daemon.healthz()["workers"][1]["pid"] not in {None, wedged["pid"]}, 60, "killed"
+    )
+    for cid in wedged["camera_ids"]:
+        reasons = [p.get("reason") or "" for p in payloads(sub, "state", cid)]
+        assert any("pipeline worker 1 exited" in r and "without a report" in r for r in reasons)
+    daemon.wait_until(lambda: daemon.healthz()["status"] == "ok", 60, "healthy after the kill")
+    assert daemon.healthz()["workers"][1]["restarts"] == 1
+
     # A reload removes a camera and adds one: the workers are told, the rest keep running.
     document["cameras"] = [c for c in document["cameras"] if c["id"] != "c2"]
     document["cameras"].append({"id": "c3", "url": rtsp_server.url(spare)})
@@ -160,7 +176,11 @@ def test_workers_share_the_cameras_and_a_dead_worker_is_restarted(
     status = sub.messages(f"{PREFIX}/{NODE}/status")
     assert status
     assert status[-1].payload == b"offline"
-    # The one error is the killed worker's; nothing else failed on the way, stop included.
+    # The errors are the killed workers'; nothing else failed on the way, stop included.
     errors = [r["msg"] for r in daemon.log_records() if r.get("level") == "error"]
-    assert errors == ["pipeline worker exited; restarting it"]
+    assert errors == [
+        "pipeline worker exited; restarting it",
+        "pipeline worker silent; killing it",
+        "pipeline worker exited; restarting it",
+    ]
     assert "Traceback" not in daemon.log_text()
