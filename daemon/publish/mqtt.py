@@ -42,11 +42,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from daemon.capture.frame import FrameMeta
 from daemon.capture.state import CameraState
 from daemon.config.model import MqttConfig
-from daemon.postprocess.yolo import Detections
-from daemon.publish.camera_stats import CameraStats
 from daemon.publish.connection import ConnectionTracker
 from daemon.publish.counters import PublisherCounters
 from daemon.publish.epochs import CameraEpochs
@@ -55,13 +52,10 @@ from daemon.publish.outbox import Outbox
 from daemon.publish.payloads import (
     STATUS_OFFLINE,
     STATUS_ONLINE,
-    detections_payload,
-    event_payload,
     state_payload,
-    stats_payload,
 )
+from daemon.publish.queued import QueuedMessages
 from daemon.publish.topics import Topics
-from daemon.track.events import TrackEvent
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +72,7 @@ STOPPED_REASON: Final = "node stopped"
 _MiB: Final = 1024 * 1024
 
 
-class MqttPublisher:
+class MqttPublisher(QueuedMessages):
     """Publishes detections, stats, events, snapshots, retained camera state and node
     availability: the daemon's ``Sink`` (``daemon.publish.sink``) over MQTT."""
 
@@ -238,38 +232,6 @@ class MqttPublisher:
         """A camera's frame counter starts (again): returns its new epoch for payloads."""
         return self._epochs.start(camera_id)
 
-    def publish_detections(
-        self,
-        meta: FrameMeta,
-        detections: Detections,
-        names: Sequence[str],
-        publish_ts: float,
-        epoch: int | None = None,
-    ) -> None:
-        """Queue one frame's detections (at-least-once). ``epoch``: the camera's epoch when
-        the frame was read (default: its current one)."""
-        if epoch is None:
-            epoch = self._epochs.current(meta.camera_id)
-        payload = detections_payload(meta, epoch, detections, names, publish_ts)
-        self._enqueue(self.topics.detections(meta.camera_id), payload)
-
-    def publish_events(
-        self, events: Sequence[TrackEvent], names: Sequence[str], publish_ts: float
-    ) -> None:
-        """Queue object events (at-least-once), each on its camera's events topic."""
-        for event in events:
-            payload = event_payload(event, names, publish_ts)
-            self._enqueue(self.topics.camera(event.camera, "events"), payload)
-
-    def publish_snapshot(self, camera_id: str, payload: bytes) -> None:
-        """Queue one event snapshot (at-least-once)."""
-        self._enqueue(self.topics.camera(camera_id, "snapshot"), payload)
-
-    def publish_stats(self, camera_id: str, stats: CameraStats) -> None:
-        """Queue one camera's interval stats."""
-        payload = stats_payload(stats, self._epochs.current(camera_id))
-        self._enqueue(self.topics.stats(camera_id), payload)
-
     def publish_state(self, camera_id: str, state: CameraState, reason: str | None) -> None:
         """Set the retained state of a camera (latest wins; republished on reconnect)."""
         epoch = self._epochs.current(camera_id)
@@ -319,10 +281,14 @@ class MqttPublisher:
 
     def publish_message(self, topic: str, payload: bytes) -> None:
         """Queue an already built message (at-least-once): a worker process's payload."""
-        self._enqueue(topic, payload)
+        self._queue(((topic, payload),))
 
-    def _enqueue(self, topic: str, payload: bytes) -> None:
-        self._outbox.put(OutMessage(topic, payload, self._cfg.qos))
+    def _current_epoch(self, camera_id: str) -> int:
+        return self._epochs.current(camera_id)
+
+    def _queue(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        for topic, payload in messages:
+            self._outbox.put(OutMessage(topic, payload, self._cfg.qos))
         with self._cond:
             self._cond.notify()
 

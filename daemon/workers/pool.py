@@ -140,7 +140,7 @@ class WorkerPool:
                     **detail,
                 })  # fmt: skip
         warm = all(w.status is not None and w.status.ready for w in self._workers)
-        ok = warm and all(self._worker_ok(w, require_ready=True) for w in self._workers)
+        ok = warm and all(entry["healthy"] for entry in workers)
         detail = {"warm": warm, "workers": workers, "cameras": cameras, "readers": readers}
         return Health(ok, detail)
 

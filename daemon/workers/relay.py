@@ -1,7 +1,8 @@
 """The channel between a pipeline worker process and the service: both of its ends.
 
 A worker's pipeline publishes to a ``RelaySink``: it builds each payload where the detections
-are (JSON off the service's GIL) and sends the finished MQTT message over a pipe. The service
+are (JSON off the service's GIL, with the publisher's own code: ``daemon.publish.queued``) and
+sends the finished MQTT message over a pipe. The service
 hands what arrives to its one ``Publisher`` (``deliver``), so there is still one broker
 session, one outbox and spool, one retained state per camera and one epoch registry: a
 subscriber cannot tell how many workers there are. Everything else a worker reports (ready,
@@ -16,17 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from daemon.capture.frame import FrameMeta
 from daemon.capture.state import CameraState
 from daemon.config.model import CameraConfig
 from daemon.monitor.merged import Snapshot
 from daemon.monitor.metrics import Health
-from daemon.postprocess.yolo import Detections
 from daemon.publish.camera_stats import CameraStats
-from daemon.publish.payloads import detections_payload, event_payload, stats_payload
+from daemon.publish.queued import QueuedMessages
 from daemon.publish.sink import Publisher
 from daemon.publish.topics import Topics
-from daemon.track.events import TrackEvent
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +91,13 @@ WorkerMessage = Messages | CameraStarted | CameraRemoved | StateChanged | Worker
 Command = AddCamera | RemoveCamera | Stop
 
 
-class RelaySink:
+class RelaySink(QueuedMessages):
     """The ``Sink`` of a pipeline in a worker process (any thread; sends never wait on the
     broker, only on the pipe, which the service drains continuously)."""
 
     def __init__(self, conn: Connection, topics: Topics) -> None:
         self._conn = conn
-        self._topics = topics
+        self.topics = topics
         self._lock = threading.Lock()
         self._epochs: dict[str, int] = {}
         self._lost = False
@@ -135,37 +133,14 @@ class RelaySink:
         self._epochs.pop(camera_id, None)
         self.send(CameraRemoved(camera_id))
 
-    def publish_detections(
-        self,
-        meta: FrameMeta,
-        detections: Detections,
-        names: Sequence[str],
-        publish_ts: float,
-        epoch: int | None = None,
-    ) -> None:
-        if epoch is None:
-            epoch = self._epochs.get(meta.camera_id, 0)
-        payload = detections_payload(meta, epoch, detections, names, publish_ts)
-        self.send(Messages(((self._topics.detections(meta.camera_id), payload),)))
-
     def publish_state(self, camera_id: str, state: CameraState, reason: str | None) -> None:
         self.send(StateChanged(camera_id, state, reason))
 
-    def publish_stats(self, camera_id: str, stats: CameraStats) -> None:
-        payload = stats_payload(stats, self._epochs.get(camera_id, 0))
-        self.send(Messages(((self._topics.stats(camera_id), payload),)))
+    def _current_epoch(self, camera_id: str) -> int:
+        return self._epochs.get(camera_id, 0)
 
-    def publish_events(
-        self, events: Sequence[TrackEvent], names: Sequence[str], publish_ts: float
-    ) -> None:
-        if events:
-            self.send(Messages(tuple(
-                (self._topics.camera(e.camera, "events"), event_payload(e, names, publish_ts))
-                for e in events
-            )))  # fmt: skip
-
-    def publish_snapshot(self, camera_id: str, payload: bytes) -> None:
-        self.send(Messages(((self._topics.camera(camera_id, "snapshot"), payload),)))
+    def _queue(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        self.send(Messages(tuple(messages)))
 
 
 def deliver(message: WorkerMessage, publisher: Publisher, conn: Connection) -> bool:
