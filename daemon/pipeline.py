@@ -13,12 +13,14 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 
 from daemon.batch.batcher import Batch, BatchBuffer, BatchSelector
+from daemon.capture.nvdec import unavailable_reason
 from daemon.capture.source import CameraSource
 from daemon.capture.state import CameraState, CaptureCounters, StateChange
-from daemon.config.model import AppConfig, CameraConfig
-from daemon.infer.backend import Backend, transfer_times
+from daemon.config.model import AppConfig, CameraConfig, Decoder
+from daemon.infer.backend import Backend, frames_device, transfer_times
 from daemon.infer.warmup import ShapeWarmer
 from daemon.logs import RepeatLimiter
 from daemon.monitor.drift import DriftMonitor
@@ -116,12 +118,37 @@ class Pipeline:
         )
         self._tracking.add(camera, self._config.tracking_of(camera))
         self._decode_conf = self._lowest_conf()
-        source = CameraSource(camera, self._config.capture)
+        source = CameraSource(camera, self._config.capture, nvdec_gpu=self._nvdec_gpu(camera))
         self._sources[camera.id] = source
         self._epochs[camera.id] = self._sink.start_camera(camera.id)
         self._stats.add_camera(camera.id, time.monotonic())
         source.start()
         log.info("camera started", extra={"camera": camera.id, "url": camera.display_url})
+
+    def _nvdec_gpu(self, camera: CameraConfig) -> int | None:
+        """The GPU a ``decoder: nvdec`` camera decodes on; None for any other camera, and
+        for one that OpenCV must read instead (said once per camera, as a warning)."""
+        if camera.decoder is not Decoder.NVDEC:
+            return None
+        gpu = frames_device(self._backend)
+        reason = (
+            f"the {self._backend.name} backend takes no frames in GPU memory "
+            "(nvdec needs backend: torch on a CUDA GPU)"
+            if gpu is None
+            else self._nvdec_problem
+        )
+        if reason is not None:
+            log.warning(
+                "nvdec decoder unavailable, reading with FFmpeg",
+                extra={"camera": camera.id, "reason": reason},
+            )
+            return None
+        return gpu
+
+    @cached_property
+    def _nvdec_problem(self) -> str | None:
+        # Probed once: importing PyNvVideoCodec loads the driver's libnvcuvid.
+        return unavailable_reason()
 
     def remove_camera(self, camera_id: str) -> None:
         """Stop a camera's reader and clear its retained state."""

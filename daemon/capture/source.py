@@ -1,8 +1,10 @@
-"""``CameraSource``: the daemon's handle on one camera, a reader process and its frames.
+"""``CameraSource``: the daemon's handle on one camera, its reader and its frames.
 
-``ReaderSupervisor`` (daemon/capture/supervisor.py) runs the reader process and owns the
-camera's state; ``FrameHandout`` (daemon/capture/handout.py) owns the shared-memory ring the
-reader fills and hands its frames out.
+``ReaderSupervisor`` (daemon/capture/supervisor.py) runs the reader and owns the camera's
+state. An OpenCV camera's reader is a process filling a shared-memory ring that
+``FrameHandout`` (daemon/capture/handout.py) hands out as HxWx3 BGR numpy arrays; an NVDEC
+camera's (``decoder: nvdec`` with a GPU to decode on) is a thread filling ``DeviceFrames``
+(daemon/capture/nvdec.py), handed out as HxWx3 RGB CUDA tensors.
 
 Threading contract: ``start``, ``poll``, ``pending_since``, ``counters``, ``want_now`` and
 ``stop`` are called from the event loop thread; ``acquire_latest`` from worker threads at
@@ -13,25 +15,49 @@ from __future__ import annotations
 
 import dataclasses
 from contextlib import AbstractContextManager
+from typing import Protocol
 
-import numpy as np
-import numpy.typing as npt
-
-from daemon.capture.frame import FrameMeta
+from daemon.capture.frame import FrameImage, FrameMeta
 from daemon.capture.handout import FrameHandout
+from daemon.capture.nvdec import DeviceFrames, NvdecLauncher
 from daemon.capture.ring import capacity_for
 from daemon.capture.state import CameraState, CaptureCounters, StateChange
-from daemon.capture.supervisor import ReaderSupervisor
-from daemon.config.model import CameraConfig, CaptureConfig
+from daemon.capture.supervisor import FrameStore, Launcher, ProcessLauncher, ReaderSupervisor
+from daemon.config.model import CameraConfig, CaptureConfig, Decoder
+
+
+class _Frames(FrameStore, Protocol):
+    """A camera's newest-frame store as the source uses it."""
+
+    def pending_since(self) -> float | None: ...
+
+    def acquire_latest(self) -> AbstractContextManager[tuple[FrameMeta, FrameImage] | None]: ...
+
+    def want_now(self) -> None: ...
+
+    def release_retired(self) -> None: ...
 
 
 class CameraSource:
-    """One camera: a supervised reader process feeding a shared-memory newest-frame ring."""
+    """One camera: a supervised reader feeding a newest-frame store."""
 
-    def __init__(self, camera: CameraConfig, capture: CaptureConfig) -> None:
+    def __init__(
+        self, camera: CameraConfig, capture: CaptureConfig, *, nvdec_gpu: int | None = None
+    ) -> None:
+        """``nvdec_gpu``: the CUDA device an ``decoder: nvdec`` camera decodes on; without
+        one such a camera is read by OpenCV (the caller logs why)."""
         self.camera_id = camera.id
-        self._frames = FrameHandout(camera.id, capacity_for(capture.max_width, capture.max_height))
-        self._reader = ReaderSupervisor(camera, capture, self._frames)
+        self._frames: _Frames
+        launch: Launcher
+        if camera.decoder is Decoder.NVDEC and nvdec_gpu is not None:
+            device_frames = DeviceFrames(camera.id)
+            launch = NvdecLauncher(camera, capture, device_frames, nvdec_gpu)
+            self._frames = device_frames
+        else:
+            ring = FrameHandout(camera.id, capacity_for(capture.max_width, capture.max_height))
+            launch = ProcessLauncher(camera, capture, ring)
+            self._frames = ring
+        self._reader = ReaderSupervisor(camera, capture, self._frames, launch)
 
     @property
     def state(self) -> CameraState:
@@ -49,7 +75,7 @@ class CameraSource:
 
     @property
     def pid(self) -> int | None:
-        """Process id of the current reader, for diagnostics."""
+        """Process (or NVDEC thread) id of the current reader, for diagnostics."""
         return self._reader.pid
 
     def counters(self) -> CaptureCounters:
@@ -74,10 +100,9 @@ class CameraSource:
         self._frames.release_retired()
         return changes
 
-    def acquire_latest(
-        self,
-    ) -> AbstractContextManager[tuple[FrameMeta, npt.NDArray[np.uint8]] | None]:
-        """``FrameHandout.acquire_latest``: the newest unconsumed frame, pinned in a block."""
+    def acquire_latest(self) -> AbstractContextManager[tuple[FrameMeta, FrameImage] | None]:
+        """The newest unconsumed frame, pinned in a block (``FrameHandout.acquire_latest``,
+        ``DeviceFrames.acquire_latest``)."""
         return self._frames.acquire_latest()
 
     def want_now(self) -> None:

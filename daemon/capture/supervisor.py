@@ -1,11 +1,13 @@
-"""``ReaderSupervisor``: keeps one camera's reader process running and says how it is doing.
+"""``ReaderSupervisor``: keeps one camera's reader running and says how it is doing.
 
-It spawns the reader on the ring that ``FrameHandout`` prepares, drains the reader's events,
-kills a reader whose heartbeat stopped and respawns it with backoff.
+A reader is a process (OpenCV, ``ProcessLauncher``) or a thread of the pipeline's own
+process (NVDEC, ``daemon/capture/nvdec.py``); either fills the camera's frame store and
+reports ``ReaderEvent``s over a connection. The supervisor starts it, drains its events,
+stops a reader whose heartbeat stopped and starts a new one with backoff.
 
 State rule: STARTING until the first frame, STREAMING while frames arrive, RECONNECTING
 while the reader retries or its heartbeat is silent for ``HEARTBEAT_TIMEOUT_S`` (a stopped
-or hung process; it is killed after ``stall_timeout_s``), DOWN when the camera is stopped
+or hung reader; it is replaced after ``stall_timeout_s``), DOWN when the camera is stopped
 or disabled, or has kept failing for ``2 * reconnect_max_s`` since its first failure
 without a frame in between (the whole backoff ladder failed; 10 s by default). A DOWN
 camera keeps retrying and returns to STREAMING by itself.
@@ -19,10 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Final
+from typing import Final, Protocol
 
 from daemon.capture.gstreamer import GstPipeline, jetson_pipeline
 from daemon.capture.handout import FrameHandout
@@ -39,7 +42,7 @@ from daemon.capture.protocol import (
 )
 from daemon.capture.reader import run_reader
 from daemon.capture.ring import capacity_for
-from daemon.capture.state import CameraState, StateChange
+from daemon.capture.state import CameraState, CaptureCounters, StateChange
 from daemon.config.model import CameraConfig, CaptureConfig, Decoder, VideoCodec
 from daemon.config.secrets import mask_text
 
@@ -49,23 +52,147 @@ log = logging.getLogger("daemon.capture.source")
 _EVENTS_PER_POLL: Final = 64
 
 
+class EventSource(Protocol):
+    """The receiving end of a reader's events (a ``multiprocessing`` connection)."""
+
+    def poll(self) -> bool: ...
+
+    def recv(self) -> ReaderEvent: ...
+
+
+class RunningReader(Protocol):
+    """One incarnation of a camera's reader, as the supervisor sees it."""
+
+    @property
+    def pid(self) -> int | None:
+        """Process (or thread) id, for diagnostics; None once unknown."""
+        ...
+
+    @property
+    def exitcode(self) -> int | None:
+        """None while it runs; its exit status once it has ended."""
+        ...
+
+    @property
+    def events(self) -> EventSource: ...
+
+    def stop(self, timeout: float) -> None:
+        """End it (idempotent); afterwards it writes no frame and sends no event."""
+        ...
+
+
+class FrameStore(Protocol):
+    """What the supervisor reads of the camera's frame store."""
+
+    def heartbeat(self) -> float | None: ...
+
+    def counts(self) -> CaptureCounters: ...
+
+    def close(self) -> None: ...
+
+
+# Starts a reader whose frame slots hold at least the given bytes (None: as they are);
+# None when the store could not be made ready (the next poll tries again).
+Launcher = Callable[[int | None], RunningReader | None]
+
+
 @dataclass(slots=True)
 class _Reader:
-    """One incarnation of the reader process with its pipe."""
+    """One incarnation of the reader with when it started."""
 
-    process: BaseProcess
-    conn: Connection
+    running: RunningReader
     started: float
 
 
-class ReaderSupervisor:
-    """The reader process of one camera, its restarts and the camera's state."""
+@dataclass(slots=True)
+class _ProcessReader:
+    """A reader process and its pipe (``RunningReader``)."""
+
+    process: BaseProcess
+    conn: Connection
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return self.process.pid
+        except ValueError:  # the process object was closed meanwhile
+            return None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.exitcode
+
+    @property
+    def events(self) -> EventSource:
+        return self.conn
+
+    def stop(self, timeout: float) -> None:
+        process = self.process
+        if process.exitcode is None:
+            process.terminate()
+            process.join(timeout)
+        if process.exitcode is None:
+            process.kill()
+            process.join(timeout)
+        process.close()
+        self.conn.close()
+
+
+class ProcessLauncher:
+    """Starts a camera's OpenCV reader process on its shared-memory ring (``Launcher``)."""
 
     def __init__(self, camera: CameraConfig, capture: CaptureConfig, frames: FrameHandout) -> None:
+        self._camera = camera
+        self._capture = capture
+        self._frames = frames
+
+    def __call__(self, min_capacity: int | None) -> RunningReader | None:
+        ring = self._frames.prepare(min_capacity)
+        if ring is None:
+            return None
+        camera, capture = self._camera, self._capture
+        spec = ReaderSpec(
+            camera_id=camera.id,
+            url=camera.url,
+            max_fps=camera.max_fps,
+            open_timeout_s=capture.open_timeout_s,
+            read_timeout_s=capture.read_timeout_s,
+            reconnect_initial_s=capture.reconnect_initial_s,
+            reconnect_max_s=capture.reconnect_max_s,
+            shm_name=ring.shm_name,
+            capacity=ring.capacity,
+            gstreamer=self._gstreamer(),
+        )
+        parent_conn, child_conn = SPAWN.Pipe(duplex=False)
+        process = SPAWN.Process(
+            target=run_reader,
+            args=(spec, ring.lock, child_conn, os.getpid()),
+            name=f"edgewatch-capture-{camera.id}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        return _ProcessReader(process, parent_conn)
+
+    def _gstreamer(self) -> GstPipeline | None:
+        camera = self._camera
+        if camera.decoder is not Decoder.JETSON:
+            return None
+        codec = camera.codec or VideoCodec.H264
+        return jetson_pipeline(camera.url.reveal(), codec, self._capture.read_timeout_s)
+
+
+class ReaderSupervisor:
+    """The reader of one camera, its restarts and the camera's state."""
+
+    def __init__(
+        self, camera: CameraConfig, capture: CaptureConfig, frames: FrameStore, launch: Launcher
+    ) -> None:
         self.camera_id = camera.id
         self._camera = camera
         self._capture = capture
         self._frames = frames
+        self._launch = launch
         self._reader: _Reader | None = None
         self._state = CameraState.DOWN if not camera.enabled else CameraState.STARTING
         # The stream's frame size (height, width) as the reader last reported it.
@@ -100,18 +227,13 @@ class ReaderSupervisor:
 
     @property
     def pid(self) -> int | None:
-        """Process id of the current reader, for diagnostics."""
+        """Process (or thread) id of the current reader, for diagnostics."""
         reader = self._reader  # read once: stop() may clear it from another thread
-        if reader is None:
-            return None
-        try:
-            return reader.process.pid
-        except ValueError:  # the process object was closed meanwhile
-            return None
+        return reader.running.pid if reader is not None else None
 
     @property
     def restarts(self) -> int:
-        """Readers killed by the watchdog or restarted for a larger ring, since construction."""
+        """Readers replaced by the watchdog or restarted for a larger ring, since construction."""
         return self._restarts
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -148,62 +270,25 @@ class ReaderSupervisor:
     # -- the reader process ---------------------------------------------------------------
 
     def _spawn(self) -> None:
-        ring = self._frames.prepare(self._grow_to)
-        if ring is None:
+        running = self._launch(self._grow_to)
+        if running is None:
             return
         self._grow_to = None
-        spec = ReaderSpec(
-            camera_id=self.camera_id,
-            url=self._camera.url,
-            max_fps=self._camera.max_fps,
-            open_timeout_s=self._capture.open_timeout_s,
-            read_timeout_s=self._capture.read_timeout_s,
-            reconnect_initial_s=self._capture.reconnect_initial_s,
-            reconnect_max_s=self._capture.reconnect_max_s,
-            shm_name=ring.shm_name,
-            capacity=ring.capacity,
-            gstreamer=self._gstreamer(),
-        )
-        parent_conn, child_conn = SPAWN.Pipe(duplex=False)
-        process = SPAWN.Process(
-            target=run_reader,
-            args=(spec, ring.lock, child_conn, os.getpid()),
-            name=f"edgewatch-capture-{self.camera_id}",
-            daemon=True,
-        )
-        process.start()
-        child_conn.close()
-        self._reader = _Reader(process=process, conn=parent_conn, started=time.time())
+        self._reader = _Reader(running, started=time.time())
         self._silent_since_frames = None
-        log.debug("reader started", extra={"camera": self.camera_id, "pid": process.pid})
-
-    def _gstreamer(self) -> GstPipeline | None:
-        camera = self._camera
-        if camera.decoder is not Decoder.JETSON:
-            return None
-        codec = camera.codec or VideoCodec.H264
-        return jetson_pipeline(camera.url.reveal(), codec, self._capture.read_timeout_s)
+        log.debug("reader started", extra={"camera": self.camera_id, "pid": running.pid})
 
     def _kill_reader(self, timeout: float) -> None:
         reader, self._reader = self._reader, None
-        if reader is None:
-            return
-        process = reader.process
-        if process.exitcode is None:
-            process.terminate()
-            process.join(timeout)
-        if process.exitcode is None:
-            process.kill()
-            process.join(timeout)
-        process.close()
-        reader.conn.close()
+        if reader is not None:
+            reader.running.stop(timeout)
 
     def _drain(self, reader: _Reader) -> None:
         for _ in range(_EVENTS_PER_POLL):
             try:
-                if not reader.conn.poll():
+                if not reader.running.events.poll():
                     return
-                event: ReaderEvent = reader.conn.recv()
+                event = reader.running.events.recv()
             except (EOFError, OSError):
                 return
             self._on_event(event)
@@ -235,7 +320,7 @@ class ReaderSupervisor:
     # -- watchdog and state ---------------------------------------------------------------
 
     def _watchdog(self, reader: _Reader, now: float) -> None:
-        exitcode = reader.process.exitcode
+        exitcode = reader.running.exitcode
         if exitcode is None:
             heartbeat = self._frames.heartbeat()
             silent = now - max(heartbeat if heartbeat is not None else now, reader.started)

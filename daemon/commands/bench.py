@@ -85,6 +85,9 @@ def register(sub: Any) -> None:
         "--inflight", type=int, default=None, help="GPU batches in flight (model.inflight_batches)"
     )
     e.add_argument("--workers", type=int, default=None, help="pipeline processes (model.workers)")
+    e.add_argument(
+        "--decoder", choices=["ffmpeg", "nvdec"], default=None, help="every camera's decoder"
+    )
     e.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
     e.add_argument("--source", choices=["rtsp", "file"], default="rtsp")
     e.add_argument("--videos", type=Path, default=_DEFAULT_VIDEOS)
@@ -202,7 +205,7 @@ def _e2e(args: argparse.Namespace) -> int:
         onnx_model=args.model.resolve(), pt_model=args.pt_model.resolve(),
         videos=tuple(v.resolve() for v in videos), backend=BackendKind(args.backend),
         max_batch=args.max_batch, inflight_batches=args.inflight, workers=args.workers,
-        source=args.source,
+        decoder=args.decoder, source=args.source,
         baseline=args.baseline,
         ultralytics_python=args.ultralytics_python, baseline_device=args.baseline_device,
         baseline_half=args.baseline_half, backend_seconds=args.backend_seconds,

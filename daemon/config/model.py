@@ -40,11 +40,13 @@ class Precision(str, Enum):
 
 
 class Decoder(str, Enum):
-    """Who decodes a camera's video: OpenCV's FFmpeg backend on the CPU, or OpenCV's
-    GStreamer backend with a Jetson's hardware decoder (``nvv4l2decoder``)."""
+    """Who decodes a camera's video: OpenCV's FFmpeg backend on the CPU, OpenCV's
+    GStreamer backend with a Jetson's hardware decoder (``nvv4l2decoder``), or a dGPU's
+    NVDEC through PyNvVideoCodec straight into the torch backend's GPU memory."""
 
     FFMPEG = "ffmpeg"
     JETSON = "jetson"
+    NVDEC = "nvdec"
 
 
 class VideoCodec(str, Enum):

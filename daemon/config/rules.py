@@ -229,12 +229,20 @@ def class_problems(obj: object) -> list[tuple[str, str]]:
 
 
 def _decoder_problems(camera: object) -> list[tuple[str, str]]:
-    """A codec only the jetson decoder reads; a source the jetson pipeline cannot open."""
+    """A codec only the jetson decoder reads; a source the jetson pipeline or NVDEC's
+    demuxer cannot open."""
     if not isinstance(camera, CameraConfig):
         return []
-    if camera.decoder is Decoder.FFMPEG:
+    if camera.decoder is not Decoder.JETSON:
         if camera.codec is not None:
             return [("codec", "only read with decoder: jetson (FFmpeg finds the codec itself)")]
+        if camera.decoder is Decoder.NVDEC and camera.url.reveal().startswith("/dev/"):
+            return [
+                (
+                    "decoder",
+                    "nvdec reads compressed streams and files; use ffmpeg for a V4L2 device",
+                )
+            ]
         return []
     url = camera.url.reveal()
     if url.lower().startswith(JETSON_STREAM_SCHEMES) or url.lower().endswith(JETSON_FILE_SUFFIXES):

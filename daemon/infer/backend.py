@@ -201,3 +201,19 @@ class TimedTransfers(Protocol):
 def transfer_times(backend: Backend) -> TransferTimes | None:
     """``backend``'s split of the calling thread's last batch, None if it reports none."""
     return backend.last_transfer_times() if isinstance(backend, TimedTransfers) else None
+
+
+@runtime_checkable
+class CudaFrames(Protocol):
+    """A backend that also takes batches already in CUDA memory (frames an NVDEC reader
+    decoded there, letterboxed on the device)."""
+
+    @property
+    def cuda_device(self) -> int | None:
+        """The CUDA device index such batches must be on; None while it runs on a CPU."""
+        ...
+
+
+def frames_device(backend: Backend) -> int | None:
+    """The CUDA device ``backend`` takes device batches from; None if it takes host ones only."""
+    return backend.cuda_device if isinstance(backend, CudaFrames) else None

@@ -172,6 +172,14 @@ class TorchBackend:
         return self._input_hw
 
     @property
+    def cuda_device(self) -> int | None:
+        """``CudaFrames``: the CUDA device this backend runs on; None on the CPU."""
+        if not self._cuda:
+            return None
+        index = self._device.index
+        return int(index if index is not None else torch.cuda.current_device())
+
+    @property
     def dynamic_hw(self) -> bool:
         """Any stride-multiple height/width up to ``input_hw`` (the batcher's rect mode)."""
         return self._dynamic_hw

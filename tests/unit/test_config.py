@@ -336,10 +336,10 @@ BAD_CASES = [
     ),
     BadCase(
         "unknown_decoder",
-        _CAM + "    decoder: nvdec\n" + _MODEL,
+        _CAM + "    decoder: nvdecc\n" + _MODEL,
         4,
         "cameras[0].decoder",
-        "expected one of ffmpeg, jetson, got 'nvdec'",
+        "expected one of ffmpeg, jetson, nvdec, got 'nvdecc' (did you mean 'nvdec'?)",
     ),
     BadCase(
         "unknown_codec",
@@ -361,6 +361,20 @@ BAD_CASES = [
         4,
         "cameras[0].decoder",
         "jetson reads rtsp://, rtsps:// streams and .mp4, .m4v, .mov files; use ffmpeg",
+    ),
+    BadCase(
+        "nvdec_device",
+        "cameras:\n  - id: cam1\n    url: /dev/video0\n    decoder: nvdec\n" + _MODEL,
+        4,
+        "cameras[0].decoder",
+        "nvdec reads compressed streams and files; use ffmpeg for a V4L2 device",
+    ),
+    BadCase(
+        "nvdec_codec",
+        _CAM + "    decoder: nvdec\n    codec: h265\n" + _MODEL,
+        5,
+        "cameras[0].codec",
+        "only read with decoder: jetson (FFmpeg finds the codec itself)",
     ),
     BadCase(
         "jetson_http",

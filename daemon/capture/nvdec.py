@@ -1,0 +1,448 @@
+"""A camera decoded by a dGPU's NVDEC (``decoder: nvdec``), straight into CUDA memory.
+
+PyNvVideoCodec demuxes the stream or file (with the FFmpeg it bundles) and decodes it on
+NVDEC; each frame arrives as an HxWx3 uint8 RGB CUDA array (DLPack) and is copied, on the
+camera's own CUDA stream, into one of ``SLOTS`` device buffers of ``DeviceFrames``, the
+device counterpart of the shared-memory ring: newest frame wins, an unconsumed frame that
+is overwritten counts as dropped, a frame being batched is never written to.
+
+The reader is a thread of the pipeline's process, not a process of its own: the frames
+must live in the CUDA context that infers them, and a context per camera would cost
+hundreds of MB of GPU memory each. ``ReaderSupervisor`` runs it like a reader process
+(same events, states, heartbeat watchdog and backoff). The one difference: a thread cannot
+be killed. A reader whose demuxer hangs past ``stall_timeout_s`` is abandoned (it writes
+no frame and sends no event any more; the thread ends when its read returns) and a new one
+starts.
+
+torch and PyNvVideoCodec are imported by the reader thread only: this module is imported
+wherever cameras are, including installs without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, Pipe
+from typing import Any, Final
+
+from daemon.capture.frame import FrameMeta
+from daemon.capture.protocol import (
+    ReaderEvent,
+    Reconnecting,
+    SourceKind,
+    Streaming,
+)
+from daemon.capture.state import CaptureCounters
+from daemon.capture.supervisor import EventSource, RunningReader
+from daemon.config.model import CameraConfig, CaptureConfig
+from daemon.config.secrets import mask_text, url_secrets
+
+log = logging.getLogger("daemon.capture.nvdec")
+
+# Device frame buffers per camera: the newest frame, one being batched, one being written.
+SLOTS: Final = 3
+# A file whose container reports no usable frame rate is paced at this.
+_DEFAULT_FILE_FPS: Final = 25.0
+# A file that falls this far behind its pacing schedule resynchronises instead of bursting.
+_MAX_PACING_LAG_S: Final = 1.0
+# Slack on top of the configured timeouts before the heartbeat stops.
+_TIMEOUT_SLACK_S: Final = 5.0
+# Packets in a row that fail to decode before the connection is considered broken.
+_MAX_CORRUPT_IN_ROW: Final = 50
+# Exit status reported for a reader that was stopped (or abandoned) from outside.
+_STOPPED: Final = -1
+
+
+def unavailable_reason() -> str | None:
+    """Why NVDEC cannot be used in this process (None when it can): PyNvVideoCodec or
+    torch missing, or no CUDA device."""
+    try:
+        import PyNvVideoCodec  # noqa: F401
+        import torch
+    except ImportError as exc:  # also raised when libnvcuvid is missing
+        return f"cannot import {exc.name or 'PyNvVideoCodec'}: {exc}"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    return None
+
+
+@dataclass(slots=True)
+class _Slot:
+    image: Any = None  # torch.Tensor [H, W, 3] uint8 on the device, allocated on first use
+    seq: int = 0
+    capture_ts: float = 0.0
+    pins: int = 0
+
+
+class DeviceFrames:
+    """One camera's newest-frame buffers in CUDA memory (the ``FrameStore`` of an NVDEC
+    camera). ``publish`` runs on the reader thread; ``acquire_latest`` on batch worker
+    threads; the rest on the event loop thread. One lock orders them, never held during a
+    copy."""
+
+    def __init__(self, camera_id: str) -> None:
+        self.camera_id = camera_id
+        self._lock = threading.Lock()
+        self._slots = [_Slot() for _ in range(SLOTS)]
+        self._latest: int | None = None
+        self._consumed_seq = 0
+        self._seq = 0
+        self._counts = CaptureCounters()
+        # The heartbeat: the reader promises to be back before this time (see ``alive_until``).
+        self._alive_until: float | None = None
+        # Only the current reader may write; an abandoned one holds an older token.
+        self._writer = 0
+        self._closed = False
+
+    # -- the reader thread ------------------------------------------------------------------
+
+    def new_writer(self) -> int:
+        """Revoke the previous reader's right to write; the token of the next one."""
+        with self._lock:
+            self._writer += 1
+            return self._writer
+
+    def alive_until(self, writer: int, deadline: float) -> None:
+        """The reader is inside an operation bounded by ``deadline``: its heartbeat beats
+        until then (``heartbeat``), and stops if it overruns."""
+        with self._lock:
+            if writer == self._writer:
+                self._alive_until = deadline
+
+    def free_slot(self, writer: int) -> int | None:
+        """A slot that is neither the newest frame nor being batched; None when a stale
+        writer asks or when every slot is busy (the frame is then dropped)."""
+        with self._lock:
+            if writer != self._writer or self._closed:
+                return None
+            for i, slot in enumerate(self._slots):
+                if i != self._latest and not slot.pins:
+                    return i
+            self._counts = _add(self._counts, frames_read=1, frames_dropped=1)
+            return None
+
+    def slot_image(self, index: int) -> Any:
+        """The device buffer of a free slot (None before its first frame)."""
+        return self._slots[index].image
+
+    def publish(self, writer: int, index: int, image: Any, capture_ts: float) -> None:
+        """Make slot ``index``, now holding ``image`` (whose copy has completed), the newest
+        frame; an unconsumed predecessor counts as dropped."""
+        with self._lock:
+            if writer != self._writer or self._closed:
+                return
+            dropped = int(self._latest is not None and self._seq > self._consumed_seq)
+            self._seq += 1
+            slot = self._slots[index]
+            slot.image, slot.seq, slot.capture_ts = image, self._seq, capture_ts
+            self._latest = index
+            self._counts = _add(self._counts, frames_read=1, frames_dropped=dropped)
+
+    def count(self, writer: int, **increments: int) -> None:
+        """Add to the counters (reconnects, frames_corrupt) for the current reader."""
+        with self._lock:
+            if writer == self._writer:
+                self._counts = _add(self._counts, **increments)
+
+    # -- the supervisor (FrameStore) --------------------------------------------------------
+
+    def heartbeat(self) -> float | None:
+        """When the reader last showed it was running: now while it is inside a bounded
+        operation, the operation's deadline once it overran; None before a reader."""
+        alive_until = self._alive_until
+        return None if alive_until is None else min(time.time(), alive_until)
+
+    def counts(self) -> CaptureCounters:
+        return self._counts
+
+    def close(self) -> None:
+        """Stop taking frames and drop the buffers no batch holds."""
+        with self._lock:
+            self._closed = True
+            self._writer += 1
+            self._latest = None
+            for slot in self._slots:
+                if not slot.pins:
+                    slot.image = None
+
+    # -- the batch workers ------------------------------------------------------------------
+
+    def pending_since(self) -> float | None:
+        """Capture time of the newest unconsumed frame, or None when there is nothing new."""
+        with self._lock:
+            if self._latest is None or self._seq <= self._consumed_seq:
+                return None
+            return self._slots[self._latest].capture_ts
+
+    @contextlib.contextmanager
+    def acquire_latest(self) -> Iterator[tuple[FrameMeta, Any] | None]:
+        """Yield the newest unconsumed frame (an HxWx3 uint8 RGB CUDA tensor) or None. The
+        slot is not written until the block exits: every device read of it must have
+        completed by then."""
+        with self._lock:
+            index = self._latest
+            if index is None or self._seq <= self._consumed_seq:
+                taken = None
+            else:
+                slot = self._slots[index]
+                slot.pins += 1
+                self._consumed_seq = slot.seq
+                height, width = int(slot.image.shape[0]), int(slot.image.shape[1])
+                meta = FrameMeta(self.camera_id, slot.seq, slot.capture_ts, width, height)
+                taken = (meta, slot.image)
+        if taken is None or index is None:
+            yield None
+            return
+        try:
+            yield taken
+        finally:
+            with self._lock:
+                self._slots[index].pins -= 1
+
+    def want_now(self) -> None:
+        """Nothing to do: NVDEC converts every frame it decodes."""
+
+    def release_retired(self) -> None:
+        """Nothing to do: device buffers are replaced in place."""
+
+
+def _add(counts: CaptureCounters, **increments: int) -> CaptureCounters:
+    return dataclasses.replace(
+        counts, **{name: getattr(counts, name) + n for name, n in increments.items()}
+    )
+
+
+class _Pacer:
+    """Plays a file at its native frame rate, like a live camera."""
+
+    def __init__(self, fps: float) -> None:
+        self._period = 1.0 / (fps if 1.0 <= fps <= 240.0 else _DEFAULT_FILE_FPS)
+        # The schedule starts at the first frame: NVDEC's set-up takes a while after the
+        # open, and frames due meanwhile would otherwise come out in a burst.
+        self._due: float | None = None
+
+    def next_delay(self) -> float:
+        """Seconds to wait before the next frame is due."""
+        now = time.time()
+        due = now if self._due is None else self._due + self._period
+        self._due = max(due, now - _MAX_PACING_LAG_S)
+        return max(0.0, self._due - now)
+
+
+class _ThreadReader:
+    """A running NVDEC reader thread (``RunningReader``)."""
+
+    def __init__(self, thread: threading.Thread, stop: threading.Event, conn: Connection) -> None:
+        self._thread = thread
+        self._stop = stop
+        self._conn = conn
+        self._abandoned = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._thread.native_id
+
+    @property
+    def exitcode(self) -> int | None:
+        if self._abandoned:
+            return _STOPPED
+        return None if self._thread.is_alive() else 0
+
+    @property
+    def events(self) -> EventSource:
+        return self._conn
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+        # A thread stuck in its demuxer cannot be killed: it is left to finish its read,
+        # after which it sees the stop and ends without writing.
+        self._abandoned = True
+        self._conn.close()
+
+
+class NvdecLauncher:
+    """Starts a camera's NVDEC reader thread on ``frames`` (``Launcher``)."""
+
+    def __init__(
+        self, camera: CameraConfig, capture: CaptureConfig, frames: DeviceFrames, gpu: int
+    ) -> None:
+        self._camera = camera
+        self._capture = capture
+        self._frames = frames
+        self._gpu = gpu
+        self._incarnation = itertools.count(1)
+
+    def __call__(self, min_capacity: int | None) -> RunningReader | None:
+        stop = threading.Event()
+        receiver, sender = Pipe(duplex=False)
+        reader = _NvdecReader(
+            camera=self._camera,
+            capture=self._capture,
+            frames=self._frames,
+            gpu=self._gpu,
+            stop=stop,
+            conn=sender,
+        )
+        thread = threading.Thread(
+            target=reader.run,
+            name=f"nvdec-{self._camera.id}-{next(self._incarnation)}",
+            daemon=True,
+        )
+        thread.start()
+        return _ThreadReader(thread, stop, receiver)
+
+
+class _NvdecReader:
+    """The body of one reader thread: open, decode, copy, reconnect with backoff."""
+
+    def __init__(
+        self,
+        *,
+        camera: CameraConfig,
+        capture: CaptureConfig,
+        frames: DeviceFrames,
+        gpu: int,
+        stop: threading.Event,
+        conn: Connection,
+    ) -> None:
+        self._camera = camera
+        self._capture = capture
+        self._frames = frames
+        self._gpu = gpu
+        self._stop = stop
+        self._conn = conn
+        self._writer = frames.new_writer()
+        self._url = camera.url.reveal()
+        self._secrets = url_secrets(self._url)
+        self._kind = SourceKind.of(self._url)
+        self._backoff = capture.reconnect_initial_s
+        self._min_interval = 1.0 / camera.max_fps if camera.max_fps else 0.0
+        self._next_keep = 0.0
+
+    def run(self) -> None:
+        """Read until stopped; every failure is reported and retried after the backoff."""
+        # A closed connection means the supervisor let this reader go.
+        with contextlib.suppress(OSError, EOFError):
+            try:
+                self._run()
+            except Exception:
+                # The supervisor sees the thread end and restarts it; say why here.
+                log.exception("nvdec reader failed", extra={"camera": self._camera.id})
+
+    def _run(self) -> None:
+        import PyNvVideoCodec as nvc
+        import torch
+
+        torch.cuda.set_device(self._gpu)
+        stream = torch.cuda.Stream()
+        while not self._stop.is_set():
+            reason = self._stream(nvc, torch, stream)
+            if self._stop.is_set():
+                return
+            self._send(Reconnecting(mask_text(reason, self._secrets), self._backoff))
+            self._frames.count(self._writer, reconnects=1)
+            self._beat(self._backoff)
+            self._stop.wait(self._backoff)
+            self._backoff = min(self._backoff * 2, self._capture.reconnect_max_s)
+
+    def _send(self, event: ReaderEvent) -> None:
+        if not self._stop.is_set():
+            self._conn.send(event)
+
+    def _beat(self, bound_s: float) -> None:
+        self._frames.alive_until(self._writer, time.time() + bound_s + _TIMEOUT_SLACK_S)
+
+    def _open(self, nvc: Any, stream: Any) -> tuple[Any, Any]:
+        self._beat(self._capture.open_timeout_s)
+        demuxer = nvc.CreateDemuxer(self._url)
+        decoder = nvc.CreateDecoder(
+            gpuid=self._gpu,
+            codec=demuxer.GetNvCodecId(),
+            cudacontext=0,
+            cudastream=stream.cuda_stream,
+            usedevicememory=True,
+            outputColorType=nvc.OutputColorType.RGB,
+        )
+        return demuxer, decoder
+
+    def _stream(self, nvc: Any, torch: Any, stream: Any) -> str:
+        """Decode until the source fails; returns why. Files loop at their end."""
+        try:
+            demuxer, decoder = self._open(nvc, stream)
+        except Exception as exc:  # PyNvVCException and friends carry the reason
+            return f"cannot open {self._url}: {exc}"
+        pacer = _Pacer(float(demuxer.FrameRate())) if self._kind is SourceKind.FILE else None
+        streaming = False
+        decoded = 0
+        corrupt_in_row = 0
+        while True:
+            self._beat(self._capture.read_timeout_s)
+            for packet in demuxer:
+                self._beat(self._capture.read_timeout_s)
+                try:
+                    frames = decoder.Decode(packet)
+                except Exception as exc:
+                    self._frames.count(self._writer, frames_corrupt=1)
+                    corrupt_in_row += 1
+                    if corrupt_in_row >= _MAX_CORRUPT_IN_ROW:
+                        return f"{corrupt_in_row} undecodable packets in a row: {exc}"
+                    continue
+                corrupt_in_row = 0
+                for frame in frames:
+                    decoded += 1
+                    wait = pacer.next_delay() if pacer is not None else 0.0
+                    self._beat(wait)
+                    if self._stop.wait(wait):
+                        return "stopped"
+                    image = self._deliver(torch, stream, frame)
+                    if image is not None and not streaming:
+                        streaming = True
+                        self._backoff = self._capture.reconnect_initial_s
+                        self._send(Streaming(width=image.shape[1], height=image.shape[0]))
+            if pacer is None or not decoded:
+                return "stream ended or read timed out" if streaming else "no frame received"
+            # The end of a file: open it again so it behaves like an endless camera.
+            try:
+                self._beat(self._capture.open_timeout_s)
+                demuxer = nvc.CreateDemuxer(self._url)
+            except Exception as exc:
+                return f"cannot loop the file at its end: {exc}"
+
+    def _deliver(self, torch: Any, stream: Any, frame: Any) -> Any:
+        """Keep a decoded frame (unless ``max_fps`` skips it); its device image or None."""
+        now = time.time()
+        return self._copy(torch, stream, frame, now) if self._keep(now) else None
+
+    def _keep(self, now: float) -> bool:
+        """Honour max_fps by skipping decoded frames, as the OpenCV reader does."""
+        if not self._min_interval:
+            return True
+        if now < self._next_keep - 0.2 * self._min_interval:
+            return False
+        self._next_keep = max(self._next_keep, now - self._min_interval) + self._min_interval
+        return True
+
+    def _copy(self, torch: Any, stream: Any, frame: Any, capture_ts: float) -> Any:
+        """Copy a decoded frame into a free slot and publish it; the slot's image, or None
+        when no slot was free (the frame is dropped)."""
+        index = self._frames.free_slot(self._writer)
+        if index is None:
+            return None
+        with torch.cuda.stream(stream):
+            decoded = torch.from_dlpack(frame)
+            target = self._frames.slot_image(index)
+            if target is None or target.shape != decoded.shape:
+                target = torch.empty_like(decoded, memory_format=torch.contiguous_format)
+            target.copy_(decoded)
+        # The decoder reuses its surface, and a batch may read the slot the moment it is
+        # published: both need the copy done.
+        stream.synchronize()
+        self._frames.publish(self._writer, index, target, capture_ts)
+        return target
