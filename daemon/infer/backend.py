@@ -4,8 +4,9 @@ A backend takes the batcher's uint8 RGB NHWC batch exactly as it is (normalisati
 layout change are the backend's business, so a GPU backend can do them on the GPU) and
 returns the raw YOLOv8 head ``[n, 4 + num_classes, anchors]`` as float32. A backend that can
 also decode and NMS where the head is (``DeviceNms``) returns only the kept boxes instead,
-so the head never crosses to the host. A GPU backend may also tell where a batch's time went
-(``TimedTransfers``).
+so the head never crosses to the host; one that also takes a batch already in device memory
+(``DeviceInput``, the batcher's letterbox of GPU-decoded frames) never needs its pixels on the
+host either. A GPU backend may also tell where a batch's time went (``TimedTransfers``).
 """
 
 from __future__ import annotations
