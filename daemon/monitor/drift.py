@@ -11,9 +11,9 @@ warnings:
   inference never slows the pipeline and its CPU use is bounded by one core at most;
 * brightness: mean luma of every processed frame (a strided subsample of the letterboxed
   image, without its padding; for a batch on a device, computed there), averaged over each
-  stats interval and compared with the
-  brightness range of the calibration frames (recorded in the INT8 model by ``calibrate``,
-  or ``drift.calibrated_brightness``); warning when outside.
+  stats interval and compared with the brightness range of the calibration frames
+  (recorded in the INT8 model by ``calibrate``, or ``drift.calibrated_brightness``);
+  warning when outside.
 """
 
 from __future__ import annotations
