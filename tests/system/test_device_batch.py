@@ -22,7 +22,7 @@ from daemon.batch.images import FrameImage, host_copy
 from daemon.capture.frame import FrameMeta
 from daemon.capture.state import CameraState
 from daemon.config.model import DriftConfig, ModelConfig
-from daemon.infer.backend import BackendError
+from daemon.infer.backend import BackendError, transfer_times
 from daemon.infer.onnxruntime_backend import OnnxRuntimeBackend
 from daemon.monitor.drift import DriftMonitor
 from daemon.postprocess.detect import detect_batch, infer_batch
@@ -156,6 +156,8 @@ def test_device_batch_detects_what_the_host_batch_does(
             )
             for w, g in zip(want, got, strict=True):
                 total += match(w, g)
+            # On CUDA the split is reported, its upload being the device-to-device copy.
+            assert (transfer_times(backend) is not None) == (device == "cuda")
     finally:
         backend.close()
     assert total.reference > 50
