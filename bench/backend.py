@@ -69,16 +69,21 @@ def real_frames(
     """``count`` letterboxed RGB frames taken from ``videos`` in turn (frame 30 of each)."""
     out = np.empty((count, *input_hw, 3), np.uint8)
     for i in range(count):
-        cap = cv2.VideoCapture(str(videos[i % len(videos)]))
-        try:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, 30 + i // len(videos))
-            ok, frame = cap.read()
-        finally:
-            cap.release()
-        if not ok:
-            raise ValueError(f"cannot read a frame from {videos[i % len(videos)]}")
-        letterbox_into(np.asarray(frame, np.uint8), out[i])
+        letterbox_into(raw_frame(videos[i % len(videos)], 30 + i // len(videos)), out[i])
     return out
+
+
+def raw_frame(video: Path, index: int) -> npt.NDArray[np.uint8]:
+    """Frame ``index`` of ``video`` as decoded (BGR, the video's own size)."""
+    cap = cv2.VideoCapture(str(video))
+    try:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, frame = cap.read()
+    finally:
+        cap.release()
+    if not ok:
+        raise ValueError(f"cannot read frame {index} from {video}")
+    return np.asarray(frame, np.uint8)
 
 
 def time_backend(

@@ -11,27 +11,41 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import numpy.typing as npt
 
+from daemon.batch.images import BatchImages, FrameImage
 from daemon.batch.letterbox import LetterboxGeometry, letterbox_into, rect_shape
 from daemon.capture.frame import FrameMeta
 from daemon.capture.source import CameraSource
+
+if TYPE_CHECKING:
+    from daemon.batch.device_letterbox import DeviceLetterbox
 
 
 class _Clock(Protocol):
     def __call__(self) -> float: ...
 
 
+class FrameSource(Protocol):
+    """What the batcher needs of a camera (``CameraSource``): its newest frame, pinned."""
+
+    def acquire_latest(self) -> AbstractContextManager[tuple[FrameMeta, FrameImage] | None]:
+        """The newest unconsumed frame, valid (its memory not reused) inside the block."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Letterboxed frames ready for ``Backend.infer`` plus what is needed to map boxes back."""
+    """Letterboxed frames ready for ``Backend.infer`` plus what is needed to map boxes back.
 
-    images: npt.NDArray[np.uint8]
+    ``images`` is on the device of the batch's device frames if it has any, else on the host.
+    """
+
+    images: BatchImages
     metas: tuple[FrameMeta, ...]
     geometries: tuple[LetterboxGeometry, ...]
 
@@ -46,14 +60,20 @@ class BatchBuffer:
     cameras is letterboxed to 384x640 instead of 640x640 (Ultralytics' rect mode): 40% less
     compute for the same detections. The batch is a contiguous view of the buffer's front,
     so no shape needs its own allocation.
+
+    A batch with a frame already on a device (NVDEC) is letterboxed on that device instead,
+    into a device buffer of the same size made on first use (``DeviceLetterbox``), so no
+    device frame's pixels cross to the host.
     """
 
     def __init__(self, max_batch: int, input_hw: tuple[int, int], dynamic_hw: bool) -> None:
+        self._max_batch = max_batch
         self._input_hw = input_hw
         self._dynamic_hw = dynamic_hw
         self._flat = np.full(max_batch * input_hw[0] * input_hw[1] * 3, 114, dtype=np.uint8)
+        self._device: DeviceLetterbox | None = None
 
-    def assemble(self, sources: Sequence[CameraSource]) -> Batch:
+    def assemble(self, sources: Sequence[FrameSource]) -> Batch:
         """Letterbox each source's newest frame into the buffer (runs in a worker thread).
 
         A source whose frame vanished between selection and assembly (its reader restarted)
@@ -68,11 +88,26 @@ class BatchBuffer:
             if self._dynamic_hw and frames:
                 shapes = [rect_shape(image.shape[:2], self._input_hw) for _, image in frames]
                 h, w = max(s[0] for s in shapes), max(s[1] for s in shapes)
-            images = self._flat[: len(frames) * h * w * 3].reshape(len(frames), h, w, 3)
-            geometries = tuple(
-                letterbox_into(image, images[i]) for i, (_, image) in enumerate(frames)
-            )
+            originals = [image for _, image in frames]
+            images: BatchImages
+            if all(isinstance(image, np.ndarray) for image in originals):
+                images = self._flat[: len(frames) * h * w * 3].reshape(len(frames), h, w, 3)
+                geometries = tuple(
+                    letterbox_into(image, images[i]) for i, image in enumerate(originals)
+                )
+            else:
+                # Finished on the device before the frames are released below.
+                images, geometries = self._on_device(originals).letterbox(originals, (h, w))
         return Batch(images, tuple(meta for meta, _ in frames), geometries)
+
+    def _on_device(self, frames: Sequence[FrameImage]) -> DeviceLetterbox:
+        """The device letterbox, made on the first batch with a device frame, on its device."""
+        if self._device is None:
+            from daemon.batch.device_letterbox import DeviceLetterbox
+
+            device = next(f.device for f in frames if not isinstance(f, np.ndarray))
+            self._device = DeviceLetterbox(self._max_batch, self._input_hw, device)
+        return self._device
 
 
 class BatchSelector:

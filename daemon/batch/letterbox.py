@@ -29,6 +29,28 @@ class LetterboxGeometry:
     src_height: int
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a source frame goes in a letterboxed canvas: the geometry and the resized size."""
+
+    geometry: LetterboxGeometry
+    new_w: int
+    new_h: int
+
+
+def place(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> Placement:
+    """Ultralytics' ``LetterBox(auto=False)`` placement of a ``src_hw`` frame in a ``dst_hw``
+    canvas: shared by the host letterbox and the device one, so both map boxes back alike."""
+    (src_h, src_w), (dst_h, dst_w) = src_hw, dst_hw
+    scale = min(dst_h / src_h, dst_w / src_w)
+    # At least one pixel, so very thin frames still resize (Ultralytics does the same).
+    new_w, new_h = max(round(src_w * scale), 1), max(round(src_h * scale), 1)
+    dw, dh = (dst_w - new_w) / 2, (dst_h - new_h) / 2
+    # Ultralytics' asymmetric rounding: an odd padding puts the extra pixel bottom/right.
+    top, left = round(dh - 0.1), round(dw - 0.1)
+    return Placement(LetterboxGeometry(scale, left, top, src_w, src_h), new_w, new_h)
+
+
 def letterbox_into(
     src_bgr: npt.NDArray[np.uint8], dst_rgb: npt.NDArray[np.uint8]
 ) -> LetterboxGeometry:
@@ -36,12 +58,9 @@ def letterbox_into(
     in place, RGB) and return the geometry. Only the resized image is allocated."""
     src_h, src_w = src_bgr.shape[:2]
     dst_h, dst_w = dst_rgb.shape[:2]
-    scale = min(dst_h / src_h, dst_w / src_w)
-    # At least one pixel, so very thin frames still resize (Ultralytics does the same).
-    new_w, new_h = max(round(src_w * scale), 1), max(round(src_h * scale), 1)
-    dw, dh = (dst_w - new_w) / 2, (dst_h - new_h) / 2
-    # Ultralytics' asymmetric rounding: an odd padding puts the extra pixel bottom/right.
-    top, left = round(dh - 0.1), round(dw - 0.1)
+    placed = place((src_h, src_w), (dst_h, dst_w))
+    new_w, new_h = placed.new_w, placed.new_h
+    top, left = placed.geometry.pad_top, placed.geometry.pad_left
 
     inner = dst_rgb[top : top + new_h, left : left + new_w]
     if (new_w, new_h) == (src_w, src_h):
@@ -58,15 +77,14 @@ def letterbox_into(
         dst_rgb[top : top + new_h, :left] = PAD_VALUE
     if left + new_w < dst_w:
         dst_rgb[top : top + new_h, left + new_w :] = PAD_VALUE
-    return LetterboxGeometry(scale, left, top, src_w, src_h)
+    return placed.geometry
 
 
 def rect_shape(src_hw: tuple[int, int], input_hw: tuple[int, int]) -> tuple[int, int]:
     """Ultralytics' ``LetterBox(auto=True)`` canvas: the resized image plus the least padding
     that makes each side a multiple of ``STRIDE`` (never larger than ``input_hw``)."""
-    (src_h, src_w), (dst_h, dst_w) = src_hw, input_hw
-    scale = min(dst_h / src_h, dst_w / src_w)
-    new_h, new_w = max(round(src_h * scale), 1), max(round(src_w * scale), 1)
+    placed, (dst_h, dst_w) = place(src_hw, input_hw), input_hw
+    new_h, new_w = placed.new_h, placed.new_w
     return new_h + (dst_h - new_h) % STRIDE, new_w + (dst_w - new_w) % STRIDE
 
 

@@ -4,8 +4,9 @@ A backend takes the batcher's uint8 RGB NHWC batch exactly as it is (normalisati
 layout change are the backend's business, so a GPU backend can do them on the GPU) and
 returns the raw YOLOv8 head ``[n, 4 + num_classes, anchors]`` as float32. A backend that can
 also decode and NMS where the head is (``DeviceNms``) returns only the kept boxes instead,
-so the head never crosses to the host. A GPU backend may also tell where a batch's time went
-(``TimedTransfers``).
+so the head never crosses to the host; one that also takes a batch already in device memory
+(``DeviceInput``, the batcher's letterbox of GPU-decoded frames) never needs its pixels on the
+host either. A GPU backend may also tell where a batch's time went (``TimedTransfers``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import ast
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -35,22 +36,33 @@ def check_batch(
 ) -> None:
     """Raise ``ValueError`` unless ``batch`` is what ``Backend.infer`` accepts: uint8
     ``[1..max_batch, H, W, 3]`` with ``(H, W) == input_hw``, or at most it when ``dynamic_hw``."""
+    check_shape(
+        tuple(batch.shape), dtype=str(batch.dtype), uint8=batch.dtype == np.uint8,
+        max_batch=max_batch, input_hw=input_hw, dynamic_hw=dynamic_hw,
+    )  # fmt: skip
+
+
+def check_shape(
+    shape: tuple[int, ...], *, dtype: str, uint8: bool,
+    max_batch: int, input_hw: tuple[int, int], dynamic_hw: bool,
+) -> None:  # fmt: skip
+    """``check_batch``'s rule for any array type (a device tensor too): its ``shape``,
+    whether its dtype is uint8, and the dtype's name for the message."""
     max_h, max_w = input_hw
     ok = (
-        batch.dtype == np.uint8
-        and batch.ndim == 4
-        and batch.shape[3] == 3
-        and 1 <= batch.shape[0] <= max_batch
-        and batch.shape[1] <= max_h
-        and batch.shape[2] <= max_w
+        uint8
+        and len(shape) == 4
+        and shape[3] == 3
+        and 1 <= shape[0] <= max_batch
+        and shape[1] <= max_h
+        and shape[2] <= max_w
     )
     if ok and not dynamic_hw:
-        ok = batch.shape[1:3] == input_hw
+        ok = shape[1:3] == input_hw
     if not ok:
         size = f"<={max_h}, <={max_w}" if dynamic_hw else f"{max_h}, {max_w}"
         raise ValueError(
-            f"batch must be uint8 [1..{max_batch}, {size}, 3], "
-            f"got {batch.dtype} {list(batch.shape)}"
+            f"batch must be uint8 [1..{max_batch}, {size}, 3], got {dtype} {list(shape)}"
         )
 
 
@@ -161,11 +173,26 @@ class DeviceNms(Protocol):
         ...
 
 
+@runtime_checkable
+class DeviceInput(Protocol):
+    """A ``DeviceNms`` backend that also takes a batch already in device memory (the
+    batcher's ``torch.Tensor`` batch of NVDEC frames), copied device to device."""
+
+    def infer_nms_device(
+        self, batch: Any, conf: float, iou: float, max_det: int
+    ) -> list[FloatArray]:
+        """As ``DeviceNms.infer_nms`` for ``batch``: a ``[n, H, W, 3]`` uint8 RGB
+        ``torch.Tensor`` on a device, its writes finished or queued on the calling thread's
+        current stream. Reads of it have finished when this returns."""
+        ...
+
+
 @dataclass(frozen=True)
 class TransferTimes:
     """Where one batch's backend call spent its time, in seconds.
 
-    ``upload_s``: the uint8 batch's way to the device (into pinned memory, then the H2D copy);
+    ``upload_s``: the uint8 batch's way to the device (into pinned memory, then the H2D copy;
+    for a batch already on the device, its copy into the backend's input buffer);
     ``compute_s``: from the end of the upload to the start of the download (the network, and
     for ``DeviceNms.infer_nms`` the decode and NMS too); ``download_s``: the D2H copy of the
     head or of the kept boxes. The three follow one another, so their sum is at most the

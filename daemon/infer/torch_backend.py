@@ -9,10 +9,13 @@ On CUDA: FP16 weights and activations (channels-last, cuDNN autotuned), ``max_in
 slots, each with its own CUDA stream, pinned host buffers and device buffers sized once for
 the largest batch. The uint8 NHWC batch is copied to the GPU as uint8 (a quarter of the bytes
 of float32) and normalised there; every batch shape gets a CUDA graph on first use, so a
-batch is one H2D copy, one graph replay and one D2H copy. Timing events recorded on the slot's
-stream between them split each batch into upload, compute and download (``TimedTransfers``),
-read once the stream is synchronized anyway. Without CUDA it runs FP32 on the CPU (for tests;
-the ONNX Runtime backend is the CPU path) and reports no split.
+batch is one H2D copy, one graph replay and one D2H copy. A batch already on the device (the
+batcher's letterbox of NVDEC frames, ``DeviceInput``) replaces the H2D copy with a
+device-to-device copy into the same input buffer, so it runs the same graphs. Timing events
+recorded on the slot's stream between them split each batch into upload, compute and
+download (``TimedTransfers``), read once the stream is synchronized anyway. Without CUDA it
+runs FP32 on the CPU (for tests; the ONNX Runtime backend is the CPU path) and reports no
+split.
 
 Threads: ``infer`` is called from executor threads. A thread keeps its slot from its first
 call on, because the returned array is a view of that slot's pinned output buffer and must
@@ -41,6 +44,7 @@ from daemon.infer.backend import (
     TransferTimes,
     UInt8Batch,
     check_batch,
+    check_shape,
     parse_class_names,
 )
 from daemon.infer.slots import SlotPool
@@ -138,6 +142,9 @@ class TorchBackend:
         self._max_batch = max_batch
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._cuda = self._device.type == "cuda"
+        if self._cuda and self._device.index is None:
+            # Explicit, so a device batch's device can be compared with it.
+            self._device = torch.device("cuda", torch.cuda.current_device())
         self._dtype = torch.float16 if self._cuda else torch.float32
         if self._cuda:
             torch.backends.cudnn.benchmark = True
@@ -211,6 +218,21 @@ class TorchBackend:
     ) -> list[FloatArray]:
         """Run ``batch`` and decode + NMS it on the device (``DeviceNms``): only the kept
         boxes are copied back."""
+        return self._infer_nms(batch, conf, iou, max_det)
+
+    def infer_nms_device(
+        self, batch: torch.Tensor, conf: float, iou: float, max_det: int
+    ) -> list[FloatArray]:
+        """``infer_nms`` for a batch already on this backend's device (``DeviceInput``): it is
+        copied device to device into the slot's input, after the calling thread's current
+        stream (where its writes may still be queued)."""
+        if batch.device != self._device:
+            raise ValueError(f"batch is on {batch.device}, the model on {self._device}")
+        return self._infer_nms(batch, conf, iou, max_det)
+
+    def _infer_nms(
+        self, batch: UInt8Batch | torch.Tensor, conf: float, iou: float, max_det: int
+    ) -> list[FloatArray]:
         with self._running(batch) as (slot, out):
             rows, sizes = kept_on_device(out, conf, iou, max_det)
             slot.mark(_Mark.COMPUTED)
@@ -225,12 +247,13 @@ class TorchBackend:
         return None if slot is None else slot.times
 
     @contextmanager
-    def _running(self, batch: UInt8Batch) -> Iterator[tuple[_Slot, torch.Tensor]]:
-        """Upload and run ``batch`` on this thread's slot; yields the slot and the head
-        ``[n, 4 + nc, anchors]`` on the device, with the slot's stream current. Work queued
-        inside has finished when the block exits. The block marks ``COMPUTED`` and
-        ``DOWNLOADED`` on the slot; on success the slot's ``times`` are set from the marks."""
-        check_batch(batch, self._max_batch, self._input_hw, self._dynamic_hw)
+    def _running(self, batch: UInt8Batch | torch.Tensor) -> Iterator[tuple[_Slot, torch.Tensor]]:
+        """Upload (or for a tensor on the device, copy) and run ``batch`` on this thread's
+        slot; yields the slot and the head ``[n, 4 + nc, anchors]`` on the device, with the
+        slot's stream current. Work queued inside has finished when the block exits. The block
+        marks ``COMPUTED`` and ``DOWNLOADED`` on the slot; on success the slot's ``times``
+        are set from the marks."""
+        self._check(batch)
         if self._closed:
             raise BackendError("torch backend used after close()")
         slot = self._pool.slot_for_current_thread()
@@ -239,15 +262,14 @@ class TorchBackend:
             n, h, w = batch.shape[:3]
             size = n * h * w * _RGB
             staging = time.perf_counter()
-            host_in = slot.host_in[:size]
-            host_in.numpy()[:] = batch.reshape(-1)
+            source = self._source(slot, batch)
             staged_s = time.perf_counter() - staging
-            dev_in = slot.dev_in[:size]
+            dev_in = slot.dev_in[:size].view(n, h, w, _RGB)
             stream = torch.cuda.stream(slot.stream) if slot.stream is not None else nullcontext()
             try:
                 with stream:
                     slot.mark(_Mark.START)
-                    dev_in.copy_(host_in, non_blocking=True)
+                    dev_in.copy_(source, non_blocking=True)
                     slot.mark(_Mark.UPLOADED)
                     # Rows n..bucket hold stale frames: computed, never copied back.
                     bucket = self._bucket(n)
@@ -275,6 +297,27 @@ class TorchBackend:
                     slot.stream.synchronize()
             if slot.clock is not None:
                 slot.times = slot.clock.times(staged_s)
+
+    def _check(self, batch: UInt8Batch | torch.Tensor) -> None:
+        if isinstance(batch, torch.Tensor):
+            check_shape(
+                tuple(batch.shape), dtype=str(batch.dtype), uint8=batch.dtype == torch.uint8,
+                max_batch=self._max_batch, input_hw=self._input_hw, dynamic_hw=self._dynamic_hw,
+            )  # fmt: skip
+        else:
+            check_batch(batch, self._max_batch, self._input_hw, self._dynamic_hw)
+
+    def _source(self, slot: _Slot, batch: UInt8Batch | torch.Tensor) -> torch.Tensor:
+        """What the slot's input is copied from: a device batch itself, once the slot's
+        stream waits for the caller's (where its writes may still be queued); a host batch
+        staged into the slot's pinned buffer."""
+        if isinstance(batch, torch.Tensor):
+            if slot.stream is not None:
+                slot.stream.wait_stream(torch.cuda.current_stream(self._device))
+            return batch
+        staged = slot.host_in[: batch.size].view(batch.shape)
+        staged.numpy()[:] = batch
+        return staged
 
     def warm_up(self, hws: Iterable[tuple[int, int]]) -> None:
         """Compile (and on CUDA capture the graph of) every batch bucket at each size on

@@ -10,9 +10,10 @@ warnings:
   ``min_agreement``. The hand-over queue holds 2 samples and drops when full, so the shadow
   inference never slows the pipeline and its CPU use is bounded by one core at most;
 * brightness: mean luma of every processed frame (a strided subsample of the letterboxed
-  image, without its padding), averaged over each stats interval and compared with the
-  brightness range of the calibration frames (recorded in the INT8 model by ``calibrate``,
-  or ``drift.calibrated_brightness``); warning when outside.
+  image, without its padding; for a batch on a device, computed there), averaged over each
+  stats interval and compared with the brightness range of the calibration frames
+  (recorded in the INT8 model by ``calibrate``, or ``drift.calibrated_brightness``);
+  warning when outside.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.batch.batcher import Batch
-from daemon.batch.letterbox import LetterboxGeometry
+from daemon.batch.images import BatchImages, host_copy
+from daemon.batch.letterbox import LetterboxGeometry, place
 from daemon.config.model import BackendKind, ModelConfig
 from daemon.infer.backend import Backend, BackendError
 from daemon.infer.factory import load_backend
@@ -102,19 +104,28 @@ class _CameraDrift:
 @dataclass(frozen=True, slots=True)
 class _Sample:
     camera_id: str
-    # A copy: the batch buffer is reused as soon as the batch is decoded.
+    # A host copy: the batch buffer is reused as soon as the batch is decoded.
     image: npt.NDArray[np.uint8]
     geometry: LetterboxGeometry
     detections: Detections
     conf: float
 
 
-def _content(image: npt.NDArray[np.uint8], geometry: LetterboxGeometry) -> npt.NDArray[np.uint8]:
+def _content(image: BatchImages, geometry: LetterboxGeometry) -> BatchImages:
     """The letterboxed frame inside ``image`` (a view without the padding)."""
-    # The same rounding as letterbox_into.
-    w = max(round(geometry.src_width * geometry.scale), 1)
-    h = max(round(geometry.src_height * geometry.scale), 1)
-    return image[geometry.pad_top : geometry.pad_top + h, geometry.pad_left : geometry.pad_left + w]
+    placed = place((geometry.src_height, geometry.src_width), (image.shape[0], image.shape[1]))
+    top, left = geometry.pad_top, geometry.pad_left
+    return image[top : top + placed.new_h, left : left + placed.new_w]
+
+
+def _lumas(batch: Batch) -> list[float]:
+    """``mean_luma`` of each frame of ``batch``; for a batch on a device, computed there."""
+    contents = [_content(image, g) for image, g in zip(batch.images, batch.geometries, strict=True)]
+    if isinstance(batch.images, np.ndarray):
+        return [mean_luma(content[..., ::-1]) for content in contents]  # RGB -> BGR view
+    from daemon.monitor.device_luma import mean_lumas
+
+    return mean_lumas(contents)
 
 
 class DriftMonitor:
@@ -163,10 +174,7 @@ class DriftMonitor:
         """Account one decoded batch: brightness of every frame, and every ``every_n_frames``-th
         frame of a camera (with its ``detections``, decoded at ``conf``) queued for the
         reference model, or dropped when the worker is busy."""
-        lumas = [
-            mean_luma(_content(image, geometry)[..., ::-1])  # RGB -> BGR view
-            for image, geometry in zip(batch.images, batch.geometries, strict=True)
-        ]
+        lumas = _lumas(batch)
         picked: list[int] = []
         with self._lock:
             for i, (meta, luma) in enumerate(zip(batch.metas, lumas, strict=True)):
@@ -185,7 +193,7 @@ class DriftMonitor:
             if not self._queue.full():
                 sample = _Sample(
                     batch.metas[i].camera_id,
-                    batch.images[i].copy(),
+                    host_copy(batch.images[i]),
                     batch.geometries[i],
                     detections[i],
                     conf,

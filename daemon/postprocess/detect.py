@@ -3,14 +3,20 @@
 A ``DeviceNms`` backend (the torch backend) decodes and NMSes next to the head, so only the
 kept boxes reach the host; any other backend's raw head is decoded here in numpy. Both give
 ``decode_one``'s semantics. The two steps are separate so the pipeline can time them.
+
+A batch letterboxed on a device (from NVDEC frames) goes to a backend that takes device input
+(``DeviceInput``), so its pixels never leave the device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
+from daemon.batch.images import BatchImages
 from daemon.batch.letterbox import LetterboxGeometry
-from daemon.infer.backend import Backend, DeviceNms, FloatArray, UInt8Batch
+from daemon.infer.backend import Backend, BackendError, DeviceInput, DeviceNms, FloatArray
 from daemon.postprocess.yolo import Detections, decode_batch, decode_kept
 
 # The raw head ``[n, 4 + nc, anchors]``, or a ``DeviceNms`` backend's kept rows per image.
@@ -18,12 +24,20 @@ Inferred = FloatArray | list[FloatArray]
 
 
 def infer_batch(
-    backend: Backend, images: UInt8Batch, conf: float, iou: float, max_det: int
+    backend: Backend, images: BatchImages, conf: float, iou: float, max_det: int
 ) -> Inferred:
-    """Run ``images`` (``[n, H, W, 3]`` uint8 RGB), with NMS on the backend's device if it can.
+    """Run ``images`` (``[n, H, W, 3]`` uint8 RGB, on the host or a device), with NMS on the
+    backend's device if it can. A device batch needs a ``DeviceInput`` backend.
 
     The result may be a view of the backend's output buffer: decode it before this thread
     infers again (``Backend`` contract)."""
+    if not isinstance(images, np.ndarray):
+        if not isinstance(backend, DeviceInput):
+            raise BackendError(
+                f"the batch is in device memory (GPU-decoded frames) but the {backend.name} "
+                "backend takes host batches only; use the torch backend with GPU decoding"
+            )
+        return backend.infer_nms_device(images, conf, iou, max_det)
     if isinstance(backend, DeviceNms):
         return backend.infer_nms(images, conf, iou, max_det)
     return backend.infer(images)
@@ -44,7 +58,7 @@ def decode_inferred(
 
 def detect_batch(
     backend: Backend,
-    images: UInt8Batch,
+    images: BatchImages,
     geometries: Sequence[LetterboxGeometry],
     *,
     conf: float,

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from daemon.batch.images import BatchImages, host_copy
 from daemon.batch.letterbox import LetterboxGeometry
 from daemon.config.tracking import SnapshotConfig
 
@@ -40,9 +41,10 @@ SnapshotSink = Callable[[str, bytes], None]
 
 
 def crop_from_batch(
-    image: npt.NDArray[np.uint8], geometry: LetterboxGeometry, box: tuple[float, ...]
+    image: BatchImages, geometry: LetterboxGeometry, box: tuple[float, ...]
 ) -> npt.NDArray[np.uint8] | None:
-    """A copy of ``box`` (source-frame pixels) cut from the letterboxed RGB ``image``."""
+    """A host copy of ``box`` (source-frame pixels) cut from the letterboxed RGB ``image``
+    (on the host or a device: only the crop is downloaded)."""
     h, w = image.shape[:2]
     x1 = int(max(box[0] * geometry.scale + geometry.pad_left, 0))
     y1 = int(max(box[1] * geometry.scale + geometry.pad_top, 0))
@@ -50,7 +52,7 @@ def crop_from_batch(
     y2 = int(min(box[3] * geometry.scale + geometry.pad_top + 1, h))
     if x2 - x1 < 2 or y2 - y1 < 2:
         return None
-    return np.array(image[y1:y2, x1:x2])
+    return host_copy(image[y1:y2, x1:x2])
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from daemon.batch.images import BatchImages
 from daemon.batch.letterbox import LetterboxGeometry
 from daemon.config.model import CameraConfig
 from daemon.config.tracking import TrackingConfig
@@ -31,9 +32,10 @@ from daemon.track.snapshots import SnapshotJob, Snapshotter, crop_from_batch
 
 @dataclass(frozen=True, slots=True)
 class FramePixels:
-    """The letterboxed image the model saw and how it maps to the source frame."""
+    """The letterboxed image the model saw (on the host or a device) and how it maps to the
+    source frame."""
 
-    image: npt.NDArray[np.uint8]
+    image: BatchImages
     geometry: LetterboxGeometry
 
 
