@@ -69,8 +69,8 @@ class E2EOptions:
     inflight_batches: int | None = None
     # Our pipeline worker processes (model.workers); None: the default.
     workers: int | None = None
-    # Every camera's decoder (ffmpeg, nvdec); None: the default.
-    decoder: str | None = None
+    # Every camera's decoder (ffmpeg, nvdec).
+    decoder: str = "ffmpeg"
     source: str = "rtsp"
     baseline: str | None = None
     ultralytics_python: Path | None = None
@@ -356,7 +356,7 @@ def run_ours(
     metrics_port = free_port()
     cameras = {cid: {"url": url, "decoder": opts.decoder} for cid, url in urls.items()}
     document = daemon_config(
-        cameras if opts.decoder else urls, opts.onnx_model, mqtt_port=broker.port, metrics_port=metrics_port,
+        cameras, opts.onnx_model, mqtt_port=broker.port, metrics_port=metrics_port,
         node=OURS_NODE, prefix=PREFIX, max_batch=opts.max_batch or min(opts.cameras, 16),
         mqtt={"qos": 1}, test_timing=False,
         model_extra={"backend": opts.backend.value, "intra_op_threads": opts.intra_op_threads},

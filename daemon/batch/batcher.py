@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from daemon.batch.images import BatchImages, FrameImage
+from daemon.batch.images import BatchImages
 from daemon.batch.letterbox import LetterboxGeometry, letterbox_into, rect_shape
-from daemon.capture.frame import FrameMeta
+from daemon.capture.frame import FrameImage, FrameMeta
 from daemon.capture.source import CameraSource
 
 if TYPE_CHECKING:

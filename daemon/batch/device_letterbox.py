@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from daemon.batch.images import FrameImage
 from daemon.batch.letterbox import PAD_VALUE, LetterboxGeometry, place
+from daemon.capture.frame import FrameImage
 
 _RGB = 3
 

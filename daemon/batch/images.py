@@ -1,8 +1,9 @@
-"""What a frame and a batch's images are: host arrays, or tensors on a torch device.
+"""What a batch's images are: host arrays, or tensors on a torch device.
 
 A reader decoding on the GPU (NVDEC) hands out RGB ``torch.Tensor`` frames, any other reader
-BGR numpy arrays; a batch holding a device frame is letterboxed on that device. torch is
-imported only where a device frame appears, so a host-only install never needs it.
+BGR numpy arrays (``daemon.capture.frame.FrameImage``); a batch holding a device frame is
+letterboxed on that device. torch is imported only where a device frame appears, so a
+host-only install never needs it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     import torch
 
-# ``HxWx3`` uint8: a host BGR array, or a contiguous RGB tensor on a device.
-FrameImage: TypeAlias = "npt.NDArray[np.uint8] | torch.Tensor"
 # Letterboxed RGB images (``[n, H, W, 3]`` uint8), or a region of them: on the host, or on
 # the device of the batch's device frames.
 BatchImages: TypeAlias = "npt.NDArray[np.uint8] | torch.Tensor"

@@ -86,7 +86,7 @@ def register(sub: Any) -> None:
     )
     e.add_argument("--workers", type=int, default=None, help="pipeline processes (model.workers)")
     e.add_argument(
-        "--decoder", choices=["ffmpeg", "nvdec"], default=None, help="every camera's decoder"
+        "--decoder", choices=["ffmpeg", "nvdec"], default="ffmpeg", help="every camera's decoder"
     )
     e.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
     e.add_argument("--source", choices=["rtsp", "file"], default="rtsp")

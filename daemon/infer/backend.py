@@ -178,6 +178,11 @@ class DeviceInput(Protocol):
     """A ``DeviceNms`` backend that also takes a batch already in device memory (the
     batcher's ``torch.Tensor`` batch of NVDEC frames), copied device to device."""
 
+    @property
+    def cuda_device(self) -> int | None:
+        """The CUDA device index such batches must be on; None while it runs on a CPU."""
+        ...
+
     def infer_nms_device(
         self, batch: Any, conf: float, iou: float, max_det: int
     ) -> list[FloatArray]:
@@ -230,17 +235,6 @@ def transfer_times(backend: Backend) -> TransferTimes | None:
     return backend.last_transfer_times() if isinstance(backend, TimedTransfers) else None
 
 
-@runtime_checkable
-class CudaFrames(Protocol):
-    """A backend that also takes batches already in CUDA memory (frames an NVDEC reader
-    decoded there, letterboxed on the device)."""
-
-    @property
-    def cuda_device(self) -> int | None:
-        """The CUDA device index such batches must be on; None while it runs on a CPU."""
-        ...
-
-
 def frames_device(backend: Backend) -> int | None:
     """The CUDA device ``backend`` takes device batches from; None if it takes host ones only."""
-    return backend.cuda_device if isinstance(backend, CudaFrames) else None
+    return backend.cuda_device if isinstance(backend, DeviceInput) else None

@@ -180,7 +180,7 @@ class TorchBackend:
 
     @property
     def cuda_device(self) -> int | None:
-        """``CudaFrames``: the CUDA device this backend runs on; None on the CPU."""
+        """``DeviceInput``: the CUDA device this backend runs on; None on the CPU."""
         if not self._cuda:
             return None
         index = self._device.index

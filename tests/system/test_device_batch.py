@@ -18,8 +18,8 @@ import pytest
 
 from bench.backend import raw_frame
 from daemon.batch.batcher import Batch, BatchBuffer
-from daemon.batch.images import FrameImage, host_copy
-from daemon.capture.frame import FrameMeta
+from daemon.batch.images import host_copy
+from daemon.capture.frame import FrameImage, FrameMeta
 from daemon.capture.state import CameraState
 from daemon.config.model import DriftConfig, ModelConfig
 from daemon.infer.backend import BackendError, transfer_times

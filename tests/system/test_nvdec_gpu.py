@@ -2,7 +2,8 @@
 
 A file camera read with ``decoder: nvdec`` streams frames into CUDA memory; taken as fast
 as they come, every frame is handed out once, in order, and equals what OpenCV decodes
-from the same file, up to the YUV -> RGB conversion. A source that cannot be opened
+from the same file, up to the YUV -> RGB conversion; batched on the GPU, those frames give
+the detections OpenCV's frames give through the host batch. A source that cannot be opened
 reconnects with the reason; stopping leaves no reader thread.
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -18,13 +20,20 @@ import cv2
 import numpy as np
 import pytest
 
+from daemon.batch.batcher import BatchBuffer
+from daemon.capture.frame import FrameImage, FrameMeta
 from daemon.capture.source import CameraSource
 from daemon.capture.state import CameraState
 from daemon.config.model import CameraConfig, CaptureConfig, Decoder
 from daemon.config.secrets import Secret
+from daemon.postprocess.detect import detect_batch
+from daemon.postprocess.match import Agreement, match
+from daemon.postprocess.yolo import Detections
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("PyNvVideoCodec")
+
+from daemon.infer.torch_backend import TorchBackend  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -52,20 +61,34 @@ def _nvdec_threads() -> list[str]:
 
 
 def _opencv_frames(clip: Path, count: int) -> list[np.ndarray]:
+    """The file's first ``count`` frames as OpenCV decodes them (BGR)."""
     cap = cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG)
     frames = []
     for _ in range(count):
         ok, frame = cap.read()
         assert ok
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        frames.append(frame)
     cap.release()
     return frames
+
+
+class _Still:
+    """One OpenCV frame handed to the batcher the way a reader hands out its newest frame."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.camera_id = "opencv"
+        self._image = image
+
+    @contextmanager
+    def acquire_latest(self) -> Iterator[tuple[FrameMeta, FrameImage] | None]:
+        h, w = self._image.shape[:2]
+        yield FrameMeta(self.camera_id, 0, time.time(), w, h), self._image
 
 
 @pytest.mark.parametrize("name", ["traffic_highway_a_720p.mp4", "mall_entrance_cctv_360p.mp4"])
 def test_nvdec_frames_are_opencvs_frames_in_gpu_memory(videos: list[Path], name: str) -> None:
     clip = next(v for v in videos if v.name == name)
-    expected = _opencv_frames(clip, FRAMES)
+    expected = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in _opencv_frames(clip, FRAMES)]
     source = _source(str(clip))
     taken: dict[int, np.ndarray] = {}
     source.start()
@@ -120,3 +143,45 @@ def test_nvdec_source_that_cannot_open_reconnects_with_the_reason(tmp_path: Path
     # Stopped: DOWN (a string compare, as mypy keeps the RECONNECTING narrowed above).
     assert source.state.value == "down"
     assert not _nvdec_threads()
+
+
+def test_nvdec_frames_batched_on_the_gpu_detect_what_opencvs_do(
+    videos: list[Path], model_onnx: Path
+) -> None:
+    clip = next(v for v in videos if v.name == "pedestrians_street_720p.mp4")
+    source = _source(str(clip))
+    backend = TorchBackend(model_onnx, max_batch=1, device="cuda")
+    buffer = BatchBuffer(1, backend.input_hw, backend.dynamic_hw)
+    conf, iou, max_det = 0.25, 0.7, 300
+    got: dict[int, Detections] = {}
+    source.start()
+    try:
+
+        def batch_one() -> bool:
+            if source.pending_since() is not None:
+                batch = buffer.assemble([source])
+                if len(batch):
+                    assert not isinstance(batch.images, np.ndarray)
+                    (dets,) = detect_batch(
+                        backend, batch.images, batch.geometries, conf=conf, iou=iou,
+                        max_det=max_det,
+                    )  # fmt: skip
+                    got[batch.metas[0].seq] = dets
+            return len(got) >= FRAMES
+
+        _until(source, batch_one, 60)
+        dropped = source.counters().frames_dropped
+    finally:
+        source.stop()
+    assert dropped == 0
+    total = Agreement()
+    for i, frame in enumerate(_opencv_frames(clip, FRAMES)):
+        host = buffer.assemble([_Still(frame)])
+        (want,) = detect_batch(
+            backend, host.images, host.geometries, conf=conf, iou=iou, max_det=max_det
+        )
+        total += match(want, got[i + 1])
+    backend.close()
+    print(f"NVDEC vs OpenCV detections: {total}")
+    assert total.reference > 100
+    assert total.f1 >= 0.99, total
