@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
 from daemon.batch.batcher import Batch, BatchBuffer, BatchSelector
-from daemon.capture.nvdec import unavailable_reason
+from daemon.capture.nvdec import NvdecTarget, unavailable_reason
 from daemon.capture.source import CameraSource
 from daemon.capture.state import CameraState, CaptureCounters, StateChange
 from daemon.config.model import AppConfig, CameraConfig, Decoder
-from daemon.infer.backend import Backend, frames_device, transfer_times
+from daemon.infer.backend import Backend, DeviceInput, transfer_times
 from daemon.infer.warmup import ShapeWarmer
 from daemon.logs import RepeatLimiter
 from daemon.monitor.drift import DriftMonitor
@@ -118,23 +118,26 @@ class Pipeline:
         )
         self._tracking.add(camera, self._config.tracking_of(camera))
         self._decode_conf = self._lowest_conf()
-        source = CameraSource(camera, self._config.capture, nvdec_gpu=self._nvdec_gpu(camera))
+        source = CameraSource(camera, self._config.capture, nvdec=self._nvdec_target(camera))
         self._sources[camera.id] = source
         self._epochs[camera.id] = self._sink.start_camera(camera.id)
         self._stats.add_camera(camera.id, time.monotonic())
         source.start()
         log.info("camera started", extra={"camera": camera.id, "url": camera.display_url})
 
-    def _nvdec_gpu(self, camera: CameraConfig) -> int | None:
-        """The GPU a ``decoder: nvdec`` camera decodes on; None for any other camera, and
-        for one that OpenCV must read instead (said once per camera, as a warning)."""
+    def _nvdec_target(self, camera: CameraConfig) -> NvdecTarget | None:
+        """Where a ``decoder: nvdec`` camera decodes to; None for any other camera, and for
+        one that OpenCV must read instead (said once per camera, as a warning)."""
         if camera.decoder is not Decoder.NVDEC:
             return None
-        gpu = frames_device(self._backend)
+        backend = self._backend
+        target = None
+        if isinstance(backend, DeviceInput) and backend.cuda_device is not None:
+            target = NvdecTarget(backend.cuda_device, backend.device_gate)
         reason = (
-            f"the {self._backend.name} backend takes no frames in GPU memory "
+            f"the {backend.name} backend takes no frames in GPU memory "
             "(nvdec needs backend: torch on a CUDA GPU)"
-            if gpu is None
+            if target is None
             else self._nvdec_problem
         )
         if reason is not None:
@@ -143,7 +146,7 @@ class Pipeline:
                 extra={"camera": camera.id, "reason": reason},
             )
             return None
-        return gpu
+        return target
 
     @cached_property
     def _nvdec_problem(self) -> str | None:

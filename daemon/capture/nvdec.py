@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, Pipe
 from typing import Any, Final
 
+from daemon.capture.device_gate import DeviceGate
 from daemon.capture.frame import FrameMeta
 from daemon.capture.protocol import (
     ReaderEvent,
@@ -70,6 +71,15 @@ def unavailable_reason() -> str | None:
     if not torch.cuda.is_available():
         return "torch sees no CUDA device"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class NvdecTarget:
+    """Where NVDEC cameras decode to: the inferring backend's CUDA device, and the gate its
+    graph captures close (``DeviceGate``)."""
+
+    gpu: int
+    gate: DeviceGate
 
 
 @dataclass(slots=True)
@@ -271,12 +281,16 @@ class NvdecLauncher:
     """Starts a camera's NVDEC reader thread on ``frames`` (``Launcher``)."""
 
     def __init__(
-        self, camera: CameraConfig, capture: CaptureConfig, frames: DeviceFrames, gpu: int
+        self,
+        camera: CameraConfig,
+        capture: CaptureConfig,
+        frames: DeviceFrames,
+        target: NvdecTarget,
     ) -> None:
         self._camera = camera
         self._capture = capture
         self._frames = frames
-        self._gpu = gpu
+        self._target = target
         self._incarnation = itertools.count(1)
 
     def __call__(self, min_capacity: int | None) -> RunningReader | None:
@@ -286,7 +300,7 @@ class NvdecLauncher:
             camera=self._camera,
             capture=self._capture,
             frames=self._frames,
-            gpu=self._gpu,
+            target=self._target,
             stop=stop,
             conn=sender,
         )
@@ -308,14 +322,15 @@ class _NvdecReader:
         camera: CameraConfig,
         capture: CaptureConfig,
         frames: DeviceFrames,
-        gpu: int,
+        target: NvdecTarget,
         stop: threading.Event,
         conn: Connection,
     ) -> None:
         self._camera = camera
         self._capture = capture
         self._frames = frames
-        self._gpu = gpu
+        self._gpu = target.gpu
+        self._gate = target.gate
         self._stop = stop
         self._conn = conn
         self._writer = frames.new_writer()
@@ -356,6 +371,10 @@ class _NvdecReader:
         if not self._stop.is_set():
             self._conn.send(event)
 
+    def _waiting(self) -> None:
+        """Held back by a graph capture: still alive."""
+        self._beat(self._capture.read_timeout_s)
+
     def _beat(self, bound_s: float) -> None:
         self._frames.alive_until(self._writer, time.time() + bound_s + _TIMEOUT_SLACK_S)
 
@@ -387,7 +406,8 @@ class _NvdecReader:
             for packet in demuxer:
                 self._beat(self._capture.read_timeout_s)
                 try:
-                    frames = decoder.Decode(packet)
+                    with self._gate.work(self._waiting):
+                        frames = decoder.Decode(packet)
                 except Exception as exc:
                     self._frames.count(self._writer, frames_corrupt=1)
                     corrupt_in_row += 1
@@ -435,14 +455,14 @@ class _NvdecReader:
         index = self._frames.free_slot(self._writer)
         if index is None:
             return None
-        with torch.cuda.stream(stream):
+        with self._gate.work(self._waiting), torch.cuda.stream(stream):
             decoded = torch.from_dlpack(frame)
             target = self._frames.slot_image(index)
             if target is None or target.shape != decoded.shape:
                 target = torch.empty_like(decoded, memory_format=torch.contiguous_format)
             target.copy_(decoded)
-        # The decoder reuses its surface, and a batch may read the slot the moment it is
-        # published: both need the copy done.
-        stream.synchronize()
+            # The decoder reuses its surface, and a batch may read the slot the moment it is
+            # published: both need the copy done.
+            stream.synchronize()
         self._frames.publish(self._writer, index, target, capture_ts)
         return target

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from daemon.capture.frame import FrameImage, FrameMeta
 from daemon.capture.handout import FrameHandout
-from daemon.capture.nvdec import DeviceFrames, NvdecLauncher
+from daemon.capture.nvdec import DeviceFrames, NvdecLauncher, NvdecTarget
 from daemon.capture.ring import capacity_for
 from daemon.capture.state import CameraState, CaptureCounters, StateChange
 from daemon.capture.supervisor import FrameStore, Launcher, ProcessLauncher, ReaderSupervisor
@@ -42,16 +42,16 @@ class CameraSource:
     """One camera: a supervised reader feeding a newest-frame store."""
 
     def __init__(
-        self, camera: CameraConfig, capture: CaptureConfig, *, nvdec_gpu: int | None = None
+        self, camera: CameraConfig, capture: CaptureConfig, *, nvdec: NvdecTarget | None = None
     ) -> None:
-        """``nvdec_gpu``: the CUDA device an ``decoder: nvdec`` camera decodes on; without
-        one such a camera is read by OpenCV (the caller logs why)."""
+        """``nvdec``: where a ``decoder: nvdec`` camera decodes to; without it such a camera
+        is read by OpenCV (the caller logs why)."""
         self.camera_id = camera.id
         self._frames: _Frames
         launch: Launcher
-        if camera.decoder is Decoder.NVDEC and nvdec_gpu is not None:
+        if camera.decoder is Decoder.NVDEC and nvdec is not None:
             device_frames = DeviceFrames(camera.id)
-            launch = NvdecLauncher(camera, capture, device_frames, nvdec_gpu)
+            launch = NvdecLauncher(camera, capture, device_frames, nvdec)
             self._frames = device_frames
         else:
             ring = FrameHandout(camera.id, capacity_for(capture.max_width, capture.max_height))

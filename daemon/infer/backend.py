@@ -20,6 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from daemon.capture.device_gate import DeviceGate
+
 UInt8Batch = npt.NDArray[np.uint8]
 FloatArray = npt.NDArray[np.float32]
 
@@ -183,6 +185,12 @@ class DeviceInput(Protocol):
         """The CUDA device index such batches must be on; None while it runs on a CPU."""
         ...
 
+    @property
+    def device_gate(self) -> DeviceGate:
+        """What device work on other threads (NVDEC readers) passes, so it never meets the
+        backend's CUDA graph captures."""
+        ...
+
     def infer_nms_device(
         self, batch: Any, conf: float, iou: float, max_det: int
     ) -> list[FloatArray]:
@@ -233,8 +241,3 @@ class TimedTransfers(Protocol):
 def transfer_times(backend: Backend) -> TransferTimes | None:
     """``backend``'s split of the calling thread's last batch, None if it reports none."""
     return backend.last_transfer_times() if isinstance(backend, TimedTransfers) else None
-
-
-def frames_device(backend: Backend) -> int | None:
-    """The CUDA device ``backend`` takes device batches from; None if it takes host ones only."""
-    return backend.cuda_device if isinstance(backend, DeviceInput) else None

@@ -37,6 +37,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from daemon.capture.device_gate import DeviceGate
 from daemon.config.model import ModelConfig
 from daemon.infer.backend import (
     BackendError,
@@ -152,6 +153,7 @@ class TorchBackend:
         self._pool = SlotPool([self._make_slot() for _ in range(slots if self._cuda else 1)])
         self._lock = threading.Lock()
         self._compile_lock = threading.Lock()
+        self._device_gate = DeviceGate()
         self._closed = False
         log.info(
             "torch backend loaded",
@@ -177,6 +179,11 @@ class TorchBackend:
     @property
     def input_hw(self) -> tuple[int, int]:
         return self._input_hw
+
+    @property
+    def device_gate(self) -> DeviceGate:
+        """``DeviceInput``: closed while this backend captures a CUDA graph."""
+        return self._device_gate
 
     @property
     def cuda_device(self) -> int | None:
@@ -383,8 +390,11 @@ class TorchBackend:
             slot.stream.synchronize()
             graph = torch.cuda.CUDAGraph()
             # thread_local: the other slots' threads keep replaying while this one captures.
-            with torch.cuda.graph(
-                graph, pool=slot.pool, stream=slot.stream, capture_error_mode="thread_local"
+            with (
+                self._device_gate.capture(),
+                torch.cuda.graph(
+                    graph, pool=slot.pool, stream=slot.stream, capture_error_mode="thread_local"
+                ),
             ):
                 compiled.output = self._forward(program, images)
             compiled.graph = graph

@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 from daemon.batch.batcher import BatchBuffer
+from daemon.capture.device_gate import DeviceGate
 from daemon.capture.frame import FrameImage, FrameMeta
+from daemon.capture.nvdec import NvdecTarget
 from daemon.capture.source import CameraSource
 from daemon.capture.state import CameraState
 from daemon.config.model import CameraConfig, CaptureConfig, Decoder
@@ -41,11 +43,12 @@ CAPTURE: Final = CaptureConfig(reconnect_initial_s=0.2, reconnect_max_s=0.5)
 FRAMES: Final = 40
 
 
-def _source(url: str) -> CameraSource:
+def _source(url: str, gate: DeviceGate | None = None) -> CameraSource:
+    """An NVDEC camera; ``gate``: the inferring backend's (else its own)."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     camera = CameraConfig(id="gpu", url=Secret(url), decoder=Decoder.NVDEC)
-    return CameraSource(camera, CAPTURE, nvdec_gpu=0)
+    return CameraSource(camera, CAPTURE, nvdec=NvdecTarget(0, gate or DeviceGate()))
 
 
 def _until(source: CameraSource, done: Callable[[], bool], timeout_s: float) -> None:
@@ -149,8 +152,9 @@ def test_nvdec_frames_batched_on_the_gpu_detect_what_opencvs_do(
     videos: list[Path], model_onnx: Path
 ) -> None:
     clip = next(v for v in videos if v.name == "pedestrians_street_720p.mp4")
-    source = _source(str(clip))
     backend = TorchBackend(model_onnx, max_batch=1, device="cuda")
+    # The shape is compiled (its graph captured) while the reader decodes.
+    source = _source(str(clip), backend.device_gate)
     buffer = BatchBuffer(1, backend.input_hw, backend.dynamic_hw)
     conf, iou, max_det = 0.25, 0.7, 300
     got: dict[int, Detections] = {}

@@ -1,0 +1,65 @@
+"""``DeviceGate``: keeps the NVDEC readers' CUDA work out of a CUDA graph capture.
+
+Capturing a CUDA graph (the torch backend compiles one per batch shape) fails, and fails
+the reader thread's own call, when another thread's CUDA work meets it: measured on the H200
+with 48 NVDEC cameras, the capture was invalidated ("operation failed due to a previous
+error during capture") and readers' calls were refused ("operation not permitted when
+stream is capturing"). So the readers' device work (a decode call, a frame copy) passes
+the gate shared, and a capture passes it alone; a waiting capture goes first, so a stream
+of decode calls cannot starve it. A capture takes well under a second, so a reader waits
+at most that long per capture, beating its heartbeat meanwhile.
+
+Standard library only: the capture layer owns it, the backend that captures is handed one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Final
+
+# How often a waiting reader wakes to beat its heartbeat.
+_BEAT_EVERY_S: Final = 0.5
+
+
+class DeviceGate:
+    """Shared passage for device work, exclusive passage for a graph capture."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._working = 0
+        self._capturing = False
+        self._waiting_captures = 0
+
+    @contextmanager
+    def work(self, waiting: Callable[[], None] = lambda: None) -> Iterator[None]:
+        """Device work of a reader; ``waiting`` is called every half second it waits."""
+        with self._cond:
+            while self._capturing or self._waiting_captures:
+                waiting()
+                self._cond.wait(_BEAT_EVERY_S)
+            self._working += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._working -= 1
+                if not self._working:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def capture(self) -> Iterator[None]:
+        """A graph capture: waits for the work in progress, holds new work back."""
+        with self._cond:
+            self._waiting_captures += 1
+            while self._capturing or self._working:
+                self._cond.wait()
+            self._waiting_captures -= 1
+            self._capturing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._capturing = False
+                self._cond.notify_all()
