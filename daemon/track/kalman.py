@@ -77,29 +77,26 @@ def initiate(measurements: F64) -> tuple[F64, F64]:
     return mean, cov
 
 
-def predict(
-    mean: F64, cov: F64, elapsed_s: float | npt.NDArray[np.floating[Any]]
-) -> tuple[F64, F64]:
-    """States ``elapsed_s`` later: constant velocity, process noise proportional to time.
+def predict(mean: F64, cov: F64, elapsed_s: float | npt.NDArray[np.floating[Any]]) -> None:
+    """Move states ``elapsed_s`` on, in place: constant velocity, process noise proportional
+    to time.
 
-    ``elapsed_s`` is one time for every track or one per track; a track given 0 comes back
-    unchanged, so a caller can predict all rows at once instead of gathering a subset."""
+    ``elapsed_s`` is one time for every track or one per track; a track given 0 is left
+    unchanged, so a caller can predict all rows at once instead of gathering a subset. In
+    place because the tracker's states are views into its track records: no copies to write
+    back."""
     k = np.maximum(elapsed_s, 0.0) / TIME_UNIT_S
     if np.ndim(k):
         k = k[:, None]
     noise = mean[:, 3:4] * _MOTION_WEIGHT + _MOTION_FLOOR
     noise *= noise * k
-    new_mean = mean.copy()
-    new_mean[:, :4] += k * mean[:, 4:]
-    # In place on a copy, block by block: fewer temporaries, the same arithmetic.
-    new_cov = cov.copy()
-    pos, both, vel = new_cov[:, 0], new_cov[:, 1], cov[:, 2]
+    mean[:, :4] += k * mean[:, 4:]
+    pos, both, vel = cov[:, 0], cov[:, 1], cov[:, 2]
     k_vel = k * vel
     pos += k * (2 * both + k_vel)
     pos += noise[:, :4]
     both += k_vel
-    new_cov[:, 2] += noise[:, 4:]
-    return new_mean, new_cov
+    vel += noise[:, 4:]
 
 
 def update(mean: F64, cov: F64, measurements: F64) -> tuple[F64, F64]:
