@@ -25,6 +25,7 @@ camera's result depends only on its own frames, whatever shares its batch.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -191,10 +192,8 @@ class _Boxes:
     def __init__(
         self, frames: Sequence[TrackInput], high_threshold: F64, low_threshold: F64, new: F64
     ) -> None:
-        scores_of = [np.reshape(f.scores, -1) for f in frames]
-        self.boxes = np.concatenate(
-            [np.reshape(f.boxes, (-1, 4)) for f in frames], dtype=np.float64
-        )
+        scores_of = [f.scores.reshape(-1) for f in frames]
+        self.boxes = np.concatenate([f.boxes.reshape(-1, 4) for f in frames], dtype=np.float64)
         self.scores = np.concatenate(scores_of, dtype=np.float64)
         counts = [len(s) for s in scores_of]
         self.layout = _Layout(np.repeat(np.arange(len(counts)), counts), counts)
@@ -417,21 +416,29 @@ class _Touching:
 
 class _Grid:
     """Where rows sorted by camera sit in a grid of one line per camera, as wide as the most
-    rows of a camera."""
+    rows of a camera. Only the width is known at once: ``_Touching`` reads it to choose
+    between the grid and sorting, and places the rows only for a grid."""
 
     def __init__(self, cam: I64, cameras: int) -> None:
         self.cam = cam
-        self.rank = np.arange(len(cam))
         self._single = cameras == 1
         if self._single:  # the rows as they are: nothing to count or place
             self.width = len(cam)
             self._count = np.array([len(cam)])
-            self._start = _ZERO
         else:
             self._count = np.bincount(cam, minlength=cameras)
             self.width = int(np.maximum.reduce(self._count))
-            self._start = np.cumsum(self._count) - self._count
-            self.rank -= self._start[cam]
+
+    @functools.cached_property
+    def _start(self) -> I64:
+        """Each camera's first row."""
+        return _ZERO if self._single else np.cumsum(self._count) - self._count
+
+    @functools.cached_property
+    def rank(self) -> I64:
+        """Each row's place in its camera's line."""
+        rank = np.arange(len(self.cam))
+        return rank if self._single else rank - self._start[self.cam]
 
     def rows(self, camera: I64, rank: I64) -> I64:
         """The rows at places ``rank`` of the lines of cameras ``camera``."""
@@ -441,7 +448,7 @@ class _Grid:
         """``boxes`` coordinate-first on the grid, [4, camera, width], zeros where none."""
         if self._single:
             return np.ascontiguousarray(boxes.T)[:, None, :]
-        out = np.zeros((4, len(self._start), self.width))
+        out = np.zeros((4, len(self._count), self.width))
         out[:, self.cam, self.rank] = boxes.T
         return out
 
