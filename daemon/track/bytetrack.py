@@ -280,10 +280,11 @@ class _State:
         mean, cov = self.mean, self.tracks["cov"]
         # Every row is corrected (unmatched ones with any box) and only the matched rows are
         # kept: each row's arithmetic is its own, and masked copies into the records cost
-        # less than gathering the matched rows and scattering them back.
+        # less than gathering the matched rows and scattering them back. Transposed, so that
+        # the mask broadcasts over the leading axes (see ``daemon.track.kalman``).
         new_mean, new_cov = kalman.update(mean, cov, kalman.xyxy_to_xyah(boxes[det_of]))
-        np.copyto(mean, new_mean, where=matched[:, None])
-        np.copyto(cov, new_cov, where=matched[:, None, None])
+        np.copyto(mean.T, new_mean.T, where=matched)
+        np.copyto(cov.T, new_cov.T, where=matched)
         np.copyto(self.lost, False, where=matched)
         np.copyto(self.seen_ts, ts[self.cam], where=matched)
 
