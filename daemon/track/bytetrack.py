@@ -25,6 +25,7 @@ camera's result depends only on its own frames, whatever shares its batch.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -152,7 +153,7 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     free, newly_lost = matching.associate(confirmed, state.lost)
     det_of = matching.det_of
     matched = det_of >= 0
-    state.correct(ts, dets.boxes, matched.nonzero()[0], det_of)
+    state.correct(ts, dets.boxes, matched, det_of)
     state.lost[newly_lost] = True
     next_id = np.array([t._next_id for t in trackers], dtype=np.int64)
     promoted = (unconfirmed & matched).nonzero()[0]
@@ -191,10 +192,8 @@ class _Boxes:
     def __init__(
         self, frames: Sequence[TrackInput], high_threshold: F64, low_threshold: F64, new: F64
     ) -> None:
-        scores_of = [np.reshape(f.scores, -1) for f in frames]
-        self.boxes = np.concatenate(
-            [np.reshape(f.boxes, (-1, 4)) for f in frames], dtype=np.float64
-        )
+        scores_of = [f.scores.reshape(-1) for f in frames]
+        self.boxes = np.concatenate([f.boxes.reshape(-1, 4) for f in frames], dtype=np.float64)
         self.scores = np.concatenate(scores_of, dtype=np.float64)
         counts = [len(s) for s in scores_of]
         self.layout = _Layout(np.repeat(np.arange(len(counts)), counts), counts)
@@ -202,7 +201,9 @@ class _Boxes:
         high_threshold, low_threshold = high_threshold[cam], low_threshold[cam]
         self.new_threshold = new[cam]
         # A box without area has no aspect ratio for the Kalman state.
-        valid = np.logical_and.reduce(self.boxes[:, 2:] > self.boxes[:, :2], axis=1)
+        # Column by column: a reduction over pairs of columns costs several times more.
+        boxes = self.boxes
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         self.high = valid & (self.scores >= high_threshold)
         self.low = valid & (self.scores > low_threshold) & (self.scores < high_threshold)
 
@@ -238,8 +239,12 @@ class _State:
     """The tracks of a batch's cameras, concatenated in batch order; ``cam`` per track."""
 
     def __init__(self, trackers: list[ByteTracker]) -> None:
-        self.tracks = _joined([t._tracks for t in trackers])
-        self.cam = np.repeat(np.arange(len(trackers)), [len(t._tracks) for t in trackers])
+        if len(trackers) == 1:  # its records as they are: changed in place, then handed back
+            self.tracks = trackers[0]._tracks
+            self.cam = np.zeros(len(self.tracks), dtype=np.int64)
+        else:
+            self.tracks = _joined([t._tracks for t in trackers])
+            self.cam = np.repeat(np.arange(len(trackers)), [len(t._tracks) for t in trackers])
 
     # Views of the records' fields: written in place, they change the tracks.
     @property
@@ -265,21 +270,23 @@ class _State:
         mean[self.lost, 7] = 0.0
         # Unconfirmed tracks are not predicted (ByteTrack): no elapsed time leaves them as
         # they are, cheaper than gathering and scattering the confirmed rows.
-        mean[:], self.tracks["cov"] = kalman.predict(
-            mean, self.tracks["cov"], elapsed[self.cam] * confirmed
-        )
+        kalman.predict(mean, self.tracks["cov"], elapsed[self.cam] * confirmed)
 
-    def correct(self, ts: F64, boxes: F64, matched: I64, det_of: I64) -> None:
-        """Kalman-correct the ``matched`` tracks with their boxes; they are seen at their
-        camera's ``ts``."""
-        if not len(matched):
+    def correct(self, ts: F64, boxes: F64, matched: BoolArray, det_of: I64) -> None:
+        """Kalman-correct the ``matched`` tracks with their boxes ``det_of``; they are seen
+        at their camera's ``ts``."""
+        if not np.logical_or.reduce(matched):
             return
         mean, cov = self.mean, self.tracks["cov"]
-        mean[matched], cov[matched] = kalman.update(
-            mean[matched], cov[matched], kalman.xyxy_to_xyah(boxes[det_of[matched]])
-        )
-        self.lost[matched] = False
-        self.seen_ts[matched] = ts[self.cam[matched]]
+        # Every row is corrected (unmatched ones with any box) and only the matched rows are
+        # kept: each row's arithmetic is its own, and masked copies into the records cost
+        # less than gathering the matched rows and scattering them back. Transposed, so that
+        # the mask broadcasts over the leading axes (see ``daemon.track.kalman``).
+        new_mean, new_cov = kalman.update(mean, cov, kalman.xyxy_to_xyah(boxes[det_of]))
+        np.copyto(mean.T, new_mean.T, where=matched)
+        np.copyto(cov.T, new_cov.T, where=matched)
+        np.copyto(self.lost, False, where=matched)
+        np.copyto(self.seen_ts, ts[self.cam], where=matched)
 
     def start(
         self,
@@ -410,21 +417,29 @@ class _Touching:
 
 class _Grid:
     """Where rows sorted by camera sit in a grid of one line per camera, as wide as the most
-    rows of a camera."""
+    rows of a camera. Only the width is known at once: ``_Touching`` reads it to choose
+    between the grid and sorting, and places the rows only for a grid."""
 
     def __init__(self, cam: I64, cameras: int) -> None:
         self.cam = cam
-        self.rank = np.arange(len(cam))
         self._single = cameras == 1
         if self._single:  # the rows as they are: nothing to count or place
             self.width = len(cam)
             self._count = np.array([len(cam)])
-            self._start = _ZERO
         else:
             self._count = np.bincount(cam, minlength=cameras)
             self.width = int(np.maximum.reduce(self._count))
-            self._start = np.cumsum(self._count) - self._count
-            self.rank -= self._start[cam]
+
+    @functools.cached_property
+    def _start(self) -> I64:
+        """Each camera's first row."""
+        return _ZERO if self._single else np.cumsum(self._count) - self._count
+
+    @functools.cached_property
+    def rank(self) -> I64:
+        """Each row's place in its camera's line."""
+        rank = np.arange(len(self.cam))
+        return rank if self._single else rank - self._start[self.cam]
 
     def rows(self, camera: I64, rank: I64) -> I64:
         """The rows at places ``rank`` of the lines of cameras ``camera``."""
@@ -434,7 +449,7 @@ class _Grid:
         """``boxes`` coordinate-first on the grid, [4, camera, width], zeros where none."""
         if self._single:
             return np.ascontiguousarray(boxes.T)[:, None, :]
-        out = np.zeros((4, len(self._start), self.width))
+        out = np.zeros((4, len(self._count), self.width))
         out[:, self.cam, self.rank] = boxes.T
         return out
 
