@@ -4,7 +4,9 @@
 #   whl/      paho-mqtt (and, for BASELINE=1, ultralytics and ultralytics-thop) wheels
 #   mosq/     Debian's mosquitto binary + its libraries, behind a wrapper script
 #   shared/   videos/*.mp4 and models/yolov8n.{onnx,pt} copied from ../shared
-# Usage: [WORKERS=2] [BASELINE=1] bash bench/gpu_run.sh OUTDIR [CAMERA_COUNTS] [SECONDS]
+# and, for DECODER=nvdec, PyNvVideoCodec unpacked into /tmp/site by an earlier call (its wheel
+# and the rest do not fit one call's 64 MiB).
+# Usage: [WORKERS=2] [DECODER=ffmpeg|nvdec] [BASELINE=1] bash bench/gpu_run.sh OUTDIR [CAMERA_COUNTS] [SECONDS]
 set -euo pipefail
 out=${1:?output folder}
 counts=${2:-16,32,64,96,128}
@@ -35,7 +37,7 @@ python3 -m daemon.cli --log-level warning bench e2e "${common[@]}" --cameras 16 
 runs=()
 for count in ${counts//,/ }; do
     timeout 300 python3 -m daemon.cli --log-level warning bench e2e "${common[@]}" "${baseline[@]}" \
-        --workers "${WORKERS:-2}" --backend-seconds 3 --cameras "$count" --duration "$seconds" \
+        --workers "${WORKERS:-2}" --decoder "${DECODER:-ffmpeg}" --backend-seconds 3 --cameras "$count" --duration "$seconds" \
         --json "$out/gpu_e2e_$count.json" --workdir "/tmp/bench-work-$count" 2>&1 \
         | tee "$out/gpu_e2e_$count.txt" || true
     [[ -f $out/gpu_e2e_$count.json ]] && runs+=("$out/gpu_e2e_$count.json")
