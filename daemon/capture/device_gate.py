@@ -34,7 +34,8 @@ class DeviceGate:
 
     @contextmanager
     def work(self, waiting: Callable[[], None] = lambda: None) -> Iterator[None]:
-        """Device work of a reader; ``waiting`` is called every half second it waits."""
+        """Device work of a reader; ``waiting`` is called every half second it waits. Never
+        nested: a capture waiting between the two would wait for the outer one forever."""
         with self._cond:
             while self._capturing or self._waiting_captures:
                 waiting()
@@ -53,9 +54,11 @@ class DeviceGate:
         """A graph capture: waits for the work in progress, holds new work back."""
         with self._cond:
             self._waiting_captures += 1
-            while self._capturing or self._working:
-                self._cond.wait()
-            self._waiting_captures -= 1
+            try:
+                while self._capturing or self._working:
+                    self._cond.wait()
+            finally:
+                self._waiting_captures -= 1
             self._capturing = True
         try:
             yield

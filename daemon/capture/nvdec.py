@@ -113,9 +113,13 @@ class DeviceFrames:
     # -- the reader thread ------------------------------------------------------------------
 
     def new_writer(self) -> int:
-        """Revoke the previous reader's right to write; the token of the next one."""
+        """Revoke the previous reader's right to write; the token of the next one. The free
+        slots get new buffers: a revoked reader may still be copying into one."""
         with self._lock:
             self._writer += 1
+            for i, slot in enumerate(self._slots):
+                if i != self._latest and not slot.pins:
+                    slot.image = None
             return self._writer
 
     def alive_until(self, writer: int, deadline: float) -> None:
@@ -248,11 +252,20 @@ class _Pacer:
 class _ThreadReader:
     """A running NVDEC reader thread (``RunningReader``)."""
 
-    def __init__(self, thread: threading.Thread, stop: threading.Event, conn: Connection) -> None:
+    def __init__(
+        self,
+        thread: threading.Thread,
+        stop: threading.Event,
+        conn: Connection,
+        reader: _NvdecReader,
+        frames: DeviceFrames,
+    ) -> None:
         self._thread = thread
         self._stop = stop
         self._conn = conn
-        self._abandoned = False
+        self._reader = reader
+        self._frames = frames
+        self._stopped = False
 
     @property
     def pid(self) -> int | None:
@@ -260,9 +273,11 @@ class _ThreadReader:
 
     @property
     def exitcode(self) -> int | None:
-        if self._abandoned:
+        if self._stopped:
             return _STOPPED
-        return None if self._thread.is_alive() else 0
+        if self._thread.is_alive():
+            return None
+        return 1 if self._reader.failed else 0
 
     @property
     def events(self) -> EventSource:
@@ -270,10 +285,12 @@ class _ThreadReader:
 
     def stop(self, timeout: float) -> None:
         self._stop.set()
+        # From now on it cannot write, count or beat, even before it notices the stop.
+        self._frames.new_writer()
         self._thread.join(timeout)
         # A thread stuck in its demuxer cannot be killed: it is left to finish its read,
-        # after which it sees the stop and ends without writing.
-        self._abandoned = True
+        # after which it sees the stop and ends.
+        self._stopped = True
         self._conn.close()
 
 
@@ -310,7 +327,7 @@ class NvdecLauncher:
             daemon=True,
         )
         thread.start()
-        return _ThreadReader(thread, stop, receiver)
+        return _ThreadReader(thread, stop, receiver, reader, self._frames)
 
 
 class _NvdecReader:
@@ -340,16 +357,23 @@ class _NvdecReader:
         self._backoff = capture.reconnect_initial_s
         self._min_interval = 1.0 / camera.max_fps if camera.max_fps else 0.0
         self._next_keep = 0.0
+        # Ended by an unexpected error (not a stop, not a source failure).
+        self.failed = False
 
     def run(self) -> None:
         """Read until stopped; every failure is reported and retried after the backoff."""
-        # A closed connection means the supervisor let this reader go.
-        with contextlib.suppress(OSError, EOFError):
-            try:
-                self._run()
-            except Exception:
-                # The supervisor sees the thread end and restarts it; say why here.
-                log.exception("nvdec reader failed", extra={"camera": self._camera.id})
+        try:
+            self._run()
+        except (OSError, EOFError):
+            # The connection was closed: the supervisor let this reader go.
+            return
+        except Exception as exc:
+            # The supervisor sees the thread end (status 1) and restarts it; say why here.
+            self.failed = True
+            log.error(
+                "nvdec reader failed",
+                extra={"camera": self._camera.id, "error": mask_text(repr(exc), self._secrets)},
+            )
 
     def _run(self) -> None:
         import PyNvVideoCodec as nvc
@@ -381,14 +405,16 @@ class _NvdecReader:
     def _open(self, nvc: Any, stream: Any) -> tuple[Any, Any]:
         self._beat(self._capture.open_timeout_s)
         demuxer = nvc.CreateDemuxer(self._url)
-        decoder = nvc.CreateDecoder(
-            gpuid=self._gpu,
-            codec=demuxer.GetNvCodecId(),
-            cudacontext=0,
-            cudastream=stream.cuda_stream,
-            usedevicememory=True,
-            outputColorType=nvc.OutputColorType.RGB,
-        )
+        # The decoder allocates device memory: never while a graph is captured.
+        with self._gate.work(self._waiting):
+            decoder = nvc.CreateDecoder(
+                gpuid=self._gpu,
+                codec=demuxer.GetNvCodecId(),
+                cudacontext=0,
+                cudastream=stream.cuda_stream,
+                usedevicememory=True,
+                outputColorType=nvc.OutputColorType.RGB,
+            )
         return demuxer, decoder
 
     def _stream(self, nvc: Any, torch: Any, stream: Any) -> str:
@@ -397,14 +423,23 @@ class _NvdecReader:
             demuxer, decoder = self._open(nvc, stream)
         except Exception as exc:  # PyNvVCException and friends carry the reason
             return f"cannot open {self._url}: {exc}"
+        try:
+            return self._decode(nvc, torch, stream, demuxer, decoder)
+        finally:
+            # Dropping the last reference frees the decoder's device memory: not during a
+            # graph capture either.
+            with self._gate.work(self._waiting):
+                del decoder
+
+    def _decode(self, nvc: Any, torch: Any, stream: Any, demuxer: Any, decoder: Any) -> str:
         pacer = _Pacer(float(demuxer.FrameRate())) if self._kind is SourceKind.FILE else None
         streaming = False
-        decoded = 0
         corrupt_in_row = 0
         while True:
+            decoded = 0
+            # Each read is bounded by read_timeout_s: beat for it before it starts.
             self._beat(self._capture.read_timeout_s)
             for packet in demuxer:
-                self._beat(self._capture.read_timeout_s)
                 try:
                     with self._gate.work(self._waiting):
                         frames = decoder.Decode(packet)
@@ -413,6 +448,7 @@ class _NvdecReader:
                     corrupt_in_row += 1
                     if corrupt_in_row >= _MAX_CORRUPT_IN_ROW:
                         return f"{corrupt_in_row} undecodable packets in a row: {exc}"
+                    self._beat(self._capture.read_timeout_s)
                     continue
                 corrupt_in_row = 0
                 for frame in frames:
@@ -426,7 +462,13 @@ class _NvdecReader:
                         streaming = True
                         self._backoff = self._capture.reconnect_initial_s
                         self._send(Streaming(width=image.shape[1], height=image.shape[0]))
+                if self._stop.is_set():
+                    return "stopped"
+                self._beat(self._capture.read_timeout_s)
             if pacer is None or not decoded:
+                # A file that gave no frame in a whole pass cannot be looped.
+                if pacer is not None and streaming:
+                    return "cannot loop the file at its end: no frame after it started again"
                 return "stream ended or read timed out" if streaming else "no frame received"
             # The end of a file: open it again so it behaves like an endless camera.
             try:

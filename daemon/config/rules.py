@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from daemon.config.external import is_stream_url
 from daemon.config.model import (
     JETSON_FILE_SUFFIXES,
     JETSON_STREAM_SCHEMES,
@@ -229,20 +230,18 @@ def class_problems(obj: object) -> list[tuple[str, str]]:
 
 
 def _decoder_problems(camera: object) -> list[tuple[str, str]]:
-    """A codec only the jetson decoder reads; a source the jetson pipeline or NVDEC's
-    demuxer cannot open."""
+    """A codec only the jetson decoder reads; a source the jetson pipeline cannot open, or
+    NVDEC may not read."""
     if not isinstance(camera, CameraConfig):
         return []
     if camera.decoder is not Decoder.JETSON:
         if camera.codec is not None:
             return [("codec", "only read with decoder: jetson (FFmpeg finds the codec itself)")]
-        if camera.decoder is Decoder.NVDEC and camera.url.reveal().startswith("/dev/"):
-            return [
-                (
-                    "decoder",
-                    "nvdec reads compressed streams and files; use ffmpeg for a V4L2 device",
-                )
-            ]
+        url = camera.url.reveal()
+        if camera.decoder is Decoder.NVDEC and (is_stream_url(url) or url.startswith("/dev/")):
+            # PyNvVideoCodec's demuxer takes no network timeout and may hold the GIL while it
+            # waits: one silent camera could stall the whole pipeline process.
+            return [("decoder", "nvdec reads video files only; use ffmpeg for streams and devices")]
         return []
     url = camera.url.reveal()
     if url.lower().startswith(JETSON_STREAM_SCHEMES) or url.lower().endswith(JETSON_FILE_SUFFIXES):

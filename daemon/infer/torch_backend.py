@@ -350,7 +350,11 @@ class TorchBackend:
         in_elems = self._max_batch * h * w * _RGB
         out_elems = self._max_batch * (_BOX_COORDS + self._num_classes) * self._anchors
         pin = self._cuda
-        stream = torch.cuda.Stream(self._device) if self._cuda else None
+        # torch hands out streams round-robin from a pool of 32 per priority; NVDEC readers
+        # and letterboxes take theirs from the default pool, so a slot's stream comes from
+        # the high-priority one, which only slots use: no other thread's work can land on a
+        # stream while a graph is captured on it.
+        stream = torch.cuda.Stream(self._device, priority=-1) if self._cuda else None
         return _Slot(
             host_in=torch.empty(in_elems, dtype=torch.uint8, pin_memory=pin),
             dev_in=torch.empty(in_elems, dtype=torch.uint8, device=self._device),

@@ -367,7 +367,14 @@ BAD_CASES = [
         "cameras:\n  - id: cam1\n    url: /dev/video0\n    decoder: nvdec\n" + _MODEL,
         4,
         "cameras[0].decoder",
-        "nvdec reads compressed streams and files; use ffmpeg for a V4L2 device",
+        "nvdec reads video files only; use ffmpeg for streams and devices",
+    ),
+    BadCase(
+        "nvdec_rtsp",
+        "cameras:\n  - id: cam1\n    url: rtsp://10.0.0.5/live\n    decoder: nvdec\n" + _MODEL,
+        4,
+        "cameras[0].decoder",
+        "nvdec reads video files only; use ffmpeg for streams and devices",
     ),
     BadCase(
         "nvdec_codec",
