@@ -1,18 +1,20 @@
 """A camera decoded by a dGPU's NVDEC (``decoder: nvdec``), straight into CUDA memory.
 
-PyNvVideoCodec demuxes the stream or file (with the FFmpeg it bundles) and decodes it on
-NVDEC; each frame arrives as an HxWx3 uint8 RGB CUDA array (DLPack) and is copied, on the
-camera's own CUDA stream, into one of ``SLOTS`` device buffers of ``DeviceFrames``, the
-device counterpart of the shared-memory ring: newest frame wins, an unconsumed frame that
-is overwritten counts as dropped, a frame being batched is never written to.
+PyNvVideoCodec demuxes a video file (with the FFmpeg it bundles), played at its frame rate
+and looped like a live camera, and decodes it on NVDEC; each frame arrives as an HxWx3 uint8
+RGB CUDA array (DLPack) and is copied, on the camera's own CUDA stream, into one of ``SLOTS``
+device buffers of ``DeviceFrames``, the device counterpart of the shared-memory ring: newest
+frame wins, an unconsumed frame that is overwritten counts as dropped, a frame being batched
+is never written to.
 
 The reader is a thread of the pipeline's process, not a process of its own: the frames
 must live in the CUDA context that infers them, and a context per camera would cost
 hundreds of MB of GPU memory each. ``ReaderSupervisor`` runs it like a reader process
 (same events, states, heartbeat watchdog and backoff). The one difference: a thread cannot
-be killed. A reader whose demuxer hangs past ``stall_timeout_s`` is abandoned (it writes
-no frame and sends no event any more; the thread ends when its read returns) and a new one
-starts.
+be killed. A reader whose heartbeat stops past ``stall_timeout_s`` is abandoned (it writes,
+counts and sends nothing any more; the thread ends when its call returns) and a new one
+starts. Network streams are not read this way (the config refuses them): the demuxer takes
+no network timeout.
 
 torch and PyNvVideoCodec are imported by the reader thread only: this module is imported
 wherever cameras are, including installs without them.
@@ -36,7 +38,6 @@ from daemon.capture.frame import FrameMeta
 from daemon.capture.protocol import (
     ReaderEvent,
     Reconnecting,
-    SourceKind,
     Streaming,
 )
 from daemon.capture.state import CaptureCounters
@@ -56,8 +57,6 @@ _MAX_PACING_LAG_S: Final = 1.0
 _TIMEOUT_SLACK_S: Final = 5.0
 # Packets in a row that fail to decode before the connection is considered broken.
 _MAX_CORRUPT_IN_ROW: Final = 50
-# Exit status reported for a reader that was stopped (or abandoned) from outside.
-_STOPPED: Final = -1
 
 
 def unavailable_reason() -> str | None:
@@ -117,6 +116,8 @@ class DeviceFrames:
         slots get new buffers: a revoked reader may still be copying into one."""
         with self._lock:
             self._writer += 1
+            # The new reader is alive once it beats, not on its predecessor's promise.
+            self._alive_until = None
             for i, slot in enumerate(self._slots):
                 if i != self._latest and not slot.pins:
                     slot.image = None
@@ -138,6 +139,8 @@ class DeviceFrames:
             for i, slot in enumerate(self._slots):
                 if i != self._latest and not slot.pins:
                     return i
+            # Dropped unseen; its seq is spent as an overwritten frame's is.
+            self._seq += 1
             self._counts = _add(self._counts, frames_read=1, frames_dropped=1)
             return None
 
@@ -173,6 +176,7 @@ class DeviceFrames:
         return None if alive_until is None else min(time.time(), alive_until)
 
     def counts(self) -> CaptureCounters:
+        """The camera's counters (``restarts`` is 0: the supervisor counts those)."""
         return self._counts
 
     def close(self) -> None:
@@ -265,7 +269,6 @@ class _ThreadReader:
         self._conn = conn
         self._reader = reader
         self._frames = frames
-        self._stopped = False
 
     @property
     def pid(self) -> int | None:
@@ -273,8 +276,7 @@ class _ThreadReader:
 
     @property
     def exitcode(self) -> int | None:
-        if self._stopped:
-            return _STOPPED
+        """None while the thread runs; 1 if it ended on an unexpected error, else 0."""
         if self._thread.is_alive():
             return None
         return 1 if self._reader.failed else 0
@@ -288,9 +290,8 @@ class _ThreadReader:
         # From now on it cannot write, count or beat, even before it notices the stop.
         self._frames.new_writer()
         self._thread.join(timeout)
-        # A thread stuck in its demuxer cannot be killed: it is left to finish its read,
-        # after which it sees the stop and ends.
-        self._stopped = True
+        # A thread stuck in a call cannot be killed: it is left to finish it, after which it
+        # sees the stop and ends.
         self._conn.close()
 
 
@@ -353,7 +354,6 @@ class _NvdecReader:
         self._writer = frames.new_writer()
         self._url = camera.url.reveal()
         self._secrets = url_secrets(self._url)
-        self._kind = SourceKind.of(self._url)
         self._backoff = capture.reconnect_initial_s
         self._min_interval = 1.0 / camera.max_fps if camera.max_fps else 0.0
         self._next_keep = 0.0
@@ -367,13 +367,10 @@ class _NvdecReader:
         except (OSError, EOFError):
             # The connection was closed: the supervisor let this reader go.
             return
-        except Exception as exc:
+        except Exception:
             # The supervisor sees the thread end (status 1) and restarts it; say why here.
             self.failed = True
-            log.error(
-                "nvdec reader failed",
-                extra={"camera": self._camera.id, "error": mask_text(repr(exc), self._secrets)},
-            )
+            log.exception("nvdec reader failed", extra={"camera": self._camera.id})
 
     def _run(self) -> None:
         import PyNvVideoCodec as nvc
@@ -418,21 +415,24 @@ class _NvdecReader:
         return demuxer, decoder
 
     def _stream(self, nvc: Any, torch: Any, stream: Any) -> str:
-        """Decode until the source fails; returns why. Files loop at their end."""
+        """Decode until the file cannot be read; returns why. It loops at its end."""
         try:
             demuxer, decoder = self._open(nvc, stream)
         except Exception as exc:  # PyNvVCException and friends carry the reason
             return f"cannot open {self._url}: {exc}"
+        # Only this list refers to the decoder, so no frame of a raised exception keeps it.
+        held = [decoder]
+        del decoder
         try:
-            return self._decode(nvc, torch, stream, demuxer, decoder)
+            return self._decode(nvc, torch, stream, demuxer, held)
         finally:
             # Dropping the last reference frees the decoder's device memory: not during a
             # graph capture either.
             with self._gate.work(self._waiting):
-                del decoder
+                held.clear()
 
-    def _decode(self, nvc: Any, torch: Any, stream: Any, demuxer: Any, decoder: Any) -> str:
-        pacer = _Pacer(float(demuxer.FrameRate())) if self._kind is SourceKind.FILE else None
+    def _decode(self, nvc: Any, torch: Any, stream: Any, demuxer: Any, decoder: list[Any]) -> str:
+        pacer = _Pacer(float(demuxer.FrameRate()))
         streaming = False
         corrupt_in_row = 0
         while True:
@@ -442,7 +442,7 @@ class _NvdecReader:
             for packet in demuxer:
                 try:
                     with self._gate.work(self._waiting):
-                        frames = decoder.Decode(packet)
+                        frames = decoder[0].Decode(packet)
                 except Exception as exc:
                     self._frames.count(self._writer, frames_corrupt=1)
                     corrupt_in_row += 1
@@ -453,7 +453,7 @@ class _NvdecReader:
                 corrupt_in_row = 0
                 for frame in frames:
                     decoded += 1
-                    wait = pacer.next_delay() if pacer is not None else 0.0
+                    wait = pacer.next_delay()
                     self._beat(wait)
                     if self._stop.wait(wait):
                         return "stopped"
@@ -465,11 +465,11 @@ class _NvdecReader:
                 if self._stop.is_set():
                     return "stopped"
                 self._beat(self._capture.read_timeout_s)
-            if pacer is None or not decoded:
+            if not decoded:
                 # A file that gave no frame in a whole pass cannot be looped.
-                if pacer is not None and streaming:
+                if streaming:
                     return "cannot loop the file at its end: no frame after it started again"
-                return "stream ended or read timed out" if streaming else "no frame received"
+                return "no frame received"
             # The end of a file: open it again so it behaves like an endless camera.
             try:
                 self._beat(self._capture.open_timeout_s)

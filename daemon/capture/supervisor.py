@@ -55,9 +55,13 @@ _EVENTS_PER_POLL: Final = 64
 class EventSource(Protocol):
     """The receiving end of a reader's events (a ``multiprocessing`` connection)."""
 
-    def poll(self) -> bool: ...
+    def poll(self) -> bool:
+        """Whether an event is waiting (never blocks)."""
+        ...
 
-    def recv(self) -> ReaderEvent: ...
+    def recv(self) -> ReaderEvent:
+        """The next event (after ``poll`` said one is waiting)."""
+        ...
 
 
 class RunningReader(Protocol):
@@ -74,7 +78,9 @@ class RunningReader(Protocol):
         ...
 
     @property
-    def events(self) -> EventSource: ...
+    def events(self) -> EventSource:
+        """Where its ``ReaderEvent``s arrive."""
+        ...
 
     def stop(self, timeout: float) -> None:
         """End it (idempotent); afterwards it writes no frame and sends no event."""
@@ -84,11 +90,17 @@ class RunningReader(Protocol):
 class FrameStore(Protocol):
     """What the supervisor reads of the camera's frame store."""
 
-    def heartbeat(self) -> float | None: ...
+    def heartbeat(self) -> float | None:
+        """When the reader last showed it was running; None before a reader."""
+        ...
 
-    def counts(self) -> CaptureCounters: ...
+    def counts(self) -> CaptureCounters:
+        """The camera's capture counters (without ``restarts``)."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Free the store; no frame is taken from it afterwards."""
+        ...
 
 
 # Starts a reader whose frame slots hold at least the given bytes (None: as they are);

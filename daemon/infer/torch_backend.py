@@ -188,10 +188,8 @@ class TorchBackend:
     @property
     def cuda_device(self) -> int | None:
         """``DeviceInput``: the CUDA device this backend runs on; None on the CPU."""
-        if not self._cuda:
-            return None
-        index = self._device.index
-        return int(index if index is not None else torch.cuda.current_device())
+        # __init__ pins a CUDA device to its index.
+        return self._device.index if self._cuda else None
 
     @property
     def dynamic_hw(self) -> bool:

@@ -19,10 +19,10 @@ import onnx
 BRIGHTNESS_KEY = "edgewatch.calibration_brightness"
 _PERCENTILES = (0, 5, 50, 95, 100)
 # Rec. 601 luma weights in OpenCV's BGR channel order.
-_LUMA_BGR = np.array([0.114, 0.587, 0.299], dtype=np.float32)
+LUMA_BGR = np.array([0.114, 0.587, 0.299], dtype=np.float32)
 # Every 8th pixel each way: the mean of a 1080p frame from ~32k samples, cheap enough to run
 # on every frame the daemon processes.
-_LUMA_STRIDE = 8
+LUMA_STRIDE = 8
 
 
 class MetadataError(ValueError):
@@ -32,8 +32,8 @@ class MetadataError(ValueError):
 def mean_luma(bgr: npt.NDArray[np.uint8]) -> float:
     """Mean luma (0..255) of a BGR frame (any HxWx3 view, e.g. ``rgb[..., ::-1]``), from a
     strided subsample."""
-    sample = bgr[::_LUMA_STRIDE, ::_LUMA_STRIDE].reshape(-1, 3)
-    return float(sample.mean(axis=0, dtype=np.float32) @ _LUMA_BGR)
+    sample = bgr[::LUMA_STRIDE, ::LUMA_STRIDE].reshape(-1, 3)
+    return float(sample.mean(axis=0, dtype=np.float32) @ LUMA_BGR)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from daemon.capture.device_gate import DeviceGate
+import pytest
+
+from daemon.capture.device_gate import DeviceGate, GateTimeout
 
 
 def _start(target: Callable[[], None]) -> threading.Thread:
@@ -65,3 +67,23 @@ def test_work_passes_side_by_side() -> None:
     for thread in threads:
         thread.join(5)
     assert not inside.broken
+
+
+def test_a_capture_gives_up_on_work_that_never_leaves() -> None:
+    gate = DeviceGate()
+    inside, leave = threading.Event(), threading.Event()
+
+    def stuck_reader() -> None:
+        with gate.work():
+            inside.set()
+            leave.wait(5)
+
+    reader = _start(stuck_reader)
+    assert inside.wait(5)
+    with pytest.raises(GateTimeout), gate.capture(wait_s=0.2):
+        pass
+    # The failed capture holds nobody back: new work passes beside the stuck one.
+    with gate.work():
+        pass
+    leave.set()
+    reader.join(5)
