@@ -35,6 +35,7 @@ from typing import Any, Final
 
 from daemon.capture.device_gate import DeviceGate
 from daemon.capture.frame import FrameMeta
+from daemon.capture.pacing import MAX_CORRUPT_IN_ROW, TIMEOUT_SLACK_S, FilePacer, FpsLimit
 from daemon.capture.protocol import (
     ReaderEvent,
     Reconnecting,
@@ -49,14 +50,6 @@ log = logging.getLogger("daemon.capture.nvdec")
 
 # Device frame buffers per camera: the newest frame, one being batched, one being written.
 SLOTS: Final = 3
-# A file whose container reports no usable frame rate is paced at this.
-_DEFAULT_FILE_FPS: Final = 25.0
-# A file that falls this far behind its pacing schedule resynchronises instead of bursting.
-_MAX_PACING_LAG_S: Final = 1.0
-# Slack on top of the configured timeouts before the heartbeat stops.
-_TIMEOUT_SLACK_S: Final = 5.0
-# Packets in a row that fail to decode before the connection is considered broken.
-_MAX_CORRUPT_IN_ROW: Final = 50
 
 
 def unavailable_reason() -> str | None:
@@ -236,23 +229,6 @@ def _add(counts: CaptureCounters, **increments: int) -> CaptureCounters:
     )
 
 
-class _Pacer:
-    """Plays a file at its native frame rate, like a live camera."""
-
-    def __init__(self, fps: float) -> None:
-        self._period = 1.0 / (fps if 1.0 <= fps <= 240.0 else _DEFAULT_FILE_FPS)
-        # The schedule starts at the first frame: NVDEC's set-up takes a while after the
-        # open, and frames due meanwhile would otherwise come out in a burst.
-        self._due: float | None = None
-
-    def next_delay(self) -> float:
-        """Seconds to wait before the next frame is due."""
-        now = time.time()
-        due = now if self._due is None else self._due + self._period
-        self._due = max(due, now - _MAX_PACING_LAG_S)
-        return max(0.0, self._due - now)
-
-
 class _ThreadReader:
     """A running NVDEC reader thread (``RunningReader``)."""
 
@@ -355,8 +331,7 @@ class _NvdecReader:
         self._url = camera.url.reveal()
         self._secrets = url_secrets(self._url)
         self._backoff = capture.reconnect_initial_s
-        self._min_interval = 1.0 / camera.max_fps if camera.max_fps else 0.0
-        self._next_keep = 0.0
+        self._fps_limit = FpsLimit(camera.max_fps)
         # Ended by an unexpected error (not a stop, not a source failure).
         self.failed = False
 
@@ -397,7 +372,7 @@ class _NvdecReader:
         self._beat(self._capture.read_timeout_s)
 
     def _beat(self, bound_s: float) -> None:
-        self._frames.alive_until(self._writer, time.time() + bound_s + _TIMEOUT_SLACK_S)
+        self._frames.alive_until(self._writer, time.time() + bound_s + TIMEOUT_SLACK_S)
 
     def _open(self, nvc: Any, stream: Any) -> tuple[Any, Any]:
         self._beat(self._capture.open_timeout_s)
@@ -432,7 +407,9 @@ class _NvdecReader:
                 held.clear()
 
     def _decode(self, nvc: Any, torch: Any, stream: Any, demuxer: Any, decoder: list[Any]) -> str:
-        pacer = _Pacer(float(demuxer.FrameRate()))
+        # The schedule starts at the first frame: NVDEC's set-up takes a while after the
+        # open, and frames due meanwhile would otherwise come out in a burst.
+        pacer = FilePacer(float(demuxer.FrameRate()))
         streaming = False
         corrupt_in_row = 0
         while True:
@@ -446,14 +423,14 @@ class _NvdecReader:
                 except Exception as exc:
                     self._frames.count(self._writer, frames_corrupt=1)
                     corrupt_in_row += 1
-                    if corrupt_in_row >= _MAX_CORRUPT_IN_ROW:
+                    if corrupt_in_row >= MAX_CORRUPT_IN_ROW:
                         return f"{corrupt_in_row} undecodable packets in a row: {exc}"
                     self._beat(self._capture.read_timeout_s)
                     continue
                 corrupt_in_row = 0
                 for frame in frames:
                     decoded += 1
-                    wait = pacer.next_delay()
+                    wait = max(0.0, pacer.next_due() - time.time())
                     self._beat(wait)
                     if self._stop.wait(wait):
                         return "stopped"
@@ -480,16 +457,7 @@ class _NvdecReader:
     def _deliver(self, torch: Any, stream: Any, frame: Any) -> Any:
         """Keep a decoded frame (unless ``max_fps`` skips it); its device image or None."""
         now = time.time()
-        return self._copy(torch, stream, frame, now) if self._keep(now) else None
-
-    def _keep(self, now: float) -> bool:
-        """Honour max_fps by skipping decoded frames, as the OpenCV reader does."""
-        if not self._min_interval:
-            return True
-        if now < self._next_keep - 0.2 * self._min_interval:
-            return False
-        self._next_keep = max(self._next_keep, now - self._min_interval) + self._min_interval
-        return True
+        return self._copy(torch, stream, frame, now) if self._fps_limit.keep(now) else None
 
     def _copy(self, torch: Any, stream: Any, frame: Any, capture_ts: float) -> Any:
         """Copy a decoded frame into a free slot and publish it; the slot's image, or None

@@ -34,6 +34,7 @@ from typing import Final
 import cv2
 import numpy as np
 
+from daemon.capture.pacing import MAX_CORRUPT_IN_ROW, TIMEOUT_SLACK_S, FilePacer, FpsLimit
 from daemon.capture.protocol import (
     EXIT_FRAME_TOO_LARGE,
     HEARTBEAT_PERIOD_S,
@@ -51,18 +52,9 @@ from daemon.logs import setup_child_logging
 
 log = logging.getLogger("daemon.capture.decoder")
 
-# A file whose container reports no usable frame rate is paced at this.
-_DEFAULT_FILE_FPS: Final = 25.0
-# Slack on top of OpenCV's own timeouts before the heartbeat stops (then the daemon's
-# stall watchdog kills us): OpenCV honours its timeouts only approximately.
-_TIMEOUT_SLACK_S: Final = 5.0
 # OpenCV's FFmpeg backend retries a timed-out read this many times before grab() fails, so
 # its per-attempt timeout is our read timeout divided by this (measured with OpenCV 5.0).
 _OPENCV_READ_ATTEMPTS: Final = 3
-# Decoded-but-unusable frames in a row before the connection is considered broken.
-_MAX_CORRUPT_IN_ROW: Final = 50
-# A file that falls this far behind its pacing schedule resynchronises instead of bursting.
-_MAX_PACING_LAG_S: Final = 1.0
 # FFmpeg/OpenCV stderr lines let through per window; a broken stream can emit thousands.
 _STDERR_LINES_PER_WINDOW: Final = 20
 _STDERR_WINDOW_S: Final = 10.0
@@ -86,7 +78,7 @@ class _Liveness:
     def __init__(self, ring: FrameRing, parent_pid: int) -> None:
         self._ring = ring
         self._parent_pid = parent_pid
-        self._deadline = time.time() + _TIMEOUT_SLACK_S
+        self._deadline = time.time() + TIMEOUT_SLACK_S
         ring.beat(time.time())
         threading.Thread(target=self._run, name="heartbeat", daemon=True).start()
 
@@ -154,8 +146,7 @@ class _Reader:
         self.backoff = spec.reconnect_initial_s
         # Shape of the last frame; the next one is decoded straight into a slot of this shape.
         self.shape = (0, 0)
-        self.min_interval = 1.0 / spec.max_fps if spec.max_fps else 0.0
-        self.next_keep = 0.0
+        self.fps_limit = FpsLimit(spec.max_fps)
         # Running mean of the time between grabbed frames (0 until known).
         self.frame_interval = 0.0
         self.last_grab = 0.0
@@ -175,7 +166,7 @@ class _Reader:
         """Open the source; with a GStreamer pipeline, fall back to FFmpeg as the module says."""
         if self.gstreamer is None:
             return self.open_ffmpeg()
-        self.live.until(time.time() + self.spec.open_timeout_s + _TIMEOUT_SLACK_S)
+        self.live.until(time.time() + self.spec.open_timeout_s + TIMEOUT_SLACK_S)
         # OpenCV's GStreamer backend waits once per read, not once per retry as FFmpeg's.
         params = self.timeouts(read_attempts=1)
         cap = cv2.VideoCapture(self.gstreamer.launch.reveal(), cv2.CAP_GSTREAMER, params)
@@ -191,7 +182,7 @@ class _Reader:
 
     def open_ffmpeg(self) -> cv2.VideoCapture:
         url = self.spec.url.reveal()
-        self.live.until(time.time() + self.spec.open_timeout_s + _TIMEOUT_SLACK_S)
+        self.live.until(time.time() + self.spec.open_timeout_s + TIMEOUT_SLACK_S)
         if self.kind is SourceKind.DEVICE:
             return cv2.VideoCapture(url, cv2.CAP_V4L2)
         return cv2.VideoCapture(url, cv2.CAP_FFMPEG, self.timeouts(_OPENCV_READ_ATTEMPTS))
@@ -224,7 +215,7 @@ class _Reader:
         self.send(Reconnecting(reason=self.mask(reason), retry_in_s=self.backoff))
         self.ring.count_reconnect()
         deadline = time.time() + self.backoff
-        self.live.until(deadline + _TIMEOUT_SLACK_S)
+        self.live.until(deadline + TIMEOUT_SLACK_S)
         time.sleep(max(0.0, deadline - time.time()))
         self.backoff = min(self.backoff * 2, self.spec.reconnect_max_s)
 
@@ -248,14 +239,12 @@ class _Reader:
             cap.release()
 
     def _stream(self, cap: cv2.VideoCapture) -> str:
-        read_budget = self.spec.read_timeout_s + _TIMEOUT_SLACK_S
+        read_budget = self.spec.read_timeout_s + TIMEOUT_SLACK_S
         frames_since_open = 0
         corrupt_in_row = 0
         streaming = False
         pacing = self.kind is SourceKind.FILE
-        fps = cap.get(cv2.CAP_PROP_FPS) if pacing else 0.0
-        period = 1.0 / (fps if 1.0 <= fps <= 240.0 else _DEFAULT_FILE_FPS)
-        due = time.time()
+        pacer = FilePacer(cap.get(cv2.CAP_PROP_FPS), start=time.time()) if pacing else None
         while True:
             self.live.until(time.time() + read_budget)
             if not cap.grab():
@@ -265,13 +254,13 @@ class _Reader:
                 if not cap.set(cv2.CAP_PROP_POS_FRAMES, 0) or not cap.grab():
                     return "cannot loop the file at its end"
             frames_since_open += 1
-            if pacing:
-                due = max(due + period, time.time() - _MAX_PACING_LAG_S)
+            if pacer is not None:
+                due = pacer.next_due()
                 self.live.until(due + read_budget)
                 time.sleep(max(0.0, due - time.time()))
             now = time.time()
             self.track_interval(now)
-            if not self.keep(now):
+            if not self.fps_limit.keep(now):
                 continue
             if not self.wanted(now):
                 self.seq += 1
@@ -281,7 +270,7 @@ class _Reader:
             if size is None:
                 self.ring.count_corrupt()
                 corrupt_in_row += 1
-                if corrupt_in_row >= _MAX_CORRUPT_IN_ROW:
+                if corrupt_in_row >= MAX_CORRUPT_IN_ROW:
                     return f"{corrupt_in_row} undecodable frames in a row"
                 continue
             corrupt_in_row = 0
@@ -289,16 +278,6 @@ class _Reader:
                 streaming = True
                 self.backoff = self.spec.reconnect_initial_s
                 self.send(Streaming(width=size[1], height=size[0]))
-
-    def keep(self, now: float) -> bool:
-        """Honour max_fps by skipping frames (they were still read, so a stream stays current)."""
-        if not self.min_interval:
-            return True
-        # A little tolerance so source jitter does not halve the rate.
-        if now < self.next_keep - 0.2 * self.min_interval:
-            return False
-        self.next_keep = max(self.next_keep, now - self.min_interval) + self.min_interval
-        return True
 
     def track_interval(self, now: float) -> None:
         gap, self.last_grab = now - self.last_grab, now
