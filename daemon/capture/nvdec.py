@@ -248,6 +248,7 @@ class _ThreadReader:
 
     @property
     def pid(self) -> int | None:
+        """The thread's native id: what ``top -H`` and ``py-spy`` show for this reader."""
         return self._thread.native_id
 
     @property
