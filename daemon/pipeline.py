@@ -1,9 +1,10 @@
 """The running daemon: one asyncio loop wiring capture -> batch -> infer -> postprocess -> publish.
 
 The loop itself only does bookkeeping. Letterboxing, inference and decoding run in a worker
-thread per in-flight batch; frames are read by one process per camera; MQTT network I/O runs
-on paho's thread. Nothing on the loop blocks, so signals, stats and health stay responsive
-even when inference is slow.
+thread per in-flight batch; frames are read by one process per camera, each of which wakes
+the loop when it publishes one (``daemon/capture/wake.py``); MQTT network I/O runs on paho's
+thread. Nothing on the loop blocks, so signals, stats and health stay responsive even when
+inference is slow.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from daemon.batch.batcher import Batch, BatchBuffer, BatchSelector
 from daemon.capture.nvdec import NvdecTarget, unavailable_reason
 from daemon.capture.source import CameraSource
 from daemon.capture.state import CameraState, CaptureCounters, StateChange
+from daemon.capture.wake import FrameArrivals
 from daemon.config.model import AppConfig, CameraConfig, Decoder
 from daemon.infer.backend import Backend, DeviceInput, transfer_times
 from daemon.infer.warmup import ShapeWarmer
@@ -40,11 +42,10 @@ from daemon.track.stage import CameraFrame, FramePixels
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.2
-# While a batch is filling, how often the loop looks for newly arrived frames.
-_FILL_POLL_S = 0.002
-# With nothing waiting, look again well within one frame interval (33-40 ms): a longer
-# sleep lets readers overwrite frames the GPU had time for.
-_IDLE_POLL_S = 0.005
+# The longest the dispatch loop waits for a frame without looking again: arrivals and the
+# fill deadline wake it; this only bounds what neither announces (a camera's state change
+# changing how full a batch must be, a stop while no camera delivers).
+_IDLE_WAIT_S = 0.05
 # Camera states in which no frame size is coming soon: warm-up does not wait for them.
 _NOT_OPENING = frozenset({CameraState.RECONNECTING, CameraState.DOWN})
 # A failing batch is logged at most once per this many seconds, with the count in between.
@@ -73,6 +74,8 @@ class Pipeline:
         self._stats = stats
         self._metrics = metrics
         self._sources: dict[str, CameraSource] = {}
+        # Every reader of this pipeline signals it after each frame; closed when run() ends.
+        self._arrivals = FrameArrivals()
         self._filters: dict[str, CameraFilter] = {}
         # Each camera's epoch (see daemon/publish/epochs.py): new whenever its reader starts.
         self._epochs: dict[str, int] = {}
@@ -118,7 +121,12 @@ class Pipeline:
         )
         self._tracking.add(camera, self._config.tracking_of(camera))
         self._decode_conf = self._lowest_conf()
-        source = CameraSource(camera, self._config.capture, nvdec=self._nvdec_target(camera))
+        source = CameraSource(
+            camera,
+            self._config.capture,
+            nvdec=self._nvdec_target(camera),
+            wake=self._arrivals.sender,
+        )
         self._sources[camera.id] = source
         self._epochs[camera.id] = self._sink.start_camera(camera.id)
         self._stats.add_camera(camera.id, time.monotonic())
@@ -218,6 +226,7 @@ class Pipeline:
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] = lambda: None) -> None:
         """Warm the backend for every batch shape the cameras can produce, call ``on_ready``,
         then schedule batches until ``stop`` is set and drain the in-flight ones."""
+        self._arrivals.watch(asyncio.get_running_loop())
         supervisor = asyncio.create_task(self._supervise(stop), name="supervisor")
         stats = asyncio.create_task(self.reporter.run(stop), name="stats")
         try:
@@ -236,6 +245,7 @@ class Pipeline:
             self.reporter.report_once()
             for camera_id in list(self._sources):
                 self._sources.pop(camera_id).stop()
+            self._arrivals.close()
             self._tracking.close_all()
             self._executor.shutdown(wait=True)
             if self._drift is not None:
@@ -284,7 +294,11 @@ class Pipeline:
             task.add_done_callback(self._tasks.discard)
 
     async def _wait_for_batch(self, stop: asyncio.Event) -> list[CameraSource] | None:
+        """Look at every camera whenever a frame arrives, until the selector picks a batch:
+        no polling, and a frame published while the cameras are looked at wakes the next
+        wait at once."""
         while not stop.is_set():
+            self._arrivals.clear()
             sources = list(self._sources.values())
             ready = []
             for source in sources:
@@ -302,7 +316,8 @@ class Pipeline:
                 if source.state is CameraState.STREAMING and source not in ready:
                     # We came back before the reader expected us: fetch its next frame.
                     source.want_now()
-            await asyncio.sleep(_FILL_POLL_S if ready else _IDLE_POLL_S)
+            due_in = self._selector.due_in()
+            await self._arrivals.wait(_IDLE_WAIT_S if due_in is None else min(due_in, _IDLE_WAIT_S))
         return None
 
     async def _process(self, buffer: BatchBuffer, picked: list[CameraSource]) -> None:

@@ -141,5 +141,12 @@ class BatchSelector:
         self._waiting_since = None
         return picked
 
+    def due_in(self) -> float | None:
+        """Seconds until the batch being filled is dispatched even if not full (0 when it
+        is due); None while no frame waits."""
+        if self._waiting_since is None:
+            return None
+        return max(0.0, self._waiting_since + self._timeout_s - self._clock())
+
     def forget(self, camera_id: str) -> None:
         self._last_served.pop(camera_id, None)

@@ -43,6 +43,7 @@ from daemon.capture.protocol import (
 )
 from daemon.capture.state import CaptureCounters
 from daemon.capture.supervisor import EventSource, RunningReader
+from daemon.capture.wake import WakeSender
 from daemon.config.model import CameraConfig, CaptureConfig
 from daemon.config.secrets import mask_text, url_secrets
 
@@ -88,8 +89,10 @@ class DeviceFrames:
     threads; the rest on the event loop thread. One lock orders them, never held during a
     copy."""
 
-    def __init__(self, camera_id: str) -> None:
+    def __init__(self, camera_id: str, wake: WakeSender | None = None) -> None:
+        """``wake``: signalled after each frame the current reader publishes."""
         self.camera_id = camera_id
+        self._wake = wake
         self._lock = threading.Lock()
         self._slots = [_Slot() for _ in range(SLOTS)]
         self._latest: int | None = None
@@ -153,6 +156,9 @@ class DeviceFrames:
             slot.image, slot.seq, slot.capture_ts = image, self._seq, capture_ts
             self._latest = index
             self._counts = _add(self._counts, frames_read=1, frames_dropped=dropped)
+            # Under the lock: once closed, no reader signals a channel that may be closed too.
+            if self._wake is not None:
+                self._wake.signal()
 
     def count(self, writer: int, **increments: int) -> None:
         """Add to the counters (reconnects, frames_corrupt) for the current reader."""

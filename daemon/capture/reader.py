@@ -3,11 +3,13 @@
 It runs in its own spawned process because OpenCV serialises ``VideoCapture.open`` across a
 process and a stalled read cannot be interrupted in a thread; the daemon can always kill
 and respawn a process. Imports: OpenCV, numpy, the standard library and the stdlib-only
-``ring``/``protocol``/``secrets``/``logs`` modules, so a spawn costs little more than importing cv2.
+``ring``/``protocol``/``secrets``/``logs``/``wake`` modules, so a spawn costs little more than
+importing cv2.
 FFmpeg options are set in this process's environment, which OpenCV reads at each open.
 
 Every frame is grabbed (decoded), but only frames the daemon may take are converted to BGR
-into the ring (``daemon/capture/demand.py``).
+into the ring (``daemon/capture/demand.py``); each one converted wakes the daemon's dispatch
+loop (``daemon/capture/wake.py``).
 
 The reader reconnects by itself with capped exponential backoff; it exits only when the
 daemon goes away or a frame does not fit the ring (the daemon then enlarges the ring).
@@ -47,6 +49,7 @@ from daemon.capture.protocol import (
     Streaming,
 )
 from daemon.capture.ring import Frame, FrameRing, attach
+from daemon.capture.wake import WakeSender
 from daemon.config.secrets import mask_text, url_secrets
 from daemon.logs import setup_child_logging
 
@@ -134,11 +137,17 @@ def _route_stderr(camera_id: str, secrets: tuple[str, ...]) -> None:
 
 class _Reader:
     def __init__(
-        self, spec: ReaderSpec, ring: FrameRing, conn: Connection, parent_pid: int
+        self,
+        spec: ReaderSpec,
+        ring: FrameRing,
+        conn: Connection,
+        parent_pid: int,
+        wake: WakeSender | None,
     ) -> None:
         self.spec = spec
         self.ring = ring
         self.conn = conn
+        self.wake = wake
         self.kind = SourceKind.of(spec.url.reveal())
         self.secrets = url_secrets(spec.url.reveal())
         self.live = _Liveness(ring, parent_pid)
@@ -310,6 +319,8 @@ class _Reader:
             np.copyto(self.ring.view(slot, height, width), image)
         self.seq += 1
         self.ring.publish(slot, self.seq, capture_ts, height, width)
+        if self.wake is not None:
+            self.wake.signal()
         return height, width
 
 
@@ -318,9 +329,11 @@ def gstreamer_backend() -> bool:
     return bool(cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER))
 
 
-def run_reader(spec: ReaderSpec, lock: Lock, conn: Connection, parent_pid: int) -> None:
+def run_reader(
+    spec: ReaderSpec, lock: Lock, conn: Connection, parent_pid: int, wake: WakeSender | None
+) -> None:
     """Entry point of the reader process (the target of the spawned Process); the process
-    ends, with status 0, when this returns."""
+    ends, with status 0, when this returns. ``wake`` hears of each frame published."""
     url = spec.url.reveal()
     if SourceKind.of(url) is SourceKind.STREAM:
         # Read by OpenCV's FFmpeg backend at each open; per process, so per camera.
@@ -336,4 +349,4 @@ def run_reader(spec: ReaderSpec, lock: Lock, conn: Connection, parent_pid: int) 
     ring = attach(spec.shm_name, spec.capacity, lock)
     # The daemon closing its end of the pipe is how it stops us.
     with contextlib.suppress(BrokenPipeError, EOFError, ConnectionResetError):
-        _Reader(spec, ring, conn, parent_pid).run()
+        _Reader(spec, ring, conn, parent_pid, wake).run()

@@ -23,6 +23,7 @@ from daemon.capture.nvdec import DeviceFrames, NvdecLauncher, NvdecTarget
 from daemon.capture.ring import capacity_for
 from daemon.capture.state import CameraState, CaptureCounters, StateChange
 from daemon.capture.supervisor import FrameStore, Launcher, ProcessLauncher, ReaderSupervisor
+from daemon.capture.wake import WakeSender
 from daemon.config.model import CameraConfig, CaptureConfig, Decoder
 
 
@@ -42,20 +43,26 @@ class CameraSource:
     """One camera: a supervised reader feeding a newest-frame store."""
 
     def __init__(
-        self, camera: CameraConfig, capture: CaptureConfig, *, nvdec: NvdecTarget | None = None
+        self,
+        camera: CameraConfig,
+        capture: CaptureConfig,
+        *,
+        nvdec: NvdecTarget | None = None,
+        wake: WakeSender | None = None,
     ) -> None:
         """``nvdec``: where a ``decoder: nvdec`` camera decodes to; without it such a camera
-        is read by OpenCV (the caller logs why)."""
+        is read by OpenCV (the caller logs why). ``wake``: signalled after each frame any of
+        the camera's readers publishes (``daemon/capture/wake.py``)."""
         self.camera_id = camera.id
         self._frames: _Frames
         launch: Launcher
         if camera.decoder is Decoder.NVDEC and nvdec is not None:
-            device_frames = DeviceFrames(camera.id)
+            device_frames = DeviceFrames(camera.id, wake)
             launch = NvdecLauncher(camera, capture, device_frames, nvdec)
             self._frames = device_frames
         else:
             ring = FrameHandout(camera.id, capacity_for(capture.max_width, capture.max_height))
-            launch = ProcessLauncher(camera, capture, ring)
+            launch = ProcessLauncher(camera, capture, ring, wake)
             self._frames = ring
         self._reader = ReaderSupervisor(camera, capture, self._frames, launch)
 

@@ -43,6 +43,7 @@ from daemon.capture.protocol import (
 from daemon.capture.reader import run_reader
 from daemon.capture.ring import capacity_for
 from daemon.capture.state import CameraState, CaptureCounters, StateChange
+from daemon.capture.wake import WakeSender
 from daemon.config.model import CameraConfig, CaptureConfig, Decoder, VideoCodec
 from daemon.config.secrets import mask_text
 
@@ -151,12 +152,20 @@ class _ProcessReader:
 
 
 class ProcessLauncher:
-    """Starts a camera's OpenCV reader process on its shared-memory ring (``Launcher``)."""
+    """Starts a camera's OpenCV reader process on its shared-memory ring (``Launcher``);
+    every one it starts signals ``wake`` after each frame it publishes."""
 
-    def __init__(self, camera: CameraConfig, capture: CaptureConfig, frames: FrameHandout) -> None:
+    def __init__(
+        self,
+        camera: CameraConfig,
+        capture: CaptureConfig,
+        frames: FrameHandout,
+        wake: WakeSender | None = None,
+    ) -> None:
         self._camera = camera
         self._capture = capture
         self._frames = frames
+        self._wake = wake
 
     def __call__(self, min_capacity: int | None) -> RunningReader | None:
         ring = self._frames.prepare(min_capacity)
@@ -178,7 +187,7 @@ class ProcessLauncher:
         parent_conn, child_conn = SPAWN.Pipe(duplex=False)
         process = SPAWN.Process(
             target=run_reader,
-            args=(spec, ring.lock, child_conn, os.getpid()),
+            args=(spec, ring.lock, child_conn, os.getpid(), self._wake),
             name=f"edgewatch-capture-{camera.id}",
             daemon=True,
         )

@@ -23,6 +23,7 @@ from daemon.capture.frame import FrameMeta
 from daemon.capture.protocol import SourceKind
 from daemon.capture.source import CameraSource
 from daemon.capture.state import CameraState, StateChange
+from daemon.capture.wake import WakeSender
 from daemon.config.model import CameraConfig, CaptureConfig
 from daemon.config.secrets import Secret
 from tests.fixtures.data import VIDEOS
@@ -56,9 +57,15 @@ class Cameras:
         self.all: dict[str, Watched] = {}
 
     def add(
-        self, cid: str, url: str, capture: CaptureConfig = FAST, max_fps: float | None = None
+        self,
+        cid: str,
+        url: str,
+        capture: CaptureConfig = FAST,
+        max_fps: float | None = None,
+        wake: WakeSender | None = None,
     ) -> Watched:
-        source = CameraSource(CameraConfig(id=cid, url=Secret(url), max_fps=max_fps), capture)
+        camera = CameraConfig(id=cid, url=Secret(url), max_fps=max_fps)
+        source = CameraSource(camera, capture, wake=wake)
         self._stack.callback(source.stop)
         source.start()
         watched = Watched(source)
@@ -175,6 +182,40 @@ def test_frames_are_converted_only_near_the_expected_take(cameras: Cameras) -> N
     # A take earlier than forecast: the daemon asks, and the next frame is converted.
     cam.source.want_now()
     assert cameras.until(lambda: cam.source.pending_since() is not None, 1.0, consume=False)
+
+
+def test_every_frame_a_reader_process_publishes_signals_the_wake_channel(
+    cameras: Cameras,
+) -> None:
+    receiver, sender = socket.socketpair()
+    received = bytearray()
+
+    def drain() -> None:
+        while chunk := receiver.recv(4096):
+            received.extend(chunk)
+
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    cam = cameras.add("wake", str(CLIP_25FPS_360P), wake=WakeSender(sender))
+    # Nothing is taken, so the reader converts and publishes every frame it reads.
+    assert cameras.until(lambda: cam.source.counters().frames_read >= 20, 10, consume=False)
+    first = cam.source.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    # The reader started in its place signals the same channel.
+    assert cameras.until(
+        lambda: cam.source.pid not in (None, first) and cam.source.counters().frames_read >= 40,
+        20,
+        consume=False,
+    )
+    cam.source.stop()
+    sender.close()  # the last copy of the sending end: the drainer sees its end
+    drainer.join(10)
+    assert not drainer.is_alive()
+    receiver.close()
+    read = cam.source.counters().frames_read
+    # A reader killed between its publish and its signal owes that frame's byte.
+    assert read - 2 <= len(received) <= read, (len(received), read)
 
 
 def test_pinned_frame_is_not_overwritten(cameras: Cameras) -> None:
