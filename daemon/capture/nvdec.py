@@ -491,7 +491,7 @@ class _NvdecReader:
                 continue
             try:
                 with self._gate.work(self._waiting):
-                    frames = decoder.Decode(_packet_data(nvc, data))
+                    frames = decoder.Decode(packet_data(nvc, data))
             except Exception as exc:
                 self._frames.count(self._writer, frames_corrupt=1)
                 progress.corrupt_in_row += 1
@@ -550,7 +550,7 @@ class _Progress:
     decoded: int = 0
 
 
-def _packet_data(nvc: Any, data: Packet) -> Any:
+def packet_data(nvc: Any, data: Packet) -> Any:
     """PyNvVideoCodec's ``PacketData`` for an encoded packet: the address and size of its
     bytes, which must stay alive until ``Decode`` returns (it does not copy them first)."""
     packet = nvc.PacketData()
