@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
@@ -121,6 +122,18 @@ def _open(url: str) -> PacketSource:
     return PacketSource(url, open_timeout_s=TIMEOUT_S * 5, read_timeout_s=TIMEOUT_S)
 
 
+def _open_served(url: str) -> PacketSource:
+    """Open a camera of the RTSP server; a feed just (re)started is not served at once."""
+    deadline = time.monotonic() + HANG_GUARD_S / 2
+    while True:
+        try:
+            return _open(url)
+        except PacketSourceError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _read_all(source: PacketSource) -> list[Packet]:
     packets = []
     for packet in source:
@@ -147,7 +160,7 @@ def test_file_packets_decode_to_the_files_frames(
 
 
 def test_stream_packets_decode_frame_for_packet(free_rtsp: RtspServer, tmp_path: Path) -> None:
-    source = _open(free_rtsp.url("cam0"))
+    source = _open_served(free_rtsp.url("cam0"))
     packets: list[Packet] = []
     try:
         assert source.codec is VideoCodec.H264
@@ -166,7 +179,7 @@ def test_stream_packets_decode_frame_for_packet(free_rtsp: RtspServer, tmp_path:
 
 @pytest.mark.timeout(HANG_GUARD_S)
 def test_read_of_a_stopped_stream_returns(free_rtsp: RtspServer) -> None:
-    source = _open(free_rtsp.url("cam1"))
+    source = _open_served(free_rtsp.url("cam1"))
     try:
         assert source.read() is not None
         free_rtsp.stop_source("cam1")
