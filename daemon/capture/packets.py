@@ -101,9 +101,12 @@ class PacketSource:
         if not cap.isOpened():
             cap.release()
             raise PacketSourceError(f"cannot open {url}")
+        if cap.get(cv2.CAP_PROP_FORMAT) != -1:
+            cap.release()
+            raise PacketSourceError(f"OpenCV cannot read encoded packets from {url}")
         fourcc = int(cap.get(cv2.CAP_PROP_FOURCC))
         codec = codec_of(fourcc)
-        if codec is None or cap.get(cv2.CAP_PROP_FORMAT) != -1:
+        if codec is None:
             cap.release()
             shown = fourcc.to_bytes(4, "little").decode("latin-1").strip("\x00") or "unknown"
             supported = ", ".join(c.value for c in VideoCodec)
