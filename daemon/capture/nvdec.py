@@ -1,8 +1,9 @@
 """A camera decoded by a dGPU's NVDEC (``decoder: nvdec``), straight into CUDA memory.
 
-PyNvVideoCodec demuxes a video file (with the FFmpeg it bundles), played at its frame rate
-and looped like a live camera, and decodes it on NVDEC; each frame arrives as an HxWx3 uint8
-RGB CUDA array (DLPack) and is copied, on the camera's own CUDA stream, into one of ``SLOTS``
+OpenCV demuxes the camera (``PacketSource``, daemon/capture/packets.py: a network stream, or
+a video file played at its frame rate and looped like a live camera) into encoded packets
+that PyNvVideoCodec decodes on NVDEC; each frame arrives as an HxWx3 uint8 RGB CUDA array
+(DLPack) and is copied, on the camera's own CUDA stream, into one of ``SLOTS``
 device buffers of ``DeviceFrames``, the device counterpart of the shared-memory ring: newest
 frame wins, an unconsumed frame that is overwritten counts as dropped, a frame being batched
 is never written to.
@@ -13,8 +14,8 @@ hundreds of MB of GPU memory each. ``ReaderSupervisor`` runs it like a reader pr
 (same events, states, heartbeat watchdog and backoff). The one difference: a thread cannot
 be killed. A reader whose heartbeat stops past ``stall_timeout_s`` is abandoned (it writes,
 counts and sends nothing any more; the thread ends when its call returns) and a new one
-starts. Network streams are not read this way (the config refuses them): the demuxer takes
-no network timeout.
+starts. OpenCV's reads are bounded by the camera's timeouts and release the GIL while they
+wait, so a silent camera holds up only its own thread.
 
 torch and PyNvVideoCodec are imported by the reader thread only: this module is imported
 wherever cameras are, including installs without them.
@@ -29,16 +30,19 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe
 from typing import Any, Final
 
 from daemon.capture.device_gate import DeviceGate
 from daemon.capture.frame import FrameMeta
 from daemon.capture.pacing import MAX_CORRUPT_IN_ROW, TIMEOUT_SLACK_S, FilePacer, FpsLimit
+from daemon.capture.packets import Packet, PacketSource, PacketSourceError
 from daemon.capture.protocol import (
+    HEARTBEAT_PERIOD_S,
     ReaderEvent,
     Reconnecting,
+    SourceKind,
     Streaming,
 )
 from daemon.capture.state import CaptureCounters
@@ -73,6 +77,9 @@ class NvdecTarget:
 
     gpu: int
     gate: DeviceGate
+    # OpenCV opens one source at a time per process: its readers take turns here, so that
+    # time spent waiting for another camera's open is not taken for a stall.
+    opening: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass(slots=True)
@@ -332,10 +339,12 @@ class _NvdecReader:
         self._frames = frames
         self._gpu = target.gpu
         self._gate = target.gate
+        self._opening = target.opening
         self._stop = stop
         self._conn = conn
         self._writer = frames.new_writer()
         self._url = camera.url.reveal()
+        self._file = SourceKind.of(self._url) is SourceKind.FILE
         self._secrets = url_secrets(self._url)
         self._backoff = capture.reconnect_initial_s
         self._fps_limit = FpsLimit(camera.max_fps)
@@ -381,85 +390,138 @@ class _NvdecReader:
     def _beat(self, bound_s: float) -> None:
         self._frames.alive_until(self._writer, time.time() + bound_s + TIMEOUT_SLACK_S)
 
-    def _open(self, nvc: Any, stream: Any) -> tuple[Any, Any]:
-        self._beat(self._capture.open_timeout_s)
-        demuxer = nvc.CreateDemuxer(self._url)
+    def _packets(self) -> PacketSource:
+        """Open the camera's packets (raises ``PacketSourceError``)."""
+        while not self._opening.acquire(timeout=HEARTBEAT_PERIOD_S):
+            self._waiting()
+            if self._stop.is_set():
+                raise PacketSourceError("stopped")
+        try:
+            self._beat(self._capture.open_timeout_s)
+            return PacketSource(
+                self._url,
+                open_timeout_s=self._capture.open_timeout_s,
+                read_timeout_s=self._capture.read_timeout_s,
+            )
+        finally:
+            self._opening.release()
+
+    def _decoder(self, nvc: Any, stream: Any, packets: PacketSource) -> Any:
         # The decoder allocates device memory: never while a graph is captured.
         with self._gate.work(self._waiting):
-            decoder = nvc.CreateDecoder(
+            return nvc.CreateDecoder(
                 gpuid=self._gpu,
-                codec=demuxer.GetNvCodecId(),
+                codec=getattr(nvc.cudaVideoCodec, packets.codec.value),
                 cudacontext=0,
                 cudastream=stream.cuda_stream,
                 usedevicememory=True,
                 outputColorType=nvc.OutputColorType.RGB,
             )
-        return demuxer, decoder
 
     def _stream(self, nvc: Any, torch: Any, stream: Any) -> str:
-        """Decode until the file cannot be read; returns why. It loops at its end."""
+        """Decode until the camera cannot be read; returns why. A file loops at its end."""
         try:
-            demuxer, decoder = self._open(nvc, stream)
+            packets = self._packets()
+        except PacketSourceError as exc:
+            return str(exc)
+        try:
+            # Only this list refers to the decoder, so no frame of a raised exception keeps it.
+            held = [self._decoder(nvc, stream, packets)]
         except Exception as exc:  # PyNvVCException and friends carry the reason
-            return f"cannot open {self._url}: {exc}"
-        # Only this list refers to the decoder, so no frame of a raised exception keeps it.
-        held = [decoder]
-        del decoder
+            packets.close()
+            return f"cannot decode {self._url} on NVDEC: {exc}"
         try:
-            return self._decode(nvc, torch, stream, demuxer, held)
+            return self._decode(nvc, torch, stream, packets, held)
         finally:
             # Dropping the last reference frees the decoder's device memory: not during a
             # graph capture either.
             with self._gate.work(self._waiting):
                 held.clear()
 
-    def _decode(self, nvc: Any, torch: Any, stream: Any, demuxer: Any, decoder: list[Any]) -> str:
-        # The schedule starts at the first frame: NVDEC's set-up takes a while after the
-        # open, and frames due meanwhile would otherwise come out in a burst.
-        pacer = FilePacer(float(demuxer.FrameRate()))
-        streaming = False
-        corrupt_in_row = 0
-        while True:
-            decoded = 0
-            # Each read is bounded by read_timeout_s: beat for it before it starts.
-            self._beat(self._capture.read_timeout_s)
-            for packet in demuxer:
+    def _decode(
+        self, nvc: Any, torch: Any, stream: Any, packets: PacketSource, decoder: list[Any]
+    ) -> str:
+        # A file's schedule starts at its first frame: NVDEC's set-up takes a while after
+        # the open, and frames due meanwhile would otherwise come out in a burst.
+        pacer = FilePacer(packets.fps) if self._file else None
+        progress = _Progress()
+        try:
+            while True:
+                reason = self._pass(
+                    nvc,
+                    torch,
+                    stream,
+                    packets=packets,
+                    decoder=decoder[0],
+                    pacer=pacer,
+                    progress=progress,
+                )
+                if reason is not None:
+                    return reason
+                if pacer is None or not progress.decoded:
+                    # A file that gave no frame in a whole pass cannot be looped.
+                    if pacer is not None and progress.streaming:
+                        return "cannot loop the file at its end: no frame after it started again"
+                    if progress.streaming:
+                        return "stream ended or read timed out"
+                    return "no frame received"
+                # The end of a file: open it again so it behaves like an endless camera. The
+                # decoder goes on: the new pass starts at a keyframe.
+                packets.close()
                 try:
-                    with self._gate.work(self._waiting):
-                        frames = decoder[0].Decode(packet)
-                except Exception as exc:
-                    self._frames.count(self._writer, frames_corrupt=1)
-                    corrupt_in_row += 1
-                    if corrupt_in_row >= MAX_CORRUPT_IN_ROW:
-                        return f"{corrupt_in_row} undecodable packets in a row: {exc}"
-                    self._beat(self._capture.read_timeout_s)
-                    continue
-                corrupt_in_row = 0
-                for frame in frames:
-                    decoded += 1
-                    wait = max(0.0, pacer.next_due() - time.time())
-                    self._beat(wait)
-                    if self._stop.wait(wait):
-                        return "stopped"
-                    image = self._deliver(torch, stream, frame)
-                    if image is not None and not streaming:
-                        streaming = True
-                        self._backoff = self._capture.reconnect_initial_s
-                        self._send(Streaming(width=image.shape[1], height=image.shape[0]))
-                if self._stop.is_set():
-                    return "stopped"
+                    packets = self._packets()
+                except PacketSourceError as exc:
+                    return f"cannot loop the file at its end: {exc}"
+        finally:
+            # The current pass's source (a file opens a new one per pass).
+            packets.close()
+
+    def _pass(
+        self,
+        nvc: Any,
+        torch: Any,
+        stream: Any,
+        *,
+        packets: PacketSource,
+        decoder: Any,
+        pacer: FilePacer | None,
+        progress: _Progress,
+    ) -> str | None:
+        """Decode packets until there are no more (None) or the camera must reconnect (why)."""
+        progress.decoded = 0
+        # Each read is bounded by read_timeout_s: beat for it before it starts.
+        self._beat(self._capture.read_timeout_s)
+        for data in packets:
+            if not data.size:
+                # Before the first keyframe: nothing to decode yet.
                 self._beat(self._capture.read_timeout_s)
-            if not decoded:
-                # A file that gave no frame in a whole pass cannot be looped.
-                if streaming:
-                    return "cannot loop the file at its end: no frame after it started again"
-                return "no frame received"
-            # The end of a file: open it again so it behaves like an endless camera.
+                continue
             try:
-                self._beat(self._capture.open_timeout_s)
-                demuxer = nvc.CreateDemuxer(self._url)
+                with self._gate.work(self._waiting):
+                    frames = decoder.Decode(packet_data(nvc, data))
             except Exception as exc:
-                return f"cannot loop the file at its end: {exc}"
+                self._frames.count(self._writer, frames_corrupt=1)
+                progress.corrupt_in_row += 1
+                if progress.corrupt_in_row >= MAX_CORRUPT_IN_ROW:
+                    return f"{progress.corrupt_in_row} undecodable packets in a row: {exc}"
+                self._beat(self._capture.read_timeout_s)
+                continue
+            progress.corrupt_in_row = 0
+            for frame in frames:
+                progress.decoded += 1
+                wait = 0.0 if pacer is None else max(0.0, pacer.next_due() - time.time())
+                self._beat(wait)
+                if self._stop.wait(wait):
+                    return "stopped"
+                image = self._deliver(torch, stream, frame)
+                if image is not None and not progress.streaming:
+                    progress.streaming = True
+                    self._backoff = self._capture.reconnect_initial_s
+                    self._send(Streaming(width=image.shape[1], height=image.shape[0]))
+            if self._stop.is_set():
+                return "stopped"
+            self._beat(self._capture.read_timeout_s)
+        return None
 
     def _deliver(self, torch: Any, stream: Any, frame: Any) -> Any:
         """Keep a decoded frame (unless ``max_fps`` skips it); its device image or None."""
@@ -483,3 +545,22 @@ class _NvdecReader:
             stream.synchronize()
         self._frames.publish(self._writer, index, target, capture_ts)
         return target
+
+
+@dataclass(slots=True)
+class _Progress:
+    """A reader's progress on its current source."""
+
+    streaming: bool = False
+    corrupt_in_row: int = 0
+    # Frames decoded in the current pass over the source.
+    decoded: int = 0
+
+
+def packet_data(nvc: Any, data: Packet) -> Any:
+    """PyNvVideoCodec's ``PacketData`` for an encoded packet: the address and size of its
+    bytes, which must stay alive until ``Decode`` returns (it does not copy them first)."""
+    packet = nvc.PacketData()
+    packet.bsl_data = data.ctypes.data
+    packet.bsl = data.size
+    return packet

@@ -3,8 +3,8 @@
 It runs in its own spawned process because OpenCV serialises ``VideoCapture.open`` across a
 process and a stalled read cannot be interrupted in a thread; the daemon can always kill
 and respawn a process. Imports: OpenCV, numpy, the standard library and the stdlib-only
-``ring``/``protocol``/``secrets``/``logs``/``wake`` modules, so a spawn costs little more than
-importing cv2.
+``ring``/``protocol``/``secrets``/``logs``/``wake`` modules and ``packets`` (OpenCV only,
+for its timeouts and FFmpeg options), so a spawn costs little more than importing cv2.
 FFmpeg options are set in this process's environment, which OpenCV reads at each open.
 
 Every frame is grabbed (decoded), but only frames the daemon may take are converted to BGR
@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from daemon.capture.pacing import MAX_CORRUPT_IN_ROW, TIMEOUT_SLACK_S, FilePacer, FpsLimit
+from daemon.capture.packets import ffmpeg_capture_options, timeout_params
 from daemon.capture.protocol import (
     EXIT_FRAME_TOO_LARGE,
     HEARTBEAT_PERIOD_S,
@@ -198,12 +199,7 @@ class _Reader:
 
     def timeouts(self, read_attempts: int) -> list[int]:
         """OpenCV's open and per-attempt read timeouts, as ``VideoCapture`` parameters."""
-        return [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-            int(self.spec.open_timeout_s * 1000),
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-            max(1, int(self.spec.read_timeout_s * 1000 / read_attempts)),
-        ]
+        return timeout_params(self.spec.open_timeout_s, self.spec.read_timeout_s, read_attempts)
 
     def fall_back(self, reason: str) -> None:
         """Read with FFmpeg from now on, for the life of this process; says so once."""
@@ -337,9 +333,7 @@ def run_reader(
     url = spec.url.reveal()
     if SourceKind.of(url) is SourceKind.STREAM:
         # Read by OpenCV's FFmpeg backend at each open; per process, so per camera.
-        # ``timeout`` (µs) bounds every socket operation; ``stimeout`` is silently ignored.
-        micros = int(spec.read_timeout_s * 1_000_000)
-        os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;tcp|timeout;{micros}"
+        os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = ffmpeg_capture_options(spec.read_timeout_s)
     _route_stderr(spec.camera_id, url_secrets(url))
     # OpenCV's own warnings repeat on every retry ("can't be used to capture by name") and
     # say less than the reason the reader reports; FFmpeg's errors still come through.

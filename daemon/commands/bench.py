@@ -193,8 +193,6 @@ def _e2e(args: argparse.Namespace) -> int:
     from bench.e2e import BenchError, E2EOptions, render_e2e_table, run_e2e, write_json
     from daemon.config.model import BackendKind
 
-    if args.decoder == "nvdec" and args.source != "file":
-        return usage_error("edgewatch bench e2e: --decoder nvdec reads files: add --source file")
     videos = _videos(args.videos)
     if not videos:
         return EXIT_USAGE

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from daemon.config.external import is_stream_url
 from daemon.config.model import (
     JETSON_FILE_SUFFIXES,
     JETSON_STREAM_SCHEMES,
@@ -238,10 +237,10 @@ def _decoder_problems(camera: object) -> list[tuple[str, str]]:
         if camera.codec is not None:
             return [("codec", "only read with decoder: jetson (FFmpeg finds the codec itself)")]
         url = camera.url.reveal()
-        if camera.decoder is Decoder.NVDEC and (is_stream_url(url) or url.startswith("/dev/")):
-            # PyNvVideoCodec's demuxer takes no network timeout and may hold the GIL while it
-            # waits: one silent camera could stall the whole pipeline process.
-            return [("decoder", "nvdec reads video files only; use ffmpeg for streams and devices")]
+        if camera.decoder is Decoder.NVDEC and url.startswith("/dev/"):
+            # NVDEC takes encoded packets, which OpenCV reads from files and streams only: its
+            # V4L2 backend hands out decoded frames.
+            return [("decoder", "nvdec reads video files and streams, not devices; use ffmpeg")]
         return []
     url = camera.url.reveal()
     if url.lower().startswith(JETSON_STREAM_SCHEMES) or url.lower().endswith(JETSON_FILE_SUFFIXES):

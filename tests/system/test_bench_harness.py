@@ -54,11 +54,6 @@ def test_bench_backend_bad_model_is_exit_2(tmp_path: Path) -> None:
     assert main(["bench", "backend", "--model", str(bogus), "--batch", "1"]) == 2
 
 
-def test_bench_e2e_nvdec_needs_file_cameras(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "e2e", "--decoder", "nvdec", "--cameras", "1"]) == 2
-    assert "--decoder nvdec reads files: add --source file" in capsys.readouterr().err
-
-
 @pytest.mark.mqtt
 def test_subscriber_counts_only_inside_the_window(mosquitto: Mosquitto) -> None:
     sub = Subscriber(mosquitto.port, "edgewatch", "node1")

@@ -91,6 +91,13 @@ def test_demo_config_ok(shared_dir: Path) -> None:
     assert summary == "(onnxruntime, input 640, max batch 4), broker 127.0.0.1:1883\n"
 
 
+def test_nvdec_stream_config_ok(tmp_path: Path, shared_dir: Path) -> None:
+    camera = "cameras:\n  - id: gate\n    url: rtsp://10.0.0.5/live\n    decoder: nvdec\n"
+    result = check_config(write_config(tmp_path, camera + "model:\n  path: {model}\n"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK: 1 camera (1 enabled), model "), result.stdout
+
+
 def test_jetson_config_ok(shared_dir: Path) -> None:
     result = check_config(REPO / "configs" / "jetson.yaml")
     assert result.returncode == 0, result.stderr

@@ -3,7 +3,7 @@
 NVDEC frames are decoded into CUDA memory for a backend that takes batches there (the torch
 backend on a CUDA GPU). With the default CPU backend, cameras asking for NVDEC must still
 stream, read by OpenCV's FFmpeg, and say so: one WARNING per camera naming the reason. The
-cameras are video files from the shared folder (nvdec reads files only); detections come
+cameras are video files from the shared folder; detections come
 through the real model and mosquitto. The NVDEC reader itself runs on a GPU machine
 (``tests/system/test_nvdec_gpu.py``).
 """

@@ -1,10 +1,13 @@
 """The NVDEC reader on a CUDA GPU (``gpu`` marker): PyNvVideoCodec and torch required.
 
-A file camera read with ``decoder: nvdec`` streams frames into CUDA memory; taken as fast
-as they come, every frame is handed out once, in order, and equals what OpenCV decodes
-from the same file, up to the YUV -> RGB conversion; batched on the GPU, those frames give
-the detections OpenCV's frames give through the host batch. A source that cannot be opened
-reconnects with the reason; stopping leaves no reader thread.
+A file's packets, as OpenCV demuxes them for every NVDEC camera (``PacketSource``), decode on
+NVDEC to the frames OpenCV decodes from the file, up to the YUV -> RGB conversion. A file
+camera read with ``decoder: nvdec`` streams frames into CUDA memory; taken as fast as they
+come, every frame is handed out once, in order, and equals OpenCV's; batched on the GPU,
+those frames give the detections OpenCV's frames give through the host batch. An RTSP
+camera streams, reconnects with the reason when its source stops and streams again when it
+is back. A source that cannot be opened reconnects with the reason; stopping leaves no
+reader thread.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import pytest
 from daemon.batch.batcher import BatchBuffer
 from daemon.capture.device_gate import DeviceGate
 from daemon.capture.frame import FrameImage, FrameMeta
-from daemon.capture.nvdec import NvdecTarget
+from daemon.capture.nvdec import NvdecTarget, packet_data
+from daemon.capture.packets import PacketSource
 from daemon.capture.source import CameraSource
 from daemon.capture.state import CameraState
 from daemon.config.model import CameraConfig, CaptureConfig, Decoder
@@ -34,9 +38,10 @@ from daemon.infer.warmup import ShapeWarmer
 from daemon.postprocess.detect import detect_batch
 from daemon.postprocess.match import Agreement, match
 from daemon.postprocess.yolo import Detections
+from tests.harness.rtsp import RtspServer
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("PyNvVideoCodec")
+nvc = pytest.importorskip("PyNvVideoCodec")
 
 from daemon.infer.torch_backend import TorchBackend  # noqa: E402
 
@@ -64,6 +69,10 @@ def _until(source: CameraSource, done: Callable[[], bool], timeout_s: float) -> 
 
 def _streaming(source: CameraSource) -> bool:
     return source.state is CameraState.STREAMING
+
+
+def _reconnecting(source: CameraSource) -> bool:
+    return source.state is CameraState.RECONNECTING
 
 
 def _nvdec_threads() -> list[str]:
@@ -95,6 +104,49 @@ class _Still:
         yield FrameMeta(self.camera_id, 0, time.time(), w, h), self._image
 
 
+def _assert_close(name: str, got: list[np.ndarray], expected: list[np.ndarray]) -> None:
+    """RGB frames equal up to the YUV -> RGB conversion."""
+    diffs = [
+        np.abs(g.astype(np.int16) - e.astype(np.int16)) for g, e in zip(got, expected, strict=True)
+    ]
+    mean = float(np.mean([d.mean() for d in diffs]))
+    p99 = float(np.percentile(np.concatenate([d.ravel() for d in diffs]), 99))
+    print(f"{name}: mean abs diff {mean:.3f}, p99 {p99:.1f}")
+    # The same H.264 pictures; only the YUV -> RGB conversions differ, by a level or two
+    # (on the H200: mean 0.43 and 0.51, p99 2).
+    assert mean < 1.0
+    assert p99 <= 3
+
+
+def test_packets_of_a_file_decode_on_nvdec_to_opencvs_frames(videos: list[Path]) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    clip = next(v for v in videos if v.name == "mall_entrance_cctv_360p.mp4")
+    expected = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in _opencv_frames(clip, FRAMES)]
+    # As the reader does: the decoder works in the device's primary context, torch's.
+    torch.cuda.set_device(0)
+    decoder = nvc.CreateDecoder(
+        gpuid=0,
+        codec=nvc.cudaVideoCodec.H264,
+        cudacontext=0,
+        cudastream=0,
+        usedevicememory=True,
+        outputColorType=nvc.OutputColorType.RGB,
+    )
+    source = PacketSource(str(clip), open_timeout_s=10.0, read_timeout_s=10.0)
+    got: list[np.ndarray] = []
+    try:
+        for data in source:
+            # Copied out before the next Decode call reuses the decoder's surfaces.
+            frames = decoder.Decode(packet_data(nvc, data))
+            got += [torch.from_dlpack(frame).cpu().numpy() for frame in frames]
+            if len(got) >= FRAMES:
+                break
+    finally:
+        source.close()
+    _assert_close(clip.name, got[:FRAMES], expected)
+
+
 @pytest.mark.parametrize("name", ["traffic_highway_a_720p.mp4", "mall_entrance_cctv_360p.mp4"])
 def test_nvdec_frames_are_opencvs_frames_in_gpu_memory(videos: list[Path], name: str) -> None:
     clip = next(v for v in videos if v.name == name)
@@ -124,16 +176,35 @@ def test_nvdec_frames_are_opencvs_frames_in_gpu_memory(videos: list[Path], name:
     # Taken as fast as they came: none was dropped, so seq n is the file's n-th frame.
     assert counters.frames_dropped == 0
     assert sorted(taken)[:FRAMES] == list(range(1, FRAMES + 1))
-    diffs = [
-        np.abs(taken[i + 1].astype(np.int16) - expected[i].astype(np.int16)) for i in range(FRAMES)
-    ]
-    mean = float(np.mean([d.mean() for d in diffs]))
-    p99 = float(np.percentile(np.concatenate([d.ravel() for d in diffs]), 99))
-    print(f"{name}: mean abs diff {mean:.3f}, p99 {p99:.1f}")
-    # The same H.264 pictures; only the YUV -> RGB conversions differ, by a level or two
-    # (on the H200: mean 0.43 and 0.51, p99 2).
-    assert mean < 1.0
-    assert p99 <= 3
+    _assert_close(name, [taken[i + 1] for i in range(FRAMES)], expected)
+    assert not _nvdec_threads()
+
+
+def test_nvdec_rtsp_camera_streams_and_comes_back(
+    rtsp_server: RtspServer, videos: list[Path]
+) -> None:
+    clip = cv2.VideoCapture(str(videos[0]), cv2.CAP_FFMPEG)
+    hw = (int(clip.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(clip.get(cv2.CAP_PROP_FRAME_WIDTH)))
+    clip.release()
+    source = _source(rtsp_server.url("cam0"))
+    source.start()
+    try:
+        _until(source, partial(_streaming, source), 30)
+        assert _streaming(source)
+        assert source.frame_hw == hw
+        rtsp_server.stop_source("cam0")
+        _until(source, partial(_reconnecting, source), 60)
+        assert _reconnecting(source)
+        assert source.last_error == "stream ended or read timed out"
+        rtsp_server.start_source("cam0")
+        _until(source, partial(_streaming, source), 60)
+        assert _streaming(source)
+        counters = source.counters()
+    finally:
+        rtsp_server.start_source("cam0")
+        source.stop()
+    assert counters.frames_read > 0
+    assert counters.reconnects >= 1
     assert not _nvdec_threads()
 
 

@@ -367,14 +367,7 @@ BAD_CASES = [
         "cameras:\n  - id: cam1\n    url: /dev/video0\n    decoder: nvdec\n" + _MODEL,
         4,
         "cameras[0].decoder",
-        "nvdec reads video files only; use ffmpeg for streams and devices",
-    ),
-    BadCase(
-        "nvdec_rtsp",
-        "cameras:\n  - id: cam1\n    url: rtsp://10.0.0.5/live\n    decoder: nvdec\n" + _MODEL,
-        4,
-        "cameras[0].decoder",
-        "nvdec reads video files only; use ffmpeg for streams and devices",
+        "nvdec reads video files and streams, not devices; use ffmpeg",
     ),
     BadCase(
         "nvdec_codec",
@@ -535,6 +528,16 @@ def test_jetson_example_decodes_in_hardware(shared_dir: Path) -> None:
         "yard": (Decoder.JETSON, VideoCodec.H265),
         "replay": (Decoder.JETSON, None),
     }
+
+
+def test_nvdec_reads_streams_and_files(tmp_path: Path, shared_dir: Path) -> None:
+    text = (
+        "cameras:\n"
+        "  - id: gate\n    url: rtsp://10.0.0.5/live\n    decoder: nvdec\n"
+        "  - id: replay\n    url: {video}\n    decoder: nvdec\n" + _MODEL
+    )
+    config = load_config(write_config(tmp_path, text))
+    assert [c.decoder for c in config.cameras] == [Decoder.NVDEC, Decoder.NVDEC]
 
 
 def test_relative_paths_resolve_against_config_folder(
