@@ -491,7 +491,13 @@ class _NvdecReader:
         progress.decoded = 0
         # Each read is bounded by read_timeout_s: beat for it before it starts.
         self._beat(self._capture.read_timeout_s)
-        for data in packets:
+        while True:
+            try:
+                data = packets.read()
+            except PacketSourceError as exc:
+                return str(exc)
+            if data is None:
+                return None
             if not data.size:
                 # Before the first keyframe: nothing to decode yet.
                 self._beat(self._capture.read_timeout_s)
@@ -521,7 +527,6 @@ class _NvdecReader:
             if self._stop.is_set():
                 return "stopped"
             self._beat(self._capture.read_timeout_s)
-        return None
 
     def _deliver(self, torch: Any, stream: Any, frame: Any) -> Any:
         """Keep a decoded frame (unless ``max_fps`` skips it); its device image or None."""

@@ -15,7 +15,7 @@ OpenCV, numpy and the standard library only: no CUDA, so it runs and is tested a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
 from enum import Enum
 from typing import Final
 
@@ -28,6 +28,9 @@ from daemon.capture.protocol import SourceKind
 # Read by OpenCV's FFmpeg backend at each open, for the whole process.
 _OPTIONS_VARIABLE: Final = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _START_CODE: Final = b"\x00\x00\x01"
+# Cameras send a keyframe every few seconds even with long GOPs: a source that has sent
+# none for this long after its open cannot be decoded, and is reported rather than waited on.
+KEYFRAME_WAIT_S: Final = 30.0
 
 Packet = npt.NDArray[np.uint8]
 
@@ -84,9 +87,17 @@ class PacketSource:
     """An open source: its codec, frame rate and Annex-B packets. Not thread-safe: one
     reader thread uses it."""
 
-    def __init__(self, url: str, *, open_timeout_s: float, read_timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        open_timeout_s: float,
+        read_timeout_s: float,
+        keyframe_wait_s: float = KEYFRAME_WAIT_S,
+    ) -> None:
         """Open ``url`` (a file or a network stream; raises ``PacketSourceError``). Each
-        ``read`` waits at most about ``read_timeout_s``."""
+        ``read`` waits at most about ``read_timeout_s``; the first keyframe must come
+        within ``keyframe_wait_s`` of the open."""
         if SourceKind.of(url) is SourceKind.DEVICE:
             # V4L2 devices are opened by OpenCV's V4L2 backend, which has no raw mode.
             raise PacketSourceError(f"cannot read encoded packets from a device: {url}")
@@ -116,25 +127,24 @@ class PacketSource:
         self.fps = float(cap.get(cv2.CAP_PROP_FPS))
         self._extradata_index = int(cap.get(cv2.CAP_PROP_CODEC_EXTRADATA_INDEX))
         self._keyframe_seen = False
+        self._keyframe_wait_s = keyframe_wait_s
+        self._keyframe_due = time.monotonic() + keyframe_wait_s
 
     def read(self) -> Packet | None:
         """The next packet (1-D uint8, Annex B); empty while waiting for the first keyframe
         (nothing before it can be decoded); None at the end of a file, a read timeout or a
-        broken stream."""
+        broken stream. Raises ``PacketSourceError`` when no keyframe came in time."""
         ok, packet = self._cap.read()
         if not ok or packet is None:
             return None
         if self._keyframe_seen:
             return np.ascontiguousarray(packet.reshape(-1))
         if not self._cap.get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME):
+            if time.monotonic() >= self._keyframe_due:
+                raise PacketSourceError(f"no keyframe in {self._keyframe_wait_s:g} s")
             return np.empty(0, np.uint8)
         self._keyframe_seen = True
         return np.concatenate([self._parameter_sets(), packet.reshape(-1)])
-
-    def __iter__(self) -> Iterator[Packet]:
-        """``read`` until it returns None."""
-        while (packet := self.read()) is not None:
-            yield packet
 
     def _parameter_sets(self) -> Packet:
         """The codec's extradata when in Annex B (a stream's out-of-band SPS/PPS), else none:

@@ -136,7 +136,7 @@ def test_packets_of_a_file_decode_on_nvdec_to_opencvs_frames(videos: list[Path])
     source = PacketSource(str(clip), open_timeout_s=10.0, read_timeout_s=10.0)
     got: list[np.ndarray] = []
     try:
-        for data in source:
+        while (data := source.read()) is not None:
             # Copied out before the next Decode call reuses the decoder's surfaces.
             frames = decoder.Decode(packet_data(nvc, data))
             got += [torch.from_dlpack(frame).cpu().numpy() for frame in frames]

@@ -136,7 +136,7 @@ def _open_served(url: str) -> PacketSource:
 
 def _read_all(source: PacketSource) -> list[Packet]:
     packets = []
-    for packet in source:
+    while (packet := source.read()) is not None:
         assert packet.size, "a file starts at a keyframe: no packet is skipped"
         packets.append(packet)
     return packets
@@ -157,6 +157,43 @@ def test_file_packets_decode_to_the_files_frames(
     assert codec is (VideoCodec.HEVC if kind == "hevc" else VideoCodec.H264)
     _check_packets(packets, codec)
     assert _frames_decoded(_dump(packets, codec, tmp_path)) == _frames_decoded(clip)
+
+
+def test_a_source_without_a_keyframe_is_reported(videos: list[Path], tmp_path: Path) -> None:
+    """An H.264 stream of parameter sets and predicted frames only (a clip's first GOP
+    without its IDR): its packets are held back, and once the keyframe wait is over the
+    source says why instead of waiting for ever."""
+    clip = next(v for v in videos if "360p" in v.name)
+    source = _open(str(clip))
+    try:
+        packets = _read_all(source)
+    finally:
+        source.close()
+    first = packets[0].tobytes()
+    idr_at = _nal_types(packets[0], VideoCodec.H264).index(5)
+    starts = [i for i in range(len(first) - 3) if first[i : i + 3] == b"\x00\x00\x01"]
+    parameter_sets = first[: starts[idr_at]]
+    gop = next(i for i, p in enumerate(packets[1:], 1) if 5 in _nal_types(p, VideoCodec.H264))
+    stream = tmp_path / "no_keyframe.h264"
+    stream.write_bytes(parameter_sets + b"".join(p.tobytes() for p in packets[1:gop]))
+
+    patient = PacketSource(str(stream), open_timeout_s=10.0, read_timeout_s=TIMEOUT_S)
+    held = []
+    try:
+        while (packet := patient.read()) is not None:
+            held.append(packet)
+    finally:
+        patient.close()
+    assert held
+    assert not any(p.size for p in held)
+    impatient = PacketSource(
+        str(stream), open_timeout_s=10.0, read_timeout_s=TIMEOUT_S, keyframe_wait_s=0.0
+    )
+    try:
+        with pytest.raises(PacketSourceError, match="no keyframe"):
+            impatient.read()
+    finally:
+        impatient.close()
 
 
 def test_stream_packets_decode_frame_for_packet(free_rtsp: RtspServer, tmp_path: Path) -> None:
