@@ -226,9 +226,9 @@ class Pipeline:
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] = lambda: None) -> None:
         """Warm the backend for every batch shape the cameras can produce, call ``on_ready``,
         then schedule batches until ``stop`` is set and drain the in-flight ones."""
-        self._arrivals.watch(asyncio.get_running_loop())
         supervisor = asyncio.create_task(self._supervise(stop), name="supervisor")
         stats = asyncio.create_task(self.reporter.run(stop), name="stats")
+        stopping = asyncio.create_task(self._notify_stop(stop), name="notify stop")
         try:
             await self._warm_up(stop)
             if not stop.is_set():
@@ -238,9 +238,9 @@ class Pipeline:
             if self._tasks:
                 log.info("draining in-flight batches", extra={"batches": len(self._tasks)})
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-            supervisor.cancel()
-            stats.cancel()
-            await asyncio.gather(supervisor, stats, return_exceptions=True)
+            for task in (supervisor, stats, stopping):
+                task.cancel()
+            await asyncio.gather(supervisor, stats, stopping, return_exceptions=True)
             # The last interval's stats, while the readers' counters are still there.
             self.reporter.report_once()
             for camera_id in list(self._sources):
@@ -275,7 +275,11 @@ class Pipeline:
 
     def _on_warmed(self, future: asyncio.Future[None]) -> None:
         # On failure the camera stays held back and is warmed again at its next frame.
-        if future.cancelled() or (exc := future.exception()) is None:
+        if future.cancelled():
+            return
+        if (exc := future.exception()) is None:
+            # Its frames may be waiting already: look at them now, not at the next arrival.
+            self._arrivals.notify()
             return
         held = self._warm_errors.admit()
         if held is not None:
@@ -292,6 +296,11 @@ class Pipeline:
             task = asyncio.create_task(self._process(buffer, picked))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _notify_stop(self, stop: asyncio.Event) -> None:
+        """A stop ends the dispatch loop's wait at once, even with no camera delivering."""
+        await stop.wait()
+        self._arrivals.notify()
 
     async def _wait_for_batch(self, stop: asyncio.Event) -> list[CameraSource] | None:
         """Look at every camera whenever a frame arrives, until the selector picks a batch:
@@ -312,8 +321,9 @@ class Pipeline:
             picked = self._selector.select(ready, live)
             if picked:
                 return picked
+            ready_now = set(ready)
             for source in sources:
-                if source.state is CameraState.STREAMING and source not in ready:
+                if source.state is CameraState.STREAMING and source not in ready_now:
                     # We came back before the reader expected us: fetch its next frame.
                     source.want_now()
             due_in = self._selector.due_in()

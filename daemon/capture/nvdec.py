@@ -163,9 +163,10 @@ class DeviceFrames:
             slot.image, slot.seq, slot.capture_ts = image, self._seq, capture_ts
             self._latest = index
             self._counts = _add(self._counts, frames_read=1, frames_dropped=dropped)
-            # Under the lock: once closed, no reader signals a channel that may be closed too.
-            if self._wake is not None:
-                self._wake.signal()
+        # Outside the lock: a send may give up the GIL, and batch threads take this lock. A
+        # closed channel ignores the signal.
+        if self._wake is not None:
+            self._wake.signal()
 
     def count(self, writer: int, **increments: int) -> None:
         """Add to the counters (reconnects, frames_corrupt) for the current reader."""

@@ -34,7 +34,6 @@ def test_a_signal_from_another_thread_wakes_the_waiting_loop() -> None:
     arrivals = FrameArrivals()
 
     async def main() -> list[bool]:
-        arrivals.watch(asyncio.get_running_loop())
         woken = []
         for _ in range(3):
             arrivals.clear()
@@ -55,7 +54,6 @@ def test_an_arrival_before_the_wait_is_not_lost_and_clear_forgets_it() -> None:
     arrivals = FrameArrivals()
 
     async def main() -> tuple[bool, bool]:
-        arrivals.watch(asyncio.get_running_loop())
         arrivals.sender.signal()
         await asyncio.sleep(0)  # the loop notices the byte
         arrived = await arrivals.wait(3600.0)
@@ -64,6 +62,27 @@ def test_an_arrival_before_the_wait_is_not_lost_and_clear_forgets_it() -> None:
 
     try:
         assert asyncio.run(main()) == (True, False)
+    finally:
+        arrivals.close()
+
+
+def test_notify_wakes_the_wait_and_an_arrival_already_there_still_yields_to_the_loop() -> None:
+    arrivals = FrameArrivals()
+
+    async def main() -> tuple[bool, list[int]]:
+        loop = asyncio.get_running_loop()
+        # Only the notify can end this wait.
+        loop.call_later(0.01, arrivals.notify)
+        woken = await arrivals.wait(3600.0)
+        others: list[int] = []
+        loop.call_soon(others.append, 1)
+        arrivals.notify()
+        # Returns at once, but lets the loop run what is due first.
+        await arrivals.wait(3600.0)
+        return woken, others
+
+    try:
+        assert asyncio.run(main()) == (True, [1])
     finally:
         arrivals.close()
 
@@ -86,7 +105,6 @@ def test_close_leaves_no_fd() -> None:
 
     async def cycle() -> None:
         arrivals = FrameArrivals()
-        arrivals.watch(asyncio.get_running_loop())
         arrivals.sender.signal()
         await arrivals.wait(3600.0)
         arrivals.close()
