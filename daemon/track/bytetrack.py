@@ -62,6 +62,8 @@ _UNCONFIRMED_MATCH: Final = 0.7
 _DUPLICATE_DISTANCE: Final = 0.15
 # Capture timestamps are float seconds: a gap equal to the grace up to rounding is within it.
 _TIME_EPS: Final = 1e-6
+# Where each of a camera's numbers for a frame is (``ByteTracker._numbers``).
+_TS, _ELAPSED, _HIGH, _LOW, _NEW, _MATCH, _LOST_AFTER = range(7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +129,10 @@ class ByteTracker:
         return len(self._tracks.ids)
 
     def _numbers(self, ts: float) -> tuple[float, ...]:
-        """A frame's numbers at ``ts`` in the order ``update_batch`` reads them: its time,
-        the time since the last frame, the high, low and new-track score thresholds, the
-        first-stage match threshold and how long a lost track lives."""
+        """A frame's numbers at ``ts`` in the order ``update_batch`` reads them (``_TS`` to
+        ``_LOST_AFTER``): its time, the time since the last frame, the high, low and
+        new-track score thresholds, the first-stage match threshold and how long a lost
+        track lives."""
         c = self.config
         elapsed = 0.0 if self._last_ts is None else ts - self._last_ts
         return (
@@ -153,36 +156,38 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     if len({id(t) for t in trackers}) != len(trackers):
         raise ValueError("a tracker appears twice in one batch")
     cameras = len(frames)
-    # One array for the numbers of all cameras, a column each.
-    ts, elapsed, high, low, new, match, lost_after = np.array(
-        [f.tracker._numbers(f.ts) for f in frames]
-    ).T
-    dets = _Boxes(frames, high, low, new)
+    # One array for the numbers of all cameras, a row each; gathered once for each box and
+    # once for each track (a row per number), then read by row.
+    numbers = np.array([f.tracker._numbers(f.ts) for f in frames])
+    match = numbers[:, _MATCH]
+    dets = _Boxes(frames, numbers)
     state = _State(trackers)
+    per_track = numbers[state.cam].T
     confirmed = state.tracks.ids > 0
     unconfirmed = ~confirmed
     if len(confirmed):
-        state.predict(elapsed, confirmed)
+        state.predict(per_track[_ELAPSED], confirmed)
     matching = _Matching(state.cam, kalman.xyah_to_xyxy(state.mean), dets, match)
     free, newly_lost = matching.associate(confirmed, state.tracks.lost)
     det_of = matching.det_of
     matched = det_of >= 0
-    state.correct(ts, dets.corners, det_of)
+    state.correct(per_track[_TS], dets.corners, det_of)
     lost = state.tracks.lost
     lost[newly_lost] = True
     next_id = np.array([t._next_id for t in trackers], dtype=np.int64)
     promoted = (unconfirmed & matched).nonzero()[0]
     if len(promoted):
         state.tracks.ids[promoted] = _hand_out(state.cam[promoted], next_id)
-    drop = lost & (ts[state.cam] - state.tracks.state[_SEEN] > lost_after[state.cam])
+    unseen = per_track[_TS] - state.tracks.state[_SEEN]
+    drop = lost & (unseen > per_track[_LOST_AFTER])
     drop |= unconfirmed & ~matched
-    fresh = (free & (dets.scores >= dets.new_threshold)).nonzero()[0]
+    fresh = (free & (dets.scores >= dets.numbers[_NEW])).nonzero()[0]
     if len(fresh):
         # On a camera's first frame its tracks are confirmed at once.
         firsts = [t._last_ts is None for t in trackers]
         first = np.array(firsts) if any(firsts) else None
         det_of, drop = state.start(
-            ts, dets, fresh, first=first, next_id=next_id, det_of=det_of, drop=drop
+            dets, fresh, first=first, next_id=next_id, det_of=det_of, drop=drop
         )
     state.mark_duplicates(drop, cameras)
 
@@ -195,7 +200,7 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     ended, by_ended = ids[gone], _Layout.of(state.cam[gone], cameras)
     if np.count_nonzero(drop):
         state.take(~drop)
-    state.scatter(trackers, ts.tolist(), next_id)
+    state.scatter(trackers, numbers[:, _TS].tolist(), next_id)
     by_box = dets.layout
     return [TrackFrame(track_ids[by_box.rows(c)], ended[by_ended.rows(c)]) for c in range(cameras)]
 
@@ -204,23 +209,22 @@ class _Boxes:
     """A batch's boxes (``corners``: x1, y1, x2, y2 rows, a column per box) and scores
     concatenated in batch order, classed by their camera's thresholds."""
 
-    def __init__(
-        self, frames: Sequence[TrackInput], high_threshold: F64, low_threshold: F64, new: F64
-    ) -> None:
+    def __init__(self, frames: Sequence[TrackInput], numbers: F64) -> None:
+        """``numbers``: each camera's numbers for the frame, a row each (``update_batch``)."""
         scores_of = [f.scores.reshape(-1) for f in frames]
         self.corners = np.concatenate(
             [f.boxes.reshape(-1, 4).T for f in frames], axis=1, dtype=np.float64
         )
         self.scores = np.concatenate(scores_of, dtype=np.float64)
         self.layout = _Layout.of_counts([len(s) for s in scores_of])
-        cam = self.layout.cam
-        high_threshold, low_threshold = high_threshold[cam], low_threshold[cam]
-        self.new_threshold = new[cam]
+        # Their camera's numbers, a row per number.
+        self.numbers = numbers[self.layout.cam].T
+        high_threshold = self.numbers[_HIGH]
         # A box without area has no aspect ratio for the Kalman state.
         x1, y1, x2, y2 = self.corners
         valid = (x2 > x1) & (y2 > y1)
         self.high = valid & (self.scores >= high_threshold)
-        self.low = valid & (self.scores > low_threshold) & (self.scores < high_threshold)
+        self.low = valid & (self.scores > self.numbers[_LOW]) & (self.scores < high_threshold)
 
 
 class _Layout:
@@ -279,16 +283,17 @@ class _State:
         return self.tracks.state[_COV].reshape(3, 4, -1)
 
     def predict(self, elapsed: F64, confirmed: BoolArray) -> None:
-        """Move the ``confirmed`` tracks on by their camera's ``elapsed`` seconds."""
+        """Move the ``confirmed`` tracks on by their camera's ``elapsed`` seconds (per
+        track)."""
         # A lost track's height is not extrapolated (ByteTrack).
         self.tracks.state[7, self.tracks.lost] = 0.0
         # Unconfirmed tracks are not predicted (ByteTrack): no elapsed time leaves them as
         # they are, cheaper than gathering and scattering the confirmed columns.
-        kalman.predict(self.mean, self.cov, elapsed[self.cam] * confirmed)
+        kalman.predict(self.mean, self.cov, elapsed * confirmed)
 
     def correct(self, ts: F64, corners: F64, det_of: I64) -> None:
         """Kalman-correct the tracks with a box (``det_of`` >= 0) with it; they are seen
-        at their camera's ``ts``."""
+        at their camera's time (``ts``, per track)."""
         matched = (det_of >= 0).nonzero()[0]
         if not len(matched):
             return
@@ -296,13 +301,12 @@ class _State:
         part = self.tracks.state[:, matched]
         measured = kalman.xyxy_to_xyah(corners[:, det_of[matched]])
         kalman.update(part[_MEAN], part[_COV].reshape(3, 4, -1), measured)
-        part[_SEEN] = ts[self.cam[matched]]
+        part[_SEEN] = ts[matched]
         self.tracks.state[:, matched] = part
         self.tracks.lost[matched] = False
 
     def start(
         self,
-        ts: F64,
         dets: _Boxes,
         fresh: I64,
         *,
@@ -322,7 +326,7 @@ class _State:
         mean, cov = kalman.initiate(kalman.xyxy_to_xyah(dets.corners[:, fresh]))
         state[_MEAN] = mean
         state[_COV] = cov.reshape(12, -1)
-        state[_START] = state[_SEEN] = ts[cam]
+        state[_START] = state[_SEEN] = dets.numbers[_TS, fresh]
         new = _Tracks(state, ids, np.zeros(len(fresh), dtype=bool))
         self.tracks = _Tracks.joined([self.tracks, new])
         self.cam = np.concatenate([self.cam, cam])
@@ -367,7 +371,8 @@ class _State:
         """Hand each camera its tracks back (columns sorted by camera), now at ``ts``."""
         by_camera = _Layout.of(self.cam, len(trackers))
         for c, tracker in enumerate(trackers):
-            tracker._tracks = self.tracks.take(by_camera.rows(c))
+            alone = len(trackers) == 1
+            tracker._tracks = self.tracks if alone else self.tracks.take(by_camera.rows(c))
             tracker._last_ts = ts[c]
             tracker._next_id = int(next_id[c])
 
@@ -487,18 +492,21 @@ class _Matching:
         weighted, plain = self._weighted_cost, self._plain_cost
         # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
         free = high.copy()
+        pair_confirmed = confirmed[t]
         within = weighted <= self._limit[self._track_cam[t]]
-        self._stage(confirmed[t] & high[d] & within, self._limit, weighted=True, free=free)
+        self._stage(pair_confirmed & high[d] & within, self._limit, weighted=True, free=free)
         # 2: tracks still unmatched that were tracked last frame <-> low-score boxes, IoU only.
         rest = confirmed & ~lost & (self.det_of < 0)
-        within = plain <= _SECOND_MATCH
-        second = np.full(cameras, _SECOND_MATCH)
-        self._stage(rest[t] & self._dets.low[d] & within, second, weighted=False, free=None)
+        if np.count_nonzero(rest):  # most frames have some, but a stage costs a dozen calls
+            within = plain <= _SECOND_MATCH
+            second = np.full(cameras, _SECOND_MATCH)
+            self._stage(rest[t] & self._dets.low[d] & within, second, weighted=False, free=None)
         newly_lost = rest & (self.det_of < 0)
         # 3: last frame's new tracks <-> the high-score boxes nobody took.
-        within = weighted <= _UNCONFIRMED_MATCH
-        third = np.full(cameras, _UNCONFIRMED_MATCH)
-        self._stage(~confirmed[t] & free[d] & within, third, weighted=True, free=free)
+        if np.count_nonzero(pair_confirmed) < len(t):
+            within = weighted <= _UNCONFIRMED_MATCH
+            third = np.full(cameras, _UNCONFIRMED_MATCH)
+            self._stage(~pair_confirmed & free[d] & within, third, weighted=True, free=free)
         return free, newly_lost
 
     def _stage(
