@@ -171,7 +171,7 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     free, newly_lost = matching.associate(confirmed, state.tracks.lost)
     det_of = matching.det_of
     matched = det_of >= 0
-    state.correct(per_track[_TS], dets.corners, det_of)
+    state.correct(per_track[_TS], dets.measured, det_of)
     lost = state.tracks.lost
     lost[newly_lost] = True
     next_id = np.array([t._next_id for t in trackers], dtype=np.int64)
@@ -217,6 +217,8 @@ class _Boxes:
         )
         self.scores = np.concatenate(scores_of, dtype=np.float64)
         self.layout = _Layout.of_counts([len(s) for s in scores_of])
+        # As the Kalman filter measures them, for the tracks they correct or start.
+        self.measured = kalman.xyxy_to_xyah(self.corners)
         # Their camera's numbers, a row per number.
         self.numbers = numbers[self.layout.cam].T
         high_threshold = self.numbers[_HIGH]
@@ -291,16 +293,16 @@ class _State:
         # they are, cheaper than gathering and scattering the confirmed columns.
         kalman.predict(self.mean, self.cov, elapsed * confirmed)
 
-    def correct(self, ts: F64, corners: F64, det_of: I64) -> None:
-        """Kalman-correct the tracks with a box (``det_of`` >= 0) with it; they are seen
-        at their camera's time (``ts``, per track)."""
+    def correct(self, ts: F64, measured: F64, det_of: I64) -> None:
+        """Kalman-correct the tracks with a box (``det_of`` >= 0) with its measurement
+        (``measured``, a column per box); they are seen at their camera's time (``ts``, per
+        track)."""
         matched = (det_of >= 0).nonzero()[0]
         if not len(matched):
             return
         # The matched columns gathered, corrected and written back: one copy each way.
         part = self.tracks.state[:, matched]
-        measured = kalman.xyxy_to_xyah(corners[:, det_of[matched]])
-        kalman.update(part[_MEAN], part[_COV].reshape(3, 4, -1), measured)
+        kalman.update(part[_MEAN], part[_COV].reshape(3, 4, -1), measured[:, det_of[matched]])
         part[_SEEN] = ts[matched]
         self.tracks.state[:, matched] = part
         self.tracks.lost[matched] = False
@@ -323,9 +325,7 @@ class _State:
             confirm = first[cam]
             ids[confirm] = _hand_out(cam[confirm], next_id)
         state = np.empty((_STATE_ROWS, len(fresh)))
-        mean, cov = kalman.initiate(kalman.xyxy_to_xyah(dets.corners[:, fresh]))
-        state[_MEAN] = mean
-        state[_COV] = cov.reshape(12, -1)
+        kalman.initiate(dets.measured[:, fresh], state[_MEAN], state[_COV].reshape(3, 4, -1))
         state[_START] = state[_SEEN] = dets.numbers[_TS, fresh]
         new = _Tracks(state, ids, np.zeros(len(fresh), dtype=bool))
         self.tracks = _Tracks.joined([self.tracks, new])

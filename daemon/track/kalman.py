@@ -72,17 +72,16 @@ def xyah_to_xyxy(mean: F64) -> F64:
     return out
 
 
-def initiate(measurements: F64) -> tuple[F64, F64]:
-    """New states at the measured boxes with zero velocity and ByteTrack's initial spread."""
-    n = measurements.shape[1]
-    mean = np.zeros((8, n))
+def initiate(measurements: F64, mean: F64, cov: F64) -> None:
+    """Set ``mean`` and ``cov`` (written in place: the tracker's new track block) to states
+    at the measured boxes with zero velocity and ByteTrack's initial spread."""
     mean[:4] = measurements
+    mean[4:] = 0.0
     var = measurements[3] * _INIT_WEIGHT + _INIT_FLOOR
     var *= var
-    cov = np.zeros((3, 4, n))
     cov[0] = var[:4]
+    cov[1] = 0.0
     cov[2] = var[4:]
-    return mean, cov
 
 
 def predict(mean: F64, cov: F64, elapsed_s: float | npt.NDArray[np.floating[Any]]) -> None:

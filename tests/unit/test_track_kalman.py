@@ -43,7 +43,8 @@ def _as_blocks(full: F64) -> F64:
 def test_compact_filter_matches_the_full_matrices_over_irregular_time_steps() -> None:
     rng = np.random.default_rng(3)
     z0 = np.array([[320.0, 200.0, 0.45, 120.0], [40.0, 400.0, 1.8, 30.0]])
-    mean, cov = kalman.initiate(z0.T)
+    mean, cov = np.empty((8, 2)), np.empty((3, 4, 2))
+    kalman.initiate(z0.T, mean, cov)
     full = [_full_initiate(z) for z in z0]
     for step in range(40):
         elapsed = float(rng.choice([1 / 30, 2 / 30, 1 / 15 + 0.013, 0.2]))
@@ -63,7 +64,8 @@ def test_compact_filter_matches_the_full_matrices_over_irregular_time_steps() ->
 
 def test_predict_with_a_time_per_track_leaves_zero_time_tracks_unchanged() -> None:
     z = np.array([[320.0, 200.0, 0.45, 120.0], [40.0, 400.0, 1.8, 30.0], [90.0, 50.0, 1.0, 60.0]])
-    mean, cov = kalman.initiate(z.T)
+    mean, cov = np.empty((8, 3)), np.empty((3, 4, 3))
+    kalman.initiate(z.T, mean, cov)
     kalman.predict(mean, cov, 0.1)
     kalman.update(mean, cov, z.T + 3.0)  # non-zero velocities
     per_mean, per_cov = mean.copy(), cov.copy()
