@@ -565,19 +565,23 @@ def assign(
     col_open = per_col > 0
     col_open[c[alone]] = False
     open_rows, open_cols = row_open.nonzero()[0], col_open.nonzero()[0]
-    rows_cam = row_camera[open_rows]
-    n_rows = np.bincount(rows_cam)
-    n_cols = np.bincount(col_camera[open_cols], minlength=len(n_rows))
     # Each camera's open rows x its open columns, row by row: one cost call for all.
-    if rows_cam[0] == rows_cam[-1]:  # all of one camera: a plain grid
+    if len(limit) == 1 or row_camera[open_rows[0]] == row_camera[open_rows[-1]]:
+        # All of one camera: a plain grid, and no camera before it has any.
         i, j = np.divmod(np.arange(len(open_rows) * len(open_cols)), len(open_cols))
+        camera = int(row_camera[open_rows[0]])
+        sizes = [(0, 0)] * camera + [(len(open_rows), len(open_cols))]
     else:
+        rows_cam = row_camera[open_rows]
+        n_rows = np.bincount(rows_cam)
+        n_cols = np.bincount(col_camera[open_cols], minlength=len(n_rows))
+        sizes = list(zip(n_rows.tolist(), n_cols.tolist(), strict=True))
         first_col = (np.cumsum(n_cols) - n_cols)[rows_cam]
         i, j = _ranges(first_col, first_col + n_cols[rows_cam])
     costs = cost(open_rows[i], open_cols[j])
     rows, cols = [r[alone]], [c[alone]]
     at_row = at_col = at_cost = 0
-    for camera, (n, m) in enumerate(zip(n_rows.tolist(), n_cols.tolist(), strict=True)):
+    for camera, (n, m) in enumerate(sizes):
         if not n:  # a camera without open rows has no open columns either
             continue
         er, ec = _solve(costs[at_cost : at_cost + n * m].reshape(n, m), float(limit[camera]))
