@@ -101,9 +101,13 @@ class _Tracks:
     def none(cls) -> _Tracks:
         return cls(np.zeros((_STATE_ROWS, 0)), _EMPTY, np.zeros(0, dtype=bool))
 
-    def take(self, index: I64 | BoolArray | slice) -> _Tracks:
-        """The tracks ``index`` selects, in its order."""
-        return _Tracks(self.state[:, index], self.ids[index], self.lost[index])
+    def take(self, index: I64) -> _Tracks:
+        """The tracks at ``index``, in its order."""
+        return _Tracks(_columns(self.state, index), self.ids[index], self.lost[index])
+
+    def part(self, columns: slice) -> _Tracks:
+        """The tracks in ``columns`` (views)."""
+        return _Tracks(self.state[:, columns], self.ids[columns], self.lost[columns])
 
     @staticmethod
     def joined(parts: Sequence[_Tracks]) -> _Tracks:
@@ -113,6 +117,12 @@ class _Tracks:
             np.concatenate([p.ids for p in parts]),
             np.concatenate([p.lost for p in parts]),
         )
+
+
+def _columns(rows: F64, index: I64) -> F64:
+    """The columns ``index`` of ``rows``: ``take`` gathers them about twice as fast as
+    ``rows[:, index]`` does at tracker sizes, into a contiguous array."""
+    return rows.take(index, axis=1)
 
 
 class ByteTracker:
@@ -162,7 +172,7 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     match = numbers[:, _MATCH]
     dets = _Boxes(frames, numbers)
     state = _State(trackers)
-    per_track = numbers[state.cam].T
+    per_track = _columns(numbers.T, state.cam)
     confirmed = state.tracks.ids > 0
     unconfirmed = ~confirmed
     if len(confirmed):
@@ -199,7 +209,7 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     gone = drop & has_id
     ended, by_ended = ids[gone], _Layout.of(state.cam[gone], cameras)
     if np.count_nonzero(drop):
-        state.take(~drop)
+        state.take((~drop).nonzero()[0])
     state.scatter(trackers, numbers[:, _TS].tolist(), next_id)
     by_box = dets.layout
     return [TrackFrame(track_ids[by_box.rows(c)], ended[by_ended.rows(c)]) for c in range(cameras)]
@@ -220,7 +230,7 @@ class _Boxes:
         # As the Kalman filter measures them, for the tracks they correct or start.
         self.measured = kalman.xyxy_to_xyah(self.corners)
         # Their camera's numbers, a row per number.
-        self.numbers = numbers[self.layout.cam].T
+        self.numbers = _columns(numbers.T, self.layout.cam)
         high_threshold = self.numbers[_HIGH]
         # A box without area has no aspect ratio for the Kalman state.
         x1, y1, x2, y2 = self.corners
@@ -288,7 +298,8 @@ class _State:
         """Move the ``confirmed`` tracks on by their camera's ``elapsed`` seconds (per
         track)."""
         # A lost track's height is not extrapolated (ByteTrack).
-        self.tracks.state[7, self.tracks.lost] = 0.0
+        # A row, then its columns: numpy's path for a row and a mask at once is slower.
+        self.tracks.state[7][self.tracks.lost] = 0.0
         # Unconfirmed tracks are not predicted (ByteTrack): no elapsed time leaves them as
         # they are, cheaper than gathering and scattering the confirmed columns.
         kalman.predict(self.mean, self.cov, elapsed * confirmed)
@@ -301,8 +312,9 @@ class _State:
         if not len(matched):
             return
         # The matched columns gathered, corrected and written back: one copy each way.
-        part = self.tracks.state[:, matched]
-        kalman.update(part[_MEAN], part[_COV].reshape(3, 4, -1), measured[:, det_of[matched]])
+        part = _columns(self.tracks.state, matched)
+        measured = _columns(measured, det_of[matched])
+        kalman.update(part[_MEAN], part[_COV].reshape(3, 4, -1), measured)
         part[_SEEN] = ts[matched]
         self.tracks.state[:, matched] = part
         self.tracks.lost[matched] = False
@@ -325,8 +337,9 @@ class _State:
             confirm = first[cam]
             ids[confirm] = _hand_out(cam[confirm], next_id)
         state = np.empty((_STATE_ROWS, len(fresh)))
-        kalman.initiate(dets.measured[:, fresh], state[_MEAN], state[_COV].reshape(3, 4, -1))
-        state[_START] = state[_SEEN] = dets.numbers[_TS, fresh]
+        measured = _columns(dets.measured, fresh)
+        kalman.initiate(measured, state[_MEAN], state[_COV].reshape(3, 4, -1))
+        state[_START] = state[_SEEN] = dets.numbers[_TS][fresh]
         new = _Tracks(state, ids, np.zeros(len(fresh), dtype=bool))
         self.tracks = _Tracks.joined([self.tracks, new])
         self.cam = np.concatenate([self.cam, cam])
@@ -339,7 +352,7 @@ class _State:
             det_of, drop = det_of[order], drop[order]
         return det_of, drop
 
-    def take(self, index: I64 | BoolArray) -> None:
+    def take(self, index: I64) -> None:
         """Keep the tracks ``index`` selects, in its order."""
         self.tracks = self.tracks.take(index)
         self.cam = self.cam[index]
@@ -354,7 +367,11 @@ class _State:
         tracked = (~(is_lost | drop)).nonzero()[0]
         boxes = kalman.xyah_to_xyxy(self.mean)
         near = _Touching(
-            self.cam[tracked], boxes[:, tracked], self.cam[lost], boxes[:, lost], cameras
+            self.cam[tracked],
+            _columns(boxes, tracked),
+            self.cam[lost],
+            _columns(boxes, lost),
+            cameras,
         )
         # Pairs that do not overlap have IoU 0: never duplicates.
         same = 1.0 - near.iou < _DUPLICATE_DISTANCE
@@ -372,7 +389,7 @@ class _State:
         by_camera = _Layout.of(self.cam, len(trackers))
         for c, tracker in enumerate(trackers):
             alone = len(trackers) == 1
-            tracker._tracks = self.tracks if alone else self.tracks.take(by_camera.rows(c))
+            tracker._tracks = self.tracks if alone else self.tracks.part(by_camera.rows(c))
             tracker._last_ts = ts[c]
             tracker._next_id = int(next_id[c])
 
@@ -412,12 +429,12 @@ class _Touching:
             return
         i, j = _sweep(a_cam, a, b_cam, b, every)
         # Exactly the IoU's x extent: a pair apart in x has IoU 0, no need to compute it.
-        near = np.minimum(a[2, i], b[2, j]) - np.maximum(a[0, i], b[0, j]) > 0.0
+        near = np.minimum(a[2][i], b[2][j]) - np.maximum(a[0][i], b[0][j]) > 0.0
         if every is not None:
             near |= every[a_cam[i]]
         near &= a_cam[i] == b_cam[j]
         i, j = i[near], j[near]
-        iou = paired_iou(a[:, i].T, b[:, j].T)
+        iou = paired_iou(_columns(a, i).T, _columns(b, j).T)
         hit = iou > 0.0
         if every is not None:
             hit |= every[a_cam[i]]
@@ -426,7 +443,7 @@ class _Touching:
     def iou_of(self, a_rows: I64, b_rows: I64) -> F64:
         """The IoU of each pair ``(a_rows[k], b_rows[k])`` of one camera."""
         if self._grid is None:
-            return paired_iou(self._a[:, a_rows].T, self._b[:, b_rows].T)
+            return paired_iou(_columns(self._a, a_rows).T, _columns(self._b, b_rows).T)
         return self._grid[a_rows, b_rows]
 
 
