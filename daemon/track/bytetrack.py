@@ -572,9 +572,11 @@ def assign(
     to the solver, one camera at a time.
     """
     r, c = pairs
+    if len(r) < 2:  # nothing competes
+        return r, c
     per_row = np.bincount(r, minlength=len(row_camera))
     per_col = np.bincount(c, minlength=len(col_camera))
-    if not len(r) or (np.maximum.reduce(per_row) <= 1 and np.maximum.reduce(per_col) <= 1):
+    if np.maximum.reduce(per_row) <= 1 and np.maximum.reduce(per_col) <= 1:
         return r, c
     alone = (per_row[r] == 1) & (per_col[c] == 1)
     row_open = per_row > 0
