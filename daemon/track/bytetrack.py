@@ -99,6 +99,7 @@ class _Tracks:
 
     @classmethod
     def none(cls) -> _Tracks:
+        """No tracks."""
         return cls(np.zeros((_STATE_ROWS, 0)), _EMPTY, np.zeros(0, dtype=bool))
 
     def take(self, index: I64) -> _Tracks:
