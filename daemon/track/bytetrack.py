@@ -11,21 +11,22 @@ Ultralytics' ``BYTETracker`` so the same detections get the same tracks (checked
 timestamp rather than a frame count, and that ids are handed out on confirmation, so
 boxes that never became a track burn no id.
 
-Each camera's ``ByteTracker`` owns its tracks as one numpy array of records (``_TRACK``).
-``update_batch`` advances one frame of several cameras in one vectorised pass: their tracks
-and boxes are concatenated with a camera index per row, and a track is only ever paired
-with boxes of its own camera (all of them on a grid per camera while the batch is small, a
-lookup by sorting beyond; never an all-tracks x all-boxes grid across cameras), so the work
-grows linearly with the cameras. The pairs and their IoU are found once per frame for all
-three matching stages. A frame costs a fixed number of numpy calls however many objects and
-cameras it holds, and that fixed cost (which dominates at tracker sizes) is shared by the
-batch; only the solver for objects close together runs once per camera that has some. A
-camera's result depends only on its own frames, whatever shares its batch.
+Each camera's ``ByteTracker`` owns its tracks as columns (``_Tracks``): one row per
+quantity, so the Kalman arithmetic runs on contiguous rows and a reordering or a selection
+of tracks is one numpy call per array. ``update_batch`` advances one frame of several
+cameras in one vectorised pass: their tracks and boxes are concatenated with a camera index
+per column, and a track is only ever paired with boxes of its own camera (one camera's
+boxes on a grid, several cameras' looked up by sorting; never an all-tracks x all-boxes
+grid across cameras), so the work grows linearly with the cameras. The pairs and their IoU
+are found once per frame for all three matching stages. A frame costs a fixed number of
+numpy calls however many objects and cameras it holds, and that fixed cost (which
+dominates at tracker sizes) is shared by the batch; only the solver for objects close
+together runs once per camera that has some. A camera's result depends only on its own
+frames, whatever shares its batch.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from daemon.config.tracking import TrackingConfig
-from daemon.postprocess.iou import grouped_iou, paired_iou
+from daemon.postprocess.iou import paired_iou, pairwise_iou
 from daemon.track import kalman
 
 F64 = npt.NDArray[np.float64]
@@ -45,25 +46,14 @@ I64 = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 _EMPTY: Final = np.zeros(0, dtype=np.int64)
-_ZERO: Final = np.zeros(1, dtype=np.int64)
-# A track: its Kalman state (``daemon.track.kalman``), its id (0 until confirmed), whether it
-# is lost, and the capture times it was started and last seen at. One record per track, so a
-# reordering or a selection of tracks is one numpy call.
-_TRACK: Final = np.dtype(
-    [
-        ("mean", np.float64, (8,)),
-        ("cov", np.float64, (3, 4)),
-        ("id", np.int64),
-        ("lost", np.bool_),
-        ("start_ts", np.float64),
-        ("seen_ts", np.float64),
-    ],
-    # Aligned fields: numpy's arithmetic on misaligned float fields is about twice as slow.
-    align=True,
-)
-# The same records as opaque bytes: numpy selects, reorders and joins structured records
-# field by field, several times slower than whole records as bytes.
-_RAW: Final = np.dtype((np.void, _TRACK.itemsize))
+# The rows of a track's column in ``_Tracks.state``: its Kalman state (``daemon.track.kalman``:
+# the mean, then the covariance's 3 x 4 entries) and the capture times it was started and
+# last seen at.
+_MEAN: Final = slice(0, 8)
+_COV: Final = slice(8, 20)
+_START: Final = 20
+_SEEN: Final = 21
+_STATE_ROWS: Final = 22
 # Low-score boxes are matched on IoU alone with this limit; unconfirmed tracks with this one
 # (ByteTrack's fixed second- and third-stage thresholds).
 _SECOND_MATCH: Final = 0.5
@@ -72,9 +62,8 @@ _UNCONFIRMED_MATCH: Final = 0.7
 _DUPLICATE_DISTANCE: Final = 0.15
 # Capture timestamps are float seconds: a gap equal to the grace up to rounding is within it.
 _TIME_EPS: Final = 1e-6
-# Cells of a batch's grid (cameras times a camera's most tracks times its most boxes) up to
-# which trying all pairs of each camera is cheaper than looking them up by sorting.
-_GRID_CELLS: Final = 4096
+# Where each of a camera's numbers for a frame is (``ByteTracker._numbers``).
+_TS, _ELAPSED, _HIGH, _LOW, _NEW, _MATCH, _LOST_AFTER = range(7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +88,44 @@ class TrackInput:
     scores: FloatArray
 
 
+@dataclass(frozen=True, slots=True)
+class _Tracks:
+    """Tracks as columns: ``state`` (``_STATE_ROWS`` x N), their ids (0 until confirmed)
+    and whether each is lost."""
+
+    state: F64
+    ids: I64
+    lost: BoolArray
+
+    @classmethod
+    def none(cls) -> _Tracks:
+        """No tracks."""
+        return cls(np.zeros((_STATE_ROWS, 0)), _EMPTY, np.zeros(0, dtype=bool))
+
+    def take(self, index: I64) -> _Tracks:
+        """The tracks at ``index``, in its order."""
+        return _Tracks(_columns(self.state, index), self.ids[index], self.lost[index])
+
+    def part(self, columns: slice) -> _Tracks:
+        """The tracks in ``columns`` (views)."""
+        return _Tracks(self.state[:, columns], self.ids[columns], self.lost[columns])
+
+    @staticmethod
+    def joined(parts: Sequence[_Tracks]) -> _Tracks:
+        """Tracks end to end."""
+        return _Tracks(
+            np.concatenate([p.state for p in parts], axis=1),
+            np.concatenate([p.ids for p in parts]),
+            np.concatenate([p.lost for p in parts]),
+        )
+
+
+def _columns(rows: F64, index: I64) -> F64:
+    """The columns ``index`` of ``rows``: ``take`` gathers them about twice as fast as
+    ``rows[:, index]`` does at tracker sizes, into a contiguous array."""
+    return rows.take(index, axis=1)
+
+
 class ByteTracker:
     """Stable integer track ids for one camera's detections; ids start at 1."""
 
@@ -106,16 +133,17 @@ class ByteTracker:
         self.config = config
         self._next_id = 1
         self._last_ts: float | None = None
-        self._tracks = np.zeros(0, dtype=_TRACK)
+        self._tracks = _Tracks.none()
 
     def __len__(self) -> int:
         """Tracks alive (confirmed, unconfirmed and lost)."""
-        return len(self._tracks)
+        return len(self._tracks.ids)
 
     def _numbers(self, ts: float) -> tuple[float, ...]:
-        """A frame's numbers at ``ts`` in the order ``update_batch`` reads them: its time,
-        the time since the last frame, the high, low and new-track score thresholds, the
-        first-stage match threshold and how long a lost track lives."""
+        """A frame's numbers at ``ts`` in the order ``update_batch`` reads them (``_TS`` to
+        ``_LOST_AFTER``): its time, the time since the last frame, the high, low and
+        new-track score thresholds, the first-stage match threshold and how long a lost
+        track lives."""
         c = self.config
         elapsed = 0.0 if self._last_ts is None else ts - self._last_ts
         return (
@@ -132,84 +160,88 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     """Advance each camera's tracker to its frame; the answers in the order of ``frames``.
 
     A tracker appears at most once. Each camera gets exactly what its ``ByteTracker.update``
-    alone would give it: no step mixes the rows of two cameras."""
+    alone would give it: no step mixes the tracks or boxes of two cameras."""
     if not frames:
         return []
     trackers = [f.tracker for f in frames]
     if len({id(t) for t in trackers}) != len(trackers):
         raise ValueError("a tracker appears twice in one batch")
     cameras = len(frames)
-    # One array for the numbers of all cameras, a column each.
-    ts, elapsed, high, low, new, match, lost_after = np.array(
-        [f.tracker._numbers(f.ts) for f in frames]
-    ).T
-    dets = _Boxes(frames, high, low, new)
+    # One array for the numbers of all cameras, a row each; gathered once for each box and
+    # once for each track (a row per number), then read by row.
+    numbers = np.array([f.tracker._numbers(f.ts) for f in frames])
+    match = numbers[:, _MATCH]
+    dets = _Boxes(frames, numbers)
     state = _State(trackers)
-    confirmed = state.ids > 0
+    per_track = _columns(numbers.T, state.cam)
+    confirmed = state.tracks.ids > 0
     unconfirmed = ~confirmed
     if len(confirmed):
-        state.predict(elapsed, confirmed)
+        state.predict(per_track[_ELAPSED], confirmed)
     matching = _Matching(state.cam, kalman.xyah_to_xyxy(state.mean), dets, match)
-    free, newly_lost = matching.associate(confirmed, state.lost)
+    free, newly_lost = matching.associate(confirmed, state.tracks.lost)
     det_of = matching.det_of
     matched = det_of >= 0
-    state.correct(ts, dets.boxes, matched, det_of)
-    state.lost[newly_lost] = True
+    state.correct(per_track[_TS], dets.measured, det_of)
+    lost = state.tracks.lost
+    lost[newly_lost] = True
     next_id = np.array([t._next_id for t in trackers], dtype=np.int64)
     promoted = (unconfirmed & matched).nonzero()[0]
     if len(promoted):
-        state.ids[promoted] = _hand_out(state.cam[promoted], next_id)
-    drop = state.lost & (ts[state.cam] - state.seen_ts > lost_after[state.cam])
+        state.tracks.ids[promoted] = _hand_out(state.cam[promoted], next_id)
+    unseen = per_track[_TS] - state.tracks.state[_SEEN]
+    drop = lost & (unseen > per_track[_LOST_AFTER])
     drop |= unconfirmed & ~matched
-    fresh = (free & (dets.scores >= dets.new_threshold)).nonzero()[0]
+    fresh = (free & (dets.scores >= dets.numbers[_NEW])).nonzero()[0]
     if len(fresh):
         # On a camera's first frame its tracks are confirmed at once.
         firsts = [t._last_ts is None for t in trackers]
         first = np.array(firsts) if any(firsts) else None
         det_of, drop = state.start(
-            ts, dets, fresh, first=first, next_id=next_id, det_of=det_of, drop=drop
+            dets, fresh, first=first, next_id=next_id, det_of=det_of, drop=drop
         )
     state.mark_duplicates(drop, cameras)
 
-    ids = state.ids
+    ids = state.tracks.ids
     has_id = ids > 0
     reported = has_id & ~drop & (det_of >= 0)
     track_ids = np.full(len(dets.scores), -1, dtype=np.int64)
     track_ids[det_of[reported]] = ids[reported]
     gone = drop & has_id
     ended, by_ended = ids[gone], _Layout.of(state.cam[gone], cameras)
-    if np.logical_or.reduce(drop):
-        state.take(~drop)
-    state.scatter(trackers, ts.tolist(), next_id)
+    if np.count_nonzero(drop):
+        state.take((~drop).nonzero()[0])
+    state.scatter(trackers, numbers[:, _TS].tolist(), next_id)
     by_box = dets.layout
     return [TrackFrame(track_ids[by_box.rows(c)], ended[by_ended.rows(c)]) for c in range(cameras)]
 
 
 class _Boxes:
-    """A batch's boxes and scores concatenated in batch order, classed by their camera's
-    thresholds."""
+    """A batch's boxes (``corners``: x1, y1, x2, y2 rows, a column per box) and scores
+    concatenated in batch order, classed by their camera's thresholds."""
 
-    def __init__(
-        self, frames: Sequence[TrackInput], high_threshold: F64, low_threshold: F64, new: F64
-    ) -> None:
+    def __init__(self, frames: Sequence[TrackInput], numbers: F64) -> None:
+        """``numbers``: each camera's numbers for the frame, a row each (``update_batch``)."""
         scores_of = [f.scores.reshape(-1) for f in frames]
-        self.boxes = np.concatenate([f.boxes.reshape(-1, 4) for f in frames], dtype=np.float64)
+        self.corners = np.concatenate(
+            [f.boxes.reshape(-1, 4).T for f in frames], axis=1, dtype=np.float64
+        )
         self.scores = np.concatenate(scores_of, dtype=np.float64)
-        counts = [len(s) for s in scores_of]
-        self.layout = _Layout(np.repeat(np.arange(len(counts)), counts), counts)
-        cam = self.layout.cam
-        high_threshold, low_threshold = high_threshold[cam], low_threshold[cam]
-        self.new_threshold = new[cam]
+        self.layout = _Layout.of_counts([len(s) for s in scores_of])
+        # As the Kalman filter measures them, for the tracks they correct or start.
+        self.measured = kalman.xyxy_to_xyah(self.corners)
+        # Their camera's numbers, a row per number.
+        self.numbers = _columns(numbers.T, self.layout.cam)
+        high_threshold = self.numbers[_HIGH]
         # A box without area has no aspect ratio for the Kalman state.
-        # Column by column: a reduction over pairs of columns costs several times more.
-        boxes = self.boxes
-        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        x1, y1, x2, y2 = self.corners
+        valid = (x2 > x1) & (y2 > y1)
         self.high = valid & (self.scores >= high_threshold)
-        self.low = valid & (self.scores > low_threshold) & (self.scores < high_threshold)
+        self.low = valid & (self.scores > self.numbers[_LOW]) & (self.scores < high_threshold)
 
 
 class _Layout:
-    """Rows sorted by camera (``cam``): where each camera's rows are."""
+    """Columns sorted by camera (``cam``): where each camera's columns are."""
 
     def __init__(self, cam: I64, counts: list[int]) -> None:
         self.cam = cam
@@ -217,16 +249,24 @@ class _Layout:
 
     @classmethod
     def of(cls, cam: I64, cameras: int) -> _Layout:
-        """The layout of rows whose cameras are ``cam``."""
-        return cls(cam, np.bincount(cam, minlength=cameras).tolist())
+        """The layout of columns whose cameras are ``cam``."""
+        counts = [len(cam)] if cameras == 1 else np.bincount(cam, minlength=cameras).tolist()
+        return cls(cam, counts)
+
+    @classmethod
+    def of_counts(cls, counts: list[int]) -> _Layout:
+        """The layout of ``counts[c]`` columns of each camera ``c`` in turn."""
+        if len(counts) == 1:
+            return cls(np.zeros(counts[0], dtype=np.int64), counts)
+        return cls(np.repeat(np.arange(len(counts)), counts), counts)
 
     def rows(self, camera: int) -> slice:
-        """Where camera ``camera``'s rows are."""
+        """Where camera ``camera``'s columns are."""
         return slice(self._bounds[camera], self._bounds[camera + 1])
 
 
 def _hand_out(cam: I64, next_id: I64) -> I64:
-    """New ids for rows sorted by camera, each camera counting on from its ``next_id``
+    """New ids for tracks sorted by camera, each camera counting on from its ``next_id``
     (advanced past them)."""
     counts = np.bincount(cam, minlength=len(next_id))
     rank = np.arange(len(cam)) - (np.cumsum(counts) - counts)[cam]
@@ -239,58 +279,49 @@ class _State:
     """The tracks of a batch's cameras, concatenated in batch order; ``cam`` per track."""
 
     def __init__(self, trackers: list[ByteTracker]) -> None:
-        if len(trackers) == 1:  # its records as they are: changed in place, then handed back
+        if len(trackers) == 1:  # its tracks as they are: changed in place, then handed back
             self.tracks = trackers[0]._tracks
-            self.cam = np.zeros(len(self.tracks), dtype=np.int64)
+            self.cam = np.zeros(len(self.tracks.ids), dtype=np.int64)
         else:
-            self.tracks = _joined([t._tracks for t in trackers])
-            self.cam = np.repeat(np.arange(len(trackers)), [len(t._tracks) for t in trackers])
+            self.tracks = _Tracks.joined([t._tracks for t in trackers])
+            self.cam = np.repeat(np.arange(len(trackers)), [len(t) for t in trackers])
 
-    # Views of the records' fields: written in place, they change the tracks.
+    # Views of the state's rows: written in place, they change the tracks.
     @property
     def mean(self) -> F64:
-        return self.tracks["mean"]
+        return self.tracks.state[_MEAN]
 
     @property
-    def ids(self) -> I64:
-        return self.tracks["id"]
-
-    @property
-    def lost(self) -> BoolArray:
-        return self.tracks["lost"]
-
-    @property
-    def seen_ts(self) -> F64:
-        return self.tracks["seen_ts"]
+    def cov(self) -> F64:
+        return self.tracks.state[_COV].reshape(3, 4, -1)
 
     def predict(self, elapsed: F64, confirmed: BoolArray) -> None:
-        """Move the ``confirmed`` tracks on by their camera's ``elapsed`` seconds."""
-        mean = self.mean
+        """Move the ``confirmed`` tracks on by their camera's ``elapsed`` seconds (per
+        track)."""
         # A lost track's height is not extrapolated (ByteTrack).
-        mean[self.lost, 7] = 0.0
+        # A row, then its columns: numpy's path for a row and a mask at once is slower.
+        self.tracks.state[7][self.tracks.lost] = 0.0
         # Unconfirmed tracks are not predicted (ByteTrack): no elapsed time leaves them as
-        # they are, cheaper than gathering and scattering the confirmed rows.
-        kalman.predict(mean, self.tracks["cov"], elapsed[self.cam] * confirmed)
+        # they are, cheaper than gathering and scattering the confirmed columns.
+        kalman.predict(self.mean, self.cov, elapsed * confirmed)
 
-    def correct(self, ts: F64, boxes: F64, matched: BoolArray, det_of: I64) -> None:
-        """Kalman-correct the ``matched`` tracks with their boxes ``det_of``; they are seen
-        at their camera's ``ts``."""
-        if not np.logical_or.reduce(matched):
+    def correct(self, ts: F64, measured: F64, det_of: I64) -> None:
+        """Kalman-correct the tracks with a box (``det_of`` >= 0) with its measurement
+        (``measured``, a column per box); they are seen at their camera's time (``ts``, per
+        track)."""
+        matched = (det_of >= 0).nonzero()[0]
+        if not len(matched):
             return
-        mean, cov = self.mean, self.tracks["cov"]
-        # Every row is corrected (unmatched ones with any box) and only the matched rows are
-        # kept: each row's arithmetic is its own, and masked copies into the records cost
-        # less than gathering the matched rows and scattering them back. Transposed, so that
-        # the mask broadcasts over the leading axes (see ``daemon.track.kalman``).
-        new_mean, new_cov = kalman.update(mean, cov, kalman.xyxy_to_xyah(boxes[det_of]))
-        np.copyto(mean.T, new_mean.T, where=matched)
-        np.copyto(cov.T, new_cov.T, where=matched)
-        np.copyto(self.lost, False, where=matched)
-        np.copyto(self.seen_ts, ts[self.cam], where=matched)
+        # The matched columns gathered, corrected and written back: one copy each way.
+        part = _columns(self.tracks.state, matched)
+        measured = _columns(measured, det_of[matched])
+        kalman.update(part[_MEAN], part[_COV].reshape(3, 4, -1), measured)
+        part[_SEEN] = ts[matched]
+        self.tracks.state[:, matched] = part
+        self.tracks.lost[matched] = False
 
     def start(
         self,
-        ts: F64,
         dets: _Boxes,
         fresh: I64,
         *,
@@ -302,13 +333,16 @@ class _State:
         """Start tracks at the boxes ``fresh``, confirmed on their camera's ``first`` frame
         (None: no camera's); returns ``det_of`` and ``drop`` for the tracks with them."""
         cam = dets.layout.cam[fresh]
-        new = np.zeros(len(fresh), dtype=_TRACK)
+        ids = np.zeros(len(fresh), dtype=np.int64)
         if first is not None:
             confirm = first[cam]
-            new["id"][confirm] = _hand_out(cam[confirm], next_id)
-        new["mean"], new["cov"] = kalman.initiate(kalman.xyxy_to_xyah(dets.boxes[fresh]))
-        new["start_ts"] = new["seen_ts"] = ts[cam]
-        self.tracks = _joined([self.tracks, new])
+            ids[confirm] = _hand_out(cam[confirm], next_id)
+        state = np.empty((_STATE_ROWS, len(fresh)))
+        measured = _columns(dets.measured, fresh)
+        kalman.initiate(measured, state[_MEAN], state[_COV].reshape(3, 4, -1))
+        state[_START] = state[_SEEN] = dets.numbers[_TS][fresh]
+        new = _Tracks(state, ids, np.zeros(len(fresh), dtype=bool))
+        self.tracks = _Tracks.joined([self.tracks, new])
         self.cam = np.concatenate([self.cam, cam])
         det_of = np.concatenate([det_of, fresh])
         drop = np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])
@@ -319,52 +353,56 @@ class _State:
             det_of, drop = det_of[order], drop[order]
         return det_of, drop
 
-    def take(self, index: I64 | BoolArray) -> None:
+    def take(self, index: I64) -> None:
         """Keep the tracks ``index`` selects, in its order."""
-        self.tracks = self.tracks.view(_RAW)[index].view(_TRACK)
+        self.tracks = self.tracks.take(index)
         self.cam = self.cam[index]
 
     def mark_duplicates(self, drop: BoolArray, cameras: int) -> None:
         """A tracked and a lost track of one camera on the same spot: mark in ``drop`` the
         one followed for less time (tracks already in ``drop`` take no part)."""
-        lost = (self.lost & ~drop).nonzero()[0]
+        is_lost = self.tracks.lost
+        lost = (is_lost & ~drop).nonzero()[0]
         if not len(lost):
             return
-        tracked = (~(self.lost | drop)).nonzero()[0]
+        tracked = (~(is_lost | drop)).nonzero()[0]
         boxes = kalman.xyah_to_xyxy(self.mean)
-        near = _Touching(self.cam[tracked], boxes[tracked], self.cam[lost], boxes[lost], cameras)
+        near = _Touching(
+            self.cam[tracked],
+            _columns(boxes, tracked),
+            self.cam[lost],
+            _columns(boxes, lost),
+            cameras,
+        )
         # Pairs that do not overlap have IoU 0: never duplicates.
         same = 1.0 - near.iou < _DUPLICATE_DISTANCE
-        if not np.logical_or.reduce(same):  # the usual case
+        if not np.count_nonzero(same):  # the usual case
             return
         p, q = tracked[near.a_rows[same]], lost[near.b_rows[same]]
-        age = self.seen_ts - self.tracks["start_ts"]
+        state = self.tracks.state
+        age = state[_SEEN] - state[_START]
         older_tracked = age[p] > age[q]
         drop[q[older_tracked]] = True
         drop[p[~older_tracked]] = True
 
     def scatter(self, trackers: list[ByteTracker], ts: list[float], next_id: I64) -> None:
-        """Hand each camera its tracks back (rows sorted by camera), now at ``ts``."""
+        """Hand each camera its tracks back (columns sorted by camera), now at ``ts``."""
         by_camera = _Layout.of(self.cam, len(trackers))
         for c, tracker in enumerate(trackers):
-            tracker._tracks = self.tracks[by_camera.rows(c)]
+            alone = len(trackers) == 1
+            tracker._tracks = self.tracks if alone else self.tracks.part(by_camera.rows(c))
             tracker._last_ts = ts[c]
             tracker._next_id = int(next_id[c])
 
 
-def _joined(parts: list[npt.NDArray[np.void]]) -> npt.NDArray[np.void]:
-    """Arrays of track records end to end."""
-    return np.concatenate([p.view(_RAW) for p in parts]).view(_TRACK)
-
-
 class _Touching:
-    """The pairs (row of ``a``, row of ``b``) of xyxy boxes of one camera whose IoU is above
-    0, with every pair of the cameras that ``every`` marks, and their IoU; ``a_cam`` and
-    ``b_cam`` (sorted) hold each box's camera. Any other pair of one camera has IoU exactly 0.
+    """The pairs (column of ``a``, column of ``b``) of boxes (x1, y1, x2, y2 rows) of one
+    camera whose IoU is above 0, with every pair of the cameras that ``every`` marks, and
+    their IoU; ``a_cam`` and ``b_cam`` (sorted) hold each box's camera. Any other pair of
+    one camera has IoU exactly 0.
 
-    Never an [a, b] grid across cameras: where the batch's boxes are few, each box is tried
-    with all of its camera's boxes on the other side, every camera in one grid
-    ``[camera, a, b]`` (a few numpy calls however many pairs); otherwise candidates are
+    Never an [a, b] grid across cameras: one camera's boxes are tried all against all (a
+    few numpy calls on the grid, kept to look pairs up); several cameras' candidates are
     looked up by sorting (``_sweep``) and checked exactly."""
 
     def __init__(
@@ -378,102 +416,54 @@ class _Touching:
         every: BoolArray | None = None,
     ) -> None:
         self._a, self._b = a, b
-        # The grid's IoU and where each side's rows sit on it, when there is a grid.
-        self._lookup: tuple[F64, _Grid, _Grid] | None = None
-        if not len(a) or not len(b):
+        self._grid: F64 | None = None
+        if not a.shape[1] or not b.shape[1]:
             self.a_rows, self.b_rows, self.iou = _EMPTY, _EMPTY, np.zeros(0)
             return
-        a_at, b_at = _Grid(a_cam, cameras), _Grid(b_cam, cameras)
-        if cameras * a_at.width * b_at.width > _GRID_CELLS:
-            i, j = _sweep(a_cam, a, b_cam, b, every)
-            # Exactly the IoU's x extent: a pair apart in x has IoU 0, no need to compute it.
-            near = np.minimum(a[i, 2], b[j, 2]) - np.maximum(a[i, 0], b[j, 0]) > 0.0
-            if every is not None:
-                near |= every[a_cam[i]]
-            near &= a_cam[i] == b_cam[j]
-            i, j = i[near], j[near]
-            iou = paired_iou(a[i], b[j])
-            hit = iou > 0.0
-            if every is not None:
-                hit |= every[a_cam[i]]
-            self.a_rows, self.b_rows, self.iou = i[hit], j[hit], iou[hit]
+        if cameras == 1:
+            grid = pairwise_iou(a.T, b.T)
+            flat = grid.reshape(-1)
+            k = np.arange(flat.size) if every is not None else (flat > 0.0).nonzero()[0]
+            self.a_rows, self.b_rows = np.divmod(k, b.shape[1])
+            self.iou = flat[k]
+            self._grid = grid
             return
-        grid = grouped_iou(a_at.spread(a), b_at.spread(b))
-        hit = grid > 0.0
+        i, j = _sweep(a_cam, a, b_cam, b, every)
+        # Exactly the IoU's x extent: a pair apart in x has IoU 0, no need to compute it.
+        near = np.minimum(a[2][i], b[2][j]) - np.maximum(a[0][i], b[0][j]) > 0.0
         if every is not None:
-            hit |= every[:, None, None] & a_at.occupied()[:, :, None] & b_at.occupied()[:, None, :]
-        c, ai, bj = hit.nonzero()
-        self.a_rows, self.b_rows = a_at.rows(c, ai), b_at.rows(c, bj)
-        self.iou = grid[c, ai, bj]
-        self._lookup = grid, a_at, b_at
+            near |= every[a_cam[i]]
+        near &= a_cam[i] == b_cam[j]
+        i, j = i[near], j[near]
+        iou = paired_iou(_columns(a, i).T, _columns(b, j).T)
+        hit = iou > 0.0
+        if every is not None:
+            hit |= every[a_cam[i]]
+        self.a_rows, self.b_rows, self.iou = i[hit], j[hit], iou[hit]
 
     def iou_of(self, a_rows: I64, b_rows: I64) -> F64:
         """The IoU of each pair ``(a_rows[k], b_rows[k])`` of one camera."""
-        if self._lookup is None:
-            return paired_iou(self._a[a_rows], self._b[b_rows])
-        grid, a_at, b_at = self._lookup
-        return grid[a_at.cam[a_rows], a_at.rank[a_rows], b_at.rank[b_rows]]
-
-
-class _Grid:
-    """Where rows sorted by camera sit in a grid of one line per camera, as wide as the most
-    rows of a camera. Only the width is known at once: ``_Touching`` reads it to choose
-    between the grid and sorting, and places the rows only for a grid."""
-
-    def __init__(self, cam: I64, cameras: int) -> None:
-        self.cam = cam
-        self._single = cameras == 1
-        if self._single:  # the rows as they are: nothing to count or place
-            self.width = len(cam)
-            self._count = np.array([len(cam)])
-        else:
-            self._count = np.bincount(cam, minlength=cameras)
-            self.width = int(np.maximum.reduce(self._count))
-
-    @functools.cached_property
-    def _start(self) -> I64:
-        """Each camera's first row."""
-        return _ZERO if self._single else np.cumsum(self._count) - self._count
-
-    @functools.cached_property
-    def rank(self) -> I64:
-        """Each row's place in its camera's line."""
-        rank = np.arange(len(self.cam))
-        return rank if self._single else rank - self._start[self.cam]
-
-    def rows(self, camera: I64, rank: I64) -> I64:
-        """The rows at places ``rank`` of the lines of cameras ``camera``."""
-        return rank if self._single else self._start[camera] + rank
-
-    def spread(self, boxes: F64) -> F64:
-        """``boxes`` coordinate-first on the grid, [4, camera, width], zeros where none."""
-        if self._single:
-            return np.ascontiguousarray(boxes.T)[:, None, :]
-        out = np.zeros((4, len(self._count), self.width))
-        out[:, self.cam, self.rank] = boxes.T
-        return out
-
-    def occupied(self) -> BoolArray:
-        """Where on the grid a row is: [camera, width]."""
-        return np.arange(self.width) < self._count[:, None]
+        if self._grid is None:
+            return paired_iou(_columns(self._a, a_rows).T, _columns(self._b, b_rows).T)
+        return self._grid[a_rows, b_rows]
 
 
 def _sweep(a_cam: I64, a: F64, b_cam: I64, b: F64, every: BoolArray | None) -> tuple[I64, I64]:
-    """Candidate pairs for ``_Touching``, a superset of the pairs of one camera that
+    """Candidate pairs for ``_touching``, a superset of the pairs of one camera that
     overlap in x: ``b``'s boxes sorted by camera and left edge, each box of ``a`` takes the
     ones whose left edge lies between its own left edge less the widest box of ``b`` and its
     right edge (or all of its camera's where ``every`` says)."""
-    x0 = min(np.minimum.reduce(a[:, 0]), np.minimum.reduce(b[:, 0]))
-    widest = max(np.maximum.reduce(b[:, 2] - b[:, 0]), 0.0)
+    x0 = min(np.minimum.reduce(a[0]), np.minimum.reduce(b[0]))
+    widest = max(np.maximum.reduce(b[2] - b[0]), 0.0)
     # One axis for all cameras: camera ``c``'s left edges in [c * span, (c + 1) * span).
-    span = max(np.maximum.reduce(a[:, 2]), np.maximum.reduce(b[:, 0])) - x0 + widest + 1.0
+    span = max(np.maximum.reduce(a[2]), np.maximum.reduce(b[0])) - x0 + widest + 1.0
     slack = span * 1e-9  # the rounding of ``camera * span + x``, far below a pixel
-    keys = b_cam * span + (b[:, 0] - x0)
+    keys = b_cam * span + (b[0] - x0)
     order = np.argsort(keys, kind="stable")
     keys = keys[order]
     base = a_cam * span - x0
-    lo = np.searchsorted(keys, base + a[:, 0] - widest - slack, side="left")
-    hi = np.searchsorted(keys, base + a[:, 2] + slack, side="right")
+    lo = np.searchsorted(keys, base + a[0] - widest - slack, side="left")
+    hi = np.searchsorted(keys, base + a[2] + slack, side="right")
     if every is not None:
         whole = every[a_cam]
         lo[whole] = np.searchsorted(keys, a_cam[whole] * span - slack, side="left")
@@ -496,68 +486,62 @@ class _Matching:
 
     def __init__(self, track_cam: I64, tracks: F64, dets: _Boxes, limit: F64) -> None:
         self._track_cam = track_cam
-        self._scores = dets.scores
-        self._high = dets.high
-        self._low = dets.low
+        self._dets = dets
         self._limit = limit
         # All three stages pair the same track boxes with the same boxes: one IoU for all.
         # Within a first-stage limit of 1 a pair that does not overlap (cost 1) matches too.
         reach = limit >= 1.0
         self._near = _Touching(
-            track_cam, tracks, dets.layout.cam, dets.boxes, len(limit),
-            every=reach if np.logical_or.reduce(reach) else None,
+            track_cam, tracks, dets.layout.cam, dets.corners, len(limit),
+            every=reach if np.count_nonzero(reach) else None,
         )  # fmt: skip
-        self._box_cam = dets.layout.cam
-        near = self._near
-        self._pair_cam = track_cam[near.a_rows]
+        self._t, self._d, iou = self._near.a_rows, self._near.b_rows, self._near.iou
         # Every pair's cost in the stages that weigh the IoU by the box's score and in the
         # one that does not.
-        self._weighted_cost = self._cost(near.iou, near.b_rows, weighted=True)
-        self._plain_cost = self._cost(near.iou, near.b_rows, weighted=False)
+        self._weighted_cost = self._cost(iou, self._d, weighted=True)
+        self._plain_cost = self._cost(iou, self._d, weighted=False)
         self.det_of = np.full(len(track_cam), -1, dtype=np.int64)
 
     def associate(self, confirmed: BoolArray, lost: BoolArray) -> tuple[BoolArray, BoolArray]:
         """Fill ``det_of`` (the box each track took, -1 for none). Returns the high-score
         boxes nobody took and the tracks lost at this frame."""
         cameras = len(self._limit)
+        t, d, high = self._t, self._d, self._dets.high
+        weighted, plain = self._weighted_cost, self._plain_cost
         # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
-        free = self._high.copy()
-        self._stage(confirmed, self._high, self._limit, weighted=True, free=free)
+        free = high.copy()
+        pair_confirmed = confirmed[t]
+        within = weighted <= self._limit[self._track_cam[t]]
+        self._stage(pair_confirmed & high[d] & within, self._limit, weighted=True, free=free)
         # 2: tracks still unmatched that were tracked last frame <-> low-score boxes, IoU only.
         rest = confirmed & ~lost & (self.det_of < 0)
-        self._stage(rest, self._low, np.full(cameras, _SECOND_MATCH), weighted=False, free=None)
+        if np.count_nonzero(rest):  # most frames have some, but a stage costs a dozen calls
+            within = plain <= _SECOND_MATCH
+            second = np.full(cameras, _SECOND_MATCH)
+            self._stage(rest[t] & self._dets.low[d] & within, second, weighted=False, free=None)
         newly_lost = rest & (self.det_of < 0)
         # 3: last frame's new tracks <-> the high-score boxes nobody took.
-        unconfirmed = ~confirmed
-        self._stage(
-            unconfirmed, free, np.full(cameras, _UNCONFIRMED_MATCH), weighted=True, free=free
-        )
+        if np.count_nonzero(pair_confirmed) < len(t):
+            within = weighted <= _UNCONFIRMED_MATCH
+            third = np.full(cameras, _UNCONFIRMED_MATCH)
+            self._stage(~pair_confirmed & free[d] & within, third, weighted=True, free=free)
         return free, newly_lost
 
     def _stage(
-        self,
-        tracks: BoolArray,
-        dets: BoolArray,
-        limit: F64,
-        *,
-        weighted: bool,
-        free: BoolArray | None,
+        self, candidates: BoolArray, limit: F64, *, weighted: bool, free: BoolArray | None
     ) -> None:
-        """Match ``tracks`` to the boxes in ``dets`` of the same camera on cost ``1 - IoU``,
-        the IoU times the box's score when ``weighted``; record each pair in ``det_of`` and
-        take its box out of ``free``."""
-        near = self._near
-        k = (tracks[near.a_rows] & dets[near.b_rows]).nonzero()[0]
+        """Match the pairs ``candidates`` marks (within the stage's ``limit``) on cost
+        ``1 - IoU``, the IoU times the box's score when ``weighted``; record each match in
+        ``det_of`` and take its box out of ``free``."""
+        k = candidates.nonzero()[0]
         if not len(k):
             return
-        cost = self._weighted_cost if weighted else self._plain_cost
-        k = k[cost[k] <= limit[self._pair_cam[k]]]
         t, d = assign(
-            (near.a_rows[k], near.b_rows[k]),
+            (self._t[k], self._d[k]),
             self._track_cam,
-            self._box_cam,
+            self._dets.layout.cam,
             limit,
-            lambda rs, cs: self._cost(near.iou_of(rs, cs), cs, weighted=weighted),
+            lambda rs, cs: self._cost(self._near.iou_of(rs, cs), cs, weighted=weighted),
         )
         self.det_of[t] = d
         if free is not None:
@@ -565,7 +549,7 @@ class _Matching:
 
     def _cost(self, iou: F64, cols: I64, *, weighted: bool) -> F64:
         """The stage's cost of pairs with boxes ``cols`` from their ``iou``."""
-        return 1.0 - (iou * self._scores[cols] if weighted else iou)
+        return 1.0 - (iou * self._dets.scores[cols] if weighted else iou)
 
 
 def assign(
@@ -589,9 +573,11 @@ def assign(
     to the solver, one camera at a time.
     """
     r, c = pairs
+    if len(r) < 2:  # nothing competes
+        return r, c
     per_row = np.bincount(r, minlength=len(row_camera))
     per_col = np.bincount(c, minlength=len(col_camera))
-    if not len(r) or (np.maximum.reduce(per_row) <= 1 and np.maximum.reduce(per_col) <= 1):
+    if np.maximum.reduce(per_row) <= 1 and np.maximum.reduce(per_col) <= 1:
         return r, c
     alone = (per_row[r] == 1) & (per_col[c] == 1)
     row_open = per_row > 0
@@ -599,19 +585,23 @@ def assign(
     col_open = per_col > 0
     col_open[c[alone]] = False
     open_rows, open_cols = row_open.nonzero()[0], col_open.nonzero()[0]
-    rows_cam = row_camera[open_rows]
-    n_rows = np.bincount(rows_cam)
-    n_cols = np.bincount(col_camera[open_cols], minlength=len(n_rows))
     # Each camera's open rows x its open columns, row by row: one cost call for all.
-    if rows_cam[0] == rows_cam[-1]:  # all of one camera: a plain grid
+    if len(limit) == 1 or row_camera[open_rows[0]] == row_camera[open_rows[-1]]:
+        # All of one camera: a plain grid, and no camera before it has any.
         i, j = np.divmod(np.arange(len(open_rows) * len(open_cols)), len(open_cols))
+        camera = int(row_camera[open_rows[0]])
+        sizes = [(0, 0)] * camera + [(len(open_rows), len(open_cols))]
     else:
+        rows_cam = row_camera[open_rows]
+        n_rows = np.bincount(rows_cam)
+        n_cols = np.bincount(col_camera[open_cols], minlength=len(n_rows))
+        sizes = list(zip(n_rows.tolist(), n_cols.tolist(), strict=True))
         first_col = (np.cumsum(n_cols) - n_cols)[rows_cam]
         i, j = _ranges(first_col, first_col + n_cols[rows_cam])
     costs = cost(open_rows[i], open_cols[j])
     rows, cols = [r[alone]], [c[alone]]
     at_row = at_col = at_cost = 0
-    for camera, (n, m) in enumerate(zip(n_rows.tolist(), n_cols.tolist(), strict=True)):
+    for camera, (n, m) in enumerate(sizes):
         if not n:  # a camera without open rows has no open columns either
             continue
         er, ec = _solve(costs[at_cost : at_cost + n * m].reshape(n, m), float(limit[camera]))
