@@ -163,10 +163,11 @@ class DeviceFrames:
             slot.image, slot.seq, slot.capture_ts = image, self._seq, capture_ts
             self._latest = index
             self._counts = _add(self._counts, frames_read=1, frames_dropped=dropped)
-        # Outside the lock: a send may give up the GIL, and batch threads take this lock. A
-        # closed channel ignores the signal.
-        if self._wake is not None:
-            self._wake.signal()
+            # Under this camera's lock: once the store is closed (before the pipeline closes
+            # the channel) no reader signals. A lock shared by every reader of the channel
+            # would instead make them queue for it and for the GIL on each frame.
+            if self._wake is not None:
+                self._wake.signal()
 
     def count(self, writer: int, **increments: int) -> None:
         """Add to the counters (reconnects, frames_corrupt) for the current reader."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import threading
 from typing import Final
 
 # Bytes read per ``recv`` while draining the channel.
@@ -30,28 +29,16 @@ class WakeSender:
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        # Orders sends against ``close`` among this process's threads: a send racing a
-        # close could otherwise write to whatever file the closed descriptor's number names
-        # next.
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def __reduce__(self) -> tuple[type[WakeSender], tuple[socket.socket]]:
-        return WakeSender, (self._sock,)
 
     def signal(self) -> None:
-        """Say a frame was published (any thread or process; never blocks or raises)."""
-        with self._lock:
-            if self._closed:
-                return
-            with contextlib.suppress(OSError):
-                self._sock.send(b"\x01", _SEND_FLAGS)
+        """Say a frame was published (never blocks or raises). Not to race ``close``: an
+        NVDEC reader signals under its store's lock, closed before the channel is."""
+        with contextlib.suppress(OSError):
+            self._sock.send(b"\x01", _SEND_FLAGS)
 
     def close(self) -> None:
         """Close this end (idempotent); later ``signal`` calls do nothing."""
-        with self._lock:
-            self._closed = True
-            self._sock.close()
+        self._sock.close()
 
 
 class FrameArrivals:
