@@ -491,9 +491,9 @@ class _NvdecReader:
     ) -> str | None:
         """Decode packets until there are no more (None) or the camera must reconnect (why)."""
         progress.decoded = 0
-        # Each read is bounded by read_timeout_s: beat for it before it starts.
-        self._beat(self._capture.read_timeout_s)
         while True:
+            # Each read is bounded by read_timeout_s: beat for it before it starts.
+            self._beat(self._capture.read_timeout_s)
             try:
                 data = packets.read()
             except PacketSourceError as exc:
@@ -502,7 +502,6 @@ class _NvdecReader:
                 return None
             if not data.size:
                 # Before the first keyframe: nothing to decode yet.
-                self._beat(self._capture.read_timeout_s)
                 continue
             try:
                 with self._gate.work(self._waiting):
@@ -512,7 +511,6 @@ class _NvdecReader:
                 progress.corrupt_in_row += 1
                 if progress.corrupt_in_row >= MAX_CORRUPT_IN_ROW:
                     return f"{progress.corrupt_in_row} undecodable packets in a row: {exc}"
-                self._beat(self._capture.read_timeout_s)
                 continue
             progress.corrupt_in_row = 0
             for frame in frames:
@@ -528,7 +526,6 @@ class _NvdecReader:
                     self._send(Streaming(width=image.shape[1], height=image.shape[0]))
             if self._stop.is_set():
                 return "stopped"
-            self._beat(self._capture.read_timeout_s)
 
     def _deliver(self, torch: Any, stream: Any, frame: Any) -> Any:
         """Keep a decoded frame (unless ``max_fps`` skips it); its device image or None."""

@@ -98,10 +98,11 @@ class PacketSource:
         """Open ``url`` (a file or a network stream; raises ``PacketSourceError``). Each
         ``read`` waits at most about ``read_timeout_s``; the first keyframe must come
         within ``keyframe_wait_s`` of the open."""
-        if SourceKind.of(url) is SourceKind.DEVICE:
+        kind = SourceKind.of(url)
+        if kind is SourceKind.DEVICE:
             # V4L2 devices are opened by OpenCV's V4L2 backend, which has no raw mode.
             raise PacketSourceError(f"cannot read encoded packets from a device: {url}")
-        if SourceKind.of(url) is SourceKind.STREAM:
+        if kind is SourceKind.STREAM:
             options = ffmpeg_capture_options(read_timeout_s)
             # Only on change: every NVDEC camera of a process has the same read timeout.
             if os.environ.get(_OPTIONS_VARIABLE) != options:
