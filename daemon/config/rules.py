@@ -233,16 +233,15 @@ def _decoder_problems(camera: object) -> list[tuple[str, str]]:
     NVDEC may not read."""
     if not isinstance(camera, CameraConfig):
         return []
+    url = camera.url.reveal()
     if camera.decoder is not Decoder.JETSON:
         if camera.codec is not None:
             return [("codec", "only read with decoder: jetson (FFmpeg finds the codec itself)")]
-        url = camera.url.reveal()
         if camera.decoder is Decoder.NVDEC and url.startswith("/dev/"):
             # NVDEC takes encoded packets, which OpenCV reads from files and streams only: its
             # V4L2 backend hands out decoded frames.
             return [("decoder", "nvdec reads video files and streams, not devices; use ffmpeg")]
         return []
-    url = camera.url.reveal()
     if url.lower().startswith(JETSON_STREAM_SCHEMES) or url.lower().endswith(JETSON_FILE_SUFFIXES):
         return []
     streams = ", ".join(JETSON_STREAM_SCHEMES)
