@@ -334,9 +334,24 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         # Taken now: a reload may replace a camera (new epoch) while this batch is inferred.
         epochs = {s.camera_id: self._epochs[s.camera_id] for s in picked}
+        released = False
+
+        def release() -> None:
+            # Once, from whichever comes first: the worker's word that the frames are
+            # taken, or the end of the batch (a failed one may never say it).
+            nonlocal released
+            if not released:
+                released = True
+                self._selector.assembled(epochs.keys())
+                self._arrivals.notify()
+
         try:
             batch, detections, events, stages = await loop.run_in_executor(
-                self._executor, self._infer, buffer, picked
+                self._executor,
+                self._infer,
+                buffer,
+                picked,
+                lambda: loop.call_soon_threadsafe(release),
             )
         except Exception as exc:
             # One bad batch (e.g. a corrupt frame the decoder let through) must not stop the
@@ -345,6 +360,7 @@ class Pipeline:
             return
         finally:
             self._free_buffers.put_nowait(buffer)
+            release()
         if len(batch):
             started = time.perf_counter()
             self._publish(batch, detections, epochs)
@@ -368,16 +384,17 @@ class Pipeline:
             )
 
     def _infer(
-        self, buffer: BatchBuffer, picked: list[CameraSource]
+        self, buffer: BatchBuffer, picked: list[CameraSource], taken: Callable[[], object]
     ) -> tuple[Batch, list[Detections], list[TrackEvent], dict[str, float]]:
-        """Assemble, infer, decode and track one batch (worker thread); returns the events
-        and the seconds each later stage took (frame waits and the backend call are observed
-        here)."""
+        """Assemble, infer, decode and track one batch (worker thread), calling ``taken``
+        once the cameras' frames are taken; returns the events and the seconds each later
+        stage took (frame waits and the backend call are observed here)."""
         # One read: a reload may change it, and drift must compare at the decoded threshold.
         conf = self._decode_conf
         started = time.perf_counter()
         now = time.time()
         batch = buffer.assemble(picked)
+        taken()
         if not len(batch):
             return batch, [], [], {}
         assembled = time.perf_counter()

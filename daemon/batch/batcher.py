@@ -4,13 +4,15 @@ A batch holds the newest unconsumed frame of up to ``max_batch`` cameras. It is 
 as soon as every streaming camera has a frame waiting (or the batch is full), or when the
 first waiting frame has waited ``timeout_s`` — so one slow camera never stalls the rest.
 When more cameras are ready than fit, the ones served longest ago go first (round-robin),
-so no camera starves.
+so no camera starves. A camera picked for a batch is not picked again until that batch has
+taken its frame (``BatchSelector.assembled``): with several batches in flight, its frame,
+still unconsumed until then, would otherwise fill a second batch's place with nothing.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -119,12 +121,18 @@ class BatchSelector:
         self._clock = clock
         self._last_served: dict[str, float] = {}
         self._waiting_since: float | None = None
+        # Picked for a batch that has not taken their frames yet.
+        self._assembling: set[str] = set()
 
     def select(self, ready: Sequence[CameraSource], live_count: int) -> list[CameraSource] | None:
         """Return the cameras for the next batch, or None to keep waiting.
 
         ``ready`` are sources with an unconsumed frame; ``live_count`` is how many cameras
-        could deliver one (streaming), i.e. the most a batch could hold right now."""
+        could deliver one (streaming), i.e. the most a batch could hold right now. Cameras
+        picked earlier and not yet ``assembled`` are left out of both."""
+        if self._assembling:
+            ready = [s for s in ready if s.camera_id not in self._assembling]
+            live_count -= len(self._assembling)
         if not ready:
             self._waiting_since = None
             return None
@@ -138,8 +146,13 @@ class BatchSelector:
         picked = picked[: self._max_batch]
         for source in picked:
             self._last_served[source.camera_id] = now
+            self._assembling.add(source.camera_id)
         self._waiting_since = None
         return picked
+
+    def assembled(self, camera_ids: Iterable[str]) -> None:
+        """The batch of these cameras has taken their frames: they may be picked again."""
+        self._assembling.difference_update(camera_ids)
 
     def due_in(self) -> float | None:
         """Seconds until the batch being filled is dispatched even if not full (0 when it
@@ -150,3 +163,4 @@ class BatchSelector:
 
     def forget(self, camera_id: str) -> None:
         self._last_served.pop(camera_id, None)
+        self._assembling.discard(camera_id)

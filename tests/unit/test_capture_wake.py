@@ -155,6 +155,7 @@ def test_the_selector_says_when_a_filling_batch_is_due() -> None:
         assert selector.due_in() == 0.0
         assert selector.select([a], live_count=2) == [a]
         assert selector.due_in() is None
+        selector.assembled(["a"])
         assert selector.select([a, b], live_count=2) == [b, a]  # full: no deadline
         assert selector.due_in() is None
     finally:
