@@ -21,15 +21,16 @@ and no pytest: it must run under the GPU machine's plain Python.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import logging
 import re
 import select
+import socket
 import socketserver
 import struct
 import threading
 import time
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,8 @@ class Clip:
 
 
 class _Server(socketserver.ThreadingTCPServer):
+    """The listening socket, the clips and which cameras are up; one thread per client."""
+
     daemon_threads = True
     allow_reuse_address = True
 
@@ -136,8 +139,8 @@ class _Server(socketserver.ThreadingTCPServer):
         self.running = dict.fromkeys(sources, True)
         self.stopping = threading.Event()
         # Daemon threads, so a test that never stops the server cannot hang the interpreter;
-        # ``stop`` joins them itself (``server_close`` joins only non-daemon ones).
-        self.sessions: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+        # ``stop`` ends and joins them itself (``server_close`` joins only non-daemon ones).
+        self.sessions: dict[threading.Thread, socket.socket] = {}
         super().__init__(("127.0.0.1", port), _Session)
 
 
@@ -148,19 +151,25 @@ class _Session(socketserver.BaseRequestHandler):
     server: _Server
 
     def setup(self) -> None:
-        self.server.sessions.add(threading.current_thread())
+        self.server.sessions[threading.current_thread()] = self.request
         self.buffer = b""
         self.path: str | None = None
+        self.playing = False
         self.session = f"{id(self):x}"
 
     def handle(self) -> None:
         try:
             while not self.server.stopping.is_set():
-                if self._read(None) and self._requests() == "PLAY" and self.path is not None:
+                if self._read(None):
+                    self._requests()
+                if self.playing and self.path is not None:
                     self._stream(self.path)
                     return
         except OSError:
-            pass  # the client went away
+            pass  # the client went away, or ``stop`` shut the connection
+
+    def finish(self) -> None:
+        del self.server.sessions[threading.current_thread()]
 
     def _read(self, timeout_s: float | None) -> bool:
         """Wait up to ``timeout_s`` (None: until the server stops) for the client's bytes;
@@ -178,10 +187,8 @@ class _Session(socketserver.BaseRequestHandler):
                 return True
         return False
 
-    def _requests(self) -> str | None:
-        """Answer every complete request buffered; skip interleaved frames (RTCP). Returns
-        the last method answered."""
-        method = None
+    def _requests(self) -> None:
+        """Answer every complete request buffered; skip interleaved frames (RTCP)."""
         while self.buffer:
             if self.buffer[0] == ord("$"):
                 if len(self.buffer) < 4:
@@ -204,7 +211,6 @@ class _Session(socketserver.BaseRequestHandler):
             self.buffer = rest[length:]
             method, url = lines[0].split()[:2]
             self._answer(method, url, headers.get("cseq", "0"), headers)
-        return method
 
     def _answer(self, method: str, url: str, cseq: str, headers: Mapping[str, str]) -> None:
         name = url.split("://", 1)[-1].partition("/")[2].split("/")[0]
@@ -227,7 +233,11 @@ class _Session(socketserver.BaseRequestHandler):
                 self.path = name
                 extra["Transport"] = "RTP/AVP/TCP;unicast;interleaved=0-1"
         elif method == "PLAY":
-            extra["Range"] = "npt=0.000-"
+            if self.path is None:
+                status = "455 Method Not Valid in This State"
+            else:
+                self.playing = True
+                extra["Range"] = "npt=0.000-"
         elif method not in ("TEARDOWN", "GET_PARAMETER"):
             status = "501 Not Implemented"
         reply = f"RTSP/1.0 {status}\r\nCSeq: {cseq}\r\nSession: {self.session};timeout=60\r\n"
@@ -292,8 +302,11 @@ class PyRtspServer:
             server.stopping.set()
             server.shutdown()
             server.server_close()
-            for session in list(server.sessions):
-                session.join()
+            # Shut, not closed: this wakes a send blocked on a client that stopped reading.
+            for thread, connection in server.sessions.copy().items():
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+                thread.join()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
