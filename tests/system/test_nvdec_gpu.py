@@ -38,7 +38,8 @@ from daemon.infer.warmup import ShapeWarmer
 from daemon.postprocess.detect import detect_batch
 from daemon.postprocess.match import Agreement, match
 from daemon.postprocess.yolo import Detections
-from tests.harness.rtsp import RtspServer
+from tests.harness.py_rtsp import PyRtspServer
+from tests.harness.rtsp import RtspServer, missing_tools
 
 torch = pytest.importorskip("torch")
 nvc = pytest.importorskip("PyNvVideoCodec")
@@ -49,6 +50,21 @@ pytestmark = pytest.mark.gpu
 
 CAPTURE: Final = CaptureConfig(reconnect_initial_s=0.2, reconnect_max_s=0.5)
 FRAMES: Final = 40
+
+
+@pytest.fixture
+def rtsp_server(
+    request: pytest.FixtureRequest, videos: list[Path]
+) -> Iterator[RtspServer | PyRtspServer]:
+    """The session's GStreamer RTSP server where this machine has it, else the pure-Python
+    one serving the same ``cam0``: GPU machines often have neither GStreamer nor ffmpeg."""
+    missing = missing_tools()
+    if not missing:
+        yield request.getfixturevalue("rtsp_server")
+        return
+    print(f"pure-Python RTSP server (GStreamer's needs: {', '.join(missing)})")
+    with PyRtspServer({"cam0": videos[0]}) as server:
+        yield server
 
 
 def _source(url: str, gate: DeviceGate | None = None) -> CameraSource:
@@ -181,7 +197,7 @@ def test_nvdec_frames_are_opencvs_frames_in_gpu_memory(videos: list[Path], name:
 
 
 def test_nvdec_rtsp_camera_streams_and_comes_back(
-    rtsp_server: RtspServer, videos: list[Path]
+    rtsp_server: RtspServer | PyRtspServer, videos: list[Path]
 ) -> None:
     clip = cv2.VideoCapture(str(videos[0]), cv2.CAP_FFMPEG)
     hw = (int(clip.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(clip.get(cv2.CAP_PROP_FRAME_WIDTH)))
