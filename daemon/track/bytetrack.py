@@ -37,7 +37,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from daemon.config.tracking import TrackingConfig
-from daemon.postprocess.iou import paired_iou, pairwise_iou
+from daemon.postprocess.iou import corner_iou, pairwise_iou
 from daemon.track import kalman
 
 F64 = npt.NDArray[np.float64]
@@ -205,7 +205,8 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     ids = state.tracks.ids
     has_id = ids > 0
     reported = has_id & ~drop & (det_of >= 0)
-    track_ids = np.full(len(dets.scores), -1, dtype=np.int64)
+    track_ids = np.empty(len(dets.scores), dtype=np.int64)
+    track_ids.fill(-1)
     track_ids[det_of[reported]] = ids[reported]
     gone = drop & has_id
     ended, by_ended = ids[gone], _Layout.of(state.cam[gone], cameras)
@@ -367,18 +368,16 @@ class _State:
             return
         tracked = (~(is_lost | drop)).nonzero()[0]
         boxes = kalman.xyah_to_xyxy(self.mean)
-        near = _Touching(
+        p, q = _alike(
             self.cam[tracked],
             _columns(boxes, tracked),
             self.cam[lost],
             _columns(boxes, lost),
             cameras,
         )
-        # Pairs that do not overlap have IoU 0: never duplicates.
-        same = 1.0 - near.iou < _DUPLICATE_DISTANCE
-        if not np.count_nonzero(same):  # the usual case
+        if not len(p):  # the usual case
             return
-        p, q = tracked[near.a_rows[same]], lost[near.b_rows[same]]
+        p, q = tracked[p], lost[q]
         state = self.tracks.state
         age = state[_SEEN] - state[_START]
         older_tracked = age[p] > age[q]
@@ -393,6 +392,43 @@ class _State:
             tracker._tracks = self.tracks if alone else self.tracks.part(by_camera.rows(c))
             tracker._last_ts = ts[c]
             tracker._next_id = int(next_id[c])
+
+
+def _alike(a_cam: I64, a: F64, b_cam: I64, b: F64, cameras: int) -> tuple[I64, I64]:
+    """The pairs (column of ``a``, column of ``b``) of boxes (x1, y1, x2, y2 rows) of one
+    camera whose IoU is above ``1 - _DUPLICATE_DISTANCE``; ``a_cam`` and ``b_cam``
+    (sorted) hold each box's camera.
+
+    A pair's IoU is at most its overlap in x over the larger width (the intersection is at
+    most that overlap times the smaller height, the union at least the larger area), and
+    the same in y. The IoU is computed only for the pairs that overlap by more than half
+    the larger side both ways: usually none, as most lost tracks are nowhere near a
+    tracked one."""
+    if not a.shape[1] or not b.shape[1]:
+        return _EMPTY, _EMPTY
+    if cameras == 1:  # every pair at once, x and y together
+        pa, pb = a[:, :, None], b[:, None, :]
+        sides = np.maximum((a[2:] - a[:2])[:, :, None], (b[2:] - b[:2])[:, None, :])
+    else:
+        i, j = _sweep(a_cam, a, b_cam, b, None)
+        same_camera = a_cam[i] == b_cam[j]
+        i, j = i[same_camera], j[same_camera]
+        pa, pb = _columns(a, i), _columns(b, j)
+        sides = np.maximum(pa[2:] - pa[:2], pb[2:] - pb[:2])
+    overlap = np.minimum(pa[2:], pb[2:])
+    overlap -= np.maximum(pa[:2], pb[:2])
+    overlap += overlap
+    close = overlap > sides
+    k = (close[0] & close[1]).reshape(-1).nonzero()[0]
+    if cameras == 1:
+        i, j = np.divmod(k, b.shape[1])
+    else:
+        i, j = i[k], j[k]
+    if len(k):
+        iou = corner_iou(_columns(a, i), _columns(b, j))
+        alike = 1.0 - iou < _DUPLICATE_DISTANCE
+        i, j = i[alike], j[alike]
+    return i, j
 
 
 class _Touching:
@@ -435,16 +471,17 @@ class _Touching:
             near |= every[a_cam[i]]
         near &= a_cam[i] == b_cam[j]
         i, j = i[near], j[near]
-        iou = paired_iou(_columns(a, i).T, _columns(b, j).T)
+        iou = corner_iou(_columns(a, i), _columns(b, j))
         hit = iou > 0.0
         if every is not None:
             hit |= every[a_cam[i]]
         self.a_rows, self.b_rows, self.iou = i[hit], j[hit], iou[hit]
 
     def iou_of(self, a_rows: I64, b_rows: I64) -> F64:
-        """The IoU of each pair ``(a_rows[k], b_rows[k])`` of one camera."""
+        """The IoU of each pair ``(a_rows[k], b_rows[k])`` of one camera (index arrays that
+        broadcast, as ``assign`` hands its ``cost`` them)."""
         if self._grid is None:
-            return paired_iou(_columns(self._a, a_rows).T, _columns(self._b, b_rows).T)
+            return corner_iou(_columns(self._a, a_rows), _columns(self._b, b_rows))
         return self._grid[a_rows, b_rows]
 
 
@@ -500,7 +537,8 @@ class _Matching:
         # one that does not.
         self._weighted_cost = self._cost(iou, self._d, weighted=True)
         self._plain_cost = self._cost(iou, self._d, weighted=False)
-        self.det_of = np.full(len(track_cam), -1, dtype=np.int64)
+        self.det_of = np.empty(len(track_cam), dtype=np.int64)
+        self.det_of.fill(-1)
 
     def associate(self, confirmed: BoolArray, lost: BoolArray) -> tuple[BoolArray, BoolArray]:
         """Fill ``det_of`` (the box each track took, -1 for none). Returns the high-score
@@ -562,8 +600,9 @@ def assign(
     """Minimum-cost matching of rows to columns of the same camera, where a pair costing
     more than its camera's ``limit`` stays unmatched. ``pairs`` are the (row, column) pairs
     within the limit, ``row_camera`` and ``col_camera`` the camera of every row and column
-    (sorted), and ``cost(rows, cols)`` the cost of each pair ``(rows[k], cols[k])``.
-    Returns the matched rows and their columns.
+    (sorted), and ``cost(rows, cols)`` the cost of each pair ``(rows[k], cols[k])``, for
+    index arrays that broadcast as numpy's indexing does (rows ``[n, 1]`` and columns
+    ``[1, m]``: an ``[n, m]`` grid). Returns the matched rows and their columns.
 
     Solved exactly as an assignment in which leaving a row or a column unmatched costs
     ``limit / 2`` (so a pair is matched only if it is cheaper than leaving both out), the
@@ -577,7 +616,8 @@ def assign(
         return r, c
     per_row = np.bincount(r, minlength=len(row_camera))
     per_col = np.bincount(c, minlength=len(col_camera))
-    if np.maximum.reduce(per_row) <= 1 and np.maximum.reduce(per_col) <= 1:
+    # As many rows and columns taken as pairs: no two pairs share one.
+    if np.count_nonzero(per_row) == len(r) and np.count_nonzero(per_col) == len(r):
         return r, c
     alone = (per_row[r] == 1) & (per_col[c] == 1)
     row_open = per_row > 0
@@ -585,21 +625,22 @@ def assign(
     col_open = per_col > 0
     col_open[c[alone]] = False
     open_rows, open_cols = row_open.nonzero()[0], col_open.nonzero()[0]
-    # Each camera's open rows x its open columns, row by row: one cost call for all.
-    if len(limit) == 1 or row_camera[open_rows[0]] == row_camera[open_rows[-1]]:
-        # All of one camera: a plain grid, and no camera before it has any.
-        i, j = np.divmod(np.arange(len(open_rows) * len(open_cols)), len(open_cols))
-        camera = int(row_camera[open_rows[0]])
-        sizes = [(0, 0)] * camera + [(len(open_rows), len(open_cols))]
-    else:
-        rows_cam = row_camera[open_rows]
-        n_rows = np.bincount(rows_cam)
-        n_cols = np.bincount(col_camera[open_cols], minlength=len(n_rows))
-        sizes = list(zip(n_rows.tolist(), n_cols.tolist(), strict=True))
-        first_col = (np.cumsum(n_cols) - n_cols)[rows_cam]
-        i, j = _ranges(first_col, first_col + n_cols[rows_cam])
-    costs = cost(open_rows[i], open_cols[j])
     rows, cols = [r[alone]], [c[alone]]
+    if len(limit) == 1 or row_camera[open_rows[0]] == row_camera[open_rows[-1]]:
+        # All of one camera: its open rows x its open columns, as a grid.
+        costs = cost(open_rows[:, None], open_cols[None, :])
+        er, ec = _solve(costs, float(limit[int(row_camera[open_rows[0]])]))
+        rows.append(open_rows[er])
+        cols.append(open_cols[ec])
+        return np.concatenate(rows), np.concatenate(cols)
+    # Each camera's open rows x its open columns, row by row: one cost call for all.
+    rows_cam = row_camera[open_rows]
+    n_rows = np.bincount(rows_cam)
+    n_cols = np.bincount(col_camera[open_cols], minlength=len(n_rows))
+    sizes = list(zip(n_rows.tolist(), n_cols.tolist(), strict=True))
+    first_col = (np.cumsum(n_cols) - n_cols)[rows_cam]
+    i, j = _ranges(first_col, first_col + n_cols[rows_cam])
+    costs = cost(open_rows[i], open_cols[j])
     at_row = at_col = at_cost = 0
     for camera, (n, m) in enumerate(sizes):
         if not n:  # a camera without open rows has no open columns either
@@ -614,7 +655,8 @@ def assign(
 def _solve(cost: F64, limit: float) -> tuple[I64, I64]:
     """``assign`` of one camera's rows and columns that compete, by the solver."""
     n, m = cost.shape
-    extended = np.full((n + m, m + n), limit / 2)
+    extended = np.empty((n + m, m + n))
+    extended.fill(limit / 2)
     extended[:n, :m] = cost
     extended[n:, m:] = 0.0
     # The rows come back in order, every one assigned: the columns of the first n are
