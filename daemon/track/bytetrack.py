@@ -169,8 +169,8 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     cameras = len(frames)
     # One array for the numbers of all cameras, a row each; gathered once for each box and
     # once for each track (a row per number), then read by row.
-    numbers = np.array([f.tracker._numbers(f.ts) for f in frames])
-    match = numbers[:, _MATCH]
+    rows = [f.tracker._numbers(f.ts) for f in frames]
+    numbers = np.array(rows)
     dets = _Boxes(frames, numbers)
     state = _State(trackers)
     per_track = _columns(numbers.T, state.cam)
@@ -178,7 +178,8 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     unconfirmed = ~confirmed
     if len(confirmed):
         state.predict(per_track[_ELAPSED], confirmed)
-    matching = _Matching(state.cam, kalman.xyah_to_xyxy(state.mean), dets, match)
+    limits = [r[_MATCH] for r in rows]
+    matching = _Matching(state.cam, kalman.xyah_to_xyxy(state.mean), dets, limits)
     free, newly_lost = matching.associate(confirmed, state.tracks.lost)
     det_of = matching.det_of
     matched = det_of >= 0
@@ -486,14 +487,16 @@ class _Touching:
 
 
 def _sweep(a_cam: I64, a: F64, b_cam: I64, b: F64, every: BoolArray | None) -> tuple[I64, I64]:
-    """Candidate pairs for ``_touching``, a superset of the pairs of one camera that
-    overlap in x: ``b``'s boxes sorted by camera and left edge, each box of ``a`` takes the
-    ones whose left edge lies between its own left edge less the widest box of ``b`` and its
-    right edge (or all of its camera's where ``every`` says)."""
-    x0 = min(np.minimum.reduce(a[0]), np.minimum.reduce(b[0]))
+    """Candidate pairs for ``_Touching`` and ``_alike``, a superset of the pairs of one
+    camera that overlap in x: ``b``'s boxes sorted by camera and left edge, each box of
+    ``a`` takes the ones whose left edge lies between its own left edge less the widest box
+    of ``b`` and its right edge (or all of its camera's where ``every`` says). A box of
+    ``a`` reaching beyond all of ``b``'s left edges may take some of a neighbouring
+    camera's too: the callers keep the pairs of one camera."""
+    x0 = np.minimum.reduce(b[0])
     widest = max(np.maximum.reduce(b[2] - b[0]), 0.0)
     # One axis for all cameras: camera ``c``'s left edges in [c * span, (c + 1) * span).
-    span = max(np.maximum.reduce(a[2]), np.maximum.reduce(b[0])) - x0 + widest + 1.0
+    span = np.maximum.reduce(b[0]) - x0 + widest + 1.0
     slack = span * 1e-9  # the rounding of ``camera * span + x``, far below a pixel
     keys = b_cam * span + (b[0] - x0)
     order = np.argsort(keys, kind="stable")
@@ -521,16 +524,16 @@ class _Matching:
     """ByteTrack's three matching stages for a batch's tracks and boxes, each camera's with
     its own; ``limit`` is each camera's first-stage match threshold."""
 
-    def __init__(self, track_cam: I64, tracks: F64, dets: _Boxes, limit: F64) -> None:
+    def __init__(self, track_cam: I64, tracks: F64, dets: _Boxes, limit: list[float]) -> None:
         self._track_cam = track_cam
         self._dets = dets
         self._limit = limit
         # All three stages pair the same track boxes with the same boxes: one IoU for all.
         # Within a first-stage limit of 1 a pair that does not overlap (cost 1) matches too.
-        reach = limit >= 1.0
+        reach = [x >= 1.0 for x in limit]
         self._near = _Touching(
             track_cam, tracks, dets.layout.cam, dets.corners, len(limit),
-            every=reach if np.count_nonzero(reach) else None,
+            every=np.array(reach) if any(reach) else None,
         )  # fmt: skip
         self._t, self._d, iou = self._near.a_rows, self._near.b_rows, self._near.iou
         # Every pair's cost in the stages that weigh the IoU by the box's score and in the
@@ -549,24 +552,27 @@ class _Matching:
         # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
         free = high.copy()
         pair_confirmed = confirmed[t]
-        within = weighted <= self._limit[self._track_cam[t]]
+        if len(set(self._limit)) == 1:  # one limit for all cameras: no need to look it up
+            within = weighted <= self._limit[0]
+        else:
+            within = weighted <= np.array(self._limit)[self._track_cam[t]]
         self._stage(pair_confirmed & high[d] & within, self._limit, weighted=True, free=free)
         # 2: tracks still unmatched that were tracked last frame <-> low-score boxes, IoU only.
         rest = confirmed & ~lost & (self.det_of < 0)
         if np.count_nonzero(rest):  # most frames have some, but a stage costs a dozen calls
             within = plain <= _SECOND_MATCH
-            second = np.full(cameras, _SECOND_MATCH)
+            second = [_SECOND_MATCH] * cameras
             self._stage(rest[t] & self._dets.low[d] & within, second, weighted=False, free=None)
         newly_lost = rest & (self.det_of < 0)
         # 3: last frame's new tracks <-> the high-score boxes nobody took.
         if np.count_nonzero(pair_confirmed) < len(t):
             within = weighted <= _UNCONFIRMED_MATCH
-            third = np.full(cameras, _UNCONFIRMED_MATCH)
+            third = [_UNCONFIRMED_MATCH] * cameras
             self._stage(~pair_confirmed & free[d] & within, third, weighted=True, free=free)
         return free, newly_lost
 
     def _stage(
-        self, candidates: BoolArray, limit: F64, *, weighted: bool, free: BoolArray | None
+        self, candidates: BoolArray, limit: list[float], *, weighted: bool, free: BoolArray | None
     ) -> None:
         """Match the pairs ``candidates`` marks (within the stage's ``limit``) on cost
         ``1 - IoU``, the IoU times the box's score when ``weighted``; record each match in
@@ -594,7 +600,7 @@ def assign(
     pairs: tuple[I64, I64],
     row_camera: I64,
     col_camera: I64,
-    limit: F64,
+    limit: Sequence[float] | F64,
     cost: Callable[[I64, I64], F64],
 ) -> tuple[I64, I64]:
     """Minimum-cost matching of rows to columns of the same camera, where a pair costing
