@@ -88,7 +88,7 @@ class TrackInput:
     scores: FloatArray
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Tracks:
     """Tracks as columns: ``state`` (``_STATE_ROWS`` x N), their ids (0 until confirmed)
     and whether each is lost."""
@@ -236,8 +236,8 @@ class _Boxes:
         self.numbers = _columns(numbers.T, self.layout.cam)
         high_threshold = self.numbers[_HIGH]
         # A box without area has no aspect ratio for the Kalman state.
-        x1, y1, x2, y2 = self.corners
-        valid = (x2 > x1) & (y2 > y1)
+        ends_after_start = self.corners[2:] > self.corners[:2]
+        valid = ends_after_start[0] & ends_after_start[1]
         self.high = valid & (self.scores >= high_threshold)
         self.low = valid & (self.scores > self.numbers[_LOW]) & (self.scores < high_threshold)
 
@@ -369,10 +369,11 @@ class _State:
             return
         tracked = (~(is_lost | drop)).nonzero()[0]
         boxes = kalman.xyah_to_xyxy(self.mean)
+        one = cameras == 1  # no cameras to look up
         p, q = _alike(
-            self.cam[tracked],
+            _EMPTY if one else self.cam[tracked],
             _columns(boxes, tracked),
-            self.cam[lost],
+            _EMPTY if one else self.cam[lost],
             _columns(boxes, lost),
             cameras,
         )
@@ -398,7 +399,7 @@ class _State:
 def _alike(a_cam: I64, a: F64, b_cam: I64, b: F64, cameras: int) -> tuple[I64, I64]:
     """The pairs (column of ``a``, column of ``b``) of boxes (x1, y1, x2, y2 rows) of one
     camera whose IoU is above ``1 - _DUPLICATE_DISTANCE``; ``a_cam`` and ``b_cam``
-    (sorted) hold each box's camera.
+    (sorted) hold each box's camera, read only when there are several ``cameras``.
 
     A pair's IoU is at most its overlap in x over the larger width (the intersection is at
     most that overlap times the smaller height, the union at least the larger area), and
