@@ -183,7 +183,7 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     free, newly_lost = matching.associate(confirmed, state.tracks.lost)
     det_of = matching.det_of
     matched = det_of >= 0
-    state.correct(per_track[_TS], dets.measured, det_of)
+    state.correct(per_track[_TS], dets.measured, det_of, matched)
     lost = state.tracks.lost
     lost[newly_lost] = True
     next_id = np.array([t._next_id for t in trackers], dtype=np.int64)
@@ -270,6 +270,10 @@ class _Layout:
 def _hand_out(cam: I64, next_id: I64) -> I64:
     """New ids for tracks sorted by camera, each camera counting on from its ``next_id``
     (advanced past them)."""
+    if len(next_id) == 1:  # one camera: its ids in a row
+        ids = np.arange(next_id[0], next_id[0] + len(cam))
+        next_id += len(cam)
+        return ids
     counts = np.bincount(cam, minlength=len(next_id))
     rank = np.arange(len(cam)) - (np.cumsum(counts) - counts)[cam]
     ids = next_id[cam] + rank
@@ -307,11 +311,11 @@ class _State:
         # they are, cheaper than gathering and scattering the confirmed columns.
         kalman.predict(self.mean, self.cov, elapsed * confirmed)
 
-    def correct(self, ts: F64, measured: F64, det_of: I64) -> None:
-        """Kalman-correct the tracks with a box (``det_of`` >= 0) with its measurement
-        (``measured``, a column per box); they are seen at their camera's time (``ts``, per
-        track)."""
-        matched = (det_of >= 0).nonzero()[0]
+    def correct(self, ts: F64, measured: F64, det_of: I64, with_box: BoolArray) -> None:
+        """Kalman-correct the tracks with a box (``with_box``: ``det_of`` >= 0) with its
+        measurement (``measured``, a column per box); they are seen at their camera's time
+        (``ts``, per track)."""
+        matched = with_box.nonzero()[0]
         if not len(matched):
             return
         # The matched columns gathered, corrected and written back: one copy each way.
@@ -343,11 +347,12 @@ class _State:
         measured = _columns(dets.measured, fresh)
         kalman.initiate(measured, state[_MEAN], state[_COV].reshape(3, 4, -1))
         state[_START] = state[_SEEN] = dets.numbers[_TS][fresh]
-        new = _Tracks(state, ids, np.zeros(len(fresh), dtype=bool))
+        none = np.zeros(len(fresh), dtype=bool)  # not lost, not dropped
+        new = _Tracks(state, ids, none)
         self.tracks = _Tracks.joined([self.tracks, new])
         self.cam = np.concatenate([self.cam, cam])
         det_of = np.concatenate([det_of, fresh])
-        drop = np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])
+        drop = np.concatenate([drop, none])
         if len(next_id) > 1:  # more than one camera
             # Each camera's new tracks after its old ones, as a camera alone would have them.
             order = np.argsort(self.cam, kind="stable")
