@@ -418,15 +418,16 @@ def _alike(a_cam: I64, a: F64, b_cam: I64, b: F64, cameras: int) -> tuple[I64, I
         sides = np.maximum((a[2:] - a[:2])[:, :, None], (b[2:] - b[:2])[:, None, :])
     else:
         i, j = _sweep(a_cam, a, b_cam, b, None)
-        same_camera = a_cam[i] == b_cam[j]
-        i, j = i[same_camera], j[same_camera]
         pa, pb = _columns(a, i), _columns(b, j)
         sides = np.maximum(pa[2:] - pa[:2], pb[2:] - pb[:2])
     overlap = np.minimum(pa[2:], pb[2:])
     overlap -= np.maximum(pa[:2], pb[:2])
     overlap += overlap
     close = overlap > sides
-    k = (close[0] & close[1]).reshape(-1).nonzero()[0]
+    both = close[0] & close[1]
+    if cameras > 1:
+        both &= a_cam[i] == b_cam[j]
+    k = both.reshape(-1).nonzero()[0]
     if cameras == 1:
         i, j = np.divmod(k, b.shape[1])
     else:
@@ -472,16 +473,14 @@ class _Touching:
             self._grid = grid
             return
         i, j = _sweep(a_cam, a, b_cam, b, every)
-        # Exactly the IoU's x extent: a pair apart in x has IoU 0, no need to compute it.
-        near = np.minimum(a[2][i], b[2][j]) - np.maximum(a[0][i], b[0][j]) > 0.0
-        if every is not None:
-            near |= every[a_cam[i]]
-        near &= a_cam[i] == b_cam[j]
-        i, j = i[near], j[near]
+        # The candidates' IoU straight away: sorting out those apart in x first would take
+        # more numpy calls than the IoU of the few it spares.
         iou = corner_iou(_columns(a, i), _columns(b, j))
+        cam = a_cam[i]
         hit = iou > 0.0
         if every is not None:
-            hit |= every[a_cam[i]]
+            hit |= every[cam]
+        hit &= cam == b_cam[j]
         self.a_rows, self.b_rows, self.iou = i[hit], j[hit], iou[hit]
 
     def iou_of(self, a_rows: I64, b_rows: I64) -> F64:
