@@ -355,7 +355,7 @@ class _State:
         drop = np.concatenate([drop, none])
         if len(next_id) > 1:  # more than one camera
             # Each camera's new tracks after its old ones, as a camera alone would have them.
-            order = np.argsort(self.cam, kind="stable")
+            order = self.cam.argsort(kind="stable")
             self.take(order)
             det_of, drop = det_of[order], drop[order]
         return det_of, drop
@@ -504,15 +504,16 @@ def _sweep(a_cam: I64, a: F64, b_cam: I64, b: F64, every: BoolArray | None) -> t
     span = np.maximum.reduce(b[0]) - x0 + widest + 1.0
     slack = span * 1e-9  # the rounding of ``camera * span + x``, far below a pixel
     keys = b_cam * span + (b[0] - x0)
-    order = np.argsort(keys, kind="stable")
+    # The order of boxes with equal keys does not matter: the pairs are a set.
+    order = keys.argsort()
     keys = keys[order]
     base = a_cam * span - x0
-    lo = np.searchsorted(keys, base + a[0] - widest - slack, side="left")
-    hi = np.searchsorted(keys, base + a[2] + slack, side="right")
+    lo = keys.searchsorted(base + a[0] - widest - slack, side="left")
+    hi = keys.searchsorted(base + a[2] + slack, side="right")
     if every is not None:
         whole = every[a_cam]
-        lo[whole] = np.searchsorted(keys, a_cam[whole] * span - slack, side="left")
-        hi[whole] = np.searchsorted(keys, (a_cam[whole] + 1) * span - slack, side="left")
+        lo[whole] = keys.searchsorted(a_cam[whole] * span - slack, side="left")
+        hi[whole] = keys.searchsorted((a_cam[whole] + 1) * span - slack, side="left")
     i, j = _ranges(lo, hi)
     return i, order[j]
 
@@ -520,8 +521,8 @@ def _sweep(a_cam: I64, a: F64, b_cam: I64, b: F64, every: BoolArray | None) -> t
 def _ranges(lo: I64, hi: I64) -> tuple[I64, I64]:
     """Every ``(i, j)`` with ``lo[i] <= j < hi[i]``, by ``i`` then ``j``."""
     counts = np.maximum(hi - lo, 0)
-    i = np.repeat(np.arange(len(lo)), counts)
-    j = np.arange(len(i)) + np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    i = np.arange(len(lo)).repeat(counts)
+    j = np.arange(len(i)) + (lo - (counts.cumsum() - counts)).repeat(counts)
     return i, j
 
 
@@ -649,7 +650,7 @@ def assign(
     n_rows = np.bincount(rows_cam)
     n_cols = np.bincount(col_camera[open_cols], minlength=len(n_rows))
     sizes = list(zip(n_rows.tolist(), n_cols.tolist(), strict=True))
-    first_col = (np.cumsum(n_cols) - n_cols)[rows_cam]
+    first_col = (n_cols.cumsum() - n_cols)[rows_cam]
     i, j = _ranges(first_col, first_col + n_cols[rows_cam])
     costs = cost(open_rows[i], open_cols[j])
     at_row = at_col = at_cost = 0
