@@ -260,7 +260,7 @@ class _Layout:
         """The layout of ``counts[c]`` columns of each camera ``c`` in turn."""
         if len(counts) == 1:
             return cls(np.zeros(counts[0], dtype=np.int64), counts)
-        return cls(np.repeat(np.arange(len(counts)), counts), counts)
+        return cls(np.arange(len(counts)).repeat(counts), counts)
 
     def rows(self, camera: int) -> slice:
         """Where camera ``camera``'s columns are."""
@@ -290,7 +290,7 @@ class _State:
             self.cam = np.zeros(len(self.tracks.ids), dtype=np.int64)
         else:
             self.tracks = _Tracks.joined([t._tracks for t in trackers])
-            self.cam = np.repeat(np.arange(len(trackers)), [len(t) for t in trackers])
+            self.cam = np.arange(len(trackers)).repeat([len(t) for t in trackers])
 
     # Views of the state's rows: written in place, they change the tracks.
     @property
@@ -632,12 +632,12 @@ def assign(
     if np.count_nonzero(per_row) == len(r) and np.count_nonzero(per_col) == len(r):
         return r, c
     alone = (per_row[r] == 1) & (per_col[c] == 1)
-    row_open = per_row > 0
-    row_open[r[alone]] = False
-    col_open = per_col > 0
-    col_open[c[alone]] = False
-    open_rows, open_cols = row_open.nonzero()[0], col_open.nonzero()[0]
     rows, cols = [r[alone]], [c[alone]]
+    row_open = per_row > 0
+    row_open[rows[0]] = False
+    col_open = per_col > 0
+    col_open[cols[0]] = False
+    open_rows, open_cols = row_open.nonzero()[0], col_open.nonzero()[0]
     if len(limit) == 1 or row_camera[open_rows[0]] == row_camera[open_rows[-1]]:
         # All of one camera: its open rows x its open columns, as a grid.
         costs = cost(open_rows[:, None], open_cols[None, :])
