@@ -25,7 +25,8 @@ def box_iou(
 
 
 def pairwise_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """``box_iou`` for float64 rows as they are.
+    """``box_iou`` for float64 rows as they are: the tracker's grid of one camera's tracks
+    and boxes, every frame.
 
     x and y go through each ufunc together, which halves the calls that dominate at tens of
     boxes; contiguous coordinate rows, since broadcasting strided views costs more than the
@@ -33,19 +34,14 @@ def pairwise_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.
     return corner_iou(np.ascontiguousarray(a.T)[:, :, None], np.ascontiguousarray(b.T)[:, None, :])
 
 
-def paired_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """IoU of each float64 row of ``a`` [n, 4] with the same row of ``b`` [n, 4] -> [n]: the
-    same arithmetic as ``pairwise_iou``, so a pair gets the same value from either."""
-    return corner_iou(np.ascontiguousarray(a.T), np.ascontiguousarray(b.T))
-
-
 def corner_iou(
     corners_a: npt.NDArray[np.float64], corners_b: npt.NDArray[np.float64]
 ) -> npt.NDArray[np.float64]:
     """The IoU of float64 boxes given coordinate-first, ``[x1, y1, x2, y2, ...]`` with the
-    boxes on the remaining axes, which broadcast against each other (equal shapes: pair by
-    pair, as ``paired_iou``; ``[4, n, 1]`` and ``[4, 1, m]``: every pair, as
-    ``pairwise_iou``). The tracker keeps its boxes in this layout and calls it directly."""
+    boxes on the remaining axes, which broadcast against each other: equal shapes pair box
+    by box, ``[4, n, 1]`` and ``[4, 1, m]`` give every pair (``pairwise_iou``). One formula
+    for both, so a pair gets the same value either way; the tracker keeps its boxes in this
+    layout and gives it the pairs it needs directly."""
     extent = np.minimum(corners_a[2:], corners_b[2:])
     extent -= np.maximum(corners_a[:2], corners_b[:2])
     np.maximum(extent, 0.0, out=extent)
