@@ -25,8 +25,7 @@ def box_iou(
 
 
 def pairwise_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """``box_iou`` for float64 rows as they are: the tracker's grid of one camera's tracks
-    and boxes, every frame.
+    """``box_iou`` for float64 rows as they are.
 
     x and y go through each ufunc together, which halves the calls that dominate at tens of
     boxes; contiguous coordinate rows, since broadcasting strided views costs more than the

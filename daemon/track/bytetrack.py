@@ -37,7 +37,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from daemon.config.tracking import TrackingConfig
-from daemon.postprocess.iou import corner_iou, pairwise_iou
+from daemon.postprocess.iou import corner_iou
 from daemon.track import kalman
 
 F64 = npt.NDArray[np.float64]
@@ -465,7 +465,7 @@ class _Touching:
             self.a_rows, self.b_rows, self.iou = _EMPTY, _EMPTY, np.zeros(0)
             return
         if cameras == 1:
-            grid = pairwise_iou(a.T, b.T)
+            grid = corner_iou(a[:, :, None], b[:, None, :])
             flat = grid.reshape(-1)
             k = np.arange(flat.size) if every is not None else (flat > 0.0).nonzero()[0]
             self.a_rows, self.b_rows = np.divmod(k, b.shape[1])
