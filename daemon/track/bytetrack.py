@@ -425,14 +425,12 @@ def _alike(a_cam: I64, a: F64, b_cam: I64, b: F64, cameras: int) -> tuple[I64, I
     overlap += overlap
     close = overlap > sides
     both = close[0] & close[1]
-    if cameras > 1:
-        both &= a_cam[i] == b_cam[j]
-    k = both.reshape(-1).nonzero()[0]
     if cameras == 1:
-        i, j = np.divmod(k, b.shape[1])
+        i, j = np.divmod(both.reshape(-1).nonzero()[0], b.shape[1])
     else:
+        k = (both & (a_cam[i] == b_cam[j])).nonzero()[0]
         i, j = i[k], j[k]
-    if len(k):
+    if len(i):
         iou = corner_iou(_columns(a, i), _columns(b, j))
         alike = 1.0 - iou < _DUPLICATE_DISTANCE
         i, j = i[alike], j[alike]
