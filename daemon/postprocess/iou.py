@@ -25,31 +25,22 @@ def box_iou(
 
 
 def pairwise_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """``box_iou`` for float64 rows as they are: the tracker calls it on every batch.
+    """``box_iou`` for float64 rows as they are.
 
     x and y go through each ufunc together, which halves the calls that dominate at tens of
     boxes; contiguous coordinate rows, since broadcasting strided views costs more than the
     copies."""
-    return _iou(np.ascontiguousarray(a.T)[:, :, None], np.ascontiguousarray(b.T)[:, None, :])
+    return corner_iou(np.ascontiguousarray(a.T)[:, :, None], np.ascontiguousarray(b.T)[:, None, :])
 
 
-def paired_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """IoU of each float64 row of ``a`` [n, 4] with the same row of ``b`` [n, 4] -> [n]: the
-    same arithmetic as ``pairwise_iou``, so a pair gets the same value from either."""
-    return _iou(np.ascontiguousarray(a.T), np.ascontiguousarray(b.T))
-
-
-def grouped_iou(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Within each group, ``pairwise_iou`` of its boxes in ``a`` with its boxes in ``b``:
-    coordinate-first ``a`` [4, groups, n] and ``b`` [4, groups, m] -> [groups, n, m]. The
-    tracker's cameras are the groups: one call for all of them, no pair across two."""
-    return _iou(a[:, :, :, None], b[:, :, None, :])
-
-
-def _iou(
+def corner_iou(
     corners_a: npt.NDArray[np.float64], corners_b: npt.NDArray[np.float64]
 ) -> npt.NDArray[np.float64]:
-    """The formula on coordinate-first corners ``[x1, y1, x2, y2]`` that broadcast."""
+    """The IoU of float64 boxes given coordinate-first, ``[x1, y1, x2, y2, ...]`` with the
+    boxes on the remaining axes, which broadcast against each other: equal shapes pair box
+    by box, ``[4, n, 1]`` and ``[4, 1, m]`` give every pair (``pairwise_iou``). One formula
+    for both, so a pair gets the same value either way; the tracker keeps its boxes in this
+    layout and gives it the pairs it needs directly."""
     extent = np.minimum(corners_a[2:], corners_b[2:])
     extent -= np.maximum(corners_a[:2], corners_b[:2])
     np.maximum(extent, 0.0, out=extent)

@@ -37,7 +37,7 @@ import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
 from daemon.config.tracking import TrackingConfig
-from daemon.postprocess.iou import paired_iou, pairwise_iou
+from daemon.postprocess.iou import corner_iou
 from daemon.track import kalman
 
 F64 = npt.NDArray[np.float64]
@@ -88,7 +88,7 @@ class TrackInput:
     scores: FloatArray
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Tracks:
     """Tracks as columns: ``state`` (``_STATE_ROWS`` x N), their ids (0 until confirmed)
     and whether each is lost."""
@@ -169,8 +169,8 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     cameras = len(frames)
     # One array for the numbers of all cameras, a row each; gathered once for each box and
     # once for each track (a row per number), then read by row.
-    numbers = np.array([f.tracker._numbers(f.ts) for f in frames])
-    match = numbers[:, _MATCH]
+    rows = [f.tracker._numbers(f.ts) for f in frames]
+    numbers = np.array(rows)
     dets = _Boxes(frames, numbers)
     state = _State(trackers)
     per_track = _columns(numbers.T, state.cam)
@@ -178,11 +178,12 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     unconfirmed = ~confirmed
     if len(confirmed):
         state.predict(per_track[_ELAPSED], confirmed)
-    matching = _Matching(state.cam, kalman.xyah_to_xyxy(state.mean), dets, match)
+    limits = [r[_MATCH] for r in rows]
+    matching = _Matching(state.cam, kalman.xyah_to_xyxy(state.mean), dets, limits)
     free, newly_lost = matching.associate(confirmed, state.tracks.lost)
     det_of = matching.det_of
     matched = det_of >= 0
-    state.correct(per_track[_TS], dets.measured, det_of)
+    state.correct(per_track[_TS], dets.measured, det_of, matched)
     lost = state.tracks.lost
     lost[newly_lost] = True
     next_id = np.array([t._next_id for t in trackers], dtype=np.int64)
@@ -205,7 +206,8 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     ids = state.tracks.ids
     has_id = ids > 0
     reported = has_id & ~drop & (det_of >= 0)
-    track_ids = np.full(len(dets.scores), -1, dtype=np.int64)
+    track_ids = np.empty(len(dets.scores), dtype=np.int64)
+    track_ids.fill(-1)
     track_ids[det_of[reported]] = ids[reported]
     gone = drop & has_id
     ended, by_ended = ids[gone], _Layout.of(state.cam[gone], cameras)
@@ -234,8 +236,8 @@ class _Boxes:
         self.numbers = _columns(numbers.T, self.layout.cam)
         high_threshold = self.numbers[_HIGH]
         # A box without area has no aspect ratio for the Kalman state.
-        x1, y1, x2, y2 = self.corners
-        valid = (x2 > x1) & (y2 > y1)
+        ends_after_start = self.corners[2:] > self.corners[:2]
+        valid = ends_after_start[0] & ends_after_start[1]
         self.high = valid & (self.scores >= high_threshold)
         self.low = valid & (self.scores > self.numbers[_LOW]) & (self.scores < high_threshold)
 
@@ -258,7 +260,7 @@ class _Layout:
         """The layout of ``counts[c]`` columns of each camera ``c`` in turn."""
         if len(counts) == 1:
             return cls(np.zeros(counts[0], dtype=np.int64), counts)
-        return cls(np.repeat(np.arange(len(counts)), counts), counts)
+        return cls(np.arange(len(counts)).repeat(counts), counts)
 
     def rows(self, camera: int) -> slice:
         """Where camera ``camera``'s columns are."""
@@ -268,6 +270,10 @@ class _Layout:
 def _hand_out(cam: I64, next_id: I64) -> I64:
     """New ids for tracks sorted by camera, each camera counting on from its ``next_id``
     (advanced past them)."""
+    if len(next_id) == 1:  # one camera: its ids in a row
+        ids = np.arange(next_id[0], next_id[0] + len(cam))
+        next_id += len(cam)
+        return ids
     counts = np.bincount(cam, minlength=len(next_id))
     rank = np.arange(len(cam)) - (np.cumsum(counts) - counts)[cam]
     ids = next_id[cam] + rank
@@ -284,7 +290,7 @@ class _State:
             self.cam = np.zeros(len(self.tracks.ids), dtype=np.int64)
         else:
             self.tracks = _Tracks.joined([t._tracks for t in trackers])
-            self.cam = np.repeat(np.arange(len(trackers)), [len(t) for t in trackers])
+            self.cam = np.arange(len(trackers)).repeat([len(t) for t in trackers])
 
     # Views of the state's rows: written in place, they change the tracks.
     @property
@@ -305,11 +311,11 @@ class _State:
         # they are, cheaper than gathering and scattering the confirmed columns.
         kalman.predict(self.mean, self.cov, elapsed * confirmed)
 
-    def correct(self, ts: F64, measured: F64, det_of: I64) -> None:
-        """Kalman-correct the tracks with a box (``det_of`` >= 0) with its measurement
-        (``measured``, a column per box); they are seen at their camera's time (``ts``, per
-        track)."""
-        matched = (det_of >= 0).nonzero()[0]
+    def correct(self, ts: F64, measured: F64, det_of: I64, with_box: BoolArray) -> None:
+        """Kalman-correct the tracks with a box (``with_box``: ``det_of`` >= 0) with its
+        measurement (``measured``, a column per box); they are seen at their camera's time
+        (``ts``, per track)."""
+        matched = with_box.nonzero()[0]
         if not len(matched):
             return
         # The matched columns gathered, corrected and written back: one copy each way.
@@ -341,14 +347,15 @@ class _State:
         measured = _columns(dets.measured, fresh)
         kalman.initiate(measured, state[_MEAN], state[_COV].reshape(3, 4, -1))
         state[_START] = state[_SEEN] = dets.numbers[_TS][fresh]
-        new = _Tracks(state, ids, np.zeros(len(fresh), dtype=bool))
+        none = np.zeros(len(fresh), dtype=bool)  # not lost, not dropped
+        new = _Tracks(state, ids, none)
         self.tracks = _Tracks.joined([self.tracks, new])
         self.cam = np.concatenate([self.cam, cam])
         det_of = np.concatenate([det_of, fresh])
-        drop = np.concatenate([drop, np.zeros(len(fresh), dtype=bool)])
+        drop = np.concatenate([drop, none])
         if len(next_id) > 1:  # more than one camera
             # Each camera's new tracks after its old ones, as a camera alone would have them.
-            order = np.argsort(self.cam, kind="stable")
+            order = self.cam.argsort(kind="stable")
             self.take(order)
             det_of, drop = det_of[order], drop[order]
         return det_of, drop
@@ -367,18 +374,17 @@ class _State:
             return
         tracked = (~(is_lost | drop)).nonzero()[0]
         boxes = kalman.xyah_to_xyxy(self.mean)
-        near = _Touching(
-            self.cam[tracked],
+        one = cameras == 1  # no cameras to look up
+        p, q = _alike(
+            _EMPTY if one else self.cam[tracked],
             _columns(boxes, tracked),
-            self.cam[lost],
+            _EMPTY if one else self.cam[lost],
             _columns(boxes, lost),
             cameras,
         )
-        # Pairs that do not overlap have IoU 0: never duplicates.
-        same = 1.0 - near.iou < _DUPLICATE_DISTANCE
-        if not np.count_nonzero(same):  # the usual case
+        if not len(p):  # the usual case
             return
-        p, q = tracked[near.a_rows[same]], lost[near.b_rows[same]]
+        p, q = tracked[p], lost[q]
         state = self.tracks.state
         age = state[_SEEN] - state[_START]
         older_tracked = age[p] > age[q]
@@ -393,6 +399,42 @@ class _State:
             tracker._tracks = self.tracks if alone else self.tracks.part(by_camera.rows(c))
             tracker._last_ts = ts[c]
             tracker._next_id = int(next_id[c])
+
+
+def _alike(a_cam: I64, a: F64, b_cam: I64, b: F64, cameras: int) -> tuple[I64, I64]:
+    """The pairs (column of ``a``, column of ``b``) of boxes (x1, y1, x2, y2 rows) of one
+    camera whose IoU is above ``1 - _DUPLICATE_DISTANCE``; ``a_cam`` and ``b_cam``
+    (sorted) hold each box's camera, read only when there are several ``cameras``.
+
+    A pair's IoU is at most its overlap in x over the larger width (the intersection is at
+    most that overlap times the smaller height, the union at least the larger area), and
+    the same in y. The IoU is computed only for the pairs that overlap by more than half
+    the larger side both ways: usually none, as most lost tracks are nowhere near a
+    tracked one."""
+    if not a.shape[1] or not b.shape[1]:
+        return _EMPTY, _EMPTY
+    if cameras == 1:  # every pair at once, x and y together
+        pa, pb = a[:, :, None], b[:, None, :]
+        sides = np.maximum((a[2:] - a[:2])[:, :, None], (b[2:] - b[:2])[:, None, :])
+    else:
+        i, j = _sweep(a_cam, a, b_cam, b, None)
+        pa, pb = _columns(a, i), _columns(b, j)
+        sides = np.maximum(pa[2:] - pa[:2], pb[2:] - pb[:2])
+    overlap = np.minimum(pa[2:], pb[2:])
+    overlap -= np.maximum(pa[:2], pb[:2])
+    overlap += overlap
+    close = overlap > sides
+    both = close[0] & close[1]
+    if cameras == 1:
+        i, j = np.divmod(both.reshape(-1).nonzero()[0], b.shape[1])
+    else:
+        k = (both & (a_cam[i] == b_cam[j])).nonzero()[0]
+        i, j = i[k], j[k]
+    if len(i):
+        iou = corner_iou(_columns(a, i), _columns(b, j))
+        alike = 1.0 - iou < _DUPLICATE_DISTANCE
+        i, j = i[alike], j[alike]
+    return i, j
 
 
 class _Touching:
@@ -421,7 +463,7 @@ class _Touching:
             self.a_rows, self.b_rows, self.iou = _EMPTY, _EMPTY, np.zeros(0)
             return
         if cameras == 1:
-            grid = pairwise_iou(a.T, b.T)
+            grid = corner_iou(a[:, :, None], b[:, None, :])
             flat = grid.reshape(-1)
             k = np.arange(flat.size) if every is not None else (flat > 0.0).nonzero()[0]
             self.a_rows, self.b_rows = np.divmod(k, b.shape[1])
@@ -429,45 +471,47 @@ class _Touching:
             self._grid = grid
             return
         i, j = _sweep(a_cam, a, b_cam, b, every)
-        # Exactly the IoU's x extent: a pair apart in x has IoU 0, no need to compute it.
-        near = np.minimum(a[2][i], b[2][j]) - np.maximum(a[0][i], b[0][j]) > 0.0
-        if every is not None:
-            near |= every[a_cam[i]]
-        near &= a_cam[i] == b_cam[j]
-        i, j = i[near], j[near]
-        iou = paired_iou(_columns(a, i).T, _columns(b, j).T)
+        # The candidates' IoU straight away: sorting out those apart in x first would take
+        # more numpy calls than the IoU of the few it spares.
+        iou = corner_iou(_columns(a, i), _columns(b, j))
+        cam = a_cam[i]
         hit = iou > 0.0
         if every is not None:
-            hit |= every[a_cam[i]]
+            hit |= every[cam]
+        hit &= cam == b_cam[j]
         self.a_rows, self.b_rows, self.iou = i[hit], j[hit], iou[hit]
 
     def iou_of(self, a_rows: I64, b_rows: I64) -> F64:
-        """The IoU of each pair ``(a_rows[k], b_rows[k])`` of one camera."""
+        """The IoU of each pair ``(a_rows[k], b_rows[k])`` of one camera (index arrays that
+        broadcast, as ``assign`` hands its ``cost`` them)."""
         if self._grid is None:
-            return paired_iou(_columns(self._a, a_rows).T, _columns(self._b, b_rows).T)
+            return corner_iou(_columns(self._a, a_rows), _columns(self._b, b_rows))
         return self._grid[a_rows, b_rows]
 
 
 def _sweep(a_cam: I64, a: F64, b_cam: I64, b: F64, every: BoolArray | None) -> tuple[I64, I64]:
-    """Candidate pairs for ``_touching``, a superset of the pairs of one camera that
-    overlap in x: ``b``'s boxes sorted by camera and left edge, each box of ``a`` takes the
-    ones whose left edge lies between its own left edge less the widest box of ``b`` and its
-    right edge (or all of its camera's where ``every`` says)."""
-    x0 = min(np.minimum.reduce(a[0]), np.minimum.reduce(b[0]))
+    """Candidate pairs for ``_Touching`` and ``_alike``, a superset of the pairs of one
+    camera that overlap in x: ``b``'s boxes sorted by camera and left edge, each box of
+    ``a`` takes the ones whose left edge lies between its own left edge less the widest box
+    of ``b`` and its right edge (or all of its camera's where ``every`` says). A box of
+    ``a`` reaching beyond all of ``b``'s left edges may take some of a neighbouring
+    camera's too: the callers keep the pairs of one camera."""
+    x0 = np.minimum.reduce(b[0])
     widest = max(np.maximum.reduce(b[2] - b[0]), 0.0)
     # One axis for all cameras: camera ``c``'s left edges in [c * span, (c + 1) * span).
-    span = max(np.maximum.reduce(a[2]), np.maximum.reduce(b[0])) - x0 + widest + 1.0
+    span = np.maximum.reduce(b[0]) - x0 + widest + 1.0
     slack = span * 1e-9  # the rounding of ``camera * span + x``, far below a pixel
     keys = b_cam * span + (b[0] - x0)
-    order = np.argsort(keys, kind="stable")
+    # The order of boxes with equal keys does not matter: the pairs are a set.
+    order = keys.argsort()
     keys = keys[order]
     base = a_cam * span - x0
-    lo = np.searchsorted(keys, base + a[0] - widest - slack, side="left")
-    hi = np.searchsorted(keys, base + a[2] + slack, side="right")
+    lo = keys.searchsorted(base + a[0] - widest - slack, side="left")
+    hi = keys.searchsorted(base + a[2] + slack, side="right")
     if every is not None:
         whole = every[a_cam]
-        lo[whole] = np.searchsorted(keys, a_cam[whole] * span - slack, side="left")
-        hi[whole] = np.searchsorted(keys, (a_cam[whole] + 1) * span - slack, side="left")
+        lo[whole] = keys.searchsorted(a_cam[whole] * span - slack, side="left")
+        hi[whole] = keys.searchsorted((a_cam[whole] + 1) * span - slack, side="left")
     i, j = _ranges(lo, hi)
     return i, order[j]
 
@@ -475,8 +519,8 @@ def _sweep(a_cam: I64, a: F64, b_cam: I64, b: F64, every: BoolArray | None) -> t
 def _ranges(lo: I64, hi: I64) -> tuple[I64, I64]:
     """Every ``(i, j)`` with ``lo[i] <= j < hi[i]``, by ``i`` then ``j``."""
     counts = np.maximum(hi - lo, 0)
-    i = np.repeat(np.arange(len(lo)), counts)
-    j = np.arange(len(i)) + np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    i = np.arange(len(lo)).repeat(counts)
+    j = np.arange(len(i)) + (lo - (counts.cumsum() - counts)).repeat(counts)
     return i, j
 
 
@@ -484,23 +528,24 @@ class _Matching:
     """ByteTrack's three matching stages for a batch's tracks and boxes, each camera's with
     its own; ``limit`` is each camera's first-stage match threshold."""
 
-    def __init__(self, track_cam: I64, tracks: F64, dets: _Boxes, limit: F64) -> None:
+    def __init__(self, track_cam: I64, tracks: F64, dets: _Boxes, limit: list[float]) -> None:
         self._track_cam = track_cam
         self._dets = dets
         self._limit = limit
         # All three stages pair the same track boxes with the same boxes: one IoU for all.
         # Within a first-stage limit of 1 a pair that does not overlap (cost 1) matches too.
-        reach = limit >= 1.0
+        reach = [x >= 1.0 for x in limit]
         self._near = _Touching(
             track_cam, tracks, dets.layout.cam, dets.corners, len(limit),
-            every=reach if np.count_nonzero(reach) else None,
+            every=np.array(reach) if any(reach) else None,
         )  # fmt: skip
         self._t, self._d, iou = self._near.a_rows, self._near.b_rows, self._near.iou
         # Every pair's cost in the stages that weigh the IoU by the box's score and in the
         # one that does not.
         self._weighted_cost = self._cost(iou, self._d, weighted=True)
         self._plain_cost = self._cost(iou, self._d, weighted=False)
-        self.det_of = np.full(len(track_cam), -1, dtype=np.int64)
+        self.det_of = np.empty(len(track_cam), dtype=np.int64)
+        self.det_of.fill(-1)
 
     def associate(self, confirmed: BoolArray, lost: BoolArray) -> tuple[BoolArray, BoolArray]:
         """Fill ``det_of`` (the box each track took, -1 for none). Returns the high-score
@@ -511,24 +556,27 @@ class _Matching:
         # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
         free = high.copy()
         pair_confirmed = confirmed[t]
-        within = weighted <= self._limit[self._track_cam[t]]
+        if len(set(self._limit)) == 1:  # one limit for all cameras: no need to look it up
+            within = weighted <= self._limit[0]
+        else:
+            within = weighted <= np.array(self._limit)[self._track_cam[t]]
         self._stage(pair_confirmed & high[d] & within, self._limit, weighted=True, free=free)
         # 2: tracks still unmatched that were tracked last frame <-> low-score boxes, IoU only.
         rest = confirmed & ~lost & (self.det_of < 0)
         if np.count_nonzero(rest):  # most frames have some, but a stage costs a dozen calls
             within = plain <= _SECOND_MATCH
-            second = np.full(cameras, _SECOND_MATCH)
+            second = [_SECOND_MATCH] * cameras
             self._stage(rest[t] & self._dets.low[d] & within, second, weighted=False, free=None)
         newly_lost = rest & (self.det_of < 0)
         # 3: last frame's new tracks <-> the high-score boxes nobody took.
         if np.count_nonzero(pair_confirmed) < len(t):
             within = weighted <= _UNCONFIRMED_MATCH
-            third = np.full(cameras, _UNCONFIRMED_MATCH)
+            third = [_UNCONFIRMED_MATCH] * cameras
             self._stage(~pair_confirmed & free[d] & within, third, weighted=True, free=free)
         return free, newly_lost
 
     def _stage(
-        self, candidates: BoolArray, limit: F64, *, weighted: bool, free: BoolArray | None
+        self, candidates: BoolArray, limit: list[float], *, weighted: bool, free: BoolArray | None
     ) -> None:
         """Match the pairs ``candidates`` marks (within the stage's ``limit``) on cost
         ``1 - IoU``, the IoU times the box's score when ``weighted``; record each match in
@@ -556,14 +604,15 @@ def assign(
     pairs: tuple[I64, I64],
     row_camera: I64,
     col_camera: I64,
-    limit: F64,
+    limit: Sequence[float] | F64,
     cost: Callable[[I64, I64], F64],
 ) -> tuple[I64, I64]:
     """Minimum-cost matching of rows to columns of the same camera, where a pair costing
     more than its camera's ``limit`` stays unmatched. ``pairs`` are the (row, column) pairs
     within the limit, ``row_camera`` and ``col_camera`` the camera of every row and column
-    (sorted), and ``cost(rows, cols)`` the cost of each pair ``(rows[k], cols[k])``.
-    Returns the matched rows and their columns.
+    (sorted), and ``cost(rows, cols)`` the cost of each pair ``(rows[k], cols[k])``, for
+    index arrays that broadcast as numpy's indexing does (rows ``[n, 1]`` and columns
+    ``[1, m]``: an ``[n, m]`` grid). Returns the matched rows and their columns.
 
     Solved exactly as an assignment in which leaving a row or a column unmatched costs
     ``limit / 2`` (so a pair is matched only if it is cheaper than leaving both out), the
@@ -577,29 +626,31 @@ def assign(
         return r, c
     per_row = np.bincount(r, minlength=len(row_camera))
     per_col = np.bincount(c, minlength=len(col_camera))
-    if np.maximum.reduce(per_row) <= 1 and np.maximum.reduce(per_col) <= 1:
+    # As many rows and columns taken as pairs: no two pairs share one.
+    if np.count_nonzero(per_row) == len(r) and np.count_nonzero(per_col) == len(r):
         return r, c
     alone = (per_row[r] == 1) & (per_col[c] == 1)
-    row_open = per_row > 0
-    row_open[r[alone]] = False
-    col_open = per_col > 0
-    col_open[c[alone]] = False
-    open_rows, open_cols = row_open.nonzero()[0], col_open.nonzero()[0]
-    # Each camera's open rows x its open columns, row by row: one cost call for all.
-    if len(limit) == 1 or row_camera[open_rows[0]] == row_camera[open_rows[-1]]:
-        # All of one camera: a plain grid, and no camera before it has any.
-        i, j = np.divmod(np.arange(len(open_rows) * len(open_cols)), len(open_cols))
-        camera = int(row_camera[open_rows[0]])
-        sizes = [(0, 0)] * camera + [(len(open_rows), len(open_cols))]
-    else:
-        rows_cam = row_camera[open_rows]
-        n_rows = np.bincount(rows_cam)
-        n_cols = np.bincount(col_camera[open_cols], minlength=len(n_rows))
-        sizes = list(zip(n_rows.tolist(), n_cols.tolist(), strict=True))
-        first_col = (np.cumsum(n_cols) - n_cols)[rows_cam]
-        i, j = _ranges(first_col, first_col + n_cols[rows_cam])
-    costs = cost(open_rows[i], open_cols[j])
     rows, cols = [r[alone]], [c[alone]]
+    row_open = per_row > 0
+    row_open[rows[0]] = False
+    col_open = per_col > 0
+    col_open[cols[0]] = False
+    open_rows, open_cols = row_open.nonzero()[0], col_open.nonzero()[0]
+    if len(limit) == 1 or row_camera[open_rows[0]] == row_camera[open_rows[-1]]:
+        # All of one camera: its open rows x its open columns, as a grid.
+        costs = cost(open_rows[:, None], open_cols[None, :])
+        er, ec = _solve(costs, float(limit[int(row_camera[open_rows[0]])]))
+        rows.append(open_rows[er])
+        cols.append(open_cols[ec])
+        return np.concatenate(rows), np.concatenate(cols)
+    # Each camera's open rows x its open columns, row by row: one cost call for all.
+    rows_cam = row_camera[open_rows]
+    n_rows = np.bincount(rows_cam)
+    n_cols = np.bincount(col_camera[open_cols], minlength=len(n_rows))
+    sizes = list(zip(n_rows.tolist(), n_cols.tolist(), strict=True))
+    first_col = (n_cols.cumsum() - n_cols)[rows_cam]
+    i, j = _ranges(first_col, first_col + n_cols[rows_cam])
+    costs = cost(open_rows[i], open_cols[j])
     at_row = at_col = at_cost = 0
     for camera, (n, m) in enumerate(sizes):
         if not n:  # a camera without open rows has no open columns either
@@ -614,7 +665,8 @@ def assign(
 def _solve(cost: F64, limit: float) -> tuple[I64, I64]:
     """``assign`` of one camera's rows and columns that compete, by the solver."""
     n, m = cost.shape
-    extended = np.full((n + m, m + n), limit / 2)
+    extended = np.empty((n + m, m + n))
+    extended.fill(limit / 2)
     extended[:n, :m] = cost
     extended[n:, m:] = 0.0
     # The rows come back in order, every one assigned: the columns of the first n are

@@ -99,7 +99,7 @@ class CameraTracking:
         keep = dets.scores > self._low
         if self._class_ids is not None:
             keep &= np.isin(dets.class_ids, self._class_ids)
-        return dets if bool(keep.all()) else dets.select(keep)
+        return dets if np.count_nonzero(keep) == len(keep) else dets.select(keep)
 
     def _admit(self, ts: float) -> bool:
         """Whether a frame at ``ts`` is tracked (the lock held): the camera is open and the

@@ -148,3 +148,20 @@ def test_assignment_leaves_pairs_above_the_limit_unmatched() -> None:
     one_camera = np.zeros(2, dtype=np.int64)
     rows, cols = assign(within, one_camera, one_camera, np.array([0.8]), lambda r, c: cost[r, c])
     assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 0)]
+
+
+def test_a_lost_and_a_tracked_track_on_one_spot_are_one_object() -> None:
+    """A stands still and stops being detected; B walks onto A's spot while A is lost. The
+    two overlap (IoU above 0.85) only on the frame B arrives: one of them ends there, long
+    before the lost grace would end A."""
+    tracker = ByteTracker(TrackingConfig(enabled=True, lost_after_s=2.0))
+    ended: dict[int, float] = {}
+    arrival = 30
+    for i in range(arrival + 5):
+        ts = i / FPS
+        boxes = [box(100.0, 300.0)] if i < 10 else []  # A, seen for the first 10 frames
+        boxes.append(box(100.0 + 10.0 * (arrival - i), 300.0))  # B, at A's spot at ``arrival``
+        result = tracker.update(ts, np.asarray(boxes), np.full(len(boxes), 0.9))
+        ended |= {track_id: ts for track_id in result.ended.tolist()}
+    assert list(ended.values()) == [arrival / FPS]
+    assert set(ended) <= {1, 2}
