@@ -293,7 +293,10 @@ class Pipeline:
             if picked is None:
                 self._free_buffers.put_nowait(buffer)
                 return
-            task = asyncio.create_task(self._process(buffer, picked))
+            # Taken in the step that picked them: a reload may remove or replace a camera
+            # before the batch starts, and again while it is inferred.
+            epochs = {s.camera_id: self._epochs[s.camera_id] for s in picked}
+            task = asyncio.create_task(self._process(buffer, picked, epochs))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -317,7 +320,7 @@ class Pipeline:
                     ready.append(source)
                 elif (frame_hw := source.frame_hw) is not None:
                     self._warm_later(frame_hw)
-            live = sum(1 for s in sources if s.state is CameraState.STREAMING)
+            live = [s for s in sources if s.state is CameraState.STREAMING]
             picked = self._selector.select(ready, live)
             if picked:
                 return picked
@@ -330,10 +333,10 @@ class Pipeline:
             await self._arrivals.wait(_IDLE_WAIT_S if due_in is None else min(due_in, _IDLE_WAIT_S))
         return None
 
-    async def _process(self, buffer: BatchBuffer, picked: list[CameraSource]) -> None:
+    async def _process(
+        self, buffer: BatchBuffer, picked: list[CameraSource], epochs: dict[str, int]
+    ) -> None:
         loop = asyncio.get_running_loop()
-        # Taken now: a reload may replace a camera (new epoch) while this batch is inferred.
-        epochs = {s.camera_id: self._epochs[s.camera_id] for s in picked}
         released = False
 
         def release() -> None:
@@ -342,7 +345,7 @@ class Pipeline:
             nonlocal released
             if not released:
                 released = True
-                self._selector.assembled(epochs.keys())
+                self._selector.assembled(picked)
                 self._arrivals.notify()
 
         try:

@@ -121,18 +121,22 @@ class BatchSelector:
         self._clock = clock
         self._last_served: dict[str, float] = {}
         self._waiting_since: float | None = None
-        # Picked for a batch that has not taken their frames yet.
-        self._assembling: set[str] = set()
+        # Picked for a batch that has not taken their frames yet. The sources themselves, not
+        # their ids: a reload that replaces a camera must not inherit the old one's hold.
+        self._assembling: set[CameraSource] = set()
 
-    def select(self, ready: Sequence[CameraSource], live_count: int) -> list[CameraSource] | None:
+    def select(
+        self, ready: Sequence[CameraSource], live: Sequence[CameraSource]
+    ) -> list[CameraSource] | None:
         """Return the cameras for the next batch, or None to keep waiting.
 
-        ``ready`` are sources with an unconsumed frame; ``live_count`` is how many cameras
-        could deliver one (streaming), i.e. the most a batch could hold right now. Cameras
-        picked earlier and not yet ``assembled`` are left out of both."""
-        if self._assembling:
-            ready = [s for s in ready if s.camera_id not in self._assembling]
-            live_count -= len(self._assembling)
+        ``ready`` are sources with an unconsumed frame; ``live`` the sources that could
+        deliver one (streaming), as many as a batch could hold right now. Sources picked
+        earlier and not yet ``assembled`` are left out of both."""
+        held = self._assembling
+        if held:
+            ready = [s for s in ready if s not in held]
+        live_count = sum(1 for s in live if s not in held) if held else len(live)
         if not ready:
             self._waiting_since = None
             return None
@@ -146,13 +150,13 @@ class BatchSelector:
         picked = picked[: self._max_batch]
         for source in picked:
             self._last_served[source.camera_id] = now
-            self._assembling.add(source.camera_id)
+            self._assembling.add(source)
         self._waiting_since = None
         return picked
 
-    def assembled(self, camera_ids: Iterable[str]) -> None:
-        """The batch of these cameras has taken their frames: they may be picked again."""
-        self._assembling.difference_update(camera_ids)
+    def assembled(self, sources: Iterable[CameraSource]) -> None:
+        """The batch of these sources has taken their frames: they may be picked again."""
+        self._assembling.difference_update(sources)
 
     def due_in(self) -> float | None:
         """Seconds until the batch being filled is dispatched even if not full (0 when it
@@ -163,4 +167,3 @@ class BatchSelector:
 
     def forget(self, camera_id: str) -> None:
         self._last_served.pop(camera_id, None)
-        self._assembling.discard(camera_id)

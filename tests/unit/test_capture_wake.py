@@ -147,16 +147,16 @@ def test_the_selector_says_when_a_filling_batch_is_due() -> None:
     a, b = (CameraSource(CameraConfig(id=i, url=Secret("/none.mp4")), capture) for i in "ab")
     try:
         assert selector.due_in() is None
-        assert selector.select([a], live_count=2) is None
+        assert selector.select([a], live=[a, b]) is None
         assert selector.due_in() == 0.5
         now[0] += 0.25
         assert selector.due_in() == 0.25
         now[0] += 0.5
         assert selector.due_in() == 0.0
-        assert selector.select([a], live_count=2) == [a]
+        assert selector.select([a], live=[a, b]) == [a]
         assert selector.due_in() is None
-        selector.assembled(["a"])
-        assert selector.select([a, b], live_count=2) == [b, a]  # full: no deadline
+        selector.assembled([a])
+        assert selector.select([a, b], live=[a, b]) == [b, a]  # full: no deadline
         assert selector.due_in() is None
     finally:
         a.stop()
