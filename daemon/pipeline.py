@@ -253,7 +253,8 @@ class Pipeline:
 
     async def _warm_up(self, stop: asyncio.Event) -> None:
         """Before the first batch: in rect mode, wait (up to ``capture.open_timeout_s``) for
-        the cameras' frame sizes, then warm every batch shape they combine to."""
+        the cameras' frame sizes, then warm every batch shape they combine to, and the
+        tracker."""
         loop = asyncio.get_running_loop()
         if self._backend.dynamic_hw:
             deadline = time.monotonic() + self._config.capture.open_timeout_s
@@ -264,6 +265,7 @@ class Pipeline:
                 await asyncio.sleep(_POLL_S)
         sizes = [hw for s in list(self._sources.values()) if (hw := s.frame_hw) is not None]
         await loop.run_in_executor(self._executor, self._warmer.warm, sizes)
+        await loop.run_in_executor(self._executor, self._tracking.warm_up)
         self._warm_done = True
 
     def _warm_later(self, frame_hw: tuple[int, int]) -> None:

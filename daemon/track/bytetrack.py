@@ -1,6 +1,6 @@
-"""ByteTrack (Zhang et al., ECCV 2022) for a batch of cameras at once, on capture timestamps.
+"""ByteTrack (Zhang et al., ECCV 2022) per camera, on capture timestamps.
 
-Per frame: predict every confirmed track (Kalman, ``daemon.track.kalman``), match them to
+Per frame: predict every confirmed track (a Kalman filter, below), match them to
 the high-score detections by IoU weighted by score, then match the tracks still unmatched
 to the low-score detections by IoU alone (the "byte" step that keeps occluded objects),
 then give last frame's unconfirmed tracks one chance with the remaining high-score boxes,
@@ -11,49 +11,40 @@ Ultralytics' ``BYTETracker`` so the same detections get the same tracks (checked
 timestamp rather than a frame count, and that ids are handed out on confirmation, so
 boxes that never became a track burn no id.
 
-Each camera's ``ByteTracker`` owns its tracks as columns (``_Tracks``): one row per
-quantity, so the Kalman arithmetic runs on contiguous rows and a reordering or a selection
-of tracks is one numpy call per array. ``update_batch`` advances one frame of several
-cameras in one vectorised pass: their tracks and boxes are concatenated with a camera index
-per column, and a track is only ever paired with boxes of its own camera (one camera's
-boxes on a grid, several cameras' looked up by sorting; never an all-tracks x all-boxes
-grid across cameras), so the work grows linearly with the cameras. The pairs and their IoU
-are found once per frame for all three matching stages. A frame costs a fixed number of
-numpy calls however many objects and cameras it holds, and that fixed cost (which
-dominates at tracker sizes) is shared by the batch; only the solver for objects close
-together runs once per camera that has some. A camera's result depends only on its own
-frames, whatever shares its batch.
+The per-frame work runs as compiled loops (``daemon.track.jit``): a frame is one call
+into compiled code however many boxes it has. All of the compiled code, the Kalman filter
+included, is in this one module: numba checks its disk cache against the file a function
+is defined in, so code compiled in from another file could go stale unnoticed.
+
+Matching is an assignment problem solved exactly by SciPy's ``linear_sum_assignment``, but
+only for the tracks and boxes that compete for each other (objects close together); a
+track and a box that are each other's only candidate are matched directly, which is most
+of them.
+
+A camera's tracks (``Tracks``) are rows of one array (each track's Kalman state, then the
+capture times it was started and last seen at) with their ids (0 until confirmed) and
+whether each is lost.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+from numba import objmode
 from scipy.optimize import linear_sum_assignment
 
 from daemon.config.tracking import TrackingConfig
-from daemon.postprocess.iou import corner_iou
-from daemon.track import kalman
+from daemon.track.jit import compiled
 
 F64 = npt.NDArray[np.float64]
 FloatArray = npt.NDArray[np.floating[Any]]
 I64 = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-_EMPTY: Final = np.zeros(0, dtype=np.int64)
-# The rows of a track's column in ``_Tracks.state``: its Kalman state (``daemon.track.kalman``:
-# the mean, then the covariance's 3 x 4 entries) and the capture times it was started and
-# last seen at.
-_MEAN: Final = slice(0, 8)
-_COV: Final = slice(8, 20)
-_START: Final = 20
-_SEEN: Final = 21
-_STATE_ROWS: Final = 22
 # Low-score boxes are matched on IoU alone with this limit; unconfirmed tracks with this one
 # (ByteTrack's fixed second- and third-stage thresholds).
 _SECOND_MATCH: Final = 0.5
@@ -62,8 +53,8 @@ _UNCONFIRMED_MATCH: Final = 0.7
 _DUPLICATE_DISTANCE: Final = 0.15
 # Capture timestamps are float seconds: a gap equal to the grace up to rounding is within it.
 _TIME_EPS: Final = 1e-6
-# Where each of a camera's numbers for a frame is (``ByteTracker._numbers``).
-_TS, _ELAPSED, _HIGH, _LOW, _NEW, _MATCH, _LOST_AFTER = range(7)
+# Added to every IoU's union, as in ``daemon.postprocess.iou``: boxes without area get IoU 0.
+_IOU_EPS: Final = 1e-7
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,42 +79,128 @@ class TrackInput:
     scores: FloatArray
 
 
-@dataclass(slots=True)
-class _Tracks:
-    """Tracks as columns: ``state`` (``_STATE_ROWS`` x N), their ids (0 until confirmed)
-    and whether each is lost."""
+# ---------------------------------------------------------------------------------------
+# ByteTrack's constant-velocity Kalman filter over ``(cx, cy, aspect, height)``, one track at
+# a time.
+#
+# The state is ``[cx, cy, a, h, vcx, vcy, va, vh]``. ByteTrack's filter never mixes the four
+# coordinates: its initial covariance, process noise and measurement noise are diagonal,
+# and the motion couples each coordinate only with its own velocity. Its 8 x 8 covariance
+# is therefore four independent 2 x 2 blocks, kept as their distinct entries: the variance
+# of each coordinate (``POS``), its covariance with its velocity (``BOTH``) and the
+# variance of the velocity (``VEL``). The same filter in a few scalar operations per
+# coordinate instead of 8 x 8 products and solves (``tests/unit/test_track_kalman.py``
+# checks it against the textbook matrices). A track's state is the start of its row in the
+# tracker's state array; the functions change it in place.
+#
+# ByteTrack tunes its noise per frame at 30 fps; here time is measured in units of
+# ``TIME_UNIT_S`` (1/30 s) and the process noise grows with the elapsed time, so a camera
+# running at 30 fps behaves exactly like ByteTrack and one that drops to 15 fps (or skips
+# frames under backpressure) predicts twice as far with twice the uncertainty instead of
+# being treated as if no time had passed.
 
-    state: F64
-    ids: I64
-    lost: BoolArray
-
-    @classmethod
-    def none(cls) -> _Tracks:
-        """No tracks."""
-        return cls(np.zeros((_STATE_ROWS, 0)), _EMPTY, np.zeros(0, dtype=bool))
-
-    def take(self, index: I64) -> _Tracks:
-        """The tracks at ``index``, in its order."""
-        return _Tracks(_columns(self.state, index), self.ids[index], self.lost[index])
-
-    def part(self, columns: slice) -> _Tracks:
-        """The tracks in ``columns`` (views)."""
-        return _Tracks(self.state[:, columns], self.ids[columns], self.lost[columns])
-
-    @staticmethod
-    def joined(parts: Sequence[_Tracks]) -> _Tracks:
-        """Tracks end to end."""
-        return _Tracks(
-            np.concatenate([p.state for p in parts], axis=1),
-            np.concatenate([p.ids for p in parts]),
-            np.concatenate([p.lost for p in parts]),
-        )
+TIME_UNIT_S: Final = 1.0 / 30.0
+# Where a track's numbers are in its state row.
+MEAN: Final = 0
+POS: Final = 8
+BOTH: Final = 12
+VEL: Final = 16
+STATE_SIZE: Final = 20
+# ByteTrack's noise weights, relative to the box height.
+_STD_POSITION: Final = 1.0 / 20
+_STD_VELOCITY: Final = 1.0 / 160
+# Standard deviations per state component: ``height * _X_WEIGHT + _X_FLOOR``.
+_INIT_WEIGHT: Final = (
+    np.array([2, 2, 0, 2, 0, 0, 0, 0]) * _STD_POSITION
+    + np.array([0, 0, 0, 0, 10, 10, 0, 10]) * _STD_VELOCITY
+)
+_INIT_FLOOR: Final = np.array([0, 0, 1e-2, 0, 0, 0, 1e-5, 0])
+_MOTION_WEIGHT: Final = (
+    np.array([1, 1, 0, 1, 0, 0, 0, 0]) * _STD_POSITION
+    + np.array([0, 0, 0, 0, 1, 1, 0, 1]) * _STD_VELOCITY
+)
+_MOTION_FLOOR: Final = _INIT_FLOOR
+_MEASURE_WEIGHT: Final = np.array([1, 1, 0, 1]) * _STD_POSITION
+_MEASURE_FLOOR: Final = np.array([0, 0, 1e-1, 0])
 
 
-def _columns(rows: F64, index: I64) -> F64:
-    """The columns ``index`` of ``rows``: ``take`` gathers them about twice as fast as
-    ``rows[:, index]`` does at tracker sizes, into a contiguous array."""
-    return rows.take(index, axis=1)
+@compiled
+def kalman_initiate(state: F64, cx: float, cy: float, a: float, h: float) -> None:
+    """Set ``state`` to the measured box ``(cx, cy, a, h)`` with zero velocity and
+    ByteTrack's initial spread."""
+    state[MEAN] = cx
+    state[MEAN + 1] = cy
+    state[MEAN + 2] = a
+    state[MEAN + 3] = h
+    for j in range(4):
+        state[MEAN + 4 + j] = 0.0
+        pos = h * _INIT_WEIGHT[j] + _INIT_FLOOR[j]
+        vel = h * _INIT_WEIGHT[4 + j] + _INIT_FLOOR[4 + j]
+        state[POS + j] = pos * pos
+        state[BOTH + j] = 0.0
+        state[VEL + j] = vel * vel
+
+
+@compiled
+def kalman_predict(state: F64, elapsed_s: float) -> None:
+    """Move ``state`` ``elapsed_s`` on: constant velocity, process noise proportional to
+    time."""
+    k = max(elapsed_s, 0.0) / TIME_UNIT_S
+    h = state[MEAN + 3]
+    for j in range(4):
+        pos_noise = h * _MOTION_WEIGHT[j] + _MOTION_FLOOR[j]
+        vel_noise = h * _MOTION_WEIGHT[4 + j] + _MOTION_FLOOR[4 + j]
+        state[MEAN + j] += k * state[MEAN + 4 + j]
+        k_vel = k * state[VEL + j]
+        state[POS + j] += k * (2.0 * state[BOTH + j] + k_vel)
+        state[POS + j] += pos_noise * (pos_noise * k)
+        state[BOTH + j] += k_vel
+        state[VEL + j] += vel_noise * (vel_noise * k)
+
+
+@compiled
+def kalman_update(state: F64, cx: float, cy: float, a: float, h: float) -> None:
+    """Correct ``state`` with the measured box ``(cx, cy, a, h)``."""
+    height = state[MEAN + 3]
+    measured = (cx, cy, a, h)
+    for j in range(4):
+        noise = height * _MEASURE_WEIGHT[j] + _MEASURE_FLOOR[j]
+        pos, both = state[POS + j], state[BOTH + j]
+        innovation_var = pos + noise * noise
+        gain_pos, gain_vel = pos / innovation_var, both / innovation_var
+        innovation = measured[j] - state[MEAN + j]
+        state[MEAN + j] += gain_pos * innovation
+        state[MEAN + 4 + j] += gain_vel * innovation
+        state[VEL + j] -= gain_vel * both
+        state[POS + j] -= gain_pos * pos
+        state[BOTH + j] -= gain_pos * both
+
+
+@compiled
+def state_box(state: F64) -> tuple[float, float, float, float]:
+    """The box of ``state`` as ``(x1, y1, x2, y2)``."""
+    w = state[MEAN + 2] * state[MEAN + 3]
+    h = state[MEAN + 3]
+    x1 = state[MEAN] - w / 2
+    y1 = state[MEAN + 1] - h / 2
+    return x1, y1, x1 + w, y1 + h
+
+
+@compiled
+def measure(corners: F64) -> tuple[float, float, float, float]:
+    """The box ``[x1, y1, x2, y2]`` as the filter measures it: ``(cx, cy, w / h, h)``."""
+    x1, y1, x2, y2 = corners
+    w, h = x2 - x1, y2 - y1
+    return x1 + w / 2, y1 + h / 2, w / max(h, 1e-9), h
+
+
+# Where a track's capture times are in its state row, after its Kalman state.
+_START: Final = STATE_SIZE
+_SEEN: Final = STATE_SIZE + 1
+_STATE_SIZE: Final = STATE_SIZE + 2
+
+# A camera's tracks: a state row each, their ids (0 until confirmed) and whether each is lost.
+Tracks = tuple[F64, I64, BoolArray]
 
 
 class ByteTracker:
@@ -131,546 +208,266 @@ class ByteTracker:
 
     def __init__(self, config: TrackingConfig) -> None:
         self.config = config
+        # The numbers ``_step`` reads, in its order.
+        self._settings = (
+            float(config.high_threshold),
+            float(config.low_threshold),
+            float(config.new_track_threshold),
+            float(config.match_threshold),
+            float(config.lost_after_s) + _TIME_EPS,
+        )
         self._next_id = 1
         self._last_ts: float | None = None
-        self._tracks = _Tracks.none()
+        self._tracks: Tracks = (
+            np.zeros((0, _STATE_SIZE)),
+            np.zeros(0, dtype=np.int64),
+            np.zeros(0, dtype=np.bool_),
+        )
 
     def __len__(self) -> int:
         """Tracks alive (confirmed, unconfirmed and lost)."""
-        return len(self._tracks.ids)
-
-    def _numbers(self, ts: float) -> tuple[float, ...]:
-        """A frame's numbers at ``ts`` in the order ``update_batch`` reads them (``_TS`` to
-        ``_LOST_AFTER``): its time, the time since the last frame, the high, low and
-        new-track score thresholds, the first-stage match threshold and how long a lost
-        track lives."""
-        c = self.config
-        elapsed = 0.0 if self._last_ts is None else ts - self._last_ts
-        return (
-            ts, elapsed, c.high_threshold, c.low_threshold, c.new_track_threshold,
-            c.match_threshold, c.lost_after_s + _TIME_EPS,
-        )  # fmt: skip
+        return len(self._tracks[1])
 
     def update(self, ts: float, boxes: FloatArray, scores: FloatArray) -> TrackFrame:
         """Advance to capture time ``ts`` with this frame's ``boxes`` (xyxy) and ``scores``."""
-        return update_batch([TrackInput(self, ts, boxes, scores)])[0]
+        corners = np.ascontiguousarray(boxes, dtype=np.float64).reshape(-1, 4)
+        weights = np.ascontiguousarray(scores, dtype=np.float64).reshape(-1)
+        last = self._last_ts
+        # On a camera's first frame no time has passed and its new tracks are confirmed.
+        clock = (float(ts), 0.0 if last is None else ts - last, last is None, self._next_id)
+        self._tracks, track_ids, ended, self._next_id = _step(
+            self._tracks, corners, weights, self._settings, clock
+        )
+        self._last_ts = ts
+        return TrackFrame(track_ids, ended)
 
 
 def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     """Advance each camera's tracker to its frame; the answers in the order of ``frames``.
 
-    A tracker appears at most once. Each camera gets exactly what its ``ByteTracker.update``
-    alone would give it: no step mixes the tracks or boxes of two cameras."""
-    if not frames:
-        return []
-    trackers = [f.tracker for f in frames]
-    if len({id(t) for t in trackers}) != len(trackers):
+    A tracker appears at most once: each camera gets exactly what its
+    ``ByteTracker.update`` alone gives it."""
+    if len({id(f.tracker) for f in frames}) != len(frames):
         raise ValueError("a tracker appears twice in one batch")
-    cameras = len(frames)
-    # One array for the numbers of all cameras, a row each; gathered once for each box and
-    # once for each track (a row per number), then read by row.
-    rows = [f.tracker._numbers(f.ts) for f in frames]
-    numbers = np.array(rows)
-    dets = _Boxes(frames, numbers)
-    state = _State(trackers)
-    per_track = _columns(numbers.T, state.cam)
-    confirmed = state.tracks.ids > 0
-    unconfirmed = ~confirmed
-    if len(confirmed):
-        state.predict(per_track[_ELAPSED], confirmed)
-    limits = [r[_MATCH] for r in rows]
-    matching = _Matching(state.cam, kalman.xyah_to_xyxy(state.mean), dets, limits)
-    free, newly_lost = matching.associate(confirmed, state.tracks.lost)
-    det_of = matching.det_of
-    matched = det_of >= 0
-    state.correct(per_track[_TS], dets.measured, det_of, matched)
-    lost = state.tracks.lost
-    lost[newly_lost] = True
-    next_id = np.array([t._next_id for t in trackers], dtype=np.int64)
-    promoted = (unconfirmed & matched).nonzero()[0]
-    if len(promoted):
-        state.tracks.ids[promoted] = _hand_out(state.cam[promoted], next_id)
-    unseen = per_track[_TS] - state.tracks.state[_SEEN]
-    drop = lost & (unseen > per_track[_LOST_AFTER])
-    drop |= unconfirmed & ~matched
-    fresh = (free & (dets.scores >= dets.numbers[_NEW])).nonzero()[0]
-    if len(fresh):
-        # On a camera's first frame its tracks are confirmed at once.
-        firsts = [t._last_ts is None for t in trackers]
-        first = np.array(firsts) if any(firsts) else None
-        det_of, drop = state.start(
-            dets, fresh, first=first, next_id=next_id, det_of=det_of, drop=drop
-        )
-    state.mark_duplicates(drop, cameras)
-
-    ids = state.tracks.ids
-    has_id = ids > 0
-    reported = has_id & ~drop & (det_of >= 0)
-    track_ids = np.empty(len(dets.scores), dtype=np.int64)
-    track_ids.fill(-1)
-    track_ids[det_of[reported]] = ids[reported]
-    gone = drop & has_id
-    ended, by_ended = ids[gone], _Layout.of(state.cam[gone], cameras)
-    if np.count_nonzero(drop):
-        state.take((~drop).nonzero()[0])
-    state.scatter(trackers, numbers[:, _TS].tolist(), next_id)
-    by_box = dets.layout
-    return [TrackFrame(track_ids[by_box.rows(c)], ended[by_ended.rows(c)]) for c in range(cameras)]
+    return [f.tracker.update(f.ts, f.boxes, f.scores) for f in frames]
 
 
-class _Boxes:
-    """A batch's boxes (``corners``: x1, y1, x2, y2 rows, a column per box) and scores
-    concatenated in batch order, classed by their camera's thresholds."""
-
-    def __init__(self, frames: Sequence[TrackInput], numbers: F64) -> None:
-        """``numbers``: each camera's numbers for the frame, a row each (``update_batch``)."""
-        scores_of = [f.scores.reshape(-1) for f in frames]
-        self.corners = np.concatenate(
-            [f.boxes.reshape(-1, 4).T for f in frames], axis=1, dtype=np.float64
-        )
-        self.scores = np.concatenate(scores_of, dtype=np.float64)
-        self.layout = _Layout.of_counts([len(s) for s in scores_of])
-        # As the Kalman filter measures them, for the tracks they correct or start.
-        self.measured = kalman.xyxy_to_xyah(self.corners)
-        # Their camera's numbers, a row per number.
-        self.numbers = _columns(numbers.T, self.layout.cam)
-        high_threshold = self.numbers[_HIGH]
-        # A box without area has no aspect ratio for the Kalman state.
-        ends_after_start = self.corners[2:] > self.corners[:2]
-        valid = ends_after_start[0] & ends_after_start[1]
-        self.high = valid & (self.scores >= high_threshold)
-        self.low = valid & (self.scores > self.numbers[_LOW]) & (self.scores < high_threshold)
+def warm_up() -> None:
+    """Compile the tracker's code, or load it from numba's cache: a throwaway tracker
+    through two frames. Compiling takes tens of seconds on a small machine, which would
+    otherwise hold up the first tracked batch."""
+    tracker = ByteTracker(TrackingConfig(enabled=True))
+    boxes = np.array([[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0]])
+    for ts in (0.0, 0.04):
+        tracker.update(ts, boxes, np.array([0.9, 0.2]))
 
 
-class _Layout:
-    """Columns sorted by camera (``cam``): where each camera's columns are."""
-
-    def __init__(self, cam: I64, counts: list[int]) -> None:
-        self.cam = cam
-        self._bounds = [0, *itertools.accumulate(counts)]
-
-    @classmethod
-    def of(cls, cam: I64, cameras: int) -> _Layout:
-        """The layout of columns whose cameras are ``cam``."""
-        counts = [len(cam)] if cameras == 1 else np.bincount(cam, minlength=cameras).tolist()
-        return cls(cam, counts)
-
-    @classmethod
-    def of_counts(cls, counts: list[int]) -> _Layout:
-        """The layout of ``counts[c]`` columns of each camera ``c`` in turn."""
-        if len(counts) == 1:
-            return cls(np.zeros(counts[0], dtype=np.int64), counts)
-        return cls(np.arange(len(counts)).repeat(counts), counts)
-
-    def rows(self, camera: int) -> slice:
-        """Where camera ``camera``'s columns are."""
-        return slice(self._bounds[camera], self._bounds[camera + 1])
-
-
-def _hand_out(cam: I64, next_id: I64) -> I64:
-    """New ids for tracks sorted by camera, each camera counting on from its ``next_id``
-    (advanced past them)."""
-    if len(next_id) == 1:  # one camera: its ids in a row
-        ids = np.arange(next_id[0], next_id[0] + len(cam))
-        next_id += len(cam)
-        return ids
-    counts = np.bincount(cam, minlength=len(next_id))
-    rank = np.arange(len(cam)) - (np.cumsum(counts) - counts)[cam]
-    ids = next_id[cam] + rank
-    next_id += counts
-    return ids
-
-
-class _State:
-    """The tracks of a batch's cameras, concatenated in batch order; ``cam`` per track."""
-
-    def __init__(self, trackers: list[ByteTracker]) -> None:
-        if len(trackers) == 1:  # its tracks as they are: changed in place, then handed back
-            self.tracks = trackers[0]._tracks
-            self.cam = np.zeros(len(self.tracks.ids), dtype=np.int64)
-        else:
-            self.tracks = _Tracks.joined([t._tracks for t in trackers])
-            self.cam = np.arange(len(trackers)).repeat([len(t) for t in trackers])
-
-    # Views of the state's rows: written in place, they change the tracks.
-    @property
-    def mean(self) -> F64:
-        return self.tracks.state[_MEAN]
-
-    @property
-    def cov(self) -> F64:
-        return self.tracks.state[_COV].reshape(3, 4, -1)
-
-    def predict(self, elapsed: F64, confirmed: BoolArray) -> None:
-        """Move the ``confirmed`` tracks on by their camera's ``elapsed`` seconds (per
-        track)."""
-        # A lost track's height is not extrapolated (ByteTrack).
-        # A row, then its columns: numpy's path for a row and a mask at once is slower.
-        self.tracks.state[7][self.tracks.lost] = 0.0
-        # Unconfirmed tracks are not predicted (ByteTrack): no elapsed time leaves them as
-        # they are, cheaper than gathering and scattering the confirmed columns.
-        kalman.predict(self.mean, self.cov, elapsed * confirmed)
-
-    def correct(self, ts: F64, measured: F64, det_of: I64, with_box: BoolArray) -> None:
-        """Kalman-correct the tracks with a box (``with_box``: ``det_of`` >= 0) with its
-        measurement (``measured``, a column per box); they are seen at their camera's time
-        (``ts``, per track)."""
-        matched = with_box.nonzero()[0]
-        if not len(matched):
-            return
-        # The matched columns gathered, corrected and written back: one copy each way.
-        part = _columns(self.tracks.state, matched)
-        measured = _columns(measured, det_of[matched])
-        kalman.update(part[_MEAN], part[_COV].reshape(3, 4, -1), measured)
-        part[_SEEN] = ts[matched]
-        self.tracks.state[:, matched] = part
-        self.tracks.lost[matched] = False
-
-    def start(
-        self,
-        dets: _Boxes,
-        fresh: I64,
-        *,
-        first: BoolArray | None,
-        next_id: I64,
-        det_of: I64,
-        drop: BoolArray,
-    ) -> tuple[I64, BoolArray]:
-        """Start tracks at the boxes ``fresh``, confirmed on their camera's ``first`` frame
-        (None: no camera's); returns ``det_of`` and ``drop`` for the tracks with them."""
-        cam = dets.layout.cam[fresh]
-        ids = np.zeros(len(fresh), dtype=np.int64)
-        if first is not None:
-            confirm = first[cam]
-            ids[confirm] = _hand_out(cam[confirm], next_id)
-        state = np.empty((_STATE_ROWS, len(fresh)))
-        measured = _columns(dets.measured, fresh)
-        kalman.initiate(measured, state[_MEAN], state[_COV].reshape(3, 4, -1))
-        state[_START] = state[_SEEN] = dets.numbers[_TS][fresh]
-        none = np.zeros(len(fresh), dtype=bool)  # not lost, not dropped
-        new = _Tracks(state, ids, none)
-        self.tracks = _Tracks.joined([self.tracks, new])
-        self.cam = np.concatenate([self.cam, cam])
-        det_of = np.concatenate([det_of, fresh])
-        drop = np.concatenate([drop, none])
-        if len(next_id) > 1:  # more than one camera
-            # Each camera's new tracks after its old ones, as a camera alone would have them.
-            order = self.cam.argsort(kind="stable")
-            self.take(order)
-            det_of, drop = det_of[order], drop[order]
-        return det_of, drop
-
-    def take(self, index: I64) -> None:
-        """Keep the tracks ``index`` selects, in its order."""
-        self.tracks = self.tracks.take(index)
-        self.cam = self.cam[index]
-
-    def mark_duplicates(self, drop: BoolArray, cameras: int) -> None:
-        """A tracked and a lost track of one camera on the same spot: mark in ``drop`` the
-        one followed for less time (tracks already in ``drop`` take no part)."""
-        is_lost = self.tracks.lost
-        lost = (is_lost & ~drop).nonzero()[0]
-        if not len(lost):
-            return
-        tracked = (~(is_lost | drop)).nonzero()[0]
-        boxes = kalman.xyah_to_xyxy(self.mean)
-        one = cameras == 1  # no cameras to look up
-        p, q = _alike(
-            _EMPTY if one else self.cam[tracked],
-            _columns(boxes, tracked),
-            _EMPTY if one else self.cam[lost],
-            _columns(boxes, lost),
-            cameras,
-        )
-        if not len(p):  # the usual case
-            return
-        p, q = tracked[p], lost[q]
-        state = self.tracks.state
-        age = state[_SEEN] - state[_START]
-        older_tracked = age[p] > age[q]
-        drop[q[older_tracked]] = True
-        drop[p[~older_tracked]] = True
-
-    def scatter(self, trackers: list[ByteTracker], ts: list[float], next_id: I64) -> None:
-        """Hand each camera its tracks back (columns sorted by camera), now at ``ts``."""
-        by_camera = _Layout.of(self.cam, len(trackers))
-        for c, tracker in enumerate(trackers):
-            alone = len(trackers) == 1
-            tracker._tracks = self.tracks if alone else self.tracks.part(by_camera.rows(c))
-            tracker._last_ts = ts[c]
-            tracker._next_id = int(next_id[c])
-
-
-def _alike(a_cam: I64, a: F64, b_cam: I64, b: F64, cameras: int) -> tuple[I64, I64]:
-    """The pairs (column of ``a``, column of ``b``) of boxes (x1, y1, x2, y2 rows) of one
-    camera whose IoU is above ``1 - _DUPLICATE_DISTANCE``; ``a_cam`` and ``b_cam``
-    (sorted) hold each box's camera, read only when there are several ``cameras``.
-
-    A pair's IoU is at most its overlap in x over the larger width (the intersection is at
-    most that overlap times the smaller height, the union at least the larger area), and
-    the same in y. The IoU is computed only for the pairs that overlap by more than half
-    the larger side both ways: usually none, as most lost tracks are nowhere near a
-    tracked one."""
-    if not a.shape[1] or not b.shape[1]:
-        return _EMPTY, _EMPTY
-    if cameras == 1:  # every pair at once, x and y together
-        pa, pb = a[:, :, None], b[:, None, :]
-        sides = np.maximum((a[2:] - a[:2])[:, :, None], (b[2:] - b[:2])[:, None, :])
-    else:
-        i, j = _sweep(a_cam, a, b_cam, b, None)
-        pa, pb = _columns(a, i), _columns(b, j)
-        sides = np.maximum(pa[2:] - pa[:2], pb[2:] - pb[:2])
-    overlap = np.minimum(pa[2:], pb[2:])
-    overlap -= np.maximum(pa[:2], pb[:2])
-    overlap += overlap
-    close = overlap > sides
-    both = close[0] & close[1]
-    if cameras == 1:
-        i, j = np.divmod(both.reshape(-1).nonzero()[0], b.shape[1])
-    else:
-        k = (both & (a_cam[i] == b_cam[j])).nonzero()[0]
-        i, j = i[k], j[k]
-    if len(i):
-        iou = corner_iou(_columns(a, i), _columns(b, j))
-        alike = 1.0 - iou < _DUPLICATE_DISTANCE
-        i, j = i[alike], j[alike]
-    return i, j
-
-
-class _Touching:
-    """The pairs (column of ``a``, column of ``b``) of boxes (x1, y1, x2, y2 rows) of one
-    camera whose IoU is above 0, with every pair of the cameras that ``every`` marks, and
-    their IoU; ``a_cam`` and ``b_cam`` (sorted) hold each box's camera. Any other pair of
-    one camera has IoU exactly 0.
-
-    Never an [a, b] grid across cameras: one camera's boxes are tried all against all (a
-    few numpy calls on the grid, kept to look pairs up); several cameras' candidates are
-    looked up by sorting (``_sweep``) and checked exactly."""
-
-    def __init__(
-        self,
-        a_cam: I64,
-        a: F64,
-        b_cam: I64,
-        b: F64,
-        cameras: int,
-        *,
-        every: BoolArray | None = None,
-    ) -> None:
-        self._a, self._b = a, b
-        self._grid: F64 | None = None
-        if not a.shape[1] or not b.shape[1]:
-            self.a_rows, self.b_rows, self.iou = _EMPTY, _EMPTY, np.zeros(0)
-            return
-        if cameras == 1:
-            grid = corner_iou(a[:, :, None], b[:, None, :])
-            flat = grid.reshape(-1)
-            k = np.arange(flat.size) if every is not None else (flat > 0.0).nonzero()[0]
-            self.a_rows, self.b_rows = np.divmod(k, b.shape[1])
-            self.iou = flat[k]
-            self._grid = grid
-            return
-        i, j = _sweep(a_cam, a, b_cam, b, every)
-        # The candidates' IoU straight away: sorting out those apart in x first would take
-        # more numpy calls than the IoU of the few it spares.
-        iou = corner_iou(_columns(a, i), _columns(b, j))
-        cam = a_cam[i]
-        hit = iou > 0.0
-        if every is not None:
-            hit |= every[cam]
-        hit &= cam == b_cam[j]
-        self.a_rows, self.b_rows, self.iou = i[hit], j[hit], iou[hit]
-
-    def iou_of(self, a_rows: I64, b_rows: I64) -> F64:
-        """The IoU of each pair ``(a_rows[k], b_rows[k])`` of one camera (index arrays that
-        broadcast, as ``assign`` hands its ``cost`` them)."""
-        if self._grid is None:
-            return corner_iou(_columns(self._a, a_rows), _columns(self._b, b_rows))
-        return self._grid[a_rows, b_rows]
-
-
-def _sweep(a_cam: I64, a: F64, b_cam: I64, b: F64, every: BoolArray | None) -> tuple[I64, I64]:
-    """Candidate pairs for ``_Touching`` and ``_alike``, a superset of the pairs of one
-    camera that overlap in x: ``b``'s boxes sorted by camera and left edge, each box of
-    ``a`` takes the ones whose left edge lies between its own left edge less the widest box
-    of ``b`` and its right edge (or all of its camera's where ``every`` says). A box of
-    ``a`` reaching beyond all of ``b``'s left edges may take some of a neighbouring
-    camera's too: the callers keep the pairs of one camera."""
-    x0 = np.minimum.reduce(b[0])
-    widest = max(np.maximum.reduce(b[2] - b[0]), 0.0)
-    # One axis for all cameras: camera ``c``'s left edges in [c * span, (c + 1) * span).
-    span = np.maximum.reduce(b[0]) - x0 + widest + 1.0
-    slack = span * 1e-9  # the rounding of ``camera * span + x``, far below a pixel
-    keys = b_cam * span + (b[0] - x0)
-    # The order of boxes with equal keys does not matter: the pairs are a set.
-    order = keys.argsort()
-    keys = keys[order]
-    base = a_cam * span - x0
-    lo = keys.searchsorted(base + a[0] - widest - slack, side="left")
-    hi = keys.searchsorted(base + a[2] + slack, side="right")
-    if every is not None:
-        whole = every[a_cam]
-        lo[whole] = keys.searchsorted(a_cam[whole] * span - slack, side="left")
-        hi[whole] = keys.searchsorted((a_cam[whole] + 1) * span - slack, side="left")
-    i, j = _ranges(lo, hi)
-    return i, order[j]
-
-
-def _ranges(lo: I64, hi: I64) -> tuple[I64, I64]:
-    """Every ``(i, j)`` with ``lo[i] <= j < hi[i]``, by ``i`` then ``j``."""
-    counts = np.maximum(hi - lo, 0)
-    i = np.arange(len(lo)).repeat(counts)
-    j = np.arange(len(i)) + (lo - (counts.cumsum() - counts)).repeat(counts)
-    return i, j
-
-
-class _Matching:
-    """ByteTrack's three matching stages for a batch's tracks and boxes, each camera's with
-    its own; ``limit`` is each camera's first-stage match threshold."""
-
-    def __init__(self, track_cam: I64, tracks: F64, dets: _Boxes, limit: list[float]) -> None:
-        self._track_cam = track_cam
-        self._dets = dets
-        self._limit = limit
-        # All three stages pair the same track boxes with the same boxes: one IoU for all.
-        # Within a first-stage limit of 1 a pair that does not overlap (cost 1) matches too.
-        reach = [x >= 1.0 for x in limit]
-        self._near = _Touching(
-            track_cam, tracks, dets.layout.cam, dets.corners, len(limit),
-            every=np.array(reach) if any(reach) else None,
-        )  # fmt: skip
-        self._t, self._d, iou = self._near.a_rows, self._near.b_rows, self._near.iou
-        # Every pair's cost in the stages that weigh the IoU by the box's score and in the
-        # one that does not.
-        self._weighted_cost = self._cost(iou, self._d, weighted=True)
-        self._plain_cost = self._cost(iou, self._d, weighted=False)
-        self.det_of = np.empty(len(track_cam), dtype=np.int64)
-        self.det_of.fill(-1)
-
-    def associate(self, confirmed: BoolArray, lost: BoolArray) -> tuple[BoolArray, BoolArray]:
-        """Fill ``det_of`` (the box each track took, -1 for none). Returns the high-score
-        boxes nobody took and the tracks lost at this frame."""
-        cameras = len(self._limit)
-        t, d, high = self._t, self._d, self._dets.high
-        weighted, plain = self._weighted_cost, self._plain_cost
-        # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
-        free = high.copy()
-        pair_confirmed = confirmed[t]
-        if len(set(self._limit)) == 1:  # one limit for all cameras: no need to look it up
-            within = weighted <= self._limit[0]
-        else:
-            within = weighted <= np.array(self._limit)[self._track_cam[t]]
-        self._stage(pair_confirmed & high[d] & within, self._limit, weighted=True, free=free)
-        # 2: tracks still unmatched that were tracked last frame <-> low-score boxes, IoU only.
-        rest = confirmed & ~lost & (self.det_of < 0)
-        if np.count_nonzero(rest):  # most frames have some, but a stage costs a dozen calls
-            within = plain <= _SECOND_MATCH
-            second = [_SECOND_MATCH] * cameras
-            self._stage(rest[t] & self._dets.low[d] & within, second, weighted=False, free=None)
-        newly_lost = rest & (self.det_of < 0)
-        # 3: last frame's new tracks <-> the high-score boxes nobody took.
-        if np.count_nonzero(pair_confirmed) < len(t):
-            within = weighted <= _UNCONFIRMED_MATCH
-            third = [_UNCONFIRMED_MATCH] * cameras
-            self._stage(~pair_confirmed & free[d] & within, third, weighted=True, free=free)
-        return free, newly_lost
-
-    def _stage(
-        self, candidates: BoolArray, limit: list[float], *, weighted: bool, free: BoolArray | None
-    ) -> None:
-        """Match the pairs ``candidates`` marks (within the stage's ``limit``) on cost
-        ``1 - IoU``, the IoU times the box's score when ``weighted``; record each match in
-        ``det_of`` and take its box out of ``free``."""
-        k = candidates.nonzero()[0]
-        if not len(k):
-            return
-        t, d = assign(
-            (self._t[k], self._d[k]),
-            self._track_cam,
-            self._dets.layout.cam,
-            limit,
-            lambda rs, cs: self._cost(self._near.iou_of(rs, cs), cs, weighted=weighted),
-        )
-        self.det_of[t] = d
-        if free is not None:
-            free[d] = False
-
-    def _cost(self, iou: F64, cols: I64, *, weighted: bool) -> F64:
-        """The stage's cost of pairs with boxes ``cols`` from their ``iou``."""
-        return 1.0 - (iou * self._dets.scores[cols] if weighted else iou)
-
-
-def assign(
-    pairs: tuple[I64, I64],
-    row_camera: I64,
-    col_camera: I64,
-    limit: Sequence[float] | F64,
-    cost: Callable[[I64, I64], F64],
-) -> tuple[I64, I64]:
-    """Minimum-cost matching of rows to columns of the same camera, where a pair costing
-    more than its camera's ``limit`` stays unmatched. ``pairs`` are the (row, column) pairs
-    within the limit, ``row_camera`` and ``col_camera`` the camera of every row and column
-    (sorted), and ``cost(rows, cols)`` the cost of each pair ``(rows[k], cols[k])``, for
-    index arrays that broadcast as numpy's indexing does (rows ``[n, 1]`` and columns
-    ``[1, m]``: an ``[n, m]`` grid). Returns the matched rows and their columns.
-
-    Solved exactly as an assignment in which leaving a row or a column unmatched costs
-    ``limit / 2`` (so a pair is matched only if it is cheaper than leaving both out), the
-    formulation of ``lap.lapjv(..., cost_limit=limit)`` that ByteTrack uses. A row and a
-    column that are each other's only candidate form a problem of their own and are
-    matched directly, for all cameras at once; only the rest (objects close together) goes
-    to the solver, one camera at a time.
-    """
-    r, c = pairs
-    if len(r) < 2:  # nothing competes
-        return r, c
-    per_row = np.bincount(r, minlength=len(row_camera))
-    per_col = np.bincount(c, minlength=len(col_camera))
-    # As many rows and columns taken as pairs: no two pairs share one.
-    if np.count_nonzero(per_row) == len(r) and np.count_nonzero(per_col) == len(r):
-        return r, c
-    alone = (per_row[r] == 1) & (per_col[c] == 1)
-    rows, cols = [r[alone]], [c[alone]]
-    row_open = per_row > 0
-    row_open[rows[0]] = False
-    col_open = per_col > 0
-    col_open[cols[0]] = False
-    open_rows, open_cols = row_open.nonzero()[0], col_open.nonzero()[0]
-    if len(limit) == 1 or row_camera[open_rows[0]] == row_camera[open_rows[-1]]:
-        # All of one camera: its open rows x its open columns, as a grid.
-        costs = cost(open_rows[:, None], open_cols[None, :])
-        er, ec = _solve(costs, float(limit[int(row_camera[open_rows[0]])]))
-        rows.append(open_rows[er])
-        cols.append(open_cols[ec])
-        return np.concatenate(rows), np.concatenate(cols)
-    # Each camera's open rows x its open columns, row by row: one cost call for all.
-    rows_cam = row_camera[open_rows]
-    n_rows = np.bincount(rows_cam)
-    n_cols = np.bincount(col_camera[open_cols], minlength=len(n_rows))
-    sizes = list(zip(n_rows.tolist(), n_cols.tolist(), strict=True))
-    first_col = (n_cols.cumsum() - n_cols)[rows_cam]
-    i, j = _ranges(first_col, first_col + n_cols[rows_cam])
-    costs = cost(open_rows[i], open_cols[j])
-    at_row = at_col = at_cost = 0
-    for camera, (n, m) in enumerate(sizes):
-        if not n:  # a camera without open rows has no open columns either
-            continue
-        er, ec = _solve(costs[at_cost : at_cost + n * m].reshape(n, m), float(limit[camera]))
-        rows.append(open_rows[at_row : at_row + n][er])
-        cols.append(open_cols[at_col : at_col + m][ec])
-        at_row, at_col, at_cost = at_row + n, at_col + m, at_cost + n * m
-    return np.concatenate(rows), np.concatenate(cols)
-
-
-def _solve(cost: F64, limit: float) -> tuple[I64, I64]:
-    """``assign`` of one camera's rows and columns that compete, by the solver."""
+def assign(cost: F64, limit: float) -> tuple[I64, I64]:
+    """Minimum-cost matching of ``cost``'s rows to its columns where leaving a row or a
+    column unmatched costs ``limit / 2`` (so a pair is matched only if it is cheaper than
+    leaving both out): the formulation of ``lap.lapjv(..., cost_limit=limit)`` that
+    ByteTrack uses, solved exactly by SciPy. Returns the matched rows and their columns."""
     n, m = cost.shape
-    extended = np.empty((n + m, m + n))
-    extended.fill(limit / 2)
+    extended = np.full((n + m, m + n), limit / 2)
     extended[:n, :m] = cost
     extended[n:, m:] = 0.0
     # The rows come back in order, every one assigned: the columns of the first n are
     # what the real rows got.
     ec = linear_sum_assignment(extended)[1][:n]
     er = (ec < m).nonzero()[0]
-    return er, ec[er]
+    return er.astype(np.int64), ec[er].astype(np.int64)
+
+
+@compiled
+def _step(
+    tracks: Tracks,
+    corners: F64,
+    scores: F64,
+    settings: tuple[float, float, float, float, float],
+    clock: tuple[float, float, bool, int],
+) -> tuple[Tracks, I64, I64, int]:
+    """One frame: ``settings`` are the high, low and new-track score thresholds, the
+    first-stage match threshold and how long a lost track lives; ``clock`` the frame's
+    capture time, the time since the last frame, whether it is the first and the next id
+    to hand out.
+
+    Returns the tracks kept, each box's track id (-1: none reported), the ids of the
+    confirmed tracks that ended and the next id to hand out."""
+    high_threshold, low_threshold, new_track_threshold, match_threshold, lost_after_s = settings
+    ts, elapsed, first, next_id = clock
+    ids, lost = tracks[1], tracks[2]
+    iou = _predict_and_overlap(tracks, elapsed, corners)
+    high, low = _classify(corners, scores, high_threshold, low_threshold)
+    det_of = np.full(len(ids), -1, dtype=np.int64)
+    pairs = (iou, scores, det_of)
+    free = high.copy()
+    confirmed = ids > 0
+    # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
+    _match(confirmed, free, match_threshold, pairs, True)
+    # 2: tracks still unmatched that were tracked last frame <-> low-score boxes, IoU only.
+    _match(confirmed & ~lost & (det_of < 0), low, _SECOND_MATCH, pairs, False)
+    # 3: last frame's new tracks <-> the high-score boxes nobody took.
+    _match(~confirmed, free, _UNCONFIRMED_MATCH, pairs, True)
+
+    state, ids, lost, drop = _correct(tracks, det_of, corners, ts, lost_after_s)
+    for i in range(len(ids)):  # the unconfirmed tracks that matched, in order
+        if not confirmed[i] and det_of[i] >= 0:
+            ids[i] = next_id
+            next_id += 1
+    fresh = (free & (scores >= new_track_threshold)).nonzero()[0]
+    new_ids = np.zeros(len(fresh), dtype=np.int64)
+    if first:
+        new_ids[:] = np.arange(next_id, next_id + len(fresh))
+        next_id += len(fresh)
+    state = np.concatenate((state, _start(corners, fresh, ts)))
+    ids = np.concatenate((ids, new_ids))
+    lost = np.concatenate((lost, np.zeros(len(fresh), dtype=np.bool_)))
+    drop = np.concatenate((drop, np.zeros(len(fresh), dtype=np.bool_)))
+    box_of = np.concatenate((det_of, fresh))
+    _mark_duplicates(state, lost, drop)
+
+    track_ids = np.full(len(scores), -1, dtype=np.int64)
+    reported = (ids > 0) & ~drop & (box_of >= 0)
+    track_ids[box_of[reported]] = ids[reported]
+    ended = ids[drop & (ids > 0)]
+    keep = (~drop).nonzero()[0]
+    return (state[keep], ids[keep], lost[keep]), track_ids, ended, next_id
+
+
+@compiled
+def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """The IoU of boxes ``(x1, y1, x2, y2)``: ``daemon.postprocess.iou.corner_iou``'s
+    formula, step by step."""
+    w = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
+    h = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+    inter = w * h
+    union = max(a[2] - a[0], 0.0) * max(a[3] - a[1], 0.0)
+    union += max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)
+    union -= inter
+    union += _IOU_EPS
+    return inter / union
+
+
+@compiled
+def _predict_and_overlap(tracks: Tracks, elapsed: float, corners: F64) -> F64:
+    """Predict the confirmed tracks ``elapsed`` seconds on (in place); returns the IoU of
+    every track's box with every box."""
+    state, ids, lost = tracks
+    iou = np.empty((len(ids), len(corners)))
+    for i in range(len(ids)):
+        if lost[i]:  # a lost track's height is not extrapolated (ByteTrack)
+            state[i, MEAN + 7] = 0.0
+        if ids[i] > 0:  # unconfirmed tracks are not predicted (ByteTrack)
+            kalman_predict(state[i], elapsed)
+        box = state_box(state[i])
+        for j in range(len(corners)):
+            x1, y1, x2, y2 = corners[j]
+            iou[i, j] = _iou(box, (x1, y1, x2, y2))
+    return iou
+
+
+@compiled
+def _classify(
+    corners: F64, scores: F64, high_threshold: float, low_threshold: float
+) -> tuple[BoolArray, BoolArray]:
+    """Which boxes are high-score and which low-score; a box without area is neither (it
+    has no aspect ratio for the filter)."""
+    x1, y1, x2, y2 = corners[:, 0], corners[:, 1], corners[:, 2], corners[:, 3]
+    valid = (x2 > x1) & (y2 > y1)
+    high = valid & (scores >= high_threshold)
+    low = valid & (scores > low_threshold) & (scores < high_threshold)
+    return high, low
+
+
+@compiled
+def _match(
+    rows: BoolArray,
+    cols: BoolArray,
+    limit: float,
+    pairs: tuple[F64, F64, I64],
+    weighted: bool,
+) -> None:
+    """One matching stage of the tracks ``rows`` with the boxes ``cols`` on cost
+    ``1 - IoU``, the IoU times the box's score when ``weighted``; a pair costing more than
+    ``limit`` stays unmatched. ``pairs`` holds the IoU of every track with every box, the
+    boxes' scores and ``det_of``, the box each track took (-1: none), which is filled in;
+    the boxes taken leave ``cols``.
+
+    A track and a box that are each other's only candidate are matched directly; the
+    tracks and boxes that compete (objects close together) go to ``assign``."""
+    iou, scores, det_of = pairs
+    cost = 1.0 - iou * scores if weighted else 1.0 - iou
+    within = np.zeros(cost.shape, dtype=np.bool_)
+    per_row = np.zeros(len(rows), dtype=np.int64)
+    per_col = np.zeros(len(cols), dtype=np.int64)
+    for i in rows.nonzero()[0]:
+        for j in cols.nonzero()[0]:
+            if cost[i, j] <= limit:
+                within[i, j] = True
+                per_row[i] += 1
+                per_col[j] += 1
+    for i in (per_row == 1).nonzero()[0]:
+        j = within[i].argmax()
+        if per_col[j] == 1:
+            det_of[i] = j
+            cols[j] = False
+            per_row[i] = per_col[j] = 0
+    open_rows, open_cols = per_row.nonzero()[0], per_col.nonzero()[0]
+    if not len(open_rows):
+        return
+    competing = cost[open_rows][:, open_cols]
+    with objmode(r="int64[:]", c="int64[:]"):
+        r, c = assign(competing, limit)
+    det_of[open_rows[r]] = open_cols[c]
+    cols[open_cols[c]] = False
+
+
+@compiled
+def _correct(
+    tracks: Tracks, det_of: I64, corners: F64, ts: float, lost_after_s: float
+) -> tuple[F64, I64, BoolArray, BoolArray]:
+    """The tracks after matching, as new arrays: each one that took a box (``det_of``)
+    corrected with it and seen at ``ts``, each confirmed one that did not lost. Also which
+    to drop: unconfirmed tracks that did not match (they get one chance) and lost ones
+    unseen for longer than ``lost_after_s``."""
+    state, ids = tracks[0].copy(), tracks[1].copy()
+    lost = np.zeros(len(ids), dtype=np.bool_)
+    drop = np.zeros(len(ids), dtype=np.bool_)
+    for i in range(len(ids)):
+        if det_of[i] >= 0:
+            kalman_update(state[i], *measure(corners[det_of[i]]))
+            state[i, _SEEN] = ts
+        elif ids[i] == 0:
+            drop[i] = True
+        else:
+            lost[i] = True
+            drop[i] = ts - state[i, _SEEN] > lost_after_s
+    return state, ids, lost, drop
+
+
+@compiled
+def _start(corners: F64, fresh: I64, ts: float) -> F64:
+    """The states of tracks started at the boxes ``fresh`` at ``ts``."""
+    state = np.empty((len(fresh), _STATE_SIZE))
+    for i in range(len(fresh)):
+        kalman_initiate(state[i], *measure(corners[fresh[i]]))
+        state[i, _START] = state[i, _SEEN] = ts
+    return state
+
+
+@compiled
+def _mark_duplicates(state: F64, lost: BoolArray, drop: BoolArray) -> None:
+    """A tracked and a lost track on the same spot: mark in ``drop`` the one followed for
+    less time (tracks already in ``drop`` take no part)."""
+    tracked = (~lost & ~drop).nonzero()[0]
+    gone = (lost & ~drop).nonzero()[0]
+    if not len(gone):
+        return
+    age = state[:, _SEEN] - state[:, _START]
+    mark = drop.copy()
+    for p in tracked:
+        box = state_box(state[p])
+        for q in gone:
+            if 1.0 - _iou(box, state_box(state[q])) < _DUPLICATE_DISTANCE:
+                mark[q if age[p] > age[q] else p] = True
+    drop |= mark

@@ -7,7 +7,8 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.config.tracking import TrackingConfig
-from daemon.track.bytetrack import ByteTracker, assign
+from daemon.postprocess.iou import corner_iou
+from daemon.track.bytetrack import ByteTracker, _iou, assign
 
 F64 = npt.NDArray[np.float64]
 FPS = 30.0
@@ -143,11 +144,20 @@ def test_a_track_needs_a_second_detection_to_get_an_id() -> None:
 
 def test_assignment_leaves_pairs_above_the_limit_unmatched() -> None:
     cost = np.array([[0.1, 0.9], [0.2, 0.95]])
-    r, c = (cost <= 0.8).nonzero()
-    within = (r.astype(np.int64), c.astype(np.int64))
-    one_camera = np.zeros(2, dtype=np.int64)
-    rows, cols = assign(within, one_camera, one_camera, np.array([0.8]), lambda r, c: cost[r, c])
+    rows, cols = assign(cost, 0.8)
     assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 0)]
+
+
+def test_the_compiled_iou_is_the_shared_formula() -> None:
+    """The tracker's IoU, pair by pair in compiled code, equals the one NMS and the
+    evaluator use to the last bit, degenerate boxes included."""
+    rng = np.random.default_rng(5)
+    a = rng.uniform(0, 100, size=(4, 300))
+    b = rng.uniform(0, 100, size=(4, 300))
+    a[2:, :50] = a[:2, :50]  # no area
+    expected = corner_iou(a, b)
+    got = [_iou(tuple(a[:, k]), tuple(b[:, k])) for k in range(a.shape[1])]
+    assert np.array_equal(np.array(got), expected)
 
 
 def test_a_lost_and_a_tracked_track_on_one_spot_are_one_object() -> None:

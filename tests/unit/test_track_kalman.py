@@ -5,7 +5,18 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from daemon.track import kalman
+from daemon.track.bytetrack import (
+    MEAN,
+    POS,
+    STATE_SIZE,
+    TIME_UNIT_S,
+    VEL,
+    kalman_initiate,
+    kalman_predict,
+    kalman_update,
+    measure,
+    state_box,
+)
 
 F64 = npt.NDArray[np.float64]
 W_POS, W_VEL = 1 / 20, 1 / 160
@@ -43,37 +54,34 @@ def _as_blocks(full: F64) -> F64:
 def test_compact_filter_matches_the_full_matrices_over_irregular_time_steps() -> None:
     rng = np.random.default_rng(3)
     z0 = np.array([[320.0, 200.0, 0.45, 120.0], [40.0, 400.0, 1.8, 30.0]])
-    mean, cov = np.empty((8, 2)), np.empty((3, 4, 2))
-    kalman.initiate(z0.T, mean, cov)
+    states = np.empty((2, STATE_SIZE))
+    for state, z in zip(states, z0, strict=True):
+        kalman_initiate(state, *z)
     full = [_full_initiate(z) for z in z0]
     for step in range(40):
         elapsed = float(rng.choice([1 / 30, 2 / 30, 1 / 15 + 0.013, 0.2]))
-        kalman.predict(mean, cov, elapsed)
-        full = [_full_predict(m, c, elapsed / kalman.TIME_UNIT_S) for m, c in full]
+        for state in states:
+            kalman_predict(state, elapsed)
+        full = [_full_predict(m, c, elapsed / TIME_UNIT_S) for m, c in full]
         if step % 5 != 4:  # some frames without a detection
             z = z0 + step * np.array([[6.0, -2.0, 0.0, 1.0], [-3.0, 1.0, 0.01, 0.0]])
             z += rng.normal(0, 1.5, size=z.shape) * [1, 1, 0.01, 1]
-            kalman.update(mean, cov, z.T)
+            for state, zi in zip(states, z, strict=True):
+                kalman_update(state, *zi)
             full = [_full_update(m, c, zi) for (m, c), zi in zip(full, z, strict=True)]
-        for i, (m, c) in enumerate(full):
-            np.testing.assert_allclose(mean[:, i], m, rtol=1e-9, atol=1e-9)
-            np.testing.assert_allclose(cov[..., i], _as_blocks(c), rtol=1e-9, atol=1e-12)
+        for state, (m, c) in zip(states, full, strict=True):
+            mean = state[MEAN : MEAN + 8]
+            np.testing.assert_allclose(mean, m, rtol=1e-9, atol=1e-9)
+            blocks = state[POS : VEL + 4].reshape(3, 4)
+            np.testing.assert_allclose(blocks, _as_blocks(c), rtol=1e-9, atol=1e-12)
             # Nothing outside the 2 x 2 blocks ever becomes non-zero.
             assert np.count_nonzero(c) == 16
 
 
-def test_predict_with_a_time_per_track_leaves_zero_time_tracks_unchanged() -> None:
-    z = np.array([[320.0, 200.0, 0.45, 120.0], [40.0, 400.0, 1.8, 30.0], [90.0, 50.0, 1.0, 60.0]])
-    mean, cov = np.empty((8, 3)), np.empty((3, 4, 3))
-    kalman.initiate(z.T, mean, cov)
-    kalman.predict(mean, cov, 0.1)
-    kalman.update(mean, cov, z.T + 3.0)  # non-zero velocities
-    per_mean, per_cov = mean.copy(), cov.copy()
-    kalman.predict(per_mean, per_cov, np.array([0.05, 0.0, 0.2]))
-    for i, elapsed in enumerate([0.05, 0.0, 0.2]):
-        one_mean, one_cov = mean[:, i : i + 1].copy(), cov[..., i : i + 1].copy()
-        kalman.predict(one_mean, one_cov, elapsed)
-        assert np.array_equal(per_mean[:, i], one_mean[:, 0])
-        assert np.array_equal(per_cov[..., i], one_cov[..., 0])
-    assert np.array_equal(per_mean[:, 1], mean[:, 1])
-    assert np.array_equal(per_cov[..., 1], cov[..., 1])
+def test_box_and_measurement_convert_both_ways() -> None:
+    corners = np.array([10.0, 20.0, 50.0, 100.0])
+    cx, cy, a, h = measure(corners)
+    assert (cx, cy, a, h) == (30.0, 60.0, 0.5, 80.0)
+    state = np.empty(STATE_SIZE)
+    kalman_initiate(state, cx, cy, a, h)
+    assert state_box(state) == (10.0, 20.0, 50.0, 100.0)
