@@ -35,6 +35,7 @@ from daemon.postprocess.filters import CameraFilter, resolve_filter
 from daemon.postprocess.yolo import Detections
 from daemon.publish.camera_stats import CameraStats
 from daemon.publish.sink import Sink
+from daemon.track.bytetrack import warm_up as warm_tracker
 from daemon.track.cameras import TrackedCameras
 from daemon.track.events import TrackEvent
 from daemon.track.stage import CameraFrame, FramePixels
@@ -264,8 +265,12 @@ class Pipeline:
                     break
                 await asyncio.sleep(_POLL_S)
         sizes = [hw for s in list(self._sources.values()) if (hw := s.frame_hw) is not None]
-        await loop.run_in_executor(self._executor, self._warmer.warm, sizes)
-        await loop.run_in_executor(self._executor, self._tracking.warm_up)
+        # The tracker's code too, whether or not a camera tracks yet (a reload may turn it
+        # on), on a thread of its own: compiling it holds no batch worker.
+        await asyncio.gather(
+            loop.run_in_executor(self._executor, self._warmer.warm, sizes),
+            asyncio.to_thread(warm_tracker),
+        )
         self._warm_done = True
 
     def _warm_later(self, frame_hw: tuple[int, int]) -> None:

@@ -1,5 +1,6 @@
 """Intersection over union of xyxy boxes: one formula for the evaluator, the agreement
-check, the tracker and NMS."""
+check and NMS. The tracker computes it pair by pair in compiled code
+(``daemon.track.bytetrack``), step for step the same; a test holds the two equal."""
 
 from __future__ import annotations
 
@@ -39,8 +40,7 @@ def corner_iou(
     """The IoU of float64 boxes given coordinate-first, ``[x1, y1, x2, y2, ...]`` with the
     boxes on the remaining axes, which broadcast against each other: equal shapes pair box
     by box, ``[4, n, 1]`` and ``[4, 1, m]`` give every pair (``pairwise_iou``). One formula
-    for both, so a pair gets the same value either way; the tracker keeps its boxes in this
-    layout and gives it the pairs it needs directly."""
+    for both, so a pair gets the same value either way."""
     extent = np.minimum(corners_a[2:], corners_b[2:])
     extent -= np.maximum(corners_a[:2], corners_b[:2])
     np.maximum(extent, 0.0, out=extent)

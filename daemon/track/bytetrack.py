@@ -28,6 +28,7 @@ whether each is lost.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -38,7 +39,7 @@ from numba import objmode
 from scipy.optimize import linear_sum_assignment
 
 from daemon.config.tracking import TrackingConfig
-from daemon.track.jit import compiled
+from daemon.track.jit import compiled, warm
 
 F64 = npt.NDArray[np.float64]
 FloatArray = npt.NDArray[np.floating[Any]]
@@ -54,6 +55,8 @@ _DUPLICATE_DISTANCE: Final = 0.15
 # Capture timestamps are float seconds: a gap equal to the grace up to rounding is within it.
 _TIME_EPS: Final = 1e-6
 # Added to every IoU's union, as in ``daemon.postprocess.iou``: boxes without area get IoU 0.
+# A copy, not an import: compiled code keeps the value it was compiled with, and the cache
+# is checked against this file alone.
 _IOU_EPS: Final = 1e-7
 
 
@@ -232,9 +235,10 @@ class ByteTracker:
         """Advance to capture time ``ts`` with this frame's ``boxes`` (xyxy) and ``scores``."""
         corners = np.ascontiguousarray(boxes, dtype=np.float64).reshape(-1, 4)
         weights = np.ascontiguousarray(scores, dtype=np.float64).reshape(-1)
-        last = self._last_ts
+        # Plain floats whatever the caller's number types: a new type would be compiled anew.
+        ts, last = float(ts), self._last_ts
         # On a camera's first frame no time has passed and its new tracks are confirmed.
-        clock = (float(ts), 0.0 if last is None else ts - last, last is None, self._next_id)
+        clock = (ts, 0.0 if last is None else ts - last, last is None, self._next_id)
         self._tracks, track_ids, ended, self._next_id = _step(
             self._tracks, corners, weights, self._settings, clock
         )
@@ -254,12 +258,16 @@ def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
 
 def warm_up() -> None:
     """Compile the tracker's code, or load it from numba's cache: a throwaway tracker
-    through two frames. Compiling takes tens of seconds on a small machine, which would
-    otherwise hold up the first tracked batch."""
-    tracker = ByteTracker(TrackingConfig(enabled=True))
-    boxes = np.array([[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0]])
-    for ts in (0.0, 0.04):
-        tracker.update(ts, boxes, np.array([0.9, 0.2]))
+    through two frames. Compiling takes about 20 s on a 2-core x86 machine, which would
+    otherwise hold up the first tracked batch; loading it, under a second."""
+
+    def run() -> None:
+        tracker = ByteTracker(TrackingConfig(enabled=True))
+        boxes = np.array([[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0]])
+        for ts in (0.0, 0.04):
+            tracker.update(ts, boxes, np.array([0.9, 0.2]))
+
+    warm(sys.modules[__name__], run)
 
 
 def assign(cost: F64, limit: float) -> tuple[I64, I64]:
@@ -295,6 +303,8 @@ def _step(
     confirmed tracks that ended and the next id to hand out."""
     high_threshold, low_threshold, new_track_threshold, match_threshold, lost_after_s = settings
     ts, elapsed, first, next_id = clock
+    # New arrays from here on: a frame that fails leaves the tracks as they were.
+    tracks = (tracks[0].copy(), tracks[1].copy(), tracks[2])
     ids, lost = tracks[1], tracks[2]
     iou = _predict_and_overlap(tracks, elapsed, corners)
     high, low = _classify(corners, scores, high_threshold, low_threshold)
@@ -309,7 +319,8 @@ def _step(
     # 3: last frame's new tracks <-> the high-score boxes nobody took.
     _match(~confirmed, free, _UNCONFIRMED_MATCH, pairs, True)
 
-    state, ids, lost, drop = _correct(tracks, det_of, corners, ts, lost_after_s)
+    state = tracks[0]
+    lost, drop = _correct(tracks, det_of, corners, ts, lost_after_s)
     for i in range(len(ids)):  # the unconfirmed tracks that matched, in order
         if not confirmed[i] and det_of[i] >= 0:
             ids[i] = next_id
@@ -400,8 +411,9 @@ def _match(
     within = np.zeros(cost.shape, dtype=np.bool_)
     per_row = np.zeros(len(rows), dtype=np.int64)
     per_col = np.zeros(len(cols), dtype=np.int64)
+    candidates = cols.nonzero()[0]
     for i in rows.nonzero()[0]:
-        for j in cols.nonzero()[0]:
+        for j in candidates:
             if cost[i, j] <= limit:
                 within[i, j] = True
                 per_row[i] += 1
@@ -425,12 +437,12 @@ def _match(
 @compiled
 def _correct(
     tracks: Tracks, det_of: I64, corners: F64, ts: float, lost_after_s: float
-) -> tuple[F64, I64, BoolArray, BoolArray]:
-    """The tracks after matching, as new arrays: each one that took a box (``det_of``)
-    corrected with it and seen at ``ts``, each confirmed one that did not lost. Also which
-    to drop: unconfirmed tracks that did not match (they get one chance) and lost ones
-    unseen for longer than ``lost_after_s``."""
-    state, ids = tracks[0].copy(), tracks[1].copy()
+) -> tuple[BoolArray, BoolArray]:
+    """Correct each track that took a box (``det_of``) with it, seen at ``ts`` (in place).
+    Returns which tracks are lost (the confirmed ones that took none) and which to drop:
+    unconfirmed tracks that did not match (they get one chance) and lost ones unseen for
+    longer than ``lost_after_s``."""
+    state, ids = tracks[0], tracks[1]
     lost = np.zeros(len(ids), dtype=np.bool_)
     drop = np.zeros(len(ids), dtype=np.bool_)
     for i in range(len(ids)):
@@ -442,7 +454,7 @@ def _correct(
         else:
             lost[i] = True
             drop[i] = ts - state[i, _SEEN] > lost_after_s
-    return state, ids, lost, drop
+    return lost, drop
 
 
 @compiled

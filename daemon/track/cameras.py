@@ -15,7 +15,6 @@ from typing import Protocol
 
 from daemon.config.model import CameraConfig
 from daemon.config.tracking import TrackingConfig
-from daemon.track.bytetrack import warm_up
 from daemon.track.events import EventCounts, TrackEvent
 from daemon.track.snapshots import Snapshotter
 from daemon.track.stage import CameraFrame, CameraTracking, track_batch
@@ -65,12 +64,6 @@ class TrackedCameras:
         if config.snapshots.enabled and self._snapshots is None:
             self._snapshots = Snapshotter(self._sink.publish_snapshot, self._directory_share)
         self._stages[camera.id] = CameraTracking(camera, config, self._names, self._snapshots)
-
-    def warm_up(self) -> None:
-        """Get the tracker's compiled code ready when a camera tracks (blocking: seconds
-        when it must be compiled)."""
-        if self._stages:
-            warm_up()
 
     def get(self, camera_id: str) -> CameraTracking | None:
         """The camera's stage; None when it does not track (any thread)."""

@@ -1,8 +1,8 @@
 """The per-camera tracking stage the batch worker calls after NMS: detections -> events.
 
-``track_batch`` tracks one frame of each camera of a batch in one pass of the tracker
-(``daemon.track.bytetrack.update_batch``), so the tracker's fixed cost is paid once per
-batch; each camera keeps its own tracks, events and configuration.
+``track_batch`` tracks one frame of each camera of a batch
+(``daemon.track.bytetrack.update_batch``); each camera keeps its own tracks, events and
+configuration.
 
 Batches may run on several worker threads at once, so two frames of one camera can reach
 their stage out of order; a lock serialises the camera and a frame older than the last one
@@ -163,8 +163,8 @@ class CameraTracking:
 
 
 def track_batch(frames: Sequence[tuple[CameraTracking, CameraFrame]]) -> list[TrackEvent]:
-    """Track one frame of each of several cameras with one pass of the tracker; returns the
-    events in the order of ``frames``. A camera appears at most once.
+    """Track one frame of each of several cameras; returns the events in the order of
+    ``frames``. A camera appears at most once.
 
     The cameras' locks are held for the pass, taken in one fixed order so that batches
     sharing cameras on other threads cannot deadlock; a closed camera, or a frame not newer
