@@ -5,6 +5,7 @@ processing frames, through a reload and a reader restart, and leaves no fd behin
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -63,6 +64,8 @@ def test_only_frame_arrivals_wake_the_dispatch_loop(
     sink = RecordingSink()
     # Started once per process by the first reader: not the pipeline's.
     resource_tracker.ensure_running()
+    # Descriptors an earlier test left to the garbage collector are closed before counting.
+    gc.collect()
     me = psutil.Process()
     fds = me.num_fds()
     pipeline = Pipeline(config, backend, sink, StatsCollector(), DaemonMetrics(sink.counters))
