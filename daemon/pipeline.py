@@ -265,12 +265,13 @@ class Pipeline:
                     break
                 await asyncio.sleep(_POLL_S)
         sizes = [hw for s in list(self._sources.values()) if (hw := s.frame_hw) is not None]
-        # The tracker's code too, whether or not a camera tracks yet (a reload may turn it
-        # on), on a thread of its own: compiling it holds no batch worker.
-        await asyncio.gather(
-            loop.run_in_executor(self._executor, self._warmer.warm, sizes),
-            asyncio.to_thread(warm_tracker),
-        )
+        warming = [loop.run_in_executor(self._executor, self._warmer.warm, sizes)]
+        if self._tracking.active:
+            # On a thread of its own: compiling the tracker holds no batch worker. Not
+            # without a tracked camera: its compiled code takes about 50 MB. A reload that
+            # turns tracking on loads it (or compiles it) with the camera's first batch.
+            warming.append(loop.run_in_executor(None, warm_tracker))
+        await asyncio.gather(*warming)
         self._warm_done = True
 
     def _warm_later(self, frame_hw: tuple[int, int]) -> None:

@@ -65,6 +65,11 @@ class TrackedCameras:
             self._snapshots = Snapshotter(self._sink.publish_snapshot, self._directory_share)
         self._stages[camera.id] = CameraTracking(camera, config, self._names, self._snapshots)
 
+    @property
+    def active(self) -> bool:
+        """Whether any camera tracks."""
+        return bool(self._stages)
+
     def get(self, camera_id: str) -> CameraTracking | None:
         """The camera's stage; None when it does not track (any thread)."""
         return self._stages.get(camera_id)
