@@ -233,27 +233,51 @@ class ByteTracker:
 
     def update(self, ts: float, boxes: FloatArray, scores: FloatArray) -> TrackFrame:
         """Advance to capture time ``ts`` with this frame's ``boxes`` (xyxy) and ``scores``."""
-        corners = np.ascontiguousarray(boxes, dtype=np.float64).reshape(-1, 4)
-        weights = np.ascontiguousarray(scores, dtype=np.float64).reshape(-1)
-        # Plain floats whatever the caller's number types: a new type would be compiled anew.
+        return update_batch([TrackInput(self, ts, boxes, scores)])[0]
+
+    def _advance(self, ts: float, boxes: FloatArray, scores: FloatArray) -> _Advanced:
+        """The tracker at ``ts`` after this frame, and its answer; the tracker itself is
+        left as it is."""
+        # Writable contiguous float64 and plain floats whatever the caller hands in: numba
+        # compiles anew for each new combination of types.
+        corners = np.require(boxes, np.float64, ["C", "W"]).reshape(-1, 4)
+        weights = np.require(scores, np.float64, ["C", "W"]).reshape(-1)
         ts, last = float(ts), self._last_ts
         # On a camera's first frame no time has passed and its new tracks are confirmed.
         clock = (ts, 0.0 if last is None else ts - last, last is None, self._next_id)
-        self._tracks, track_ids, ended, self._next_id = _step(
+        tracks, track_ids, ended, next_id = _step(
             self._tracks, corners, weights, self._settings, clock
         )
-        self._last_ts = ts
-        return TrackFrame(track_ids, ended)
+        return _Advanced(self, ts, tracks, next_id, TrackFrame(track_ids, ended))
+
+
+@dataclass(frozen=True, slots=True)
+class _Advanced:
+    """A tracker's state after a frame, not yet its own (``update_batch``)."""
+
+    tracker: ByteTracker
+    ts: float
+    tracks: Tracks
+    next_id: int
+    frame: TrackFrame
+
+    def commit(self) -> TrackFrame:
+        """Make the state the tracker's; returns the frame's answer."""
+        tracker = self.tracker
+        tracker._tracks, tracker._next_id, tracker._last_ts = self.tracks, self.next_id, self.ts
+        return self.frame
 
 
 def update_batch(frames: Sequence[TrackInput]) -> list[TrackFrame]:
     """Advance each camera's tracker to its frame; the answers in the order of ``frames``.
 
-    A tracker appears at most once: each camera gets exactly what its
-    ``ByteTracker.update`` alone gives it."""
+    Each camera gets exactly what its ``ByteTracker.update`` alone gives it. All or nothing:
+    a frame that fails leaves every tracker of the batch as it was, so none has moved on
+    without its answer reaching the events. A tracker appears at most once."""
     if len({id(f.tracker) for f in frames}) != len(frames):
         raise ValueError("a tracker appears twice in one batch")
-    return [f.tracker.update(f.ts, f.boxes, f.scores) for f in frames]
+    advanced = [f.tracker._advance(f.ts, f.boxes, f.scores) for f in frames]
+    return [a.commit() for a in advanced]
 
 
 def warm_up() -> None:

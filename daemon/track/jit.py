@@ -20,7 +20,9 @@ from types import ModuleType
 from typing import Any, TypeVar, cast
 
 import numba
+from numba.core.caching import NullCache
 from numba.core.dispatcher import Dispatcher
+from numba.core.errors import NumbaError
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +43,27 @@ def warm(module: ModuleType, run: Callable[[], object]) -> None:
 
     A cache file that cannot be read (one cut short by a power loss while it was written)
     makes numba raise at every start; then the module's cache is forgotten and ``run``
-    called once more, which compiles afresh and writes the cache anew."""
+    called once more, which compiles afresh and writes the cache anew. Code that does not
+    compile is an error of its own and raised at once."""
+    # numba has no public call to empty a function's cache or to ask whether it has one:
+    # its dispatchers' ``_cache`` serves both (tests/unit/test_track_jit.py holds it to it).
+    dispatchers = [v for v in vars(module).values() if isinstance(v, Dispatcher)]
     try:
         run()
-    except Exception:
+    except NumbaError:
+        raise
+    except Exception:  # a damaged cache file: EOFError, UnpicklingError, ... from pickle
         log.warning(
             "compiled code could not be loaded from its cache; compiling it again",
             extra={"compiled_module": module.__name__},
             exc_info=True,
         )
-        for value in vars(module).values():
-            if isinstance(value, Dispatcher):
-                cast(Any, value)._cache.flush()  # an empty index: nothing is read from it
+        for dispatcher in dispatchers:
+            cast(Any, dispatcher)._cache.flush()  # an empty index: nothing is read from it
         run()
+    if any(isinstance(cast(Any, d)._cache, NullCache) for d in dispatchers):
+        log.warning(
+            "compiled code cannot be cached (no writable directory): it is compiled at every "
+            "start; point NUMBA_CACHE_DIR at a writable directory",
+            extra={"compiled_module": module.__name__},
+        )

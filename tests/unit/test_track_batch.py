@@ -142,6 +142,26 @@ def test_the_same_tracker_twice_in_a_batch_is_refused() -> None:
         update_batch([frame, frame])
 
 
+def test_a_batch_that_fails_leaves_every_tracker_as_it_was() -> None:
+    """The second camera's boxes cannot be read: the batch raises, and the first camera has
+    not moved on either (its ended tracks would never reach the events)."""
+    scenes = _scenes()
+    kept, untouched = ByteTracker(CONFIGS["crowd"]), ByteTracker(CONFIGS["crowd"])
+    broken = ByteTracker(CONFIGS["leaving"])
+    frames = scenes["crowd"]
+    for f in frames[:20]:
+        kept.update(f.ts, f.boxes, f.scores)
+        untouched.update(f.ts, f.boxes, f.scores)
+    f = frames[20]
+    bad = TrackInput(broken, f.ts, np.zeros(5), np.zeros(1))  # five numbers are no boxes
+    with pytest.raises(ValueError, match="reshape"):
+        update_batch([TrackInput(kept, f.ts, f.boxes, f.scores), bad])
+    for f in frames[20:40]:
+        a, b = kept.update(f.ts, f.boxes, f.scores), untouched.update(f.ts, f.boxes, f.scores)
+        assert a.track_ids.tolist() == b.track_ids.tolist()
+        assert a.ended.tolist() == b.ended.tolist()
+
+
 def _stages() -> dict[str, CameraTracking]:
     return {
         camera: CameraTracking(CameraConfig(id=camera, url=Secret(f"{camera}.mp4")), cfg, NAMES)

@@ -3,12 +3,14 @@ lost grace, and a camera whose frame rate halves (time comes from capture timest
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import numpy.typing as npt
 
 from daemon.config.tracking import TrackingConfig
 from daemon.postprocess.iou import corner_iou
-from daemon.track.bytetrack import ByteTracker, _iou, assign
+from daemon.track.bytetrack import ByteTracker, _iou, _step, assign
 
 F64 = npt.NDArray[np.float64]
 FPS = 30.0
@@ -175,3 +177,17 @@ def test_a_lost_and_a_tracked_track_on_one_spot_are_one_object() -> None:
         ended |= {track_id: ts for track_id in result.ended.tolist()}
     assert list(ended.values()) == [arrival / FPS]
     assert set(ended) <= {1, 2}
+
+
+def test_any_number_types_run_the_code_compiled_for_floats() -> None:
+    """Timestamps and boxes come as int, numpy float32, read-only arrays: none of them makes
+    numba compile the tracker again (tens of seconds inside a batch)."""
+    tracker = ByteTracker(CONFIG)
+    tracker.update(0.0, np.asarray([box(100, 300)]), np.full(1, 0.9))
+    compiled = len(cast(Any, _step).signatures)
+    read_only = np.asarray([box(102, 300)])
+    read_only.setflags(write=False)
+    tracker.update(1, np.asarray([box(101, 300)], dtype=np.float32), np.full(1, 0.9, np.float32))
+    tracker.update(cast(float, np.float32(1.05)), read_only, np.full(1, 0.9))
+    tracker.update(np.float64(1.1), np.asarray([[103, 260, 143, 340]]), np.full(1, 1))
+    assert len(cast(Any, _step).signatures) == compiled
