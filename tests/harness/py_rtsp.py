@@ -34,10 +34,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from daemon.capture.packets import PacketSource, VideoCodec
+from tests.harness.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class _Session(socketserver.BaseRequestHandler):
                     self._requests()
 
 
-class PyRtspServer:
+class PyRtspServer(Service):
     """Serve ``sources`` (path name -> H.264 video file) at ``rtsp://127.0.0.1:PORT/<name>``,
     each looping in real time. Use as a context manager, or call ``start``/``stop``."""
 
@@ -310,17 +310,6 @@ class PyRtspServer:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-
-    def __enter__(self) -> PyRtspServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:
