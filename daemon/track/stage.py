@@ -99,6 +99,7 @@ class CameraTracking:
         keep = dets.scores > self._low
         if self._class_ids is not None:
             keep &= np.isin(dets.class_ids, self._class_ids)
+        # A count, not keep.all(): cheaper on every camera-frame (see CameraFilter.apply).
         return dets if np.count_nonzero(keep) == len(keep) else dets.select(keep)
 
     def _admit(self, ts: float) -> bool:

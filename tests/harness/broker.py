@@ -17,9 +17,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from tests.harness.process import kill, start_logged, tail, terminate
+from tests.harness.service import Service
 
 HOST = "127.0.0.1"
 
@@ -40,7 +40,7 @@ def _binary(name: str) -> str:
     return found
 
 
-class Mosquitto:
+class Mosquitto(Service):
     """A mosquitto process on ``127.0.0.1:<port>``; use as a context manager."""
 
     def __init__(
@@ -178,14 +178,3 @@ class Mosquitto:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Mosquitto:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -20,13 +20,13 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 import psutil
 import yaml
 
 from tests.harness.process import kill, start_logged, terminate
+from tests.harness.service import Service
 
 _STOP_TIMEOUT_S: Final = 30.0
 _HTTP_TIMEOUT_S: Final = 5.0
@@ -117,7 +117,7 @@ class ResourceSample:
     children_rss_mb: float
 
 
-class DaemonProcess:
+class DaemonProcess(Service):
     """``edgewatch run --config CONFIG`` with its output in ``log_path``; a context manager.
 
     ``program`` replaces the console script, e.g. ``python -m daemon.cli`` where the tree is
@@ -191,15 +191,10 @@ class DaemonProcess:
         for child in alive:
             child.kill()
 
-    def __enter__(self) -> DaemonProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """The end of a ``with`` block: ``kill``, not a graceful ``stop``, so cleanup is quick
+        whatever state a test left the daemon in and takes the readers it left too. A test of
+        the graceful stop calls ``stop`` itself."""
         self.kill()
 
     # -- observation --------------------------------------------------------------------

@@ -25,7 +25,7 @@ import contextlib
 import itertools
 import logging
 import re
-import select
+import selectors
 import socket
 import socketserver
 import struct
@@ -34,10 +34,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from daemon.capture.packets import PacketSource, VideoCodec
+from tests.harness.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,10 @@ class _Session(socketserver.BaseRequestHandler):
 
     def setup(self) -> None:
         self.server.sessions[threading.current_thread()] = self.request
+        # Not select.select: it rejects descriptors >= 1024, which a process with many files
+        # open hands out.
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.request, selectors.EVENT_READ)
         self.buffer = b""
         self.path: str | None = None
         self.playing = False
@@ -169,6 +173,7 @@ class _Session(socketserver.BaseRequestHandler):
             pass  # the client went away, or ``stop`` shut the connection
 
     def finish(self) -> None:
+        self.selector.close()
         del self.server.sessions[threading.current_thread()]
 
     def _read(self, timeout_s: float | None) -> bool:
@@ -179,7 +184,7 @@ class _Session(socketserver.BaseRequestHandler):
             left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
             if left <= 0:
                 return False
-            if select.select([self.request], [], [], left)[0]:
+            if self.selector.select(left):
                 data = self.request.recv(65536)
                 if not data:
                     raise ConnectionError("client closed")
@@ -188,7 +193,8 @@ class _Session(socketserver.BaseRequestHandler):
         return False
 
     def _requests(self) -> None:
-        """Answer every complete request buffered; skip interleaved frames (RTCP)."""
+        """Answer every complete request buffered; skip interleaved frames (RTCP). A request
+        that does not parse gets 400 and the session goes on, as with a real server."""
         while self.buffer:
             if self.buffer[0] == ord("$"):
                 if len(self.buffer) < 4:
@@ -205,11 +211,20 @@ class _Session(socketserver.BaseRequestHandler):
             headers = {
                 k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])
             }
-            length = int(headers.get("content-length", "0"))
+            length_field = headers.get("content-length", "0")
+            length = int(length_field) if length_field.isdecimal() else 0
             if len(rest) < length:
                 break
             self.buffer = rest[length:]
-            method, url = lines[0].split()[:2]
+            request_line = lines[0].split()
+            if (
+                len(request_line) != 3
+                or not request_line[2].startswith("RTSP/")
+                or not length_field.isdecimal()
+            ):
+                self._reply("400 Bad Request", headers.get("cseq"))
+                continue
+            method, url, _version = request_line
             self._answer(method, url, headers.get("cseq", "0"), headers)
 
     def _answer(self, method: str, url: str, cseq: str, headers: Mapping[str, str]) -> None:
@@ -240,12 +255,21 @@ class _Session(socketserver.BaseRequestHandler):
                 extra["Range"] = "npt=0.000-"
         elif method not in ("TEARDOWN", "GET_PARAMETER"):
             status = "501 Not Implemented"
-        reply = f"RTSP/1.0 {status}\r\nCSeq: {cseq}\r\nSession: {self.session};timeout=60\r\n"
-        reply += "".join(f"{k}: {v}\r\n" for k, v in extra.items())
-        reply += f"Content-Length: {len(body)}\r\n\r\n{body}"
-        self.request.sendall(reply.encode())
+        self._reply(status, cseq, extra, body)
         if method == "TEARDOWN":
             raise ConnectionAbortedError("TEARDOWN")
+
+    def _reply(
+        self, status: str, cseq: str | None, extra: Mapping[str, str] | None = None, body: str = ""
+    ) -> None:
+        """Send one response; without ``cseq`` (a request that had none) no CSeq header."""
+        reply = f"RTSP/1.0 {status}\r\n"
+        if cseq is not None:
+            reply += f"CSeq: {cseq}\r\n"
+        reply += f"Session: {self.session};timeout=60\r\n"
+        reply += "".join(f"{k}: {v}\r\n" for k, v in (extra or {}).items())
+        reply += f"Content-Length: {len(body)}\r\n\r\n{body}"
+        self.request.sendall(reply.encode())
 
     def _stream(self, name: str) -> None:
         """Send the file's access units on channel 0 in real time, until the client leaves,
@@ -269,7 +293,7 @@ class _Session(socketserver.BaseRequestHandler):
                     self._requests()
 
 
-class PyRtspServer:
+class PyRtspServer(Service):
     """Serve ``sources`` (path name -> H.264 video file) at ``rtsp://127.0.0.1:PORT/<name>``,
     each looping in real time. Use as a context manager, or call ``start``/``stop``."""
 
@@ -310,17 +334,6 @@ class PyRtspServer:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-
-    def __enter__(self) -> PyRtspServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:

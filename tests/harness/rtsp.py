@@ -26,11 +26,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Final
 from urllib.parse import quote
 
 from tests.harness.process import terminate
+from tests.harness.service import Service
 
 # The GStreamer gi bindings import only under Debian's interpreter, never a venv's.
 SYSTEM_PYTHON: Final = Path("/usr/bin/python3")
@@ -124,7 +124,7 @@ class _Feed:
     process: subprocess.Popen[bytes] | None = field(default=None)
 
 
-class RtspServer:
+class RtspServer(Service):
     """Serve ``sources`` (path name -> video file) at ``rtsp://127.0.0.1:PORT/<name>``.
 
     With ``user``/``password`` every path requires RTSP basic authentication. ``gop_s``
@@ -199,17 +199,6 @@ class RtspServer:
         log, self._server_log = self._server_log, None
         if log is not None:
             log.close()
-
-    def __enter__(self) -> RtspServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- cameras --------------------------------------------------------------------------
 

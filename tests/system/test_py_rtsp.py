@@ -4,12 +4,17 @@ over TCP, as every NVDEC camera reads).
 The packets received decode to exactly the file's frames (the same H.264 bitstream, so FU-A
 fragments were put back together byte for byte); a stopped camera ends its stream and
 refuses new sessions until it is started again; stopping the server ends every stream.
+Over a raw socket: a request that does not parse gets 400 and the session goes on, and a
+connection on a descriptor >= 1024 is served.
 """
 
 from __future__ import annotations
 
 import os
+import resource
+import socket
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Final
 
@@ -22,6 +27,8 @@ from tests.harness.py_rtsp import PyRtspServer
 
 TIMEOUT_S: Final = 2.0
 PACKETS: Final = 30
+# Room above descriptor 1023 for the server's and the client's sockets.
+HIGH_FILES: Final = 2048
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +48,43 @@ def clip(videos: list[Path]) -> Path:
 def server(clip: Path) -> Iterator[PyRtspServer]:
     with PyRtspServer({"cam": clip}) as server:
         yield server
+
+
+@pytest.fixture
+def high_descriptors() -> Iterator[None]:
+    """Open files until the next descriptor the process gets is 1024 or more (raising the soft
+    open-files limit, often 1024, while it lasts)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < HIGH_FILES:
+        if hard != resource.RLIM_INFINITY and hard < HIGH_FILES:
+            pytest.skip(f"this process may open only {hard} files")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (HIGH_FILES, hard))
+    try:
+        with ExitStack() as files:
+            while files.enter_context(open(os.devnull, "rb")).fileno() < 1024:
+                pass
+            yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _request(connection: socket.socket, request: bytes) -> tuple[str, dict[str, str]]:
+    """Send ``request``; the reply's status line and headers (names lower-cased)."""
+    connection.sendall(request)
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        data = connection.recv(4096)
+        assert data, f"the server closed the connection; got {reply!r}"
+        reply += data
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines)}
+    assert len(body) == int(headers.get("content-length", "0")), "one reply at a time"
+    return status, headers
+
+
+def _options(url: str, cseq: int) -> bytes:
+    return f"OPTIONS {url} RTSP/1.0\r\nCSeq: {cseq}\r\n\r\n".encode()
 
 
 def _open(url: str) -> PacketSource:
@@ -125,3 +169,41 @@ def test_stop_ends_every_stream(server: PyRtspServer) -> None:
         source.close()
     with pytest.raises(PacketSourceError, match="cannot open"):
         _open(url)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"garbage\r\nCSeq: 7\r\n\r\n",
+        b"OPTIONS rtsp://127.0.0.1/cam HTTP/1.1\r\nCSeq: 7\r\n\r\n",
+        b"OPTIONS rtsp://127.0.0.1/cam RTSP/1.0\r\nCSeq: 7\r\nContent-Length: x\r\n\r\n",
+    ],
+    ids=["request-line", "version", "content-length"],
+)
+def test_bad_request_gets_400_and_the_session_goes_on(server: PyRtspServer, garbage: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S * 5) as client:
+        status, headers = _request(client, garbage)
+        assert status == "RTSP/1.0 400 Bad Request"
+        assert headers["cseq"] == "7"
+        status, headers = _request(client, _options(server.url("cam"), 8))
+        assert status == "RTSP/1.0 200 OK"
+        assert headers["cseq"] == "8"
+
+
+def test_bad_request_without_cseq_gets_400_without_cseq(server: PyRtspServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S * 5) as client:
+        status, headers = _request(client, b"garbage\r\n\r\n")
+        assert status == "RTSP/1.0 400 Bad Request"
+        assert "cseq" not in headers
+
+
+@pytest.mark.usefixtures("high_descriptors")
+def test_serves_a_connection_on_a_descriptor_above_1023(clip: Path) -> None:
+    with (
+        PyRtspServer({"cam": clip}) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S * 5) as client,
+    ):
+        assert client.fileno() >= 1024
+        status, headers = _request(client, _options(server.url("cam"), 1))
+        assert status == "RTSP/1.0 200 OK"
+        assert headers["public"].startswith("OPTIONS")
