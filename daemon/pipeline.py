@@ -257,6 +257,13 @@ class Pipeline:
         the cameras' frame sizes, then warm every batch shape they combine to, and the
         tracker."""
         loop = asyncio.get_running_loop()
+        warming = []
+        if self._tracking.active:
+            # At once and on a thread of its own: compiling the tracker holds no batch worker
+            # and waits for no camera. Not without a tracked camera: its compiled code takes
+            # about 70 MB (bench/README.md). A reload that turns tracking on loads it (or
+            # compiles it) with the camera's first batch.
+            warming.append(loop.run_in_executor(None, warm_tracker))
         if self._backend.dynamic_hw:
             deadline = time.monotonic() + self._config.capture.open_timeout_s
             while not stop.is_set() and time.monotonic() < deadline:
@@ -265,12 +272,7 @@ class Pipeline:
                     break
                 await asyncio.sleep(_POLL_S)
         sizes = [hw for s in list(self._sources.values()) if (hw := s.frame_hw) is not None]
-        warming = [loop.run_in_executor(self._executor, self._warmer.warm, sizes)]
-        if self._tracking.active:
-            # On a thread of its own: compiling the tracker holds no batch worker. Not
-            # without a tracked camera: its compiled code takes about 50 MB. A reload that
-            # turns tracking on loads it (or compiles it) with the camera's first batch.
-            warming.append(loop.run_in_executor(None, warm_tracker))
+        warming.append(loop.run_in_executor(self._executor, self._warmer.warm, sizes))
         await asyncio.gather(*warming)
         self._warm_done = True
 

@@ -34,6 +34,7 @@ if ! .venv/bin/python -c "import daemon, pytest, mypy, ruff" 2>/dev/null \
     .venv/bin/python scripts/patch_tensorrt_stubs.py
     touch .venv/.edgewatch-installed
 fi
-# The tracker's compiled code (numba), cached beside its module: compiled here once, not by
-# whichever daemon or test tracks first (about 20 s on a 2-core machine; a second far less).
+# The tracker's compiled code (numba), cached beside its module (or in NUMBA_CACHE_DIR when
+# set): compiled here once, not by whichever daemon or test tracks first (about 20 s on a
+# 2-core machine; a second far less).
 .venv/bin/python -c "from daemon.track.bytetrack import warm_up; warm_up()"

@@ -75,7 +75,7 @@ class TrackedCameras:
         return self._stages.get(camera_id)
 
     def track(self, frames: Iterable[tuple[str, CameraFrame]]) -> list[TrackEvent]:
-        """Track a batch's frames (camera id, frame) in one pass; the cameras that do not
+        """Track a batch's frames (camera id, frame), all or none; the cameras that do not
         track are left out. Returns the events (worker thread)."""
         return track_batch(
             [
