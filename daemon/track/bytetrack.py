@@ -333,15 +333,16 @@ def _step(
     iou = _predict_and_overlap(tracks, elapsed, corners)
     high, low = _classify(corners, scores, high_threshold, low_threshold)
     det_of = np.full(len(ids), -1, dtype=np.int64)
-    pairs = (iou, scores, det_of)
     free = high.copy()
     confirmed = ids > 0
+    # Each pair's cost in the stages that weigh the IoU by the box's score (1 and 3).
+    weighted = 1.0 - iou * scores
     # 1: confirmed and lost tracks <-> high-score boxes, IoU weighted by score.
-    _match(confirmed, free, match_threshold, pairs, True)
+    _match(confirmed, free, match_threshold, weighted, det_of)
     # 2: tracks still unmatched that were tracked last frame <-> low-score boxes, IoU only.
-    _match(confirmed & ~lost & (det_of < 0), low, _SECOND_MATCH, pairs, False)
+    _match(confirmed & ~lost & (det_of < 0), low, _SECOND_MATCH, 1.0 - iou, det_of)
     # 3: last frame's new tracks <-> the high-score boxes nobody took.
-    _match(~confirmed, free, _UNCONFIRMED_MATCH, pairs, True)
+    _match(~confirmed, free, _UNCONFIRMED_MATCH, weighted, det_of)
 
     state = tracks[0]
     lost, drop = _correct(tracks, det_of, corners, ts, lost_after_s)
@@ -415,23 +416,13 @@ def _classify(
 
 
 @compiled
-def _match(
-    rows: BoolArray,
-    cols: BoolArray,
-    limit: float,
-    pairs: tuple[F64, F64, I64],
-    weighted: bool,
-) -> None:
-    """One matching stage of the tracks ``rows`` with the boxes ``cols`` on cost
-    ``1 - IoU``, the IoU times the box's score when ``weighted``; a pair costing more than
-    ``limit`` stays unmatched. ``pairs`` holds the IoU of every track with every box, the
-    boxes' scores and ``det_of``, the box each track took (-1: none), which is filled in;
-    the boxes taken leave ``cols``.
+def _match(rows: BoolArray, cols: BoolArray, limit: float, cost: F64, det_of: I64) -> None:
+    """One matching stage of the tracks ``rows`` with the boxes ``cols`` on ``cost`` (of
+    every track with every box); a pair costing more than ``limit`` stays unmatched. Fills
+    in ``det_of``, the box each track took (-1: none); the boxes taken leave ``cols``.
 
     A track and a box that are each other's only candidate are matched directly; the
     tracks and boxes that compete (objects close together) go to ``assign``."""
-    iou, scores, det_of = pairs
-    cost = 1.0 - iou * scores if weighted else 1.0 - iou
     within = np.zeros(cost.shape, dtype=np.bool_)
     per_row = np.zeros(len(rows), dtype=np.int64)
     per_col = np.zeros(len(cols), dtype=np.int64)
