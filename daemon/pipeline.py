@@ -261,7 +261,7 @@ class Pipeline:
         if self._tracking.active:
             # At once and on a thread of its own: compiling the tracker holds no batch worker
             # and waits for no camera. Not without a tracked camera: its compiled code takes
-            # about 70 MB (bench/README.md). A reload that turns tracking on loads it (or
+            # about 50 MB (bench/README.md). A reload that turns tracking on loads it (or
             # compiles it) with the camera's first batch.
             warming.append(loop.run_in_executor(None, warm_tracker))
         if self._backend.dynamic_hw:
